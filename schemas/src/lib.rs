@@ -1,0 +1,27 @@
+//! Wire types shared by every Sluice part.
+//!
+//! Everything that crosses a process boundary — the job envelope on NATS, the OpenAI chat
+//! request/response/chunk shapes, job events and their headers, subject names and error
+//! classes — is defined here once. This crate does no I/O.
+#![forbid(unsafe_code)]
+
+pub mod batch;
+pub mod envelope;
+pub mod error;
+pub mod events;
+pub mod job;
+pub mod openai;
+pub mod ops;
+pub mod sse;
+pub mod subjects;
+
+pub use envelope::{JobEnvelope, Tier};
+pub use error::{ApiErrorBody, ErrorClass};
+pub use events::{DoneEvent, EventKind, RetryEvent};
+pub use job::JobStatus;
+pub use subjects::Subjects;
+
+/// JSON Schema of the job envelope, for services that publish jobs straight to NATS.
+pub fn envelope_json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(JobEnvelope)).unwrap_or_default()
+}
