@@ -1,0 +1,176 @@
+//! Who is calling: the master key (`SLUICE_MASTER_KEY`, owner `master`) or a virtual key
+//! (owner = the key's id). A virtual key is looked up by its SHA-256 through a short-lived
+//! cache ([`KeyCache`]), so a submit does not pay an extra database round trip; a revoked
+//! key stops working on this instance at once and on others within [`POSITIVE_TTL`].
+//!
+//! Presented keys never reach a log line, a metric or an error message.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use sluice_core::keys::{hash_key, KeyRecord};
+use sluice_core::{Secret, Store};
+
+use crate::errors::ApiError;
+
+/// How long a found key is trusted without asking Postgres again.
+pub const POSITIVE_TTL: Duration = Duration::from_secs(5);
+/// How long an unknown key is remembered as unknown (short: a key made on another API
+/// instance must start working quickly).
+const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+/// Entries kept at most; the cache is emptied when full.
+const MAX_ENTRIES: usize = 10_000;
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Recorded as the job's owner; never a secret.
+    pub owner: String,
+    /// The virtual key, when the caller used one.
+    pub key: Option<Arc<KeyRecord>>,
+}
+
+impl Caller {
+    fn master() -> Caller {
+        Caller {
+            owner: "master".into(),
+            key: None,
+        }
+    }
+
+    pub fn is_master(&self) -> bool {
+        self.key.is_none() && self.owner == "master"
+    }
+
+    /// Whether this caller may see a job owned by `owner`.
+    pub fn may_see(&self, owner: &str) -> bool {
+        self.is_master() || self.owner == owner
+    }
+
+    /// Whether this caller may use model group `group`.
+    pub fn may_use_model(&self, group: &str) -> bool {
+        self.key.as_ref().is_none_or(|k| k.allows_model(group))
+    }
+
+    /// Refuses anyone but the master key.
+    pub fn require_master(&self) -> Result<(), ApiError> {
+        if self.is_master() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("this endpoint needs the master key"))
+        }
+    }
+}
+
+/// When a key hash was resolved, and to what (`None`: no such live key).
+type Resolved = (Instant, Option<Arc<KeyRecord>>);
+
+/// Recently resolved keys, by hash.
+#[derive(Default)]
+pub struct KeyCache {
+    entries: Mutex<HashMap<String, Resolved>>,
+}
+
+impl KeyCache {
+    fn get(&self, hash: &str) -> Option<Option<Arc<KeyRecord>>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, record) = entries.get(hash)?;
+        let ttl = if record.is_some() {
+            POSITIVE_TTL
+        } else {
+            NEGATIVE_TTL
+        };
+        (at.elapsed() < ttl).then(|| record.clone())
+    }
+
+    fn put(&self, hash: String, record: Option<Arc<KeyRecord>>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(hash, (Instant::now(), record));
+    }
+
+    /// Forgets every cached entry of key `id` (after it is revoked here).
+    pub fn forget(&self, id: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|_, (_, r)| r.as_ref().is_none_or(|r| r.id != id));
+    }
+
+    /// Forgets a cached "unknown" for a key just created here.
+    pub fn forget_hash(&self, hash: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.remove(hash);
+    }
+}
+
+/// The key presented in `Authorization: Bearer <key>` (or `api-key` / `x-api-key`).
+fn presented(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .or_else(|| headers.get("api-key").and_then(|v| v.to_str().ok()))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+}
+
+/// Resolves the caller. Without a configured master key every caller that presents no
+/// valid virtual key is the master (the API then serves loopback only, see `serve`).
+pub async fn authenticate(
+    headers: &HeaderMap,
+    master: Option<&Secret>,
+    store: &Store,
+    cache: &KeyCache,
+) -> Result<Caller, ApiError> {
+    let key = presented(headers).filter(|k| !k.is_empty());
+    if let (Some(key), Some(master)) = (key, master) {
+        if master.matches(key) {
+            return Ok(Caller::master());
+        }
+    }
+    if let Some(key) = key {
+        if let Some(record) = lookup(key, store, cache).await? {
+            if record.is_expired(chrono::Utc::now()) {
+                return Err(ApiError::unauthorized("this API key has expired"));
+            }
+            return Ok(Caller {
+                owner: record.id.clone(),
+                key: Some(record),
+            });
+        }
+    }
+    match (master, key) {
+        (None, _) => Ok(Caller::master()),
+        (Some(_), None) => Err(ApiError::unauthorized(
+            "missing API key: send `Authorization: Bearer <key>`",
+        )),
+        (Some(_), Some(_)) => Err(ApiError::unauthorized("incorrect API key provided")),
+    }
+}
+
+async fn lookup(
+    key: &str,
+    store: &Store,
+    cache: &KeyCache,
+) -> Result<Option<Arc<KeyRecord>>, ApiError> {
+    if !key.starts_with(sluice_core::keys::KEY_PREFIX) {
+        return Ok(None);
+    }
+    let hash = hash_key(key);
+    if let Some(hit) = cache.get(&hash) {
+        return Ok(hit);
+    }
+    let record = store.api_key_by_hash(&hash).await.map_err(|e| {
+        tracing::error!(error = %e, "API key lookup failed");
+        ApiError::unavailable("cannot check the API key right now; retry shortly")
+    })?;
+    let record = record.map(Arc::new);
+    cache.put(hash, record.clone());
+    Ok(record)
+}

@@ -1,0 +1,230 @@
+//! The Sluice HTTP API (DESIGN §8): submit jobs, read their status and results, follow
+//! their events as SSE, cancel them; virtual keys; the queue view; metrics, health and
+//! readiness.
+//!
+//! Submitting records the job row (group-committed with other submissions) and then
+//! publishes the envelope to JetStream; it answers only when both are durable.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod batches;
+pub mod client;
+pub mod errors;
+pub mod metrics;
+pub mod routes;
+pub mod workers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use axum::http::HeaderMap;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use futures::future::BoxFuture;
+use sluice_core::batch::{Batcher, Flush};
+use sluice_core::store::{NewJob, Recorded};
+use sluice_core::{Config, Store};
+use sluice_schemas::Subjects;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Caller, KeyCache};
+use crate::errors::ApiError;
+use crate::workers::Workers;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Nats(#[from] sluice_core::nats::NatsError),
+    #[error(transparent)]
+    Store(#[from] sluice_core::store::StoreError),
+    #[error(transparent)]
+    Redis(#[from] sluice_core::redis::RedisError),
+    #[error("cannot listen for worker heartbeats: {0}")]
+    Subscribe(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("refusing to listen on non-loopback address {0} without SLUICE_MASTER_KEY")]
+    NoMasterKey(SocketAddr),
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// What every request handler shares.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+    pub store: Store,
+    /// Group-committed job inserts.
+    pub jobs: Batcher<NewJob, Recorded>,
+    /// For readiness (and, later, flow control).
+    pub redis: sluice_core::redis::Pool,
+    /// Recently resolved virtual keys.
+    pub keys: KeyCache,
+    /// Workers heard from recently.
+    pub workers: Arc<Workers>,
+    /// Tells the batch driver that a batch was created or cancelled.
+    pub batch_wake: Arc<tokio::sync::Notify>,
+}
+
+impl AppState {
+    /// Authenticates a request: the master key or a virtual key.
+    pub async fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        auth::authenticate(
+            headers,
+            self.config.master_key.as_ref(),
+            &self.store,
+            &self.keys,
+        )
+        .await
+    }
+}
+
+struct JobsFlush(Store);
+
+impl Flush<NewJob> for JobsFlush {
+    type Out = Recorded;
+    fn flush<'a>(&'a self, items: &'a [NewJob]) -> BoxFuture<'a, Result<Vec<Recorded>, String>> {
+        Box::pin(async move {
+            self.0
+                .record_new_jobs(items)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/jobs", post(routes::jobs::submit))
+        .route("/v1/chat/completions", post(routes::chat::completions))
+        .route("/v1/spend", get(routes::spend::report))
+        .route("/v1/limits", get(routes::limits::report))
+        .route("/v1/jobs/{id}", get(routes::jobs::get))
+        .route("/v1/jobs/{id}/events", get(routes::jobs::events))
+        .route("/v1/jobs/{id}/cancel", post(routes::jobs::cancel))
+        .route(
+            "/v1/files",
+            post(routes::files::upload).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/v1/files/{id}",
+            get(routes::files::get).delete(routes::files::delete),
+        )
+        .route("/v1/files/{id}/content", get(routes::files::content))
+        .route(
+            "/v1/batches",
+            post(routes::batches::create).get(routes::batches::list),
+        )
+        .route("/v1/batches/{id}", get(routes::batches::get))
+        .route("/v1/batches/{id}/cancel", post(routes::batches::cancel))
+        .route("/v1/models", get(routes::models::list))
+        .route(
+            "/v1/keys",
+            post(routes::keys::create).get(routes::keys::list),
+        )
+        .route("/v1/keys/{id}", delete(routes::keys::delete))
+        .route("/v1/queue", get(routes::queue::show))
+        .route("/metrics", get(routes::metrics::metrics))
+        .route("/healthz", get(routes::health::healthz))
+        .route("/readyz", get(routes::health::readyz))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(state)
+}
+
+/// Binds `config.api_addr` and serves until `shutdown` is cancelled.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(&config.api_addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.api_addr.clone(),
+            source,
+        })?;
+    serve_on(listener, config, shutdown).await
+}
+
+/// Serves on an already bound listener (tests bind port 0).
+pub async fn serve_on(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr().map_err(ServeError::Serve)?;
+    if config.master_key.is_none() && !addr.ip().is_loopback() {
+        return Err(ServeError::NoMasterKey(addr));
+    }
+    let config = Arc::new(config);
+    let nats = sluice_core::nats::connect(&config.nats_url, "sluice-api").await?;
+    let js = jetstream::new(nats.clone());
+    let subjects = Subjects::new(&config.subject_prefix);
+    sluice_core::nats::ensure_streams(&js, &subjects, config.events_max_age).await?;
+    let store = Store::connect(&config.database_url, 16).await?;
+    store.check_migrated().await?;
+    let redis = sluice_core::redis::pool(&config.redis_url, 4)?;
+    metrics::describe();
+    let heartbeats = nats
+        .subscribe(subjects.worker_heartbeat())
+        .await
+        .map_err(|e| ServeError::Subscribe(e.to_string()))?;
+    if !config.ignored_keys.is_empty() {
+        tracing::warn!(keys = ?config.ignored_keys, "config keys Sluice does not act on");
+    }
+
+    let background = TaskTracker::new();
+    let jobs = Batcher::spawn("jobs", 512, &background, JobsFlush(store.clone()));
+    let workers = Arc::new(Workers::default());
+    let ops_stop = CancellationToken::new();
+    background.spawn(workers::listen(
+        heartbeats,
+        Arc::clone(&workers),
+        ops_stop.clone(),
+    ));
+    background.spawn(upkeep(ops_stop.clone()));
+    let state = Arc::new(AppState {
+        config: Arc::clone(&config),
+        nats: nats.clone(),
+        js,
+        subjects,
+        store,
+        jobs,
+        redis,
+        keys: KeyCache::default(),
+        workers,
+        batch_wake: Arc::new(tokio::sync::Notify::new()),
+    });
+    background.spawn(batches::run(
+        Arc::clone(&state),
+        Arc::clone(&state.batch_wake),
+        ops_stop.clone(),
+    ));
+    tracing::info!(%addr, "api listening");
+    let app = router(state);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    ops_stop.cancel();
+    background.close();
+    background.wait().await;
+    served.map_err(ServeError::Serve)?;
+    let _ = nats.flush().await;
+    tracing::info!("api stopped");
+    Ok(())
+}
+
+/// Keeps histogram storage bounded between scrapes.
+async fn upkeep(stop: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => sluice_core::metrics::upkeep(),
+            _ = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! `POST /v1/chat/completions`: the OpenAI-compatible synchronous facade.
+//!
+//! The request becomes a job like any other (queue, priority from `x-sluice-priority`,
+//! limits, retries, fallbacks, ledger); this handler then follows the job's events and
+//! answers in OpenAI's shapes: one `chat.completion`, or SSE `chat.completion.chunk`s
+//! ending with `data: [DONE]`. A client that goes away cancels nothing: the job finishes
+//! and is recorded. Unmodified OpenAI SDKs work against `base_url=http://host/v1`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, Request, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::{Stream, StreamExt};
+use serde_json::{json, Value};
+use sluice_schemas::events::{HEADER_ATTEMPT, HEADER_EVENT};
+use sluice_schemas::{DoneEvent, ErrorClass, EventKind, JobStatus, Tier};
+
+use crate::errors::ApiError;
+use crate::routes::jobs::{accept, follow_events, parse_submit};
+use crate::AppState;
+
+/// The longest a synchronous caller waits; the job itself goes on.
+const MAX_WAIT: Duration = Duration::from_secs(15 * 60);
+
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(req.headers()).await?;
+    let priority = match req.headers().get("x-sluice-priority") {
+        Some(v) => Some(v.to_str().ok().and_then(Tier::parse).ok_or_else(|| {
+            ApiError::bad_request("x-sluice-priority must be critical, high, normal, low or 0-3")
+                .param("x-sluice-priority")
+        })?),
+        None => None,
+    };
+    let limit = state.config.max_body_bytes;
+    let bytes = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| ApiError::too_large(limit))?;
+    let mut body = parse_submit(&bytes)?;
+    if priority.is_some() {
+        body.priority = priority;
+    }
+    let stream = body.request.stream.unwrap_or(false);
+    let include_usage = body.request.stream_options.is_some_and(|o| o.include_usage);
+    let (submitted, _) = accept(&state, &caller, body, None).await?;
+    let id = submitted.id;
+    let messages = follow_events(&state, id).await?;
+    let job_header =
+        HeaderValue::from_str(&id.to_string()).map_err(|e| ApiError::internal(e.to_string()))?;
+
+    if stream {
+        let events = chunks(messages, include_usage);
+        let mut resp = Sse::new(events)
+            .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+            .into_response();
+        resp.headers_mut().insert("x-sluice-job-id", job_header);
+        return Ok(resp);
+    }
+
+    let done = tokio::time::timeout(MAX_WAIT, terminal(messages))
+        .await
+        .map_err(|_| {
+            ApiError::unavailable(format!(
+                "job {id} is still running; follow it at /v1/jobs/{id}"
+            ))
+            .code("timeout")
+        })?
+        .ok_or_else(|| ApiError::unavailable("the job's events ended without a result"))?;
+    let mut resp = match (done.status, done.result) {
+        (JobStatus::Succeeded, Some(result)) => Json(result).into_response(),
+        (_, _) => error_response(done.error.as_ref().map(|e| (e.class, e.message.as_str())))
+            .into_response(),
+    };
+    resp.headers_mut().insert("x-sluice-job-id", job_header);
+    Ok(resp)
+}
+
+/// Waits for the job's terminal event.
+async fn terminal(
+    mut messages: async_nats::jetstream::consumer::push::Ordered,
+) -> Option<DoneEvent> {
+    while let Some(Ok(msg)) = messages.next().await {
+        let kind = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(HEADER_EVENT))
+            .and_then(|v| EventKind::parse(v.as_str()));
+        if kind.is_some_and(EventKind::is_terminal) {
+            return serde_json::from_slice(&msg.payload).ok();
+        }
+    }
+    None
+}
+
+/// The job's chunks as OpenAI SSE, ending with `[DONE]` (or an error object).
+///
+/// Chunks of an attempt that failed before sending anything are invisible to the client.
+/// If an attempt fails after some of its chunks went out, those cannot be taken back: the
+/// client is told with an SSE comment and the next attempt's chunks follow.
+fn chunks(
+    messages: async_nats::jetstream::consumer::push::Ordered,
+    include_usage: bool,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures::stream::unfold(Some(messages), move |state| async move {
+        let mut messages = state?;
+        loop {
+            let msg = match messages.next().await {
+                Some(Ok(msg)) => msg,
+                _ => return Some((vec![Event::default().data("[DONE]")], None)),
+            };
+            let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_string());
+            match header(HEADER_EVENT).as_deref().and_then(EventKind::parse) {
+                Some(EventKind::Chunk) => {
+                    if !include_usage && is_usage_only(&msg.payload) {
+                        continue;
+                    }
+                    let data = String::from_utf8_lossy(&msg.payload).into_owned();
+                    return Some((vec![Event::default().data(data)], Some(messages)));
+                }
+                Some(EventKind::Retry) => {
+                    let attempt = header(HEADER_ATTEMPT).unwrap_or_default();
+                    return Some((vec![Event::default().comment(format!("sluice: attempt {attempt} failed; retrying"))], Some(messages)));
+                }
+                Some(EventKind::Done) => return Some((vec![Event::default().data("[DONE]")], None)),
+                Some(EventKind::Error) => {
+                    let done: Option<DoneEvent> = serde_json::from_slice(&msg.payload).ok();
+                    let (class, message) = done
+                        .as_ref()
+                        .and_then(|d| d.error.as_ref())
+                        .map(|e| (e.class, e.message.clone()))
+                        .unwrap_or((ErrorClass::Internal, "the job failed".into()));
+                    let body = json!({"error": {"message": message, "type": error_type(class), "param": null, "code": class.as_str()}});
+                    return Some((vec![Event::default().data(body.to_string()), Event::default().data("[DONE]")], None));
+                }
+                None => continue,
+            }
+        }
+    })
+    .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok)))
+}
+
+/// The usage chunk (`"choices": []`), sent only to clients that asked for it.
+fn is_usage_only(payload: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(payload)
+        .map(|v| v["choices"].as_array().is_some_and(Vec::is_empty) && v["usage"].is_object())
+        .unwrap_or(false)
+}
+
+fn error_type(class: ErrorClass) -> &'static str {
+    match class {
+        ErrorClass::RateLimit => "rate_limit_error",
+        ErrorClass::Auth => "authentication_error",
+        ErrorClass::BadRequest
+        | ErrorClass::ContextWindow
+        | ErrorClass::ContentPolicy
+        | ErrorClass::NotFound => "invalid_request_error",
+        _ => "server_error",
+    }
+}
+
+/// A failed job as the HTTP error an OpenAI client expects for its class.
+fn error_response(error: Option<(ErrorClass, &str)>) -> (StatusCode, Json<Value>) {
+    let (class, message) = error.unwrap_or((ErrorClass::Internal, "the job failed"));
+    let status = match class {
+        ErrorClass::BadRequest | ErrorClass::ContextWindow | ErrorClass::ContentPolicy => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorClass::Auth => StatusCode::UNAUTHORIZED,
+        ErrorClass::NotFound => StatusCode::NOT_FOUND,
+        ErrorClass::RateLimit => StatusCode::TOO_MANY_REQUESTS,
+        ErrorClass::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorClass::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    (
+        status,
+        Json(
+            json!({"error": {"message": message, "type": error_type(class), "param": null, "code": class.as_str()}}),
+        ),
+    )
+}
