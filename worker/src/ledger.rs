@@ -1,0 +1,32 @@
+//! The cost ledger: pricing a call, and writing attempts and results to Postgres in
+//! batches (one transaction per batch, see `Store::write_ledger`).
+
+use futures::future::BoxFuture;
+use sluice_core::batch::Flush;
+use sluice_core::store::LedgerEntry;
+use sluice_core::Store;
+use sluice_schemas::openai::{ChatRequest, Usage};
+
+/// Writes ledger batches.
+pub struct LedgerFlush(pub Store);
+
+impl Flush<LedgerEntry> for LedgerFlush {
+    type Out = ();
+    fn flush<'a>(&'a self, items: &'a [LedgerEntry]) -> BoxFuture<'a, Result<Vec<()>, String>> {
+        Box::pin(async move {
+            self.0
+                .write_ledger(items)
+                .await
+                .map(|_| vec![(); items.len()])
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// Usage for a call whose provider reported none (see [`crate::tokens`]).
+pub fn estimate_usage(request: &ChatRequest, completion_text: &str) -> Usage {
+    Usage::new(
+        crate::tokens::prompt(request),
+        crate::tokens::text(completion_text.len()),
+    )
+}

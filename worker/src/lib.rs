@@ -1,0 +1,450 @@
+//! The Sluice worker: consume → schedule → route → call provider → publish events →
+//! record result and cost → ack.
+//!
+//! [`run`] owns every task it starts; cancelling its token drains: the fetch loops stop
+//! pulling, in-flight jobs get `drain` time to finish, the rest are handed back (NAK),
+//! batched writes are flushed, and `run` returns. Throughout, the admin server on
+//! `metrics_addr` answers `/metrics`, `/healthz` and `/readyz` (not ready while
+//! draining), and a heartbeat tells the API the worker is there.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod events;
+pub mod heartbeat;
+mod job;
+pub mod keys;
+pub mod ledger;
+pub mod limits;
+pub mod metrics;
+pub mod pricing;
+pub mod providers;
+pub mod retry;
+pub mod router;
+pub mod scheduler;
+pub mod tokens;
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use futures::StreamExt;
+use sluice_core::batch::Batcher;
+use sluice_core::config::RoutingStrategy;
+use sluice_core::store::LedgerEntry;
+use sluice_core::{Config, Store};
+use sluice_schemas::{Subjects, Tier};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::providers::Providers;
+use crate::router::Router;
+use crate::scheduler::{Slots, DEFAULT_WEIGHTS};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Nats(#[from] sluice_core::nats::NatsError),
+    #[error(transparent)]
+    Store(#[from] sluice_core::store::StoreError),
+    #[error(transparent)]
+    Redis(#[from] sluice_core::redis::RedisError),
+    #[error(transparent)]
+    Pricing(#[from] pricing::PricingError),
+    #[error("cannot listen on {addr} (SLUICE_METRICS_ADDR): {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// The most messages one pull asks for.
+const MAX_PULL: usize = 64;
+/// How long an idle tier's pull waits for a message before it is renewed.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// Cluster-wide cap on unacked messages per tier consumer. Each worker is bounded by its
+/// own capacity; this only has to stay out of the way.
+const MAX_ACK_PENDING: i64 = 100_000;
+
+/// What every job task of one worker shares.
+pub(crate) struct Ctx {
+    pub config: Arc<Config>,
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+    pub store: Store,
+    pub ledger: Batcher<LedgerEntry, ()>,
+    pub providers: Providers,
+    pub router: Router,
+    pub limiter: limits::Limiter,
+    pub prices: pricing::Prices,
+    pub key_limits: keys::KeyLimits,
+    pub worker_id: String,
+    /// Webhook deliveries still retrying; drained after the jobs.
+    pub webhooks: TaskTracker,
+    /// Fired when the drain deadline passes: running jobs hand their message back.
+    pub hard_stop: CancellationToken,
+    /// Jobs running here, each with the token that cancels it.
+    inflight: Mutex<HashMap<Uuid, CancellationToken>>,
+}
+
+impl Ctx {
+    /// Claims `id` for this worker; `None` if it already runs here.
+    fn claim(&self, id: Uuid) -> Option<CancellationToken> {
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if map.contains_key(&id) {
+            return None;
+        }
+        let token = CancellationToken::new();
+        map.insert(id, token.clone());
+        Some(token)
+    }
+
+    fn release(&self, id: Uuid) {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// Stops the job `id` if it runs here.
+    fn cancel(&self, id: Uuid) {
+        if let Some(token) = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            token.cancel();
+        }
+    }
+}
+
+/// Listens for cancel notices and stops those jobs if they run here. Holds the context
+/// weakly, so it never keeps the ledger open during shutdown.
+async fn cancellations(ctx: std::sync::Weak<Ctx>, stop: CancellationToken) {
+    let Some(strong) = ctx.upgrade() else { return };
+    let subscribed = strong.nats.subscribe(strong.subjects.cancel_all()).await;
+    drop(strong);
+    let mut sub = match subscribed {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for cancellations");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            m = sub.next() => match m {
+                Some(msg) => {
+                    let id = msg.subject.rsplit('.').next().and_then(|s| Uuid::parse_str(s).ok());
+                    match (id, ctx.upgrade()) {
+                        (Some(id), Some(ctx)) => ctx.cancel(id),
+                        (_, None) => return,
+                        _ => {}
+                    }
+                }
+                None => return,
+            },
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Runs a worker until `shutdown` is cancelled, then drains.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    let config = Arc::new(config);
+    let nats = sluice_core::nats::connect(&config.nats_url, "sluice-worker").await?;
+    let js = jetstream::new(nats.clone());
+    let subjects = Subjects::new(&config.subject_prefix);
+    sluice_core::nats::ensure_streams(&js, &subjects, config.events_max_age).await?;
+    let consumers = sluice_core::nats::ensure_tier_consumers(
+        &js,
+        &subjects,
+        config.worker.ack_wait,
+        MAX_ACK_PENDING,
+    )
+    .await?;
+    let store = Store::connect(&config.database_url, 16).await?;
+    store.check_migrated().await?;
+    let redis = sluice_core::redis::pool(&config.redis_url, 32)?;
+    metrics::describe();
+    metrics::capacity(config.worker.capacity);
+    let admin_listener = tokio::net::TcpListener::bind(&config.metrics_addr)
+        .await
+        .map_err(|source| WorkerError::Bind {
+            addr: config.metrics_addr.clone(),
+            source,
+        })?;
+
+    // Load the tokenizer tables before the first job needs them.
+    if let Err(e) = tokio::task::spawn_blocking(tokens::warm).await {
+        tracing::warn!(error = %e, "tokenizer warm-up failed; estimates fall back lazily");
+    }
+    let background = TaskTracker::new();
+    let ledger = Batcher::spawn(
+        "ledger",
+        512,
+        &background,
+        metrics::Observed::new(ledger::LedgerFlush(store.clone()), &config),
+    );
+    let admin_state = Arc::new(admin::AdminState {
+        nats: nats.clone(),
+        js: js.clone(),
+        subjects: subjects.clone(),
+        redis: redis.clone(),
+        store: store.clone(),
+        draining: Default::default(),
+    });
+    let worker_id = worker_id();
+    let strategy = match config.router.strategy {
+        RoutingStrategy::LeastBusy => limits::Strategy::LeastBusy,
+        RoutingStrategy::LatencyBased => limits::Strategy::Latency,
+        RoutingStrategy::UsageBased => limits::Strategy::Usage,
+        // Shuffled by weight, or sorted by price, by the router.
+        RoutingStrategy::SimpleShuffle | RoutingStrategy::CostBased => limits::Strategy::AsGiven,
+    };
+    let limiter = limits::Limiter::new(
+        redis.clone(),
+        &config.subject_prefix,
+        config.limits.fail_open,
+    )
+    .with_strategy(strategy);
+    let price_file = match &config.pricing_file {
+        Some(path) => pricing::load_file(path)?,
+        None => Default::default(),
+    };
+    let prices = pricing::Prices::resolve(&config.deployments, &price_file);
+    for d in &config.deployments {
+        if prices.get(&d.id).is_none() {
+            tracing::warn!(deployment = %d.id, model = %d.model, "no price known: its cost is recorded as NULL (pricing_missing)");
+        }
+    }
+    let ctx = Arc::new(Ctx {
+        prices,
+        router: Router::new(&config),
+        limiter,
+        key_limits: keys::KeyLimits::new(store.clone()),
+        config: Arc::clone(&config),
+        nats: nats.clone(),
+        js,
+        subjects,
+        store,
+        ledger,
+        providers: Providers::new(),
+        worker_id: worker_id.clone(),
+        hard_stop: CancellationToken::new(),
+        webhooks: TaskTracker::new(),
+        inflight: Mutex::new(HashMap::new()),
+    });
+    let slots = Slots::new(config.worker.capacity, DEFAULT_WEIGHTS);
+    let ops = TaskTracker::new();
+    let ops_stop = CancellationToken::new();
+    if let Ok(addr) = admin_listener.local_addr() {
+        tracing::info!(%addr, "metrics and health listening");
+    }
+    ops.spawn(admin::serve(
+        admin_listener,
+        Arc::clone(&admin_state),
+        ops_stop.clone(),
+    ));
+    ops.spawn(heartbeat::run(
+        worker_id.clone(),
+        Arc::clone(&slots),
+        Arc::clone(&admin_state),
+        ops_stop.clone(),
+    ));
+    ops.spawn(cancellations(Arc::downgrade(&ctx), ops_stop.clone()));
+    ops.close();
+    tracing::info!(worker = %worker_id, capacity = config.worker.capacity, deployments = config.deployments.len(), "worker started");
+
+    let fetchers = TaskTracker::new();
+    let jobs = TaskTracker::new();
+    for (tier, consumer) in consumers {
+        fetchers.spawn(fetch_loop(
+            Arc::clone(&ctx),
+            Arc::clone(&slots),
+            tier,
+            consumer,
+            shutdown.clone(),
+            jobs.clone(),
+        ));
+    }
+    fetchers.close();
+
+    shutdown.cancelled().await;
+    admin_state.draining.store(true, Ordering::Relaxed);
+    tracing::info!(in_flight = slots.in_use(), "draining");
+    fetchers.wait().await;
+    jobs.close();
+    if tokio::time::timeout(config.worker.drain, jobs.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = slots.in_use(),
+            "drain deadline passed; handing jobs back"
+        );
+        ctx.hard_stop.cancel();
+        jobs.wait().await;
+    }
+    // Webhooks retry for about half a minute at most; let them finish or run out.
+    ctx.webhooks.close();
+    ctx.webhooks.wait().await;
+    drop(ctx);
+    background.close();
+    background.wait().await;
+    ops_stop.cancel();
+    ops.wait().await;
+    let _ = nats.flush().await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Pulls one tier's messages. An idle tier waits for work holding no slot: a long pull
+/// for a single message. Once it has one, it competes for a slot (by weight, while
+/// keeping the message alive with in-progress acks) and, while the tier keeps yielding
+/// messages, pulls only as many as it holds slots for. So a worker never holds more than
+/// one message per tier beyond its capacity, and idle tiers never hold capacity.
+async fn fetch_loop(
+    ctx: Arc<Ctx>,
+    slots: Arc<Slots>,
+    tier: Tier,
+    consumer: PullConsumer,
+    shutdown: CancellationToken,
+    jobs: TaskTracker,
+) {
+    let keepalive = ctx.config.worker.ack_wait / 3;
+    'idle: loop {
+        // Phase 1: wait for work, holding no capacity.
+        let first = tokio::select! {
+            m = next_message(&consumer, tier) => m,
+            _ = shutdown.cancelled() => return,
+        };
+        let Some(first) = first else { continue };
+        // Phase 2: a slot for it.
+        let slot = {
+            let acquire = slots.acquire(tier);
+            tokio::pin!(acquire);
+            let mut tick = tokio::time::interval(keepalive);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    s = &mut acquire => break s,
+                    _ = tick.tick() => { let _ = first.ack_with(AckKind::Progress).await; }
+                    _ = shutdown.cancelled() => {
+                        let _ = first.ack_with(AckKind::Nak(None)).await;
+                        return;
+                    }
+                }
+            }
+        };
+        spawn_job(&ctx, &jobs, first, slot, tier);
+        // Phase 3: the tier has work; pull as many messages as we hold slots.
+        let mut want = 2usize;
+        loop {
+            let first_slot = tokio::select! {
+                s = slots.acquire(tier) => s,
+                _ = shutdown.cancelled() => return,
+            };
+            let mut held = vec![first_slot];
+            while held.len() < want {
+                match slots.try_acquire() {
+                    Some(s) => held.push(s),
+                    None => break,
+                }
+            }
+            let asked = held.len();
+            let got = match consumer.fetch().max_messages(asked).messages().await {
+                Ok(mut batch) => {
+                    let mut got = 0;
+                    while let Some(next) = batch.next().await {
+                        let Ok(msg) = next else { break };
+                        got += 1;
+                        match held.pop() {
+                            Some(slot) if !shutdown.is_cancelled() => {
+                                spawn_job(&ctx, &jobs, msg, slot, tier)
+                            }
+                            _ => {
+                                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                            }
+                        }
+                    }
+                    got
+                }
+                Err(e) => {
+                    tracing::warn!(%tier, error = %e, "fetch failed");
+                    0
+                }
+            };
+            drop(held);
+            if got == 0 {
+                continue 'idle;
+            }
+            want = if got == asked {
+                (asked * 2).min(MAX_PULL)
+            } else {
+                got.max(1)
+            };
+        }
+    }
+}
+
+/// Long-polls one message of `tier`; `None` when the poll expired or failed.
+async fn next_message(consumer: &PullConsumer, tier: Tier) -> Option<jetstream::Message> {
+    match consumer
+        .batch()
+        .max_messages(1)
+        .expires(PULL_EXPIRES)
+        .messages()
+        .await
+    {
+        Ok(mut batch) => match batch.next().await {
+            Some(Ok(msg)) => Some(msg),
+            Some(Err(e)) => {
+                tracing::warn!(%tier, error = %e, "pull error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                None
+            }
+            None => None,
+        },
+        Err(e) => {
+            tracing::warn!(%tier, error = %e, "pull failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            None
+        }
+    }
+}
+
+fn spawn_job(
+    ctx: &Arc<Ctx>,
+    jobs: &TaskTracker,
+    msg: jetstream::Message,
+    slot: scheduler::Slot,
+    tier: Tier,
+) {
+    let ctx = Arc::clone(ctx);
+    let (published, delivery) = msg
+        .info()
+        .map(|i| (Some(i.published.unix_timestamp_nanos()), i.delivered))
+        .unwrap_or((None, 1));
+    let in_flight = metrics::InFlight::start(tier, published, delivery);
+    jobs.spawn(async move {
+        job::handle(ctx, msg, tier).await;
+        drop(in_flight);
+        drop(slot);
+    });
+}
+
+fn worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}", std::process::id())
+}

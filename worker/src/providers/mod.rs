@@ -1,0 +1,303 @@
+//! The provider layer: one OpenAI-shaped call over every wire protocol.
+//!
+//! Owns the HTTP client, the wire adapters (one module per protocol: [`openai`] and its
+//! compatible family, [`azure`], [`anthropic`], [`gemini`], [`ollama`]), the stream driver
+//! ([`stream`]) and error classification: every failure leaves this layer as a
+//! [`ProviderError`] with exactly one [`ErrorClass`]. Retry, cooldown and fallback decisions
+//! live elsewhere and look only at the class.
+
+pub mod accumulate;
+pub mod anthropic;
+pub mod azure;
+pub mod gemini;
+pub mod ollama;
+pub mod openai;
+pub mod params;
+pub mod ratelimit;
+mod request;
+pub mod stream;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use reqwest::header::HeaderMap;
+use sluice_core::config::{Deployment, Protocol};
+use sluice_schemas::openai::{
+    ChatCompletion, ChatCompletionChunk, ChatRequest, StreamOptions, Usage,
+};
+use sluice_schemas::ErrorClass;
+
+pub use params::Params;
+pub use ratelimit::RateLimits;
+pub use stream::StreamDecoder;
+
+/// The longest provider message kept in an error.
+const MAX_ERROR_MESSAGE: usize = 4096;
+
+/// A failed provider call, classified once.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{class}: {message}")]
+pub struct ProviderError {
+    pub class: ErrorClass,
+    pub message: String,
+    pub status: Option<u16>,
+    /// From `Retry-After` / `retry-after-ms` (or the provider's own hint, e.g. Gemini's
+    /// `RetryInfo`).
+    pub retry_after: Option<Duration>,
+    /// The provider's rate-limit headers on the failed response, if it sent any (boxed:
+    /// errors travel through many `Result`s and should stay small).
+    pub rate_limits: Option<Box<RateLimits>>,
+}
+
+impl ProviderError {
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
+        ProviderError {
+            class,
+            message: truncate(&message.into()),
+            status: None,
+            retry_after: None,
+            rate_limits: None,
+        }
+    }
+
+    /// Adds what the response headers say (status, Retry-After, rate limits).
+    pub fn with_response(mut self, status: u16, headers: &HeaderMap) -> Self {
+        self.status = Some(status);
+        if self.retry_after.is_none() {
+            self.retry_after = retry_after(headers);
+        }
+        self.rate_limits = RateLimits::from_headers(headers).map(Box::new);
+        self
+    }
+
+    /// Turns a transport error into a class without leaking the URL's secrets.
+    pub fn from_reqwest(e: &reqwest::Error) -> Self {
+        let e_url = e.url().cloned();
+        let class = if e.is_timeout() {
+            ErrorClass::Timeout
+        } else if e.is_connect() {
+            ErrorClass::Connection
+        } else if e.is_body() || e.is_decode() {
+            ErrorClass::TruncatedStream
+        } else {
+            ErrorClass::Connection
+        };
+        // The URL can carry a key (`?key=`); keep only its path.
+        let mut e = e.to_string();
+        if let Some(url) = e_url {
+            e = e.replace(url.as_str(), url.path());
+        }
+        ProviderError::new(class, e)
+    }
+}
+
+/// Receives each chunk of a streamed call as it arrives.
+pub trait ChunkSink: Send {
+    /// `raw` is the chunk's JSON as the provider sent it when that already is an OpenAI
+    /// chunk (so it can be forwarded without re-encoding), otherwise `None`.
+    fn chunk(
+        &mut self,
+        chunk: &ChatCompletionChunk,
+        raw: Option<&str>,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// A sink that drops everything (non-streamed calls, tests).
+pub struct NoSink;
+
+impl ChunkSink for NoSink {
+    async fn chunk(&mut self, _: &ChatCompletionChunk, _: Option<&str>) {}
+}
+
+/// A successful call.
+#[derive(Debug, Clone)]
+pub struct CallOutput {
+    pub completion: ChatCompletion,
+    /// `None` when the provider did not report usage.
+    pub usage: Option<Usage>,
+    /// Time to first content chunk (streamed calls only).
+    pub ttft: Option<Duration>,
+    pub latency: Duration,
+    /// Request parameters left out because the provider cannot take them
+    /// (`drop_params: true`), for the attempt record.
+    pub dropped_params: Vec<String>,
+    /// The provider's rate-limit headers, for flow control.
+    pub rate_limits: Option<RateLimits>,
+}
+
+/// The shared provider client: one connection pool for every upstream.
+#[derive(Clone)]
+pub struct Providers {
+    http: reqwest::Client,
+}
+
+impl Providers {
+    pub fn new() -> Self {
+        // HTTP/2 is negotiated by ALPN where the provider offers it (rustls).
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(1024)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        Providers { http }
+    }
+
+    /// Calls `deployment` with `request`, rewriting its `model` to the upstream name and
+    /// its stream settings (streamed calls always ask for usage). Enforces the whole-call
+    /// timeout here and time-to-first-token in the stream driver.
+    pub async fn call<S: ChunkSink>(
+        &self,
+        deployment: &Deployment,
+        request: &mut ChatRequest,
+        stream: bool,
+        sink: &mut S,
+    ) -> Result<CallOutput, ProviderError> {
+        let started = Instant::now();
+        request.model.clone_from(&deployment.model);
+        request.stream = Some(stream);
+        request.stream_options = stream.then_some(StreamOptions {
+            include_usage: true,
+        });
+        let request = &*request;
+        let call = async {
+            let mut params = Params::new(deployment);
+            let builder = match deployment.protocol {
+                Protocol::OpenAi => openai::build(&self.http, deployment, request, &mut params),
+                Protocol::Azure => azure::build(&self.http, deployment, request, &mut params),
+                Protocol::Anthropic => {
+                    anthropic::build(&self.http, deployment, request, stream, &mut params)
+                }
+                Protocol::Gemini => {
+                    gemini::build(&self.http, deployment, request, stream, &mut params)
+                }
+                Protocol::Ollama => {
+                    ollama::build(&self.http, deployment, request, stream, &mut params)
+                }
+            }?;
+            let dropped = params.into_dropped();
+            if !dropped.is_empty() {
+                tracing::debug!(deployment = %deployment.id, ?dropped, "dropped unsupported params");
+            }
+            let mut out = stream::execute(builder, deployment, stream, sink, started).await?;
+            out.dropped_params = dropped;
+            Ok(out)
+        };
+        match tokio::time::timeout(deployment.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(ProviderError::new(
+                ErrorClass::Timeout,
+                format!("no complete response within {:?}", deployment.timeout),
+            )),
+        }
+    }
+}
+
+impl Providers {
+    /// The shared HTTP client (webhooks reuse its connection pool).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+impl Default for Providers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Classifies a non-2xx response in the protocol's own terms.
+pub fn classify(
+    protocol: Protocol,
+    provider: &str,
+    status: u16,
+    headers: &HeaderMap,
+    body: &str,
+) -> ProviderError {
+    let e = match protocol {
+        Protocol::OpenAi | Protocol::Azure => openai::classify(provider, status, body),
+        Protocol::Anthropic => anthropic::classify(status, body),
+        Protocol::Gemini => gemini::classify(status, body),
+        Protocol::Ollama => ollama::classify(status, body),
+    };
+    e.with_response(status, headers)
+}
+
+/// `retry-after-ms`, then `retry-after` in seconds (HTTP dates are treated as absent).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
+        if ms.is_finite() && ms >= 0.0 {
+            return Some(Duration::from_secs_f64(ms / 1000.0));
+        }
+    }
+    get("retry-after")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+/// Keeps error messages bounded (bodies can be whole HTML pages).
+pub(crate) fn truncate(s: &str) -> String {
+    if s.len() <= MAX_ERROR_MESSAGE {
+        return s.to_string();
+    }
+    let mut end = MAX_ERROR_MESSAGE;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Context-window wording shared by the OpenAI family, Anthropic, Gemini and Ollama
+/// (`reference/providers.md` §8), lower-cased.
+pub(crate) fn is_context_message(lower: &str) -> bool {
+    lower.contains("maximum context length")
+        || lower.contains("context window")
+        || lower.contains("context_length_exceeded")
+        || lower.contains("prompt is too long")
+        || lower.contains("exceed context limit")
+        || lower.contains("range of input length should be")
+        || (lower.contains("input token count") && lower.contains("exceeds the maximum"))
+        || lower.contains("exceeds the context length")
+        || lower.contains("longer than the context length")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_prefers_milliseconds() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "3".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert("retry-after-ms", "250".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(250)));
+        let mut h = HeaderMap::new();
+        h.insert(
+            "retry-after",
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn transport_errors_never_carry_the_query_string() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = rt.block_on(async {
+            reqwest::Client::new()
+                .get("http://127.0.0.1:1/v1beta/models/m:generateContent?key=sk-secret-1")
+                .send()
+                .await
+                .unwrap_err()
+        });
+        let pe = ProviderError::from_reqwest(&e);
+        assert_eq!(pe.class, ErrorClass::Connection);
+        assert!(!pe.message.contains("sk-secret-1"), "{}", pe.message);
+    }
+}

@@ -1,0 +1,514 @@
+//! Sending a prepared request and turning the response into a [`CallOutput`]: the shared
+//! driver every adapter uses, and [`StreamDecoder`], which frames a response body (SSE or
+//! NDJSON) and hands each payload to the protocol's normaliser, which emits OpenAI
+//! `chat.completion.chunk`s.
+//!
+//! Owns: status checks, time to first token (`stream_timeout`), truncation (a stream is
+//! complete only after its protocol's terminator) and the content-filter check on the
+//! final completion. Does not own request mapping or error wording: those are per protocol.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use sluice_core::config::{Deployment, Protocol};
+use sluice_schemas::openai::{
+    ChatCompletion, ChatCompletionChunk, ChunkChoice, Delta, Role, ToolCallDelta, Usage,
+};
+use sluice_schemas::sse::{SseEvent, SseParser, MAX_LINE};
+use sluice_schemas::ErrorClass;
+
+use super::accumulate::Accumulator;
+use super::{anthropic, gemini, ollama, openai};
+use super::{CallOutput, ChunkSink, ProviderError, RateLimits};
+
+/// One normalised chunk, with the provider's own JSON when that already is this chunk.
+#[derive(Debug)]
+pub struct Emitted {
+    pub chunk: ChatCompletionChunk,
+    pub raw: Option<String>,
+}
+
+/// Why one stream payload could not be used.
+#[derive(Debug)]
+pub(crate) enum EventError {
+    /// Not the JSON the protocol sends (garbage, or cut off by the end of the stream).
+    Malformed,
+    /// The provider reported an error inside the stream.
+    Provider(ProviderError),
+}
+
+impl From<ProviderError> for EventError {
+    fn from(e: ProviderError) -> Self {
+        EventError::Provider(e)
+    }
+}
+
+/// The id, model and creation time every chunk of one response carries.
+#[derive(Debug, Clone)]
+pub(crate) struct ChunkMeta {
+    pub id: String,
+    pub model: String,
+    pub created: i64,
+}
+
+impl ChunkMeta {
+    /// A fresh `chatcmpl-…` id, for protocols whose responses carry none.
+    pub fn new(model: &str) -> Self {
+        ChunkMeta {
+            id: format!("chatcmpl-{}", uuid::Uuid::now_v7().simple()),
+            model: model.to_string(),
+            created: now_secs(),
+        }
+    }
+
+    pub fn chunk(&self, index: u32, delta: Delta, finish: Option<String>) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices: vec![ChunkChoice {
+                index,
+                delta,
+                finish_reason: finish,
+            }],
+            usage: None,
+        }
+    }
+
+    /// The trailing usage chunk (`choices: []`), as OpenAI sends with `include_usage`.
+    pub fn usage_chunk(&self, usage: Usage) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices: Vec::new(),
+            usage: Some(usage),
+        }
+    }
+
+    pub fn emit(&self, out: &mut Vec<Emitted>, index: u32, delta: Delta, finish: Option<String>) {
+        out.push(Emitted {
+            chunk: self.chunk(index, delta, finish),
+            raw: None,
+        });
+    }
+}
+
+pub(crate) fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The first delta of a streamed tool call (id, name, empty or whole arguments).
+pub(crate) fn tool_call_start(index: u32, id: String, name: String, args: String) -> Delta {
+    Delta {
+        tool_calls: Some(vec![ToolCallDelta {
+            index,
+            id: Some(id),
+            kind: Some("function".into()),
+            function: Some(sluice_schemas::openai::FunctionCallDelta {
+                name: Some(name),
+                arguments: Some(args),
+            }),
+        }]),
+        ..Delta::default()
+    }
+}
+
+/// The assistant role delta that opens a stream.
+pub(crate) fn role_delta() -> Delta {
+    Delta {
+        role: Some(Role::Assistant),
+        content: Some(String::new()),
+        ..Delta::default()
+    }
+}
+
+/// Splits a body into newline-delimited JSON lines (Ollama).
+#[derive(Debug, Default)]
+struct NdjsonParser {
+    buf: Vec<u8>,
+}
+
+impl NdjsonParser {
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) -> Result<(), ProviderError> {
+        self.buf.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some(end) = self.buf[start..].iter().position(|&b| b == b'\n') {
+            let line = &self.buf[start..start + end];
+            start += end + 1;
+            Self::line(line, out);
+        }
+        self.buf.drain(..start);
+        if self.buf.len() > MAX_LINE {
+            return Err(ProviderError::new(
+                ErrorClass::Server,
+                format!("NDJSON line longer than {MAX_LINE} bytes"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<SseEvent>) {
+        let rest = std::mem::take(&mut self.buf);
+        Self::line(&rest, out);
+    }
+
+    fn line(line: &[u8], out: &mut Vec<SseEvent>) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        out.push(SseEvent {
+            event: None,
+            data: String::from_utf8_lossy(line).into_owned(),
+        });
+    }
+}
+
+#[derive(Debug)]
+enum Framing {
+    Sse(SseParser),
+    Ndjson(NdjsonParser),
+}
+
+#[derive(Debug)]
+enum Normaliser {
+    OpenAi(openai::StreamState),
+    Anthropic(anthropic::StreamState),
+    Gemini(gemini::StreamState),
+    Ollama(ollama::StreamState),
+}
+
+impl Normaliser {
+    fn event(&mut self, ev: SseEvent, out: &mut Vec<Emitted>) -> Result<(), EventError> {
+        match self {
+            Normaliser::OpenAi(s) => s.event(ev, out),
+            Normaliser::Anthropic(s) => s.event(ev, out),
+            Normaliser::Gemini(s) => s.event(ev, out),
+            Normaliser::Ollama(s) => s.event(ev, out),
+        }
+    }
+
+    fn complete(&self) -> bool {
+        match self {
+            Normaliser::OpenAi(s) => s.complete(),
+            Normaliser::Anthropic(s) => s.complete(),
+            Normaliser::Gemini(s) => s.complete(),
+            Normaliser::Ollama(s) => s.complete(),
+        }
+    }
+
+    fn end(&mut self, out: &mut Vec<Emitted>) {
+        if let Normaliser::Gemini(s) = self {
+            s.end(out)
+        }
+    }
+
+    fn terminator(&self) -> &'static str {
+        match self {
+            Normaliser::OpenAi(_) => "data: [DONE]",
+            Normaliser::Anthropic(_) => "message_stop",
+            Normaliser::Gemini(_) => "a finishReason",
+            Normaliser::Ollama(_) => "done:true",
+        }
+    }
+}
+
+/// Frames a streamed body and normalises each payload to OpenAI chunks, for one protocol.
+///
+/// Feed it the body as it arrives, then call [`StreamDecoder::finish`] when the connection
+/// ends: that is where a stream cut before its terminator becomes `truncated_stream`.
+#[derive(Debug)]
+pub struct StreamDecoder {
+    framing: Framing,
+    norm: Normaliser,
+    events: Vec<SseEvent>,
+    chunks: usize,
+}
+
+impl StreamDecoder {
+    /// `model` names the chunks of protocols whose payloads do not carry it.
+    pub fn new(protocol: Protocol, model: &str) -> Self {
+        let (framing, norm) = match protocol {
+            Protocol::OpenAi | Protocol::Azure => (
+                Framing::Sse(SseParser::new()),
+                Normaliser::OpenAi(openai::StreamState::default()),
+            ),
+            Protocol::Anthropic => (
+                Framing::Sse(SseParser::new()),
+                Normaliser::Anthropic(anthropic::StreamState::new(model)),
+            ),
+            Protocol::Gemini => (
+                Framing::Sse(SseParser::new()),
+                Normaliser::Gemini(gemini::StreamState::new(model)),
+            ),
+            Protocol::Ollama => (
+                Framing::Ndjson(NdjsonParser::default()),
+                Normaliser::Ollama(ollama::StreamState::new(model)),
+            ),
+        };
+        StreamDecoder {
+            framing,
+            norm,
+            events: Vec::new(),
+            chunks: 0,
+        }
+    }
+
+    /// Adds body bytes; pushes the chunks they complete onto `out`.
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<Emitted>) -> Result<(), ProviderError> {
+        match &mut self.framing {
+            Framing::Sse(p) => p.feed(bytes, &mut self.events).map_err(|e| {
+                ProviderError::new(ErrorClass::Server, format!("malformed stream: {e}"))
+            })?,
+            Framing::Ndjson(p) => p.feed(bytes, &mut self.events)?,
+        }
+        self.drain(out, false)
+    }
+
+    /// The body ended: flushes a last unterminated payload, and fails with
+    /// `truncated_stream` if the protocol's terminator never came.
+    pub fn finish(&mut self, out: &mut Vec<Emitted>) -> Result<(), ProviderError> {
+        match &mut self.framing {
+            Framing::Sse(p) => p.finish(&mut self.events),
+            Framing::Ndjson(p) => p.finish(&mut self.events),
+        }
+        self.drain(out, true)?;
+        if !self.norm.complete() {
+            return Err(ProviderError::new(
+                ErrorClass::TruncatedStream,
+                format!(
+                    "stream ended after {} chunks without {}",
+                    self.chunks,
+                    self.norm.terminator()
+                ),
+            ));
+        }
+        self.norm.end(out);
+        Ok(())
+    }
+
+    /// Whether the protocol's explicit terminator has been seen, so the rest of the body
+    /// can be ignored. Gemini has none: its stream ends when the server closes it.
+    pub fn is_terminated(&self) -> bool {
+        !matches!(self.norm, Normaliser::Gemini(_)) && self.norm.complete()
+    }
+
+    fn drain(&mut self, out: &mut Vec<Emitted>, at_eof: bool) -> Result<(), ProviderError> {
+        let before = out.len();
+        let mut result = Ok(());
+        for ev in self.events.drain(..) {
+            match self.norm.event(ev, out) {
+                Ok(()) => {}
+                Err(EventError::Provider(e)) => {
+                    result = Err(e);
+                    break;
+                }
+                // A payload cut off by the end of the body is a truncation; garbage in the
+                // middle of a live stream is the provider's fault.
+                Err(EventError::Malformed) if at_eof => {
+                    result = Err(ProviderError::new(
+                        ErrorClass::TruncatedStream,
+                        "stream ended inside a payload",
+                    ));
+                    break;
+                }
+                Err(EventError::Malformed) => {
+                    result = Err(ProviderError::new(
+                        ErrorClass::Server,
+                        "provider sent a malformed stream payload",
+                    ));
+                    break;
+                }
+            }
+        }
+        self.events.clear();
+        self.chunks += out.len() - before;
+        result
+    }
+}
+
+/// Sends `builder` and reads the answer: a whole completion, or a stream fed to `sink`.
+pub(crate) async fn execute<S: ChunkSink>(
+    builder: reqwest::RequestBuilder,
+    d: &Deployment,
+    stream: bool,
+    sink: &mut S,
+    started: Instant,
+) -> Result<CallOutput, ProviderError> {
+    let resp = builder
+        .send()
+        .await
+        .map_err(|e| ProviderError::from_reqwest(&e))?;
+    let status = resp.status().as_u16();
+    let rate_limits = RateLimits::from_headers(resp.headers());
+    if !resp.status().is_success() {
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap_or_default();
+        return Err(super::classify(
+            d.protocol,
+            &d.provider,
+            status,
+            &headers,
+            &text,
+        ));
+    }
+    let with_limits = |mut e: ProviderError| {
+        e.status.get_or_insert(status);
+        e.rate_limits = rate_limits.map(Box::new);
+        e
+    };
+    if !stream {
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ProviderError::from_reqwest(&e))?;
+        let completion = parse_completion(d, &bytes).map_err(with_limits)?;
+        if let Some(e) = refusal_error(&completion) {
+            return Err(with_limits(e));
+        }
+        return Ok(CallOutput {
+            usage: completion.usage,
+            completion,
+            ttft: None,
+            latency: started.elapsed(),
+            dropped_params: Vec::new(),
+            rate_limits,
+        });
+    }
+
+    let mut body = resp.bytes_stream();
+    let mut decoder = StreamDecoder::new(d.protocol, &d.model);
+    let mut out: Vec<Emitted> = Vec::new();
+    let mut acc = Accumulator::new();
+    let mut ttft: Option<Duration> = None;
+    loop {
+        let next = match (ttft, d.stream_timeout) {
+            (None, Some(limit)) => {
+                let left = limit.saturating_sub(started.elapsed());
+                tokio::time::timeout(left, body.next()).await.map_err(|_| {
+                    ProviderError::new(
+                        ErrorClass::Timeout,
+                        format!("no first token within stream_timeout {limit:?}"),
+                    )
+                })?
+            }
+            (Some(_), _) if d.stream_idle_timeout.is_some() => {
+                let idle = d.stream_idle_timeout.unwrap_or_default();
+                tokio::time::timeout(idle, body.next()).await.map_err(|_| {
+                    ProviderError::new(
+                        ErrorClass::Timeout,
+                        format!("stream stalled: no data for stream_idle_timeout {idle:?}"),
+                    )
+                })?
+            }
+            _ => body.next().await,
+        };
+        let (fed, ended) = match next {
+            Some(Ok(bytes)) => match decoder.feed(&bytes, &mut out) {
+                // The terminator came: whatever follows is not part of the response.
+                Ok(()) if decoder.is_terminated() => (decoder.finish(&mut out), true),
+                fed => (fed, false),
+            },
+            Some(Err(e)) => {
+                let mut err = ProviderError::from_reqwest(&e);
+                if err.class != ErrorClass::Timeout {
+                    err.class = ErrorClass::TruncatedStream;
+                }
+                (Err(err), true)
+            }
+            None => (decoder.finish(&mut out), true),
+        };
+        for e in out.drain(..) {
+            if ttft.is_none() && has_output(&e.chunk) {
+                ttft = Some(started.elapsed());
+            }
+            acc.push(&e.chunk);
+            sink.chunk(&e.chunk, e.raw.as_deref()).await;
+        }
+        fed.map_err(with_limits)?;
+        if ended {
+            break;
+        }
+    }
+    let usage = acc.usage();
+    let completion = acc.finish();
+    if let Some(e) = refusal_error(&completion) {
+        return Err(with_limits(e));
+    }
+    Ok(CallOutput {
+        completion,
+        usage,
+        ttft,
+        latency: started.elapsed(),
+        dropped_params: Vec::new(),
+        rate_limits,
+    })
+}
+
+/// A chunk that carries something a user sees (not just the opening role).
+fn has_output(c: &ChatCompletionChunk) -> bool {
+    c.choices.iter().any(|ch| {
+        let d = &ch.delta;
+        d.content.as_deref().is_some_and(|s| !s.is_empty())
+            || d.reasoning_content
+                .as_deref()
+                .is_some_and(|s| !s.is_empty())
+            || d.refusal.is_some()
+            || d.tool_calls.is_some()
+            || ch.finish_reason.is_some()
+    })
+}
+
+fn parse_completion(d: &Deployment, bytes: &[u8]) -> Result<ChatCompletion, ProviderError> {
+    match d.protocol {
+        Protocol::OpenAi | Protocol::Azure => openai::parse_completion(bytes),
+        Protocol::Anthropic => anthropic::parse_completion(bytes),
+        Protocol::Gemini => gemini::parse_completion(bytes, &d.model),
+        Protocol::Ollama => ollama::parse_completion(bytes, &d.model),
+    }
+}
+
+/// A `content_filter` finish on every choice is a policy block, not a result.
+fn refusal_error(c: &ChatCompletion) -> Option<ProviderError> {
+    let filtered = !c.choices.is_empty()
+        && c.choices
+            .iter()
+            .all(|ch| ch.finish_reason.as_deref() == Some("content_filter"));
+    filtered.then(|| {
+        let said = c
+            .choices
+            .iter()
+            .find_map(|ch| ch.message.refusal.clone())
+            .unwrap_or_default();
+        ProviderError::new(
+            ErrorClass::ContentPolicy,
+            if said.is_empty() {
+                "the provider's content filter blocked the response".to_string()
+            } else {
+                format!("the provider refused: {said}")
+            },
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ndjson_lines_split_across_reads_and_crlf() {
+        let mut p = NdjsonParser::default();
+        let mut out = Vec::new();
+        p.feed(b"{\"a\":1}\r\n\n{\"b\"", &mut out).unwrap();
+        p.feed(b":2}\n{\"c\":3}", &mut out).unwrap();
+        p.finish(&mut out);
+        let data: Vec<&str> = out.iter().map(|e| e.data.as_str()).collect();
+        assert_eq!(data, ["{\"a\":1}", "{\"b\":2}", "{\"c\":3}"]);
+    }
+}

@@ -1,0 +1,104 @@
+//! Webhooks: the terminal result POSTed to a job's `webhook_url`, signed, retried.
+//!
+//! The body is the job's `done`/`error` event. `Sluice-Signature: t=<unix seconds>,
+//! v1=<hex HMAC-SHA256 of "<t>.<body>" with the webhook secret>` lets the receiver check
+//! both origin and freshness. Delivery runs after the job is recorded and acked, so a
+//! slow receiver never holds a worker slot; it is retried with backoff for a bounded
+//! time and its outcome is written on the job (`webhook_status`, `webhook_attempts`).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use sluice_core::Secret;
+
+/// Delays between tries: 0.5, 1, 2, 4, 8, 16 s (about half a minute in all).
+const BACKOFF: [Duration; 6] = [
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+    Duration::from_secs(16),
+];
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `t=<unix>,v1=<hex>` for `body` at time `t`.
+pub fn signature(secret: &Secret, t: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub delivered: bool,
+    pub attempts: u32,
+}
+
+/// POSTs `body` to `url` until a 2xx answer or the tries run out.
+pub async fn deliver(
+    http: &reqwest::Client,
+    url: &str,
+    body: Bytes,
+    secret: Option<&Secret>,
+    job_id: &str,
+) -> Outcome {
+    let mut attempts = 0;
+    for delay in std::iter::once(Duration::ZERO).chain(BACKOFF) {
+        tokio::time::sleep(delay).await;
+        attempts += 1;
+        let mut req = http
+            .post(url)
+            .timeout(TIMEOUT)
+            .header("content-type", "application/json")
+            .header("Sluice-Job-Id", job_id)
+            .body(body.clone());
+        if let Some(secret) = secret {
+            req = req.header(
+                "Sluice-Signature",
+                signature(secret, chrono::Utc::now().timestamp(), &body),
+            );
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() => {
+                return Outcome {
+                    delivered: true,
+                    attempts,
+                }
+            }
+            Ok(r) => tracing::info!(
+                status = r.status().as_u16(),
+                attempts,
+                "webhook refused; retrying"
+            ),
+            Err(e) => {
+                tracing::info!(error = %e.without_url(), attempts, "webhook unreachable; retrying")
+            }
+        }
+    }
+    tracing::warn!(attempts, "webhook not delivered; giving up");
+    Outcome {
+        delivered: false,
+        attempts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_is_hmac_sha256_of_timestamp_dot_body() {
+        // Known answer: HMAC-SHA256("secret", "1700000000.{}").
+        let s = signature(&Secret::new("secret"), 1_700_000_000, b"{}");
+        assert!(s.starts_with("t=1700000000,v1="));
+        assert_eq!(s.len(), "t=1700000000,v1=".len() + 64);
+        assert_ne!(s, signature(&Secret::new("secret2"), 1_700_000_000, b"{}"));
+        assert_ne!(s, signature(&Secret::new("secret"), 1_700_000_001, b"{}"));
+    }
+}
