@@ -1,0 +1,89 @@
+//! Cancelling a job: a queued one is never called, a running one stops.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use common::{read_events, KEY};
+use serde_json::{json, Value};
+use sluice_testkit::sim::{self, SimConfig};
+use sluice_testkit::{eventually, Stack, TestEnv};
+
+async fn submit(http: &reqwest::Client, api: &str) -> Result<String> {
+    let v: Value = http
+        .post(format!("{api}/v1/jobs"))
+        .bearer_auth(KEY)
+        .json(&json!({"model": "fast", "messages": [{"role": "user", "content": "cancel me"}]}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(v["id"].as_str().unwrap().to_string())
+}
+
+async fn cancel(http: &reqwest::Client, api: &str, id: &str) -> Result<Value> {
+    Ok(http
+        .post(format!("{api}/v1/jobs/{id}/cancel"))
+        .bearer_auth(KEY)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_queued_job_is_never_called_and_a_running_one_stops() -> Result<()> {
+    let s = sim::start(
+        "127.0.0.1:0",
+        SimConfig {
+            latency_ms: 20_000,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let env = TestEnv::new().await?;
+    let mut stack = Stack::start(env.config(&common::models(&s), "")?, 0).await?;
+    let http = reqwest::Client::new();
+
+    // Queued: no worker yet.
+    let queued = submit(&http, &stack.api_url).await?;
+    assert_eq!(
+        cancel(&http, &stack.api_url, &queued).await?["status"],
+        "cancelled"
+    );
+    stack.add_worker();
+    let events = read_events(&env, &queued).await?;
+    assert_eq!(events.last().unwrap().body["status"], "cancelled");
+    assert_eq!(s.requests(), 0, "a cancelled job is never called");
+
+    // Running: the 20 s call is in flight when the cancel comes.
+    let running = submit(&http, &stack.api_url).await?;
+    eventually(Duration::from_secs(20), "the call to start", || async {
+        (s.requests() == 1).then_some(())
+    })
+    .await?;
+    cancel(&http, &stack.api_url, &running).await?;
+    let events =
+        tokio::time::timeout(Duration::from_secs(10), read_events(&env, &running)).await??;
+    assert_eq!(
+        events.last().unwrap().body["status"],
+        "cancelled",
+        "ends well before the call would"
+    );
+    let row: String = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1::uuid")
+        .bind(&running)
+        .fetch_one(env.store().await?.pool())
+        .await?;
+    assert_eq!(row, "cancelled");
+    let again = http
+        .post(format!("{}/v1/jobs/{running}/cancel", stack.api_url))
+        .bearer_auth(KEY)
+        .send()
+        .await?;
+    assert_eq!(again.status(), 409, "a finished job cannot be cancelled");
+    stack.stop().await;
+    Ok(())
+}

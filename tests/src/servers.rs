@@ -1,0 +1,493 @@
+//! Real NATS (JetStream), Redis and Postgres servers for tests.
+//!
+//! Started once per test process on free loopback ports, in a temp dir, never on the
+//! standard ports. Each server runs under a small shell watchdog that stops it and
+//! removes its directory as soon as the test process is gone, so a finished, failed or
+//! killed test run leaves no orphans and no temp dirs. Postgres refuses to run as root,
+//! so as root it runs as the `postgres` system user (via `runuser`).
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// The servers of this test process.
+#[derive(Debug)]
+pub struct Services {
+    pub nats_url: String,
+    pub nats_port: u16,
+    pub redis_url: String,
+    pub redis_port: u16,
+    pub pg_port: u16,
+    /// Superuser connection to the `postgres` database (for creating test databases).
+    pub pg_admin_url: String,
+    pub root: PathBuf,
+}
+
+static SERVICES: OnceLock<Result<Services, String>> = OnceLock::new();
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Starts the servers on first use; later calls return the same ones.
+pub fn services() -> &'static Services {
+    let result = SERVICES.get_or_init(|| start().map_err(|e| format!("{e:#}")));
+    match result {
+        Ok(s) => s,
+        Err(e) => panic!("test servers failed to start: {e}"),
+    }
+}
+
+/// A name unique in this process (and across processes, via the pid).
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A free loopback port (bound, then released for the server to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+fn start() -> Result<Services> {
+    let root = tempfile::Builder::new()
+        .prefix("sluice-test-")
+        .tempdir()
+        .context("creating temp dir")?
+        .keep();
+    let nats_port = free_port();
+    let nats_dir = root.join("nats");
+    std::fs::create_dir_all(&nats_dir)?;
+    supervise(
+        &[
+            &find(
+                "nats-server",
+                &["/usr/sbin/nats-server", "/usr/bin/nats-server"],
+            )?,
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &nats_port.to_string(),
+            "-sd",
+            &nats_dir.display().to_string(),
+        ],
+        &root.join("nats.log"),
+        None,
+        None,
+    )?;
+
+    let redis_port = free_port();
+    start_redis(&root, redis_port)?;
+
+    let pg_port = free_port();
+    let pg_dir = root.join("pg");
+    let bin = postgres_bin_dir()?;
+    let as_root = is_root();
+    let run_as = |args: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        if as_root {
+            v.extend(["runuser", "-u", "postgres", "--"].map(String::from));
+        }
+        v.extend(args.iter().map(|s| s.to_string()));
+        v
+    };
+    std::fs::create_dir_all(&pg_dir)?;
+    if as_root {
+        // The postgres user must reach its directory; the other servers are already
+        // writing in `root`, so only `pg` changes hands.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
+        let ok = Command::new("chown")
+            .args(["-R", "postgres:postgres", &pg_dir.display().to_string()])
+            .status()?
+            .success();
+        if !ok {
+            bail!("cannot hand {} to the postgres user", pg_dir.display());
+        }
+    }
+    let initdb = run_as(&[
+        &bin.join("initdb").display().to_string(),
+        "-D",
+        &pg_dir.display().to_string(),
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--no-sync",
+    ]);
+    let out = Command::new(&initdb[0])
+        .args(&initdb[1..])
+        .stdin(Stdio::null())
+        .output()
+        .context("running initdb")?;
+    if !out.status.success() {
+        bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let port_s = pg_port.to_string();
+    let socket_dir = format!("unix_socket_directories={}", pg_dir.display());
+    let postgres = run_as(&[
+        &bin.join("postgres").display().to_string(),
+        "-D",
+        &pg_dir.display().to_string(),
+        "-p",
+        &port_s,
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        &socket_dir,
+        "-c",
+        "fsync=off",
+        "-c",
+        "synchronous_commit=off",
+        "-c",
+        "full_page_writes=off",
+        "-c",
+        "max_connections=400",
+        "-c",
+        "shared_buffers=128MB",
+    ]);
+    let args: Vec<&str> = postgres.iter().map(String::as_str).collect();
+    let pidfile = pg_dir.join("postmaster.pid");
+    supervise(
+        &args,
+        &root.join("postgres.log"),
+        Some(&pidfile),
+        Some(&root),
+    )?;
+
+    for (name, port) in [
+        ("nats", nats_port),
+        ("redis", redis_port),
+        ("postgres", pg_port),
+    ] {
+        wait_port(port, Duration::from_secs(60)).with_context(|| {
+            format!(
+                "{name} did not start; see {}",
+                root.join(format!("{name}.log")).display()
+            )
+        })?;
+    }
+    // Postgres accepts TCP a moment before it accepts logins.
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(Services {
+        nats_url: format!("nats://127.0.0.1:{nats_port}"),
+        nats_port,
+        redis_url: format!("redis://127.0.0.1:{redis_port}"),
+        redis_port,
+        pg_port,
+        pg_admin_url: format!("postgres://postgres@127.0.0.1:{pg_port}/postgres"),
+        root,
+    })
+}
+
+fn start_redis(root: &Path, port: u16) -> Result<()> {
+    supervise(
+        &[
+            &find("redis-server", &["/usr/bin/redis-server"])?,
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &root.display().to_string(),
+        ],
+        &root.join("redis.log"),
+        None,
+        None,
+    )
+}
+
+impl Services {
+    /// Stops this process's Redis (an outage; its data is gone, as after a real crash).
+    pub fn stop_redis(&self) -> Result<()> {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(("127.0.0.1", self.redis_port))?;
+        s.write_all(b"SHUTDOWN NOSAVE\r\n")?;
+        let _ = s.read(&mut [0u8; 64]);
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.redis_port)).is_ok() {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("redis did not stop");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Starts this process's Redis again on the same port.
+    pub fn start_redis(&self) -> Result<()> {
+        start_redis(&self.root, self.redis_port)?;
+        wait_port(self.redis_port, Duration::from_secs(30))
+    }
+}
+
+/// Runs `args` under a watchdog shell: when this process exits, the server is stopped
+/// (by its pidfile if given, else its pid) and `cleanup` is removed.
+fn supervise(
+    args: &[&str],
+    log: &Path,
+    pidfile: Option<&Path>,
+    cleanup: Option<&Path>,
+) -> Result<()> {
+    let quoted: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+    let stop = match pidfile {
+        Some(p) => format!(
+            "if [ -f {p} ]; then kill -INT $(head -1 {p}) 2>/dev/null; fi; kill $pid 2>/dev/null",
+            p = shell_quote(&p.display().to_string())
+        ),
+        None => "kill $pid 2>/dev/null".to_string(),
+    };
+    let rm = cleanup
+        .map(|d| format!("rm -rf {}", shell_quote(&d.display().to_string())))
+        .unwrap_or_default();
+    let script = format!(
+        "{cmd} >{log} 2>&1 </dev/null & pid=$!\n\
+         while kill -0 {parent} 2>/dev/null && kill -0 $pid 2>/dev/null; do sleep 0.3; done\n\
+         {stop}\n\
+         i=0; while kill -0 $pid 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done\n\
+         kill -9 $pid 2>/dev/null\n\
+         {rm}\n",
+        cmd = quoted.join(" "),
+        log = shell_quote(&log.display().to_string()),
+        parent = std::process::id(),
+    );
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", args[0]))?;
+    Ok(())
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn wait_port(port: u16, limit: Duration) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("port {port} did not open within {limit:?}")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A binary on PATH, else the first existing fallback path.
+pub fn find(name: &str, fallbacks: &[&str]) -> Result<String> {
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Ok(p.display().to_string());
+            }
+        }
+    }
+    for f in fallbacks {
+        if Path::new(f).is_file() {
+            return Ok(f.to_string());
+        }
+    }
+    bail!("{name} not found on PATH or in {fallbacks:?}; run scripts/test (it installs it)")
+}
+
+/// Debian's newest `/usr/lib/postgresql/<version>/bin`, else the directory of `initdb` on PATH.
+pub fn postgres_bin_dir() -> Result<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").is_file().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Ok(bin);
+    }
+    let initdb = find("initdb", &[])?;
+    let dir = Path::new(&initdb)
+        .parent()
+        .context("initdb has no parent dir")?;
+    if dir.join("postgres").is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    bail!("no PostgreSQL server binaries found; run scripts/test (it installs postgresql)")
+}
+
+/// A Postgres of one test's own, which the test may stop and start again (readiness
+/// tests). The shared servers of [`services`] must never be stopped: other tests of the
+/// process use them. A watchdog stops this one and removes its directory when the test
+/// process is gone, however it ended.
+pub struct OwnPostgres {
+    pub port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl OwnPostgres {
+    /// Initialises a cluster in a fresh directory and starts it on a free port.
+    pub fn start_new() -> Result<OwnPostgres> {
+        let root = &services().root;
+        let dir = root.join(unique("ownpg"));
+        std::fs::create_dir_all(&dir)?;
+        let bin = postgres_bin_dir()?;
+        let pg = OwnPostgres {
+            port: free_port(),
+            dir,
+            bin,
+        };
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres", &pg.dir.display().to_string()])
+                .status()?
+                .success();
+            if !ok {
+                bail!("cannot hand {} to the postgres user", pg.dir.display());
+            }
+        }
+        let data = pg.data().display().to_string();
+        pg.run(&[
+            &pg.bin.join("initdb").display().to_string(),
+            "-D",
+            &data,
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ])
+        .context("initdb")?;
+        // The watchdog: once this process is gone, stop the server and remove its files.
+        let script = format!(
+            "while kill -0 {parent} 2>/dev/null; do sleep 0.3; done\n\
+             {stop} >/dev/null 2>&1\n\
+             rm -rf {dir}\n",
+            parent = std::process::id(),
+            stop = pg
+                .command(&[
+                    &pg.bin.join("pg_ctl").display().to_string(),
+                    "-D",
+                    &data,
+                    "-m",
+                    "immediate",
+                    "stop"
+                ])
+                .iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" "),
+            dir = shell_quote(&pg.dir.display().to_string()),
+        );
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the Postgres watchdog")?;
+        pg.start()?;
+        Ok(pg)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Superuser URL of database `db`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Starts (or restarts) the server and waits until it accepts connections.
+    pub fn start(&self) -> Result<()> {
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c max_connections=100",
+            self.port,
+            self.dir.display()
+        );
+        self.run(&[
+            &self.bin.join("pg_ctl").display().to_string(),
+            "-D",
+            &self.data().display().to_string(),
+            "-l",
+            &self.dir.join("postgres.log").display().to_string(),
+            "-o",
+            &opts,
+            "-w",
+            "start",
+        ])
+        .context("pg_ctl start")
+    }
+
+    /// Stops the server (fast: open connections are closed) and waits for it to be gone.
+    pub fn stop(&self) -> Result<()> {
+        self.run(&[
+            &self.bin.join("pg_ctl").display().to_string(),
+            "-D",
+            &self.data().display().to_string(),
+            "-m",
+            "fast",
+            "-w",
+            "stop",
+        ])
+        .context("pg_ctl stop")
+    }
+
+    fn command(&self, args: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        if is_root() {
+            v.extend(["runuser", "-u", "postgres", "--"].map(String::from));
+        }
+        v.extend(args.iter().map(|s| s.to_string()));
+        v
+    }
+
+    fn run(&self, args: &[&str]) -> Result<()> {
+        let cmd = self.command(args);
+        let out = Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", args[0]))?;
+        if !out.status.success() {
+            bail!(
+                "{} failed: {}{}",
+                args[0],
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,441 @@
+//! The provider simulator: an upstream that speaks every protocol Sluice adapts, on the
+//! real paths with the real framing (`reference/providers.md`):
+//!
+//! | protocol | path | stream framing |
+//! |---|---|---|
+//! | OpenAI (and the compatible family) | `/v1/chat/completions`, `/chat/completions` | SSE `data:` + `[DONE]` |
+//! | Azure OpenAI | `/openai/deployments/{d}/chat/completions?api-version=…`, `/openai/v1/chat/completions` | as OpenAI, prompt-filter chunk first |
+//! | Anthropic | `/v1/messages` | named SSE events, `message_stop` |
+//! | Gemini | `/v1beta/models/{m}:generateContent`, `…:streamGenerateContent?alt=sse` | SSE `data:`, ends after `finishReason` |
+//! | Ollama | `/api/chat` | NDJSON, `done:true` |
+//!
+//! Answers are deterministic (the same request and seed give the same words), with a tool
+//! call when tools are given (and the last turn is not a tool result) and reasoning output
+//! for reasoning models (a model name containing `reason` or `think`, or a request asking
+//! for thinking). It counts every request and keeps the last body, so tests can compare
+//! calls made with calls recorded and check request mapping.
+//!
+//! Faults are scriptable per instance ([`SimConfig`]) and per request with headers:
+//! `x-sim-fault` (a [`Fault`] name), `x-sim-latency-ms`, `x-sim-ttft-ms`, `x-sim-chunks`,
+//! `x-sim-chunk-interval-ms`, `x-sim-crlf: 1` (CRLF framing), `x-sim-keepalive: 1`
+//! (`: keep-alive` comments before and between events).
+
+mod anthropic;
+mod gemini;
+mod ollama;
+mod openai;
+mod plan;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub use plan::Plan;
+
+/// How the simulator behaves unless a request says otherwise.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct SimConfig {
+    /// Non-streaming: time until the whole response.
+    pub latency_ms: u64,
+    /// Streaming: time until the first chunk.
+    pub ttft_ms: u64,
+    /// Content chunks per response (one word each).
+    pub chunks: u32,
+    pub chunk_interval_ms: u64,
+    /// Report usage (where the protocol has it and, for OpenAI, when asked).
+    pub usage: bool,
+    /// Fail the first N requests with this fault, then behave.
+    pub fail_first: u64,
+    pub fault: Option<Fault>,
+    /// When set, requests must carry this key in the protocol's auth header.
+    pub api_key: Option<String>,
+    /// Frame streams with `\r\n` line ends.
+    pub crlf: bool,
+    /// Send `: keep-alive` comments before and between SSE events.
+    pub keepalive: bool,
+    /// Add `"sim_sent_us": <unix µs>` to each streamed JSON event as it is sent, so a
+    /// load generator can measure chunk lag end to end. Off by default: the wire stays
+    /// exactly the provider's.
+    pub stamp_chunks: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            latency_ms: 0,
+            ttft_ms: 0,
+            chunks: 8,
+            chunk_interval_ms: 0,
+            usage: true,
+            fail_first: 0,
+            fault: None,
+            api_key: None,
+            crlf: false,
+            keepalive: false,
+            stamp_chunks: false,
+        }
+    }
+}
+
+/// A scripted failure, rendered in each protocol's own wording and framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// 429 with `Retry-After: 1` (Gemini: `RetryInfo`).
+    RateLimit,
+    /// 500 server error.
+    Server,
+    /// The protocol's overload answer: 503 (Anthropic: 529 `overloaded_error`).
+    Overloaded,
+    /// HTTP 529 (Anthropic's overload status) on any protocol.
+    #[serde(rename = "overloaded_529")]
+    Overloaded529,
+    /// Stream stops after half its chunks, without its terminator; a whole response is
+    /// cut off mid-body.
+    Truncate,
+    /// Accepts the request and never answers.
+    Hang,
+    /// 400 context-window error in the protocol's wording.
+    ContextWindow,
+    /// The protocol's content-policy answer (OpenAI: `content_filter` finish with a refusal;
+    /// Azure: 400 `content_filter`; Anthropic: `stop_reason: refusal`; Gemini:
+    /// `promptFeedback.blockReason`). Ollama has none and answers normally.
+    ContentPolicy,
+    /// A payload that is not JSON in the middle of the stream (or as the whole body).
+    Malformed,
+    /// A 200 stream that carries the protocol's error payload halfway through.
+    ErrorMidStream,
+    /// Usage left out of the response.
+    NoUsage,
+    /// 401 in the protocol's wording.
+    Auth,
+    /// 404 in the protocol's wording.
+    NotFound,
+}
+
+impl Fault {
+    fn parse(s: &str) -> Option<Fault> {
+        serde_json::from_value(Value::String(s.to_string())).ok()
+    }
+}
+
+#[derive(Default)]
+pub struct SimStats {
+    pub requests: AtomicU64,
+    pub stream_requests: AtomicU64,
+    pub faults: AtomicU64,
+    /// The last request: path (with query) and JSON body.
+    pub last: Mutex<Option<(String, Value)>>,
+}
+
+struct Sim {
+    config: SimConfig,
+    stats: Arc<SimStats>,
+}
+
+/// A running simulator; stops when dropped.
+pub struct SimHandle {
+    pub addr: SocketAddr,
+    pub stats: Arc<SimStats>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl SimHandle {
+    /// OpenAI-style `api_base` (includes `/v1`).
+    pub fn api_base(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// The host form of `api_base` (Anthropic, Gemini, Ollama, Azure).
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.stats.requests.load(Ordering::SeqCst)
+    }
+
+    /// The path and JSON body of the last request.
+    pub fn last_request(&self) -> Option<(String, Value)> {
+        self.stats.last.lock().ok().and_then(|l| l.clone())
+    }
+}
+
+/// Starts a simulator on `addr` (use port 0 for a free one).
+pub async fn start(addr: &str, config: SimConfig) -> std::io::Result<SimHandle> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let stats = Arc::new(SimStats::default());
+    let app = app(config, Arc::clone(&stats));
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Ok(SimHandle {
+        addr,
+        stats,
+        _stop: tx,
+    })
+}
+
+pub fn app(config: SimConfig, stats: Arc<SimStats>) -> Router {
+    let sim = Arc::new(Sim { config, stats });
+    Router::new()
+        .route("/v1/chat/completions", post(openai::chat))
+        .route("/chat/completions", post(openai::chat))
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(openai::azure_deployment),
+        )
+        .route("/openai/v1/chat/completions", post(openai::azure_v1))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1beta/models/{call}", post(gemini::generate))
+        .route("/api/chat", post(ollama::chat))
+        .route("/sim/stats", get(stats_route))
+        .with_state(sim)
+}
+
+async fn stats_route(State(sim): State<Arc<Sim>>) -> Json<Value> {
+    Json(json!({
+        "requests": sim.stats.requests.load(Ordering::SeqCst),
+        "stream_requests": sim.stats.stream_requests.load(Ordering::SeqCst),
+        "faults": sim.stats.faults.load(Ordering::SeqCst),
+    }))
+}
+
+/// What one request asked the simulator to do: the instance's settings overridden by the
+/// request's `x-sim-*` headers.
+#[derive(Debug, Clone)]
+struct Script {
+    fault: Option<Fault>,
+    latency: Duration,
+    ttft: Duration,
+    interval: Duration,
+    chunks: u32,
+    usage: bool,
+    crlf: bool,
+    keepalive: bool,
+    stamp: bool,
+}
+
+impl Sim {
+    /// Counts the request, keeps its body, and reads the script for it.
+    fn begin(&self, path: String, headers: &HeaderMap, body: &Value, stream: bool) -> Script {
+        let n = self.stats.requests.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut last) = self.stats.last.lock() {
+            *last = Some((path, body.clone()));
+        }
+        if stream {
+            self.stats.stream_requests.fetch_add(1, Ordering::SeqCst);
+        }
+        let c = &self.config;
+        let fault = headers
+            .get("x-sim-fault")
+            .and_then(|v| v.to_str().ok())
+            .and_then(Fault::parse)
+            .or(if n < c.fail_first { c.fault } else { None });
+        if fault.is_some() {
+            self.stats.faults.fetch_add(1, Ordering::SeqCst);
+        }
+        let ms = |name: &str, default: u64| {
+            Duration::from_millis(header_u64(headers, name).unwrap_or(default))
+        };
+        let flag = |name: &str| headers.get(name).is_some_and(|v| v.as_bytes() == b"1");
+        Script {
+            fault,
+            latency: ms("x-sim-latency-ms", c.latency_ms),
+            ttft: ms("x-sim-ttft-ms", c.ttft_ms),
+            interval: ms("x-sim-chunk-interval-ms", c.chunk_interval_ms),
+            chunks: header_u64(headers, "x-sim-chunks")
+                .map(|v| v as u32)
+                .unwrap_or(c.chunks),
+            usage: c.usage && fault != Some(Fault::NoUsage),
+            crlf: c.crlf || flag("x-sim-crlf"),
+            keepalive: c.keepalive || flag("x-sim-keepalive"),
+            stamp: c.stamp_chunks,
+        }
+    }
+
+    /// Whether `given` is the key this instance expects (any key when none is set).
+    fn key_ok(&self, given: Option<&str>) -> bool {
+        match &self.config.api_key {
+            None => true,
+            Some(k) => given == Some(k.as_str()),
+        }
+    }
+}
+
+fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
+    h.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name)?.to_str().ok()
+}
+
+/// A JSON error response with extra headers.
+fn json_error(status: u16, body: Value, headers: &[(&'static str, &str)]) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = (status, Json(body)).into_response();
+    for (k, v) in headers {
+        if let Ok(v) = v.parse() {
+            r.headers_mut().insert(*k, v);
+        }
+    }
+    r
+}
+
+/// A whole JSON response after `latency`; with [`Fault::Truncate`] the body stops halfway
+/// and the connection is cut; with [`Fault::Malformed`] it is not JSON.
+async fn whole(script: &Script, body: Value, headers: &[(&'static str, String)]) -> Response {
+    if !script.latency.is_zero() {
+        tokio::time::sleep(script.latency).await;
+    }
+    let text = body.to_string();
+    let builder = headers.iter().fold(
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json"),
+        |b, (k, v)| b.header(*k, v.as_str()),
+    );
+    let body = match script.fault {
+        Some(Fault::Truncate) => {
+            let half = Bytes::from(text.as_bytes()[..text.len() / 2].to_vec());
+            // Pending between the half and the cut lets the server flush the headers and
+            // the half first, so the client sees a 200 whose body breaks off.
+            let parts = futures::stream::unfold(0u8, move |step| {
+                let half = half.clone();
+                async move {
+                    match step {
+                        0 => Some((Ok(half), 1)),
+                        1 => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            Some((Err(std::io::Error::other("simulated connection drop")), 2))
+                        }
+                        _ => None,
+                    }
+                }
+            });
+            Body::from_stream(parts)
+        }
+        Some(Fault::Malformed) => Body::from(format!("{{\"id\": {}", &text[..text.len() / 3])),
+        _ => Body::from(text),
+    };
+    builder
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// A streamed answer: its frames, and where a fault strikes.
+struct Frames {
+    /// Each frame is one event (SSE, ending in a blank line) or one NDJSON line.
+    frames: Vec<String>,
+    /// Truncation and mid-stream faults strike before this frame.
+    mid: usize,
+    /// The protocol's error payload for [`Fault::ErrorMidStream`].
+    error: String,
+    /// A frame that is not valid JSON, for [`Fault::Malformed`].
+    malformed: String,
+    content_type: &'static str,
+    /// Whether `: keep-alive` comments are allowed (SSE only).
+    sse: bool,
+}
+
+fn stream(script: Script, f: Frames, headers: &[(&'static str, String)]) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    let crlf = script.crlf;
+    let keepalive = script.keepalive && f.sse;
+    let content_type = f.content_type;
+    tokio::spawn(async move {
+        let send = |s: String| {
+            let s = if crlf { s.replace('\n', "\r\n") } else { s };
+            tx.send(Ok(Bytes::from(s)))
+        };
+        if keepalive && send(": keep-alive\n\n".into()).await.is_err() {
+            return;
+        }
+        // Deadlines from the start, not sleeps in a row: a long stream keeps its schedule
+        // (ttft + i x interval) instead of drifting by a timer tick per chunk.
+        let mut due = tokio::time::Instant::now() + script.ttft;
+        if !script.ttft.is_zero() {
+            tokio::time::sleep_until(due).await;
+        }
+        for (i, frame) in f.frames.into_iter().enumerate() {
+            if i == f.mid {
+                match script.fault {
+                    Some(Fault::Truncate) => return, // closes without the terminator
+                    Some(Fault::ErrorMidStream) => {
+                        let _ = send(f.error).await;
+                        return;
+                    }
+                    Some(Fault::Malformed) if send(f.malformed.clone()).await.is_err() => return,
+                    _ => {}
+                }
+            }
+            if i > 0 && !script.interval.is_zero() {
+                due += script.interval;
+                tokio::time::sleep_until(due).await;
+            }
+            if keepalive && i > 0 && send(": keep-alive\n\n".into()).await.is_err() {
+                return;
+            }
+            let frame = if script.stamp { stamped(frame) } else { frame };
+            if send(frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut rx = rx;
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let builder = headers.iter().fold(
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", content_type)
+            .header("cache-control", "no-cache"),
+        |b, (k, v)| b.header(*k, v.as_str()),
+    );
+    builder
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// `frame` with `"sim_sent_us":<now>` as the first field of its JSON object, if it has one.
+fn stamped(frame: String) -> String {
+    let Some(at) = frame.find('{') else {
+        return frame;
+    };
+    let us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    format!(
+        "{}{{\"sim_sent_us\":{us},{}",
+        &frame[..at],
+        &frame[at + 1..]
+    )
+}
+
+/// Seconds since the epoch, for `created` fields.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
