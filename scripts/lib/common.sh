@@ -1,0 +1,72 @@
+# Shared by scripts/test and scripts/quickstart: say what we do, install what is missing.
+# shellcheck shell=bash
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi
+}
+
+have_postgres() { ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; }
+have_nats() { command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ]; }
+
+# Debian packages for the servers and the build. Services the packages would start are
+# kept from starting: Sluice runs its own servers on its own ports.
+install_packages() {
+  local need=()
+  have_nats || need+=(nats-server)
+  command -v redis-server >/dev/null || need+=(redis-server)
+  have_postgres || need+=(postgresql)
+  command -v cc >/dev/null || need+=(gcc libc6-dev)
+  command -v curl >/dev/null || need+=(curl ca-certificates)
+  command -v runuser >/dev/null || need+=(util-linux)
+  command -v python3 >/dev/null || need+=(python3)
+  python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+  if [ "${#need[@]}" -gt 0 ]; then
+    say "installing Debian packages: ${need[*]}"
+    local policy=/usr/sbin/policy-rc.d added=0
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null && as_root chmod +x "$policy" && added=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+    [ "$added" = 1 ] && as_root rm -f "$policy"
+  else
+    say "Debian packages present (nats-server, redis-server, postgresql)"
+  fi
+}
+
+# The Rust toolchain: cargo on PATH, or rustup's, or Debian's (if new enough).
+MIN_RUST=1.85
+ensure_rust() {
+  [ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
+  if ! command -v cargo >/dev/null; then
+    if command -v rustup >/dev/null; then
+      say "installing the stable Rust toolchain with rustup"
+      rustup toolchain install stable --profile minimal
+    else
+      say "installing Debian's cargo and rustc"
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends cargo rustc
+    fi
+  fi
+  local v
+  v=$(rustc --version | awk '{print $2}')
+  if [ "$(printf '%s\n%s\n' "$MIN_RUST" "$v" | sort -V | head -1)" != "$MIN_RUST" ]; then
+    die "rustc $v is older than $MIN_RUST; install a newer toolchain (rustup) and re-run"
+  fi
+  say "using $(cargo --version)"
+}
+
+# A project-local Python venv with the official OpenAI SDK, for the compatibility tests.
+ensure_python_sdk() {
+  local venv=.venv
+  if [ ! -x "$venv/bin/python" ]; then
+    say "creating $venv (Python venv for the OpenAI SDK tests)"
+    python3 -m venv "$venv"
+  fi
+  if ! "$venv/bin/python" -c 'import openai' 2>/dev/null; then
+    say "installing the openai Python package into $venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check openai
+  fi
+}
