@@ -87,3 +87,61 @@ async fn a_cancelled_queued_job_is_never_called_and_a_running_one_stops() -> Res
     stack.stop().await;
     Ok(())
 }
+
+/// The job row decides between a worker starting a job and the api ending it: the
+/// attempt-started write claims only a job that has not ended, and writes no attempt for
+/// one that has. Whatever a consumer has delivered, a cancelled job is never called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_attempt_started_write_refuses_a_job_the_api_ended() -> Result<()> {
+    use sluice_core::store::{AttemptStarted, LedgerEntry};
+    let env = TestEnv::new().await?;
+    let store = env.store().await?;
+    let started = |job_id: uuid::Uuid, attempt: i32| {
+        LedgerEntry::Started(AttemptStarted {
+            job_id,
+            owner: "master".into(),
+            model_group: "fast".into(),
+            tier: "normal".into(),
+            reply_subject: None,
+            created_at: chrono::Utc::now(),
+            attempt,
+            delivery: 1,
+            worker: "w".into(),
+            deployment: "fast-0".into(),
+            provider: "openai".into(),
+            model: "gpt-4o-mini".into(),
+            started_at: chrono::Utc::now(),
+        })
+    };
+    let (ended, live) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let refused = store
+        .write_ledger(&[started(ended, 1), started(live, 1)])
+        .await?;
+    assert!(refused.is_empty(), "new jobs are claimed: {refused:?}");
+    assert!(store.cancel_job(ended).await?);
+    // The next attempt of each, in one batch: only the live job is claimed.
+    let refused = store
+        .write_ledger(&[started(ended, 2), started(live, 2)])
+        .await?;
+    assert_eq!(refused.into_iter().collect::<Vec<_>>(), vec![ended]);
+    let attempts = |id| {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM job_attempts WHERE job_id = $1")
+            .bind(id)
+            .fetch_one(store.pool())
+    };
+    assert_eq!(
+        attempts(ended).await?,
+        1,
+        "no attempt row for the refused start"
+    );
+    assert_eq!(attempts(live).await?, 2);
+    let status: String = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
+        .bind(ended)
+        .fetch_one(store.pool())
+        .await?;
+    assert_eq!(
+        status, "cancelled",
+        "the refused start left the row as the api ended it"
+    );
+    Ok(())
+}

@@ -219,7 +219,7 @@ impl Driver {
         }
         let mut mode = self.mode_for(&row);
         if let Mode::End(ending) = mode {
-            self.end_queued(&row, ending).await?;
+            self.end_queued(ending).await?;
         }
         if row.status != "finalizing" {
             mode = self.ingest(&row, mode).await?;
@@ -255,53 +255,46 @@ impl Driver {
         if mode == Mode::Publish && now != Mode::Publish {
             if let Mode::End(ending) = now {
                 tracing::info!(batch_id = %self.id, status = ending.status(), "batch ending early");
-                self.end_queued(&row, ending).await?;
+                self.end_queued(ending).await?;
             }
             return Ok(now);
         }
         Ok(mode)
     }
 
-    /// Ends the queued lines and takes their messages back from the jobs stream; lines a
-    /// worker already received run to the end.
+    /// Ends the queued lines (deferred ones too) and takes their messages back from the
+    /// jobs stream; running lines finish.
     ///
-    /// Workers receive a tier's messages in stream order, so deleting this batch's
-    /// undelivered messages from the highest sequence down, one at a time, and then reading
-    /// how far delivery got (`after`) splits them exactly: a message at or below `after`
-    /// reached a worker before its delete (delivery passed it while every message above it
-    /// still existed), one above `after` was deleted unseen. Only the latter are ended.
-    async fn end_queued(&self, row: &BatchRow, ending: Ending) -> Result<(), DriveError> {
+    /// The job row decides which is which. A worker starts a line only by claiming its row
+    /// in the attempt-started write, which refuses a row already ended, and this ends only
+    /// rows still `queued`; Postgres orders the two. So a line either ends here or runs
+    /// there, never both, whatever the consumer has delivered. Deleting the messages only
+    /// spares workers the deliveries they would refuse.
+    async fn end_queued(&self, ending: Ending) -> Result<(), DriveError> {
         let status = match ending {
             Ending::Expired => JobStatus::Expired,
             _ => JobStatus::Cancelled,
         };
-        let stream = self
-            .state
-            .js
-            .get_stream(self.state.subjects.jobs_stream())
-            .await
-            .map_err(|e| DriveError::Publish(e.to_string()))?;
-        let consumer = self
-            .state
-            .subjects
-            .tier_consumer(Tier::parse(&row.tier).unwrap_or(Tier::Low));
-        // No consumer yet: no worker has received anything.
-        let delivered = |info: Result<async_nats::jetstream::consumer::Info, _>| {
-            info.map(|i| i.delivered.stream_sequence).unwrap_or(0)
-        };
-        let before = delivered(stream.consumer_info(&consumer).await);
-        let seqs = self.state.store.undelivered_seqs(&self.id, before).await?;
-        for seq in &seqs {
-            // Gone already: a worker finished it, or an earlier driver deleted it.
-            let _ = stream.delete_message(*seq as u64).await;
-        }
-        let after = delivered(stream.consumer_info(&consumer).await).max(before);
-        let ended = self
+        let seqs = self
             .state
             .store
-            .end_queued_lines(&self.id, status.as_str(), after)
+            .end_queued_lines(&self.id, status.as_str())
             .await?;
-        tracing::info!(batch_id = %self.id, ended, taken_back = seqs.len(), "queued lines ended");
+        let published: Vec<u64> = seqs.iter().flatten().map(|s| *s as u64).collect();
+        if !published.is_empty() {
+            let stream = self
+                .state
+                .js
+                .get_stream(self.state.subjects.jobs_stream())
+                .await
+                .map_err(|e| DriveError::Publish(e.to_string()))?;
+            for seq in &published {
+                // Gone already: acked by a worker that refused it, or deleted by an
+                // earlier driver.
+                let _ = stream.delete_message(*seq).await;
+            }
+        }
+        tracing::info!(batch_id = %self.id, ended = seqs.len(), taken_back = published.len(), "queued lines ended");
         Ok(())
     }
 

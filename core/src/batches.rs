@@ -448,48 +448,23 @@ impl Store {
         Ok(())
     }
 
-    /// Stream sequences of the batch's published lines still waiting in the queue whose
-    /// message no worker has received (sequence after `delivered_through`), highest first.
-    pub async fn undelivered_seqs(
-        &self,
-        batch_id: &str,
-        delivered_through: u64,
-    ) -> Result<Vec<i64>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT batch_seq FROM jobs
-             WHERE batch_id = $1 AND status = 'queued' AND attempts = 0 AND not_before IS NULL
-               AND batch_seq > $2
-             ORDER BY batch_seq DESC",
-        )
-        .bind(batch_id)
-        .bind(delivered_through.min(i64::MAX as u64) as i64)
-        .fetch_all(self.pool())
-        .await?)
-    }
-
-    /// Ends the batch's lines still waiting in the queue as `status` (`cancelled` or
-    /// `expired`): lines never published, lines whose message no worker has received yet
-    /// (stream sequence after `delivered_through`, the tier consumer's last delivered
-    /// sequence), and deferred lines (their redelivery finds the job ended and skips it).
-    /// Lines already in a worker's hands are running and left to finish. Returns how
-    /// many lines ended.
+    /// Ends the batch's lines still waiting (never published, in the queue, or deferred)
+    /// as `status` (`cancelled` or `expired`); lines a worker has started are left to
+    /// finish. Returns the ended lines' stream sequences (`None`: never published).
     pub async fn end_queued_lines(
         &self,
         batch_id: &str,
         status: &str,
-        delivered_through: u64,
-    ) -> Result<u64, StoreError> {
-        let done = sqlx::query(
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        Ok(sqlx::query_scalar(
             "UPDATE jobs SET status = $2, finished_at = now(), not_before = NULL, updated_at = now()
              WHERE batch_id = $1 AND status = 'queued'
-               AND (batch_seq IS NULL OR batch_seq > $3 OR attempts > 0 OR not_before IS NOT NULL)",
+             RETURNING batch_seq",
         )
         .bind(batch_id)
         .bind(status)
-        .bind(delivered_through.min(i64::MAX as u64) as i64)
-        .execute(self.pool())
-        .await?;
-        Ok(done.rows_affected())
+        .fetch_all(self.pool())
+        .await?)
     }
 
     /// Line outcomes after line `after`, in line order.

@@ -4,6 +4,7 @@
 //! parameter expanded with `jsonb_to_recordset`, so a batch of any size is one statement
 //! per table. Reads use runtime queries, so building never needs a database.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -376,7 +377,9 @@ impl Store {
     }
 
     /// Writes a batch of ledger entries in one transaction, four statements at most.
-    pub async fn write_ledger(&self, entries: &[LedgerEntry]) -> Result<(), StoreError> {
+    /// Returns the jobs whose `Started` entry was refused because the job had already
+    /// ended (cancelled or expired by the api): their worker must not call the provider.
+    pub async fn write_ledger(&self, entries: &[LedgerEntry]) -> Result<HashSet<Uuid>, StoreError> {
         let mut started: Vec<&AttemptStarted> = Vec::new();
         let mut finished_jobs: Vec<&JobOutcome> = Vec::new();
         let mut finished_attempts: Vec<&AttemptRecord> = Vec::new();
@@ -401,33 +404,45 @@ impl Store {
         dedup_last(&mut deferred, |d| (d.id, 0));
 
         let mut tx = self.pool.begin().await?;
+        let mut refused = HashSet::new();
         if !started.is_empty() {
             let mut jobs = started.clone();
             dedup_last(&mut jobs, |s| (s.job_id, 0));
-            sqlx::query(&format!(
-                "INSERT INTO jobs (id, owner, model_group, tier, status, reply_subject, created_at, started_at, attempts)
-                 SELECT job_id, owner, model_group, tier, 'running', reply_subject, created_at, started_at, attempt
-                 FROM jsonb_to_recordset($1::jsonb) AS t(job_id uuid, owner text, model_group text, tier text,
-                      reply_subject text, created_at timestamptz, started_at timestamptz, attempt int)
-                 ON CONFLICT (id) DO UPDATE SET status = 'running',
-                      started_at = COALESCE(jobs.started_at, EXCLUDED.started_at),
-                      attempts = GREATEST(jobs.attempts, EXCLUDED.attempts),
-                      not_before = NULL, updated_at = now()
-                 WHERE jobs.status NOT IN {TERMINAL}"
+            // The job row is the arbiter between a worker starting a job and the api
+            // ending it (cancel, batch expiry): a job already ended is not claimed, and
+            // no attempt row is written for it.
+            let claimed: Vec<Uuid> = sqlx::query_scalar(&format!(
+                "WITH claimed AS (
+                    INSERT INTO jobs (id, owner, model_group, tier, status, reply_subject, created_at, started_at, attempts)
+                    SELECT job_id, owner, model_group, tier, 'running', reply_subject, created_at, started_at, attempt
+                    FROM jsonb_to_recordset($1::jsonb) AS t(job_id uuid, owner text, model_group text, tier text,
+                         reply_subject text, created_at timestamptz, started_at timestamptz, attempt int)
+                    ON CONFLICT (id) DO UPDATE SET status = 'running',
+                         started_at = COALESCE(jobs.started_at, EXCLUDED.started_at),
+                         attempts = GREATEST(jobs.attempts, EXCLUDED.attempts),
+                         not_before = NULL, updated_at = now()
+                    WHERE jobs.status NOT IN {TERMINAL}
+                    RETURNING id
+                 ), attempts AS (
+                    INSERT INTO job_attempts (job_id, attempt, delivery, worker, deployment, provider, model, status, started_at)
+                    SELECT job_id, attempt, delivery, worker, deployment, provider, model, 'started', started_at
+                    FROM jsonb_to_recordset($2::jsonb) AS t(job_id uuid, attempt int, delivery int, worker text,
+                         deployment text, provider text, model text, started_at timestamptz)
+                    WHERE t.job_id IN (SELECT id FROM claimed)
+                    ON CONFLICT (job_id, attempt) DO NOTHING
+                 )
+                 SELECT id FROM claimed"
             ))
             .bind(serde_json::to_value(&jobs)?)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO job_attempts (job_id, attempt, delivery, worker, deployment, provider, model, status, started_at)
-                 SELECT job_id, attempt, delivery, worker, deployment, provider, model, 'started', started_at
-                 FROM jsonb_to_recordset($1::jsonb) AS t(job_id uuid, attempt int, delivery int, worker text,
-                      deployment text, provider text, model text, started_at timestamptz)
-                 ON CONFLICT (job_id, attempt) DO NOTHING",
-            )
             .bind(serde_json::to_value(&started)?)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
+            let claimed: HashSet<Uuid> = claimed.into_iter().collect();
+            refused.extend(
+                jobs.iter()
+                    .map(|s| s.job_id)
+                    .filter(|id| !claimed.contains(id)),
+            );
         }
         if !finished_attempts.is_empty() {
             sqlx::query(
@@ -493,7 +508,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(refused)
     }
 }
 

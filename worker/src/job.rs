@@ -141,8 +141,23 @@ async fn handle_claimed(
         last_attempt,
     } = match finished {
         Ok(f) => f,
-        Err(deferred) => {
+        Err(Halt::Defer(deferred)) => {
             defer(ctx, &msg, id, deferred).await;
+            return;
+        }
+        Err(Halt::Ended(attempts)) => {
+            tracing::info!("job ended by the api before this attempt; not calling it");
+            if !attempts.is_empty() {
+                if let Err(e) = ctx.ledger.write(LedgerEntry::Attempts(attempts)).await {
+                    tracing::error!(error = %e, "attempts not recorded; the job will be redelivered");
+                    let _ = msg
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                    return;
+                }
+            }
+            republish_terminal(ctx, id).await;
+            let _ = msg.ack().await;
             return;
         }
     };
@@ -245,6 +260,15 @@ struct Finished {
     last_attempt: u32,
 }
 
+/// Why a job stopped without a result of its own.
+enum Halt {
+    /// It cannot go on now: back to the queue.
+    Defer(Deferred),
+    /// The api ended it (cancel, batch expiry) before this worker could start its next
+    /// attempt; holds the attempts this delivery made before that.
+    Ended(Vec<AttemptRecord>),
+}
+
 /// The job cannot go on now (a limit is full, or Redis or Postgres is unreachable):
 /// hand it back to the queue, with the attempts this delivery made.
 struct Deferred {
@@ -273,7 +297,7 @@ async fn run(
     tier: Tier,
     delivery: i32,
     first_attempt: i32,
-) -> Result<Finished, Deferred> {
+) -> Result<Finished, Halt> {
     let JobEnvelope {
         id,
         request,
@@ -334,10 +358,10 @@ async fn run(
     let key_scopes = match ctx.key_limits.scopes(&owner).await {
         Ok(s) => s,
         Err(e) => {
-            return Err(Deferred::now(
+            return Err(Halt::Defer(Deferred::now(
                 "postgres_unavailable",
                 format!("cannot read the key's limits: {e}"),
-            ))
+            )))
         }
     };
     let output_cap = u64::from(
@@ -402,20 +426,20 @@ async fn run(
                     crate::metrics::fallback("cooldown");
                     continue;
                 }
-                return Err(Deferred {
+                return Err(Halt::Defer(Deferred {
                     after: Some(after),
                     cause: if cooling { "cooldown" } else { "limit" },
                     reason: format!("waiting for {limit}"),
                     attempts: records,
-                });
+                }));
             }
             Admission::Unavailable(e) => {
-                return Err(Deferred {
+                return Err(Halt::Defer(Deferred {
                     after: None,
                     cause: "redis_unavailable",
                     reason: format!("flow control unavailable: {e}"),
                     attempts: records,
-                })
+                }))
             }
             Admission::Cancelled => {
                 return Ok(failed_as(
@@ -462,26 +486,26 @@ async fn run(
             started_at,
         };
         // The attempt is on record before the call is made, so a crash cannot hide a call.
-        if let Err(e) = ctx.ledger.write(LedgerEntry::Started(started)).await {
+        // The same write claims the job: one the api ended meanwhile is not called.
+        let claimed = ctx.ledger.write(LedgerEntry::Started(started)).await;
+        if !matches!(claimed, Ok(true)) {
             let none = Actual {
                 tokens: 0,
                 cost: 0.0,
             };
-            ctx.limiter
-                .settle(
-                    reservation,
-                    none,
-                    Health {
-                        ok: true,
-                        ..Default::default()
-                    },
-                )
-                .await;
-            return Err(Deferred {
-                after: None,
-                cause: "ledger_unavailable",
-                reason: e.to_string(),
-                attempts: records,
+            let healthy = Health {
+                ok: true,
+                ..Default::default()
+            };
+            ctx.limiter.settle(reservation, none, healthy).await;
+            return Err(match claimed {
+                Err(e) => Halt::Defer(Deferred {
+                    after: None,
+                    cause: "ledger_unavailable",
+                    reason: e.to_string(),
+                    attempts: records,
+                }),
+                Ok(_) => Halt::Ended(records),
             });
         }
         let mut sink = EventSink {

@@ -10,15 +10,24 @@ use sluice_schemas::openai::{ChatRequest, Usage};
 /// Writes ledger batches.
 pub struct LedgerFlush(pub Store);
 
+/// Each entry's answer: `false` for a `Started` entry whose job had already ended, so the
+/// job was not claimed and must not run; `true` otherwise.
 impl Flush<LedgerEntry> for LedgerFlush {
-    type Out = ();
-    fn flush<'a>(&'a self, items: &'a [LedgerEntry]) -> BoxFuture<'a, Result<Vec<()>, String>> {
+    type Out = bool;
+    fn flush<'a>(&'a self, items: &'a [LedgerEntry]) -> BoxFuture<'a, Result<Vec<bool>, String>> {
         Box::pin(async move {
-            self.0
+            let refused = self
+                .0
                 .write_ledger(items)
                 .await
-                .map(|_| vec![(); items.len()])
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            Ok(items
+                .iter()
+                .map(|entry| match entry {
+                    LedgerEntry::Started(s) => !refused.contains(&s.job_id),
+                    _ => true,
+                })
+                .collect())
         })
     }
 }

@@ -65,6 +65,8 @@ pub enum WorkerError {
 const MAX_PULL: usize = 64;
 /// How long an idle tier's pull waits for a message before it is renewed.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// The most a busy tier's pull waits (it returns at once when the tier is empty).
+const FETCH_EXPIRES: Duration = Duration::from_secs(1);
 /// Cluster-wide cap on unacked messages per tier consumer. Each worker is bounded by its
 /// own capacity; this only has to stay out of the way.
 const MAX_ACK_PENDING: i64 = 100_000;
@@ -76,7 +78,7 @@ pub(crate) struct Ctx {
     pub js: jetstream::Context,
     pub subjects: Subjects,
     pub store: Store,
-    pub ledger: Batcher<LedgerEntry, ()>,
+    pub ledger: Batcher<LedgerEntry, bool>,
     pub providers: Providers,
     pub router: Router,
     pub limiter: limits::Limiter,
@@ -358,7 +360,14 @@ async fn fetch_loop(
                 }
             }
             let asked = held.len();
-            let got = match consumer.fetch().max_messages(asked).messages().await {
+            // `expires` bounds the pull: a no-wait pull the server never answers (seen when
+            // messages are deleted under a consumer) would otherwise hold these slots.
+            let pull = consumer
+                .fetch()
+                .max_messages(asked)
+                .expires(FETCH_EXPIRES)
+                .messages();
+            let got = match pull.await {
                 Ok(mut batch) => {
                     let mut got = 0;
                     while let Some(next) = batch.next().await {
