@@ -39,7 +39,8 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, tier: Tier) {
     let envelope: JobEnvelope = match serde_json::from_slice(&msg.payload) {
         Ok(e) => e,
         Err(e) => {
-            dead_letter(&ctx, &msg, &format!("unparseable job envelope: {e}")).await;
+            let reason = format!("unparseable job envelope: {e}");
+            Box::pin(dead_letter(&ctx, &msg, &reason)).await;
             return;
         }
     };
@@ -69,25 +70,20 @@ async fn handle_claimed(
 ) {
     let id = envelope.id;
     let first_attempt = if delivery > 1 {
-        match ctx.store.job_progress(id).await {
+        match Box::pin(ctx.store.job_progress(id)).await {
             Ok(p) if p.terminal => {
                 tracing::info!("redelivered job is already finished; republishing its result");
-                republish_terminal(ctx, id).await;
+                Box::pin(republish_terminal(ctx, id)).await;
                 let _ = msg.ack().await;
                 return;
             }
             Ok(p) => p.last_attempt + 1,
             Err(e) => {
-                defer(
-                    ctx,
-                    &msg,
-                    id,
-                    Deferred::now(
-                        "postgres_unavailable",
-                        format!("cannot read job progress: {e}"),
-                    ),
-                )
-                .await;
+                let d = Deferred::now(
+                    "postgres_unavailable",
+                    format!("cannot read job progress: {e}"),
+                );
+                Box::pin(defer(ctx, &msg, id, d)).await;
                 return;
             }
         }
@@ -98,70 +94,92 @@ async fn handle_claimed(
     let webhook_url = envelope.webhook_url.clone();
 
     // Run the job, keeping the message alive with in-progress acks.
-    let work = run(ctx, envelope, tier, delivery, first_attempt);
-    tokio::pin!(work);
+    // Boxed, and so are the short awaits inside it: thousands of jobs wait on provider
+    // calls at once, and each should hold only the state of that wait.
+    let mut work = Box::pin(run(ctx, envelope, tier, delivery, first_attempt));
     let mut keepalive = tokio::time::interval(ctx.config.worker.ack_wait / 3);
     keepalive.tick().await;
     let finished = loop {
         tokio::select! {
             r = &mut work => break r,
-            _ = keepalive.tick() => { let _ = msg.ack_with(AckKind::Progress).await; }
+            _ = keepalive.tick() => { let _ = Box::pin(msg.ack_with(AckKind::Progress)).await; }
             _ = ctx.hard_stop.cancelled() => {
                 tracing::warn!("drain deadline passed; handing the job back");
-                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                let _ = Box::pin(msg.ack_with(AckKind::Nak(None))).await;
                 return;
             }
             _ = cancel.cancelled() => {
                 // The api already marked the row cancelled; the call in flight is dropped
-                // (its attempt stays on record as started). Subscribers get the end.
-                tracing::info!("job cancelled while running");
-                let done = DoneEvent {
-                    job_id: id,
-                    status: JobStatus::Cancelled,
-                    result: None,
-                    usage: None,
-                    cost: None,
-                    attempts: 0,
-                    error: Some(JobError { class: ErrorClass::Internal, message: "cancelled".into() }),
-                };
-                let mut publisher = EventPublisher::new(ctx.js.clone(), ctx.subjects.events(id), id);
-                if let Err(e) = publisher.terminal(0, &done).await {
-                    tracing::warn!(error = %e, "cancel event not stored");
-                }
-                let _ = msg.ack().await;
+                // (its attempt stays on record as started).
+                drop(work);
+                Box::pin(stop_cancelled(ctx, msg, id)).await;
                 return;
             }
         }
     };
+    drop(work);
+    match finished {
+        Ok(f) => Box::pin(conclude(ctx, msg, f, reply_subject, webhook_url)).await,
+        Err(Halt::Defer(deferred)) => Box::pin(defer(ctx, &msg, id, deferred)).await,
+        Err(Halt::Ended(attempts)) => Box::pin(skip_ended(ctx, msg, id, attempts)).await,
+    }
+}
+
+/// The job was cancelled while it ran here: subscribers get the end, the message goes.
+async fn stop_cancelled(ctx: &Ctx, msg: jetstream::Message, id: Uuid) {
+    tracing::info!("job cancelled while running");
+    let done = DoneEvent {
+        job_id: id,
+        status: JobStatus::Cancelled,
+        result: None,
+        usage: None,
+        cost: None,
+        attempts: 0,
+        error: Some(JobError {
+            class: ErrorClass::Internal,
+            message: "cancelled".into(),
+        }),
+    };
+    let mut publisher = EventPublisher::new(ctx.js.clone(), ctx.subjects.events(id), id);
+    if let Err(e) = publisher.terminal(0, &done).await {
+        tracing::warn!(error = %e, "cancel event not stored");
+    }
+    let _ = msg.ack().await;
+}
+
+/// The api ended the job before this delivery could start its next attempt: record the
+/// attempts it made, give subscribers the end as the row has it, and drop the message.
+async fn skip_ended(ctx: &Ctx, msg: jetstream::Message, id: Uuid, attempts: Vec<AttemptRecord>) {
+    tracing::info!("job ended by the api before this attempt; not calling it");
+    if !attempts.is_empty() {
+        if let Err(e) = ctx.ledger.write(LedgerEntry::Attempts(attempts)).await {
+            tracing::error!(error = %e, "attempts not recorded; the job will be redelivered");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+            return;
+        }
+    }
+    republish_terminal(ctx, id).await;
+    let _ = msg.ack().await;
+}
+
+/// Records the result, then publishes it, then acks; starts the webhook delivery.
+async fn conclude(
+    ctx: &Ctx,
+    msg: jetstream::Message,
+    finished: Finished,
+    reply_subject: Option<String>,
+    webhook_url: Option<String>,
+) {
     let Finished {
         outcome,
         attempts,
         done,
         mut publisher,
         last_attempt,
-    } = match finished {
-        Ok(f) => f,
-        Err(Halt::Defer(deferred)) => {
-            defer(ctx, &msg, id, deferred).await;
-            return;
-        }
-        Err(Halt::Ended(attempts)) => {
-            tracing::info!("job ended by the api before this attempt; not calling it");
-            if !attempts.is_empty() {
-                if let Err(e) = ctx.ledger.write(LedgerEntry::Attempts(attempts)).await {
-                    tracing::error!(error = %e, "attempts not recorded; the job will be redelivered");
-                    let _ = msg
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
-                    return;
-                }
-            }
-            republish_terminal(ctx, id).await;
-            let _ = msg.ack().await;
-            return;
-        }
-    };
-
+    } = finished;
+    let id = outcome.id;
     // Record, then publish, then ack.
     if let Err(e) = ctx
         .ledger
@@ -355,7 +373,7 @@ async fn run(
 
     let stream = request.stream.unwrap_or(false);
     let mut request = request;
-    let key_scopes = match ctx.key_limits.scopes(&owner).await {
+    let key_scopes = match Box::pin(ctx.key_limits.scopes(&owner)).await {
         Ok(s) => s,
         Err(e) => {
             return Err(Halt::Defer(Deferred::now(
@@ -412,7 +430,7 @@ async fn run(
             .max()
             .unwrap_or_default()
             + LEASE_MARGIN;
-        let (d, reservation) = match ctx.limiter.admit(Some(id), &admit, lease).await {
+        let (d, reservation) = match Box::pin(ctx.limiter.admit(Some(id), &admit, lease)).await {
             Admission::Admitted { index, reservation } => {
                 (Arc::clone(&candidates[index]), reservation)
             }
@@ -487,7 +505,7 @@ async fn run(
         };
         // The attempt is on record before the call is made, so a crash cannot hide a call.
         // The same write claims the job: one the api ended meanwhile is not called.
-        let claimed = ctx.ledger.write(LedgerEntry::Started(started)).await;
+        let claimed = Box::pin(ctx.ledger.write(LedgerEntry::Started(started))).await;
         if !matches!(claimed, Ok(true)) {
             let none = Actual {
                 tokens: 0,
@@ -497,7 +515,7 @@ async fn run(
                 ok: true,
                 ..Default::default()
             };
-            ctx.limiter.settle(reservation, none, healthy).await;
+            Box::pin(ctx.limiter.settle(reservation, none, healthy)).await;
             return Err(match claimed {
                 Err(e) => Halt::Defer(Deferred {
                     after: None,
@@ -528,7 +546,7 @@ async fn run(
         if let (false, Err(e)) = (health.cool_now.is_zero(), &result) {
             crate::metrics::cooldown(&d.id, e.class.as_str());
         }
-        ctx.limiter.settle(reservation, used, health).await;
+        Box::pin(ctx.limiter.settle(reservation, used, health)).await;
         let e = match result {
             Ok(out) => {
                 let usage = record_usage(&record);
@@ -587,13 +605,12 @@ async fn run(
             break;
         }
         crate::metrics::retry(e.class.as_str());
-        publisher
-            .retry(&RetryEvent {
-                attempt: attempt as u32,
-                deployment: d.id.clone(),
-                error: last_error.clone(),
-            })
-            .await;
+        Box::pin(publisher.retry(&RetryEvent {
+            attempt: attempt as u32,
+            deployment: d.id.clone(),
+            error: last_error.clone(),
+        }))
+        .await;
         if next == Next::Retry {
             let other_left = route.tried.len() < ctx.router.size(route.group());
             let wait = retry::delay(route.retries - 1, e.retry_after, other_left)
