@@ -13,7 +13,8 @@ use serde::Serialize;
 use serde_json::Value;
 use sluice_schemas::job::JobError;
 use sluice_schemas::{DoneEvent, ErrorClass, JobStatus};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+use sqlx::types::Json;
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -403,7 +404,24 @@ impl Store {
         dedup_last(&mut finished_attempts, |a| (a.job_id, a.attempt));
         dedup_last(&mut deferred, |d| (d.id, 0));
 
-        let mut tx = self.pool.begin().await?;
+        // One statement runs on its own (one round trip); more share a transaction.
+        let finished = !finished_jobs.is_empty() || !finished_attempts.is_empty();
+        let statements = [
+            !started.is_empty(),
+            finished,
+            !deferred.is_empty(),
+            !webhooks.is_empty(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        let mut tx = None;
+        let mut solo = None;
+        let conn: &mut PgConnection = if statements > 1 {
+            &mut *tx.insert(self.pool.begin().await?)
+        } else {
+            &mut *solo.insert(self.pool.acquire().await?)
+        };
         let mut refused = HashSet::new();
         if !started.is_empty() {
             let mut jobs = started.clone();
@@ -433,9 +451,9 @@ impl Store {
                  )
                  SELECT id FROM claimed"
             ))
-            .bind(serde_json::to_value(&jobs)?)
-            .bind(serde_json::to_value(&started)?)
-            .fetch_all(&mut *tx)
+            .bind(Json(&jobs))
+            .bind(Json(&started))
+            .fetch_all(&mut *conn)
             .await?;
             let claimed: HashSet<Uuid> = claimed.into_iter().collect();
             refused.extend(
@@ -444,28 +462,47 @@ impl Store {
                     .filter(|id| !claimed.contains(id)),
             );
         }
-        if !finished_attempts.is_empty() {
-            sqlx::query(
-                "INSERT INTO job_attempts (job_id, attempt, delivery, worker, deployment, provider, model, status,
-                      error_class, error_message, prompt_tokens, completion_tokens, cached_tokens,
-                      cache_creation_tokens, reasoning_tokens, usage_estimated, cost, pricing_missing, ttft_ms,
-                      latency_ms, started_at, finished_at)
-                 SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(job_id uuid, attempt int, delivery int, worker text,
-                      deployment text, provider text, model text, status text, error_class text, error_message text,
-                      prompt_tokens bigint, completion_tokens bigint, cached_tokens bigint,
-                      cache_creation_tokens bigint, reasoning_tokens bigint, usage_estimated boolean,
-                      cost numeric, pricing_missing boolean, ttft_ms double precision, latency_ms double precision,
-                      started_at timestamptz, finished_at timestamptz)
-                 ON CONFLICT (job_id, attempt) DO UPDATE SET status = EXCLUDED.status,
-                      error_class = EXCLUDED.error_class, error_message = EXCLUDED.error_message,
-                      prompt_tokens = EXCLUDED.prompt_tokens, completion_tokens = EXCLUDED.completion_tokens,
-                      cached_tokens = EXCLUDED.cached_tokens, cache_creation_tokens = EXCLUDED.cache_creation_tokens,
-                      reasoning_tokens = EXCLUDED.reasoning_tokens, usage_estimated = EXCLUDED.usage_estimated,
-                      cost = EXCLUDED.cost, pricing_missing = EXCLUDED.pricing_missing, ttft_ms = EXCLUDED.ttft_ms,
-                      latency_ms = EXCLUDED.latency_ms, finished_at = EXCLUDED.finished_at",
-            )
-            .bind(serde_json::to_value(&finished_attempts)?)
-            .execute(&mut *tx)
+        if finished {
+            // Attempts (of finished and of deferred jobs) and results: one statement, two
+            // tables, no row touched twice.
+            sqlx::query(&format!(
+                "WITH attempts AS (
+                    INSERT INTO job_attempts (job_id, attempt, delivery, worker, deployment, provider, model, status,
+                         error_class, error_message, prompt_tokens, completion_tokens, cached_tokens,
+                         cache_creation_tokens, reasoning_tokens, usage_estimated, cost, pricing_missing, ttft_ms,
+                         latency_ms, started_at, finished_at)
+                    SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(job_id uuid, attempt int, delivery int, worker text,
+                         deployment text, provider text, model text, status text, error_class text, error_message text,
+                         prompt_tokens bigint, completion_tokens bigint, cached_tokens bigint,
+                         cache_creation_tokens bigint, reasoning_tokens bigint, usage_estimated boolean,
+                         cost numeric, pricing_missing boolean, ttft_ms double precision, latency_ms double precision,
+                         started_at timestamptz, finished_at timestamptz)
+                    ON CONFLICT (job_id, attempt) DO UPDATE SET status = EXCLUDED.status,
+                         error_class = EXCLUDED.error_class, error_message = EXCLUDED.error_message,
+                         prompt_tokens = EXCLUDED.prompt_tokens, completion_tokens = EXCLUDED.completion_tokens,
+                         cached_tokens = EXCLUDED.cached_tokens, cache_creation_tokens = EXCLUDED.cache_creation_tokens,
+                         reasoning_tokens = EXCLUDED.reasoning_tokens, usage_estimated = EXCLUDED.usage_estimated,
+                         cost = EXCLUDED.cost, pricing_missing = EXCLUDED.pricing_missing, ttft_ms = EXCLUDED.ttft_ms,
+                         latency_ms = EXCLUDED.latency_ms, finished_at = EXCLUDED.finished_at
+                 ), results AS (
+                    INSERT INTO jobs (id, owner, model_group, tier, reply_subject, created_at, status, result, usage, cost,
+                         pricing_missing, attempts, error_class, error_message, finished_at)
+                    SELECT * FROM jsonb_to_recordset($2::jsonb) AS t(id uuid, owner text, model_group text, tier text,
+                         reply_subject text, created_at timestamptz, status text, result jsonb, usage jsonb,
+                         cost numeric, pricing_missing boolean, attempts int, error_class text, error_message text,
+                         finished_at timestamptz)
+                    ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, result = EXCLUDED.result,
+                         usage = EXCLUDED.usage, cost = EXCLUDED.cost, pricing_missing = EXCLUDED.pricing_missing,
+                         attempts = EXCLUDED.attempts, error_class = EXCLUDED.error_class,
+                         error_message = EXCLUDED.error_message, finished_at = EXCLUDED.finished_at,
+                         not_before = NULL, updated_at = now()
+                    WHERE jobs.status NOT IN {TERMINAL}
+                 )
+                 SELECT 1"
+            ))
+            .bind(Json(&finished_attempts))
+            .bind(Json(&finished_jobs))
+            .execute(&mut *conn)
             .await?;
         }
         if !deferred.is_empty() {
@@ -474,27 +511,8 @@ impl Store {
                  FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, not_before timestamptz)
                  WHERE jobs.id = t.id AND jobs.status NOT IN {TERMINAL}"
             ))
-            .bind(serde_json::to_value(&deferred)?)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !finished_jobs.is_empty() {
-            sqlx::query(&format!(
-                "INSERT INTO jobs (id, owner, model_group, tier, reply_subject, created_at, status, result, usage, cost,
-                      pricing_missing, attempts, error_class, error_message, finished_at)
-                 SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, owner text, model_group text, tier text,
-                      reply_subject text, created_at timestamptz, status text, result jsonb, usage jsonb,
-                      cost numeric, pricing_missing boolean, attempts int, error_class text, error_message text,
-                      finished_at timestamptz)
-                 ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, result = EXCLUDED.result,
-                      usage = EXCLUDED.usage, cost = EXCLUDED.cost, pricing_missing = EXCLUDED.pricing_missing,
-                      attempts = EXCLUDED.attempts, error_class = EXCLUDED.error_class,
-                      error_message = EXCLUDED.error_message, finished_at = EXCLUDED.finished_at,
-                      not_before = NULL, updated_at = now()
-                 WHERE jobs.status NOT IN {TERMINAL}"
-            ))
-            .bind(serde_json::to_value(&finished_jobs)?)
-            .execute(&mut *tx)
+            .bind(Json(&deferred))
+            .execute(&mut *conn)
             .await?;
         }
         if !webhooks.is_empty() {
@@ -503,11 +521,13 @@ impl Store {
                  FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, status text, attempts int)
                  WHERE jobs.id = t.id",
             )
-            .bind(serde_json::to_value(&webhooks)?)
-            .execute(&mut *tx)
+            .bind(Json(&webhooks))
+            .execute(&mut *conn)
             .await?;
         }
-        tx.commit().await?;
+        if let Some(tx) = tx {
+            tx.commit().await?;
+        }
         Ok(refused)
     }
 }
