@@ -652,7 +652,13 @@ impl Driver {
     async fn wait(&self, mut mode: Mode) -> Result<Mode, DriveError> {
         loop {
             mode = self.check(mode).await?;
-            let counts = self.state.store.line_counts(&self.id).await?;
+            let mut counts = self.state.store.line_counts(&self.id).await?;
+            if let (Mode::End(ending), true) = (mode, counts.queued > 0) {
+                // A running line that had to wait (a limit, a retry) went back to the queue
+                // after the batch ended: it ends too.
+                self.end_queued(ending).await?;
+                counts = self.state.store.line_counts(&self.id).await?;
+            }
             if counts.unfinished() == 0 {
                 return Ok(mode);
             }
