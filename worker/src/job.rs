@@ -102,10 +102,10 @@ async fn handle_claimed(
     let finished = loop {
         tokio::select! {
             r = &mut work => break r,
-            _ = keepalive.tick() => { let _ = Box::pin(msg.ack_with(AckKind::Progress)).await; }
+            _ = keepalive.tick() => { let _ = msg.ack_with(AckKind::Progress).await; }
             _ = ctx.hard_stop.cancelled() => {
                 tracing::warn!("drain deadline passed; handing the job back");
-                let _ = Box::pin(msg.ack_with(AckKind::Nak(None))).await;
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
                 return;
             }
             _ = cancel.cancelled() => {
