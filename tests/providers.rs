@@ -677,3 +677,32 @@ async fn a_job_runs_through_the_pipeline_on_every_provider() -> Result<()> {
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_parameter_is_recorded_on_the_attempt() -> Result<()> {
+    let sim = sim_with(SimConfig::default()).await?;
+    let (openai, anthropic) = (&CASES[0], &CASES[2]);
+    let models = format!(
+        "model_list:\n  - model_name: lenient\n    litellm_params: {}\n  - model_name: plain\n    litellm_params: {}\ngeneral_settings:\n  master_key: {KEY}\n",
+        params_yaml(anthropic, &sim, SIM_KEY, ", drop_params: true"),
+        params_yaml(openai, &sim, SIM_KEY, ""),
+    );
+    let env = TestEnv::new().await?;
+    let stack = Stack::start(env.config(&models, "")?, 1).await?;
+    let http = reqwest::Client::new();
+    let body = |model: &str| json!({"model": model, "seed": 42, "messages": [{"role": "user", "content": "Rivers?"}]});
+    let id = submit(&http, &stack.api_url, &body("lenient")).await?;
+    let view = wait_job(&http, &stack.api_url, &id, KEY).await?;
+    assert_eq!(view["status"], "succeeded", "{view}");
+    assert_eq!(view["attempt_log"][0]["dropped_params"], json!(["seed"]));
+    // OpenAI takes `seed`: nothing dropped, nothing shown.
+    let id = submit(&http, &stack.api_url, &body("plain")).await?;
+    let view = wait_job(&http, &stack.api_url, &id, KEY).await?;
+    assert_eq!(view["status"], "succeeded", "{view}");
+    assert!(
+        view["attempt_log"][0].get("dropped_params").is_none(),
+        "{view}"
+    );
+    stack.stop().await;
+    Ok(())
+}

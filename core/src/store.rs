@@ -98,6 +98,8 @@ pub struct AttemptRecord {
     pub latency_ms: Option<f64>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
+    /// Parameters dropped because the provider cannot take them (`drop_params: true`).
+    pub dropped_params: Option<Vec<String>>,
 }
 
 /// A job's terminal state.
@@ -216,6 +218,7 @@ pub struct AttemptRow {
     pub latency_ms: Option<f64>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    pub dropped_params: Option<sqlx::types::Json<Vec<String>>>,
 }
 
 /// Where a redelivered job stands.
@@ -342,7 +345,7 @@ impl Store {
         Ok(sqlx::query_as::<_, AttemptRow>(
             "SELECT attempt, deployment, provider, model, status, error_class, error_message, prompt_tokens,
                     completion_tokens, cached_tokens, reasoning_tokens, usage_estimated, cost, pricing_missing,
-                    ttft_ms, latency_ms, started_at, finished_at
+                    ttft_ms, latency_ms, started_at, finished_at, dropped_params
              FROM job_attempts WHERE job_id = $1 ORDER BY attempt",
         )
         .bind(job_id)
@@ -470,20 +473,21 @@ impl Store {
                     INSERT INTO job_attempts (job_id, attempt, delivery, worker, deployment, provider, model, status,
                          error_class, error_message, prompt_tokens, completion_tokens, cached_tokens,
                          cache_creation_tokens, reasoning_tokens, usage_estimated, cost, pricing_missing, ttft_ms,
-                         latency_ms, started_at, finished_at)
+                         latency_ms, started_at, finished_at, dropped_params)
                     SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(job_id uuid, attempt int, delivery int, worker text,
                          deployment text, provider text, model text, status text, error_class text, error_message text,
                          prompt_tokens bigint, completion_tokens bigint, cached_tokens bigint,
                          cache_creation_tokens bigint, reasoning_tokens bigint, usage_estimated boolean,
                          cost numeric, pricing_missing boolean, ttft_ms double precision, latency_ms double precision,
-                         started_at timestamptz, finished_at timestamptz)
+                         started_at timestamptz, finished_at timestamptz, dropped_params jsonb)
                     ON CONFLICT (job_id, attempt) DO UPDATE SET status = EXCLUDED.status,
                          error_class = EXCLUDED.error_class, error_message = EXCLUDED.error_message,
                          prompt_tokens = EXCLUDED.prompt_tokens, completion_tokens = EXCLUDED.completion_tokens,
                          cached_tokens = EXCLUDED.cached_tokens, cache_creation_tokens = EXCLUDED.cache_creation_tokens,
                          reasoning_tokens = EXCLUDED.reasoning_tokens, usage_estimated = EXCLUDED.usage_estimated,
                          cost = EXCLUDED.cost, pricing_missing = EXCLUDED.pricing_missing, ttft_ms = EXCLUDED.ttft_ms,
-                         latency_ms = EXCLUDED.latency_ms, finished_at = EXCLUDED.finished_at
+                         latency_ms = EXCLUDED.latency_ms, finished_at = EXCLUDED.finished_at,
+                         dropped_params = EXCLUDED.dropped_params
                  ), results AS (
                     INSERT INTO jobs (id, owner, model_group, tier, reply_subject, created_at, status, result, usage, cost,
                          pricing_missing, attempts, error_class, error_message, finished_at)

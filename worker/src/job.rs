@@ -789,8 +789,14 @@ fn attempt_record(
         latency_ms: None,
         started_at,
         finished_at: Utc::now(),
+        dropped_params: None,
     };
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let dropped = match result {
+        Ok(out) => &out.dropped_params,
+        Err(e) => &e.dropped_params,
+    };
+    r.dropped_params = (!dropped.is_empty()).then(|| dropped.clone());
     match result {
         Ok(out) => {
             let (usage, estimated) = match out.usage {

@@ -472,6 +472,9 @@ struct AttemptView {
     ttft_ms: Option<f64>,
     latency_ms: Option<f64>,
     started_at: i64,
+    /// Parameters the provider cannot take, dropped because `drop_params` is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dropped_params: Option<Vec<String>>,
 }
 
 fn job_view(row: JobRow, attempts: Vec<AttemptRow>) -> JobView {
@@ -523,6 +526,7 @@ fn job_view(row: JobRow, attempts: Vec<AttemptRow>) -> JobView {
                 ttft_ms: a.ttft_ms,
                 latency_ms: a.latency_ms,
                 started_at: a.started_at.timestamp(),
+                dropped_params: a.dropped_params.map(|j| j.0),
             })
             .collect(),
     }

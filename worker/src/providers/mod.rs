@@ -47,6 +47,9 @@ pub struct ProviderError {
     /// The provider's rate-limit headers on the failed response, if it sent any (boxed:
     /// errors travel through many `Result`s and should stay small).
     pub rate_limits: Option<Box<RateLimits>>,
+    /// Request parameters the provider cannot take, dropped (`drop_params`) before the
+    /// call failed.
+    pub dropped_params: Vec<String>,
 }
 
 impl ProviderError {
@@ -57,6 +60,7 @@ impl ProviderError {
             status: None,
             retry_after: None,
             rate_limits: None,
+            dropped_params: Vec::new(),
         }
     }
 
@@ -180,9 +184,16 @@ impl Providers {
             if !dropped.is_empty() {
                 tracing::debug!(deployment = %deployment.id, ?dropped, "dropped unsupported params");
             }
-            let mut out = stream::execute(builder, deployment, stream, sink, started).await?;
-            out.dropped_params = dropped;
-            Ok(out)
+            match stream::execute(builder, deployment, stream, sink, started).await {
+                Ok(mut out) => {
+                    out.dropped_params = dropped;
+                    Ok(out)
+                }
+                Err(mut e) => {
+                    e.dropped_params = dropped;
+                    Err(e)
+                }
+            }
         };
         match tokio::time::timeout(deployment.timeout, call).await {
             Ok(result) => result,
