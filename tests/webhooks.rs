@@ -126,3 +126,62 @@ async fn the_result_is_posted_signed_retried_after_a_500_and_recorded() -> Resul
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtual_keys_jobs_are_signed_with_that_keys_own_secret() -> Result<()> {
+    let received: Received = Arc::default();
+    let url = receiver(received.clone()).await?;
+    let s = sim::start("127.0.0.1:0", SimConfig::default()).await?;
+    let env = TestEnv::new().await?;
+    let stack = Stack::start(
+        env.config(&common::models(&s), "  webhook_secret: whsec-server-456")?,
+        1,
+    )
+    .await?;
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(format!("{}/v1/keys", stack.api_url))
+        .bearer_auth(KEY)
+        .json(&json!({}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let key = created["key"].as_str().unwrap();
+    let secret = created["webhook_secret"]
+        .as_str()
+        .expect("shown at creation");
+    assert!(secret.starts_with("whsec_") && secret != "whsec-server-456");
+    let listed = http
+        .get(format!("{}/v1/keys", stack.api_url))
+        .bearer_auth(KEY)
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(!listed.contains(secret), "shown once: {listed}");
+
+    http.post(format!("{}/v1/jobs", stack.api_url))
+        .bearer_auth(key)
+        .json(&json!({"model": "fast", "messages": [{"role": "user", "content": "notify me"}], "webhook_url": url}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let r = received.clone();
+    eventually(Duration::from_secs(30), "two deliveries", move || {
+        let r = r.clone();
+        async move { (r.lock().unwrap().len() >= 2).then_some(()) }
+    })
+    .await?;
+    for (sig, body) in received.lock().unwrap().iter() {
+        let sig = sig.as_deref().expect("signed");
+        assert!(verify(secret, sig, body), "the key's secret verifies");
+        assert!(
+            !verify("whsec-server-456", sig, body),
+            "the server's does not"
+        );
+    }
+    stack.stop().await;
+    Ok(())
+}

@@ -94,6 +94,25 @@ impl KeyRecord {
 const COLUMNS: &str = "id, hint, name, models, rpm_limit, tpm_limit, max_parallel_requests, \
                        max_budget, budget_duration, metadata, created_at, expires_at";
 
+/// The secret that signs webhooks of `owner`'s jobs: the server's `webhook_secret` for
+/// the master key, and for a virtual key one derived from it and the key id
+/// (`whsec_` + hex HMAC-SHA256), so each key's receivers check their own secret and
+/// nothing new is stored. The key's creator is shown it once, with the key.
+pub fn webhook_secret(server: &Secret, owner: &str) -> Secret {
+    use hmac::{Hmac, Mac};
+    if owner == "master" {
+        return server.clone();
+    }
+    let mut mac = Hmac::<Sha256>::new_from_slice(server.expose().as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(b"sluice-webhook-key:");
+    mac.update(owner.as_bytes());
+    Secret::new(format!(
+        "whsec_{}",
+        hex::encode(mac.finalize().into_bytes())
+    ))
+}
+
 /// Checks a `budget_duration` (`<n>s|m|h|d`).
 pub fn valid_budget_duration(s: &str) -> bool {
     let Some(unit) = s.chars().last() else {

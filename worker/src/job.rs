@@ -180,6 +180,10 @@ async fn conclude(
         last_attempt,
     } = finished;
     let id = outcome.id;
+    let webhook_secret = webhook_url
+        .as_ref()
+        .and(ctx.config.webhook_secret.as_ref())
+        .map(|server| sluice_core::keys::webhook_secret(server, &outcome.owner));
     // Record, then publish, then ack.
     if let Err(e) = ctx
         .ledger
@@ -216,7 +220,7 @@ async fn conclude(
     if let Some(url) = webhook_url {
         let (http, secret, ledger) = (
             ctx.providers.http().clone(),
-            ctx.config.webhook_secret.clone(),
+            webhook_secret,
             ctx.ledger.clone(),
         );
         let span = tracing::Span::current();

@@ -1,6 +1,7 @@
 //! `POST /v1/keys`, `GET /v1/keys`, `DELETE /v1/keys/{id}` (master key only).
 //!
-//! Creating a key answers with the key itself, once; afterwards only its id and a hint
+//! Creating a key answers with the key itself, and the secret that signs its jobs'
+//! webhooks, once; afterwards only its id and a hint
 //! (`sk-…abcd`) are ever shown. Deleting revokes it (the row stays so its jobs and spend
 //! keep a known owner).
 
@@ -21,6 +22,9 @@ use crate::AppState;
 struct Created {
     object: &'static str,
     key: String,
+    /// Signs the webhooks of this key's jobs (when the server has a webhook secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_secret: Option<String>,
     #[serde(flatten)]
     record: KeyRecord,
 }
@@ -51,9 +55,15 @@ pub async fn create(
         })?;
     state.keys.forget_hash(&keys::hash_key(key.expose()));
     tracing::info!(key_id = %record.id, "API key created");
+    let webhook_secret = state.config.webhook_secret.as_ref().map(|server| {
+        keys::webhook_secret(server, &record.id)
+            .expose()
+            .to_string()
+    });
     let created = Created {
         object: "sluice.key",
         key: key.expose().to_string(),
+        webhook_secret,
         record,
     };
     let body = serde_json::to_value(created).map_err(|e| ApiError::internal(e.to_string()))?;
