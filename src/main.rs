@@ -1,6 +1,14 @@
 //! `sluice`: command-line dispatch. All service logic lives in the crates; the CLI's own
 //! HTTP client of the API is `client.rs`.
 #![forbid(unsafe_code)]
+// The workspace lints, for the binary only: this package's integration tests
+// (`tests/*.rs`) are test code and may unwrap.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::large_futures
+)]
 
 mod client;
 

@@ -34,8 +34,7 @@ pub async fn mark(pool: &Pool, prefix: &str, ids: &[Uuid]) -> Result<(), RedisEr
             .arg(REMEMBER.as_secs())
             .ignore();
     }
-    let mut conn = pool
-        .get()
+    let mut conn = Box::pin(pool.get())
         .await
         .map_err(|e| RedisError::Unavailable(e.to_string()))?;
     pipe.query_async::<()>(&mut conn)

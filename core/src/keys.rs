@@ -98,6 +98,10 @@ const COLUMNS: &str = "id, hint, name, models, rpm_limit, tpm_limit, max_paralle
 /// the master key, and for a virtual key one derived from it and the key id
 /// (`whsec_` + hex HMAC-SHA256), so each key's receivers check their own secret and
 /// nothing new is stored. The key's creator is shown it once, with the key.
+#[allow(
+    clippy::expect_used,
+    reason = "HMAC takes keys of any length (RFC 2104)"
+)]
 pub fn webhook_secret(server: &Secret, owner: &str) -> Secret {
     use hmac::{Hmac, Mac};
     if owner == sluice_schemas::MASTER_OWNER {

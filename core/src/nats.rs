@@ -19,16 +19,15 @@ pub enum NatsError {
 
 /// Connects to NATS. Waits for the server for a bounded time at start-up.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsError> {
-    async_nats::ConnectOptions::new()
+    let connect = async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
-        .map_err(|e| NatsError::Connect {
-            url: url.to_string(),
-            message: e.to_string(),
-        })
+        .connect(url);
+    Box::pin(connect).await.map_err(|e| NatsError::Connect {
+        url: url.to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// Creates or updates the jobs, events and dead-letter streams.
@@ -69,7 +68,7 @@ pub async fn ensure_streams(
     ];
     for config in configs {
         let name = config.name.clone();
-        js.create_or_update_stream(config)
+        Box::pin(js.create_or_update_stream(config))
             .await
             .map_err(|e| NatsError::Setup {
                 what: format!("stream {name}"),

@@ -30,8 +30,7 @@ pub fn pool(url: &str, max_size: usize) -> Result<Pool, RedisError> {
 
 /// `PING`, for readiness checks.
 pub async fn ping(pool: &Pool) -> Result<(), RedisError> {
-    let mut conn = pool
-        .get()
+    let mut conn = Box::pin(pool.get())
         .await
         .map_err(|e| RedisError::Unavailable(e.to_string()))?;
     let _: String = redis::cmd("PING")

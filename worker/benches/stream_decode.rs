@@ -8,6 +8,7 @@
 //! This bench counts allocations with a wrapping global allocator, which needs
 //! `unsafe impl GlobalAlloc`; the library crates keep `#![forbid(unsafe_code)]`, this bench
 //! target is not one of them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark, not service code
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -25,6 +25,10 @@ const BACKOFF: [Duration; 6] = [
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `t=<unix>,v1=<hex>` for `body` at time `t`.
+#[allow(
+    clippy::expect_used,
+    reason = "HMAC takes keys of any length (RFC 2104)"
+)]
 pub fn signature(secret: &Secret, t: i64, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
         .expect("HMAC takes keys of any length");

@@ -56,7 +56,7 @@ pub async fn submit(
     if replayed {
         resp.headers_mut().insert(
             "idempotent-replayed",
-            "true".parse().expect("static header"),
+            axum::http::HeaderValue::from_static("true"),
         );
     }
     Ok(resp)

@@ -93,9 +93,7 @@ pub async fn report(
         tracing::warn!(error = %e, "limits read failed");
         ApiError::unavailable("cannot read limits right now")
     };
-    let mut conn = state
-        .redis
-        .get()
+    let mut conn = Box::pin(state.redis.get())
         .await
         .map_err(|e| unavailable(e.to_string()))?;
     let (secs, micros): (i64, i64) = redis::cmd("TIME")

@@ -44,7 +44,7 @@ const LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// Runs one delivery of a job to its end, or to a halt.
 pub(super) async fn run(
     ctx: &Ctx,
-    envelope: JobEnvelope,
+    envelope: Box<JobEnvelope>,
     tier: Tier,
     delivery: u32,
     first_attempt: u32,
@@ -54,10 +54,10 @@ pub(super) async fn run(
         let made = run.attempt.saturating_sub(1);
         return Ok(run.end(JobStatus::Failed, error, made));
     }
-    Box::pin(run.load_key_scopes()).await?;
+    run.load_key_scopes().await?;
     // Bounded: every hop resets the retry count, and hops are bounded by max_fallbacks.
     loop {
-        let attempt = match Box::pin(run.admit()).await? {
+        let attempt = match run.admit().await? {
             Admit::Go(attempt) => attempt,
             Admit::Again => continue,
             Admit::GiveUp => break,
@@ -66,13 +66,13 @@ pub(super) async fn run(
                 return Ok(run.end(JobStatus::Cancelled, cancelled(), made));
             }
         };
-        let attempt = Box::pin(run.start(attempt)).await?;
+        let attempt = run.start(attempt).await?;
         let result = run.call(&attempt).await;
-        let failure = match Box::pin(run.record(attempt, result)).await {
+        let failure = match run.record(attempt, result).await {
             Ok(out) => return Ok(run.succeed(out)),
             Err(failure) => failure,
         };
-        if !Box::pin(run.decide(&failure)).await {
+        if !run.decide(&failure).await {
             break;
         }
     }
@@ -137,7 +137,7 @@ struct Run<'a> {
 impl<'a> Run<'a> {
     fn new(
         ctx: &'a Ctx,
-        envelope: JobEnvelope,
+        envelope: Box<JobEnvelope>,
         tier: Tier,
         delivery: u32,
         first_attempt: u32,
@@ -151,7 +151,7 @@ impl<'a> Run<'a> {
             fallbacks,
             disable_fallbacks,
             ..
-        } = envelope;
+        } = *envelope;
         let owner = owner.unwrap_or_else(|| MASTER_OWNER.to_string());
         let group = request.model.clone();
         let created_at = DateTime::<Utc>::from_timestamp_millis(submitted_at_ms)
@@ -244,7 +244,7 @@ impl<'a> Run<'a> {
             .max()
             .unwrap_or_default()
             + LEASE_MARGIN;
-        match Box::pin(ctx.limiter.admit(Some(self.id), &admit, lease)).await {
+        match ctx.limiter.admit(Some(self.id), &admit, lease).await {
             Admission::Admitted { index, reservation } => Ok(Admit::Go(Attempt {
                 job_id: self.id,
                 number: self.attempt,
@@ -351,7 +351,7 @@ impl<'a> Run<'a> {
                 created_at: self.created_at,
             },
         );
-        let claimed = Box::pin(ctx.ledger.write(LedgerEntry::Started(started))).await;
+        let claimed = ctx.ledger.write(LedgerEntry::Started(started)).await;
         if matches!(claimed, Ok(true)) {
             return Ok(attempt);
         }
@@ -363,7 +363,7 @@ impl<'a> Run<'a> {
             ok: true,
             ..Default::default()
         };
-        Box::pin(ctx.limiter.settle(attempt.reservation, none, healthy)).await;
+        ctx.limiter.settle(attempt.reservation, none, healthy).await;
         Err(match claimed {
             Err(e) => self.defer(None, "ledger_unavailable", e.to_string()),
             Ok(_) => Halt::Ended(std::mem::take(&mut self.records)),
@@ -411,7 +411,7 @@ impl<'a> Run<'a> {
         if let (false, Err(e)) = (health.cool_now.is_zero(), &result) {
             crate::metrics::cooldown(&deployment.id, e.class.as_str());
         }
-        Box::pin(ctx.limiter.settle(reservation, used, health)).await;
+        ctx.limiter.settle(reservation, used, health).await;
         self.records.push(record);
         result.map_err(|error| {
             tracing::info!(attempt = number, deployment = %deployment.id, class = %error.class, error = %error.message, "attempt failed");
@@ -451,12 +451,13 @@ impl<'a> Run<'a> {
             return false;
         }
         crate::metrics::retry(class.as_str());
-        Box::pin(self.publisher.retry(&RetryEvent {
-            attempt: failure.attempt,
-            deployment: failure.deployment.id.clone(),
-            error: self.last_error.clone(),
-        }))
-        .await;
+        self.publisher
+            .retry(&RetryEvent {
+                attempt: failure.attempt,
+                deployment: failure.deployment.id.clone(),
+                error: self.last_error.clone(),
+            })
+            .await;
         if next == Next::Retry {
             let wait = retry::delay(
                 self.route.retries - 1,

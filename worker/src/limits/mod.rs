@@ -262,7 +262,7 @@ impl Limiter {
             Some(c) => c,
             None => {
                 let c = deadpool_redis::Connection::take(
-                    self.pool.get().await.map_err(|e| e.to_string())?,
+                    Box::pin(self.pool.get()).await.map_err(|e| e.to_string())?,
                 );
                 *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
                 c

@@ -86,16 +86,17 @@ impl Accumulator {
                 acc.refusal.push_str(t);
             }
             for tc in d.tool_calls.iter().flatten() {
-                let slot = match acc.tools.iter_mut().position(|t| t.index == tc.index) {
-                    Some(p) => &mut acc.tools[p],
+                let p = match acc.tools.iter().position(|t| t.index == tc.index) {
+                    Some(p) => p,
                     None => {
                         acc.tools.push(ToolAcc {
                             index: tc.index,
                             ..Default::default()
                         });
-                        acc.tools.last_mut().expect("just pushed")
+                        acc.tools.len() - 1
                     }
                 };
+                let slot = &mut acc.tools[p];
                 if let Some(id) = &tc.id {
                     slot.id.clone_from(id);
                 }
