@@ -1,29 +1,90 @@
-//! How long to wait before the next attempt (LiteLLM's rule).
+//! The retry schedules, built on the `backoff` crate (this file is the only one that
+//! knows it, so it can be replaced here alone).
 //!
-//! No wait when another deployment of the group is still untried; otherwise the
-//! provider's `Retry-After` when it is sane (≤ 60 s), else `min(0.5·2^n, 8) s` with
-//! 0.75–1.0 jitter.
+//! - [`Schedule`]: waits between provider retries of one job within one model group
+//!   (LiteLLM's rule). No wait when another deployment of the group is still untried;
+//!   otherwise the provider's `Retry-After` when it is sane (≤ 60 s), else an exponential
+//!   backoff from 0.5 s doubling to at most 8 s, each wait drawn from 75–100 % of its
+//!   step.
+//! - [`webhook_delays`]: the waits between webhook deliveries: 0.5, 1, 2, 4, 8, 16 s
+//!   (about half a minute in all).
 
 use std::time::Duration;
 
-use rand::Rng;
+use backoff::backoff::Backoff;
+use backoff::ExponentialBackoff;
 
 const MAX_HONOURED_RETRY_AFTER: Duration = Duration::from_secs(60);
 
-pub fn delay(
-    retry_index: u32,
-    retry_after: Option<Duration>,
-    other_deployment_left: bool,
-) -> Duration {
-    if other_deployment_left {
-        return Duration::ZERO;
+/// The backoff crate jitters symmetrically (`interval · (1 ± r)`): centring each step on
+/// 87.5 % of the nominal wait with r = 1/7 draws it from 75–100 % of that wait.
+const JITTER_CENTRE: f64 = 0.875;
+const JITTER: f64 = 1.0 / 7.0;
+/// The first provider retry's nominal wait, and the cap.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(8);
+
+/// Waits between webhook deliveries: the first, the factor, the number of retries.
+const FIRST_WEBHOOK_RETRY: Duration = Duration::from_millis(500);
+const WEBHOOK_RETRIES: usize = 6;
+
+/// The waits between the retries of one job in one model group; a fresh one per group
+/// (a fallback hop starts over).
+#[derive(Debug)]
+pub struct Schedule {
+    backoff: ExponentialBackoff,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule::new()
     }
-    if let Some(ra) = retry_after.filter(|d| !d.is_zero() && *d <= MAX_HONOURED_RETRY_AFTER) {
-        return ra;
+}
+
+impl Schedule {
+    pub fn new() -> Self {
+        Schedule {
+            backoff: exponential(
+                FIRST_RETRY.mul_f64(JITTER_CENTRE),
+                MAX_RETRY.mul_f64(JITTER_CENTRE),
+                JITTER,
+            ),
+        }
     }
-    let base = (0.5 * 2f64.powi(retry_index.min(16) as i32)).min(8.0);
-    let jitter = rand::rng().random_range(0.75..=1.0);
-    Duration::from_secs_f64(base * jitter)
+
+    /// The wait before the next retry. Every retry takes a step of the schedule, waited
+    /// or not.
+    pub fn next(&mut self, retry_after: Option<Duration>, other_deployment_left: bool) -> Duration {
+        let step = self.backoff.next_backoff().unwrap_or(MAX_RETRY);
+        if other_deployment_left {
+            return Duration::ZERO;
+        }
+        if let Some(ra) = retry_after.filter(|d| !d.is_zero() && *d <= MAX_HONOURED_RETRY_AFTER) {
+            return ra;
+        }
+        step
+    }
+}
+
+/// The waits between webhook deliveries, in order (no jitter: one receiver, one job).
+pub fn webhook_delays() -> impl Iterator<Item = Duration> {
+    let mut b = exponential(FIRST_WEBHOOK_RETRY, Duration::from_secs(3600), 0.0);
+    std::iter::from_fn(move || b.next_backoff()).take(WEBHOOK_RETRIES)
+}
+
+/// Doubling from `first` up to `max`, jittered by `randomization`, never giving up.
+fn exponential(first: Duration, max: Duration, randomization: f64) -> ExponentialBackoff {
+    let mut b = ExponentialBackoff {
+        current_interval: first,
+        initial_interval: first,
+        randomization_factor: randomization,
+        multiplier: 2.0,
+        max_interval: max,
+        max_elapsed_time: None,
+        ..ExponentialBackoff::default()
+    };
+    b.reset();
+    b
 }
 
 #[cfg(test)]
@@ -32,20 +93,50 @@ mod tests {
 
     #[test]
     fn delay_rules() {
-        assert_eq!(delay(3, Some(Duration::from_secs(5)), true), Duration::ZERO);
+        // Another deployment is left: no wait, whatever the provider said.
         assert_eq!(
-            delay(0, Some(Duration::from_secs(5)), false),
+            Schedule::new().next(Some(Duration::from_secs(5)), true),
+            Duration::ZERO
+        );
+        // A sane Retry-After is honoured.
+        assert_eq!(
+            Schedule::new().next(Some(Duration::from_secs(5)), false),
             Duration::from_secs(5)
         );
-        let d = delay(0, Some(Duration::from_secs(600)), false);
+        // An absurd one is not: the first step, 375–500 ms.
+        let d = Schedule::new().next(Some(Duration::from_secs(600)), false);
         assert!(
             d >= Duration::from_millis(375) && d <= Duration::from_millis(500),
             "{d:?}"
         );
-        let d = delay(10, None, false);
+        // The eleventh retry: capped, 6–8 s.
+        let mut s = Schedule::new();
+        for _ in 0..10 {
+            s.next(None, false);
+        }
+        let d = s.next(None, false);
         assert!(
             d >= Duration::from_secs(6) && d <= Duration::from_secs(8),
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn each_step_doubles_within_its_jitter() {
+        let mut s = Schedule::new();
+        for n in 0..5 {
+            let nominal = (0.5 * 2f64.powi(n)).min(8.0);
+            let d = s.next(None, false).as_secs_f64();
+            assert!(
+                d >= nominal * 0.75 - 1e-9 && d <= nominal + 1e-9,
+                "step {n}: {d} not in 75-100 % of {nominal}"
+            );
+        }
+    }
+
+    #[test]
+    fn webhook_waits_are_the_documented_ones() {
+        let secs: Vec<f64> = webhook_delays().map(|d| d.as_secs_f64()).collect();
+        assert_eq!(secs, [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]);
     }
 }

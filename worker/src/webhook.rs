@@ -4,7 +4,7 @@
 //! v1=<hex HMAC-SHA256 of "<t>.<body>" with the webhook secret>` lets the receiver check
 //! both origin and freshness. Delivery runs after the job is recorded and acked, so a
 //! slow receiver never holds a worker slot; it is retried with backoff for a bounded
-//! time and its outcome is written on the job (`webhook_status`, `webhook_attempts`).
+//! time (`retry.rs`: 0.5, 1, 2, 4, 8, 16 s) and its outcome is written on the job (`webhook_status`, `webhook_attempts`).
 
 use std::time::Duration;
 
@@ -13,15 +13,6 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use sluice_core::Secret;
 
-/// Delays between tries: 0.5, 1, 2, 4, 8, 16 s (about half a minute in all).
-const BACKOFF: [Duration; 6] = [
-    Duration::from_millis(500),
-    Duration::from_secs(1),
-    Duration::from_secs(2),
-    Duration::from_secs(4),
-    Duration::from_secs(8),
-    Duration::from_secs(16),
-];
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `t=<unix>,v1=<hex>` for `body` at time `t`.
@@ -53,7 +44,7 @@ pub async fn deliver(
     job_id: &str,
 ) -> Outcome {
     let mut attempts = 0;
-    for delay in std::iter::once(Duration::ZERO).chain(BACKOFF) {
+    for delay in std::iter::once(Duration::ZERO).chain(crate::retry::webhook_delays()) {
         tokio::time::sleep(delay).await;
         attempts += 1;
         let mut req = http

@@ -35,7 +35,7 @@ use super::route::{Next, Route};
 use crate::events::{EventPublisher, EventSink};
 use crate::limits::{self, Actual, Admission, Candidate, Health, Scope};
 use crate::providers::{CallOutput, ProviderError};
-use crate::{retry, tokens, Ctx};
+use crate::{tokens, Ctx};
 
 /// A concurrency lease outlives the call's timeout by this much before it expires on its
 /// own (which only happens when a worker died holding it).
@@ -459,12 +459,12 @@ impl<'a> Run<'a> {
             })
             .await;
         if next == Next::Retry {
-            let wait = retry::delay(
-                self.route.retries - 1,
-                failure.error.retry_after,
-                self.route.other_left(),
-            )
-            .max(self.ctx.config.router.retry_after);
+            let other_left = self.route.other_left();
+            let wait = self
+                .route
+                .schedule
+                .next(failure.error.retry_after, other_left)
+                .max(self.ctx.config.router.retry_after);
             tokio::time::sleep(wait).await;
         }
         self.attempt += 1;

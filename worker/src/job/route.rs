@@ -9,6 +9,7 @@ use std::sync::Arc;
 use sluice_core::config::Deployment;
 use sluice_schemas::ErrorClass;
 
+use crate::retry::Schedule;
 use crate::Ctx;
 
 /// What a failed attempt leads to.
@@ -34,6 +35,8 @@ pub(super) struct Route<'a> {
     pub(super) tried: Vec<Arc<Deployment>>,
     /// Retries in the current group.
     pub(super) retries: u32,
+    /// The waits between those retries.
+    pub(super) schedule: Schedule,
 }
 
 impl<'a> Route<'a> {
@@ -45,6 +48,7 @@ impl<'a> Route<'a> {
             disabled,
             tried: Vec::new(),
             retries: 0,
+            schedule: Schedule::new(),
         }
     }
 
@@ -97,6 +101,7 @@ impl<'a> Route<'a> {
                 self.visited.push(g);
                 self.tried.clear();
                 self.retries = 0;
+                self.schedule = Schedule::new();
                 true
             }
             None => false,
