@@ -942,7 +942,8 @@ fn http_status(class: ErrorClass) -> u16 {
         ErrorClass::ContextWindow | ErrorClass::ContentPolicy | ErrorClass::BadRequest => 400,
         ErrorClass::Auth => 403,
         ErrorClass::NotFound => 404,
-        ErrorClass::Server | ErrorClass::Internal => 500,
+        ErrorClass::Server | ErrorClass::Internal | ErrorClass::DeliveriesExhausted => 500,
+        ErrorClass::WaitExceeded => 429,
     }
 }
 

@@ -21,6 +21,12 @@ pub enum ErrorClass {
     TruncatedStream,
     /// Not a provider failure: the job could not be routed or was malformed.
     Internal,
+    /// Not a provider failure: the job waited for limits, budget or a cooldown longer than
+    /// its bound (`sluice.limits.max_wait_secs`).
+    WaitExceeded,
+    /// Not a provider failure: the job's message was delivered more often than
+    /// `sluice.worker.max_deliver` without the job ending (workers died or stalled on it).
+    DeliveriesExhausted,
 }
 
 impl ErrorClass {
@@ -38,6 +44,8 @@ impl ErrorClass {
             ErrorClass::NotFound => "not_found",
             ErrorClass::TruncatedStream => "truncated_stream",
             ErrorClass::Internal => "internal",
+            ErrorClass::WaitExceeded => "wait_exceeded",
+            ErrorClass::DeliveriesExhausted => "deliveries_exhausted",
         }
     }
 

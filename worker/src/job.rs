@@ -14,7 +14,7 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use sluice_core::config::Deployment;
 use sluice_core::store::{
-    AttemptRecord, AttemptStarted, JobDeferred, JobOutcome, LedgerEntry, WebhookOutcome,
+    AttemptRecord, AttemptStarted, JobDeferred, JobOutcome, LedgerEntry, WebhookOutcome, Written,
 };
 use sluice_schemas::events::HEADER_DLQ_REASON;
 use sluice_schemas::job::JobError;
@@ -69,7 +69,7 @@ async fn handle_claimed(
     cancel: CancellationToken,
 ) {
     let id = envelope.id;
-    let first_attempt = if delivery > 1 {
+    let calls = if delivery > 1 {
         match Box::pin(ctx.store.job_progress(id)).await {
             Ok(p) if p.terminal => {
                 tracing::info!("redelivered job is already finished; republishing its result");
@@ -77,7 +77,32 @@ async fn handle_claimed(
                 let _ = msg.ack().await;
                 return;
             }
-            Ok(p) => p.last_attempt + 1,
+            Ok(p) if delivery - p.deferrals > ctx.config.worker.max_deliver as i32 => {
+                // Deliveries the job did not hand back itself: workers died or stalled
+                // on it. It ends here, and its message goes to the dead-letter stream.
+                let error = JobError {
+                    class: ErrorClass::DeliveriesExhausted,
+                    message: format!(
+                        "delivered {delivery} times ({} of them waits for limits) without ending; sluice.worker.max_deliver is {}",
+                        p.deferrals, ctx.config.worker.max_deliver
+                    ),
+                };
+                let base = outcome_base(&envelope, tier, p.calls);
+                let (reply, webhook) = (envelope.reply_subject, envelope.webhook_url);
+                Box::pin(end_early(
+                    ctx,
+                    msg,
+                    base,
+                    reply,
+                    webhook,
+                    Vec::new(),
+                    error,
+                    true,
+                ))
+                .await;
+                return;
+            }
+            Ok(p) => p.calls,
             Err(e) => {
                 let d = Deferred::now(
                     "postgres_unavailable",
@@ -88,15 +113,17 @@ async fn handle_claimed(
             }
         }
     } else {
-        1
+        0
     };
     let reply_subject = envelope.reply_subject.clone();
     let webhook_url = envelope.webhook_url.clone();
+    // The job's row before any outcome: to end it with, should its wait run out.
+    let base = outcome_base(&envelope, tier, calls);
 
     // Run the job, keeping the message alive with in-progress acks.
     // Boxed, and so are the short awaits inside it: thousands of jobs wait on provider
     // calls at once, and each should hold only the state of that wait.
-    let mut work = Box::pin(run(ctx, envelope, tier, delivery, first_attempt));
+    let mut work = Box::pin(run(ctx, envelope, base.clone(), tier, delivery, calls));
     let mut keepalive = tokio::time::interval(ctx.config.worker.ack_wait / 3);
     keepalive.tick().await;
     let finished = loop {
@@ -120,7 +147,36 @@ async fn handle_claimed(
     drop(work);
     match finished {
         Ok(f) => Box::pin(conclude(ctx, msg, f, reply_subject, webhook_url)).await,
-        Err(Halt::Defer(deferred)) => Box::pin(defer(ctx, &msg, id, deferred)).await,
+        Err(Halt::Defer(deferred)) => {
+            let waited = (Utc::now() - base.created_at).to_std().unwrap_or_default();
+            match base {
+                mut base if waited > ctx.config.limits.max_wait => {
+                    let error = JobError {
+                        class: ErrorClass::WaitExceeded,
+                        message: format!(
+                            "waited {}s for limits or budget (sluice.limits.max_wait_secs is {}); last wait: {}",
+                            waited.as_secs(),
+                            ctx.config.limits.max_wait.as_secs(),
+                            deferred.reason
+                        ),
+                    };
+                    base.attempts = deferred.calls_seen;
+                    let attempts = deferred.attempts;
+                    Box::pin(end_early(
+                        ctx,
+                        msg,
+                        base,
+                        reply_subject,
+                        webhook_url,
+                        attempts,
+                        error,
+                        false,
+                    ))
+                    .await;
+                }
+                _ => Box::pin(defer(ctx, &msg, id, deferred)).await,
+            }
+        }
         Err(Halt::Ended(attempts)) => Box::pin(skip_ended(ctx, msg, id, attempts)).await,
     }
 }
@@ -269,7 +325,11 @@ async fn defer(ctx: &Ctx, msg: &jetstream::Message, id: Uuid, d: Deferred) {
     let not_before = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
     let _ = ctx
         .ledger
-        .send(LedgerEntry::Deferred(JobDeferred { id, not_before }))
+        .send(LedgerEntry::Deferred(JobDeferred {
+            id,
+            not_before,
+            calls_seen: d.calls_seen,
+        }))
         .await;
     let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
 }
@@ -300,6 +360,8 @@ struct Deferred {
     cause: &'static str,
     reason: String,
     attempts: Vec<AttemptRecord>,
+    /// The job's call count as this delivery last knew it.
+    calls_seen: i32,
 }
 
 impl Deferred {
@@ -309,50 +371,92 @@ impl Deferred {
             cause,
             reason,
             attempts: Vec::new(),
+            calls_seen: 0,
         }
+    }
+}
+
+/// When the job was submitted (now, if the envelope does not say).
+fn submitted_at(envelope: &JobEnvelope) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_millis(envelope.submitted_at_ms)
+        .filter(|_| envelope.submitted_at_ms > 0)
+        .unwrap_or_else(Utc::now)
+}
+
+/// Ends a job without (more) calls: it exhausted its deliveries or its wait. Records it
+/// `failed` with `error` (and the attempts this delivery made), publishes the end, acks;
+/// with `dead_letter`, a copy of the message goes to the dead-letter stream first.
+#[allow(clippy::too_many_arguments)]
+async fn end_early(
+    ctx: &Ctx,
+    msg: jetstream::Message,
+    base: JobOutcome,
+    reply_subject: Option<String>,
+    webhook_url: Option<String>,
+    attempts: Vec<AttemptRecord>,
+    error: JobError,
+    dead_letter: bool,
+) {
+    tracing::warn!(class = %error.class, error = %error.message, "job ends without a result");
+    if dead_letter {
+        if let Err(e) = park(ctx, &msg, &error.message).await {
+            tracing::warn!(error = %e, "dead-letter publish failed; retrying later");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
+            return;
+        }
+    }
+    let calls = base.attempts;
+    let publisher = EventPublisher::new(ctx.js.clone(), ctx.subjects.events(base.id), base.id);
+    let finished = failed(base, attempts, error, publisher, calls);
+    conclude(ctx, msg, finished, reply_subject, webhook_url).await;
+}
+
+/// The job's row as it stands before its outcome is known.
+fn outcome_base(envelope: &JobEnvelope, tier: Tier, calls: i32) -> JobOutcome {
+    JobOutcome {
+        id: envelope.id,
+        owner: envelope
+            .owner
+            .clone()
+            .unwrap_or_else(|| "master".to_string()),
+        model_group: envelope.request.model.clone(),
+        tier: tier.as_str().to_string(),
+        reply_subject: envelope.reply_subject.clone(),
+        created_at: submitted_at(envelope),
+        status: JobStatus::Failed.as_str().to_string(),
+        result: None,
+        usage: None,
+        cost: None,
+        pricing_missing: false,
+        attempts: calls,
+        error_class: None,
+        error_message: None,
+        finished_at: Utc::now(),
     }
 }
 
 async fn run(
     ctx: &Ctx,
     envelope: JobEnvelope,
+    base: JobOutcome,
     tier: Tier,
     delivery: i32,
-    first_attempt: i32,
+    calls: i32,
 ) -> Result<Finished, Halt> {
     let JobEnvelope {
         id,
         request,
-        owner,
         reply_subject,
-        submitted_at_ms,
         fallbacks,
         disable_fallbacks,
         ..
     } = envelope;
-    let owner = owner.unwrap_or_else(|| "master".to_string());
+    let owner = base.owner.clone();
     let group = request.model.clone();
-    let created_at = DateTime::<Utc>::from_timestamp_millis(submitted_at_ms)
-        .filter(|_| submitted_at_ms > 0)
-        .unwrap_or_else(Utc::now);
+    let created_at = base.created_at;
     let mut publisher = EventPublisher::new(ctx.js.clone(), ctx.subjects.events(id), id);
-    let base = JobOutcome {
-        id,
-        owner: owner.clone(),
-        model_group: group.clone(),
-        tier: tier.as_str().to_string(),
-        reply_subject: reply_subject.clone(),
-        created_at,
-        status: JobStatus::Failed.as_str().to_string(),
-        result: None,
-        usage: None,
-        cost: None,
-        pricing_missing: false,
-        attempts: first_attempt - 1,
-        error_class: None,
-        error_message: None,
-        finished_at: Utc::now(),
-    };
 
     let invalid = if !ctx.router.has_group(ctx.config.resolve_group(&group)) {
         Some(format!("unknown model group {group:?}"))
@@ -366,13 +470,7 @@ async fn run(
             class: ErrorClass::BadRequest,
             message,
         };
-        return Ok(failed(
-            base,
-            Vec::new(),
-            error,
-            publisher,
-            first_attempt - 1,
-        ));
+        return Ok(failed(base, Vec::new(), error, publisher, calls));
     }
 
     let stream = request.stream.unwrap_or(false);
@@ -394,7 +492,9 @@ async fn run(
     let mut prompt_estimates: Vec<(tokens::Tokenizer, u64)> = Vec::with_capacity(2);
     let mut route = Route::new(ctx, &group, fallbacks, disable_fallbacks);
     let mut records: Vec<AttemptRecord> = Vec::new();
-    let mut attempt = first_attempt;
+    // The job's calls as this delivery knows them; each call's number comes from the
+    // job row when the call is claimed.
+    let mut attempt = calls;
     let mut last_error = JobError {
         class: ErrorClass::Internal,
         message: "no deployment available".into(),
@@ -453,6 +553,7 @@ async fn run(
                     cause: if cooling { "cooldown" } else { "limit" },
                     reason: format!("waiting for {limit}"),
                     attempts: records,
+                    calls_seen: attempt,
                 }));
             }
             Admission::Unavailable(e) => {
@@ -461,6 +562,7 @@ async fn run(
                     cause: "redis_unavailable",
                     reason: format!("flow control unavailable: {e}"),
                     attempts: records,
+                    calls_seen: attempt,
                 }))
             }
             Admission::Cancelled => {
@@ -473,7 +575,7 @@ async fn run(
                         message: "cancelled".into(),
                     },
                     publisher,
-                    attempt - 1,
+                    attempt,
                 ));
             }
             Admission::TooLarge { limit } => {
@@ -499,18 +601,19 @@ async fn run(
             tier: tier.as_str().to_string(),
             reply_subject: reply_subject.clone(),
             created_at,
-            attempt,
             delivery,
             worker: ctx.worker_id.clone(),
             deployment: d.id.clone(),
             provider: d.provider.clone(),
             model: d.model.clone(),
             started_at,
+            max_calls: ctx.config.max_calls_per_job().min(i32::MAX as u32) as i32,
         };
         // The attempt is on record before the call is made, so a crash cannot hide a call.
-        // The same write claims the job: one the api ended meanwhile is not called.
+        // The same write claims the job and numbers the call: one the api ended meanwhile,
+        // or one that made every call it may, is not called.
         let claimed = Box::pin(ctx.ledger.write(LedgerEntry::Started(started))).await;
-        if !matches!(claimed, Ok(true)) {
+        let Ok(Written::Claimed(number)) = claimed else {
             let none = Actual {
                 tokens: 0,
                 cost: 0.0,
@@ -520,16 +623,46 @@ async fn run(
                 ..Default::default()
             };
             Box::pin(ctx.limiter.settle(reservation, none, healthy)).await;
-            return Err(match claimed {
-                Err(e) => Halt::Defer(Deferred {
+            return match claimed {
+                Err(e) => Err(Halt::Defer(Deferred {
                     after: None,
                     cause: "ledger_unavailable",
                     reason: e.to_string(),
                     attempts: records,
-                }),
-                Ok(_) => Halt::Ended(records),
-            });
-        }
+                    calls_seen: attempt,
+                })),
+                Ok(Written::Busy) => Err(Halt::Defer(Deferred {
+                    after: Some(Duration::from_millis(100)),
+                    cause: "ledger_busy",
+                    reason: "another start of this job was being written".into(),
+                    attempts: records,
+                    calls_seen: attempt,
+                })),
+                Ok(Written::CallsSpent) => {
+                    // Calls across all deliveries count: the job ends with the class of
+                    // its last failure.
+                    let error = if records.is_empty() {
+                        match Box::pin(ctx.store.last_error(id)).await {
+                            Ok(Some((class, message))) => JobError {
+                                class: serde_json::from_value(serde_json::Value::String(class))
+                                    .unwrap_or(ErrorClass::Internal),
+                                message,
+                            },
+                            _ => JobError {
+                                class: ErrorClass::Internal,
+                                message: "the job made every provider call it may".into(),
+                            },
+                        }
+                    } else {
+                        last_error
+                    };
+                    tracing::warn!(calls = attempt, class = %error.class, "job made every call it may");
+                    Ok(failed(base, records, error, publisher, attempt))
+                }
+                Ok(_) => Err(Halt::Ended(records)),
+            };
+        };
+        attempt = number;
         let mut sink = EventSink {
             publisher: &mut publisher,
             attempt: attempt as u32,
@@ -621,7 +754,6 @@ async fn run(
                 .max(ctx.config.router.retry_after);
             tokio::time::sleep(wait).await;
         }
-        attempt += 1;
     }
     Ok(failed(base, records, last_error, publisher, attempt))
 }
@@ -961,18 +1093,7 @@ async fn republish_terminal(ctx: &Ctx, id: Uuid) {
 /// terminates it (in that order: on 2.9 `Term` deletes it from the work queue).
 async fn dead_letter(ctx: &Ctx, msg: &jetstream::Message, reason: &str) {
     tracing::error!(subject = %msg.subject, %reason, "dead-lettering message");
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(HEADER_DLQ_REASON, reason);
-    headers.insert("Sluice-Dlq-Subject", msg.subject.as_str());
-    let published = async {
-        ctx.js
-            .publish_with_headers(ctx.subjects.dlq(), headers, Bytes::clone(&msg.payload))
-            .await?
-            .await?;
-        Ok::<(), async_nats::Error>(())
-    }
-    .await;
-    match published {
+    match park(ctx, msg, reason).await {
         Ok(()) => {
             let _ = msg.ack_with(AckKind::Term).await;
         }
@@ -983,4 +1104,16 @@ async fn dead_letter(ctx: &Ctx, msg: &jetstream::Message, reason: &str) {
                 .await;
         }
     }
+}
+
+/// Stores a copy of `msg` on the dead-letter subject with `reason`.
+async fn park(ctx: &Ctx, msg: &jetstream::Message, reason: &str) -> Result<(), async_nats::Error> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(HEADER_DLQ_REASON, reason);
+    headers.insert("Sluice-Dlq-Subject", msg.subject.as_str());
+    ctx.js
+        .publish_with_headers(ctx.subjects.dlq(), headers, Bytes::clone(&msg.payload))
+        .await?
+        .await?;
+    Ok(())
 }

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod metrics;
 pub mod pricing;
 pub mod providers;
+pub mod reconcile;
 pub mod retry;
 pub mod router;
 pub mod scheduler;
@@ -33,7 +34,7 @@ use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use futures::StreamExt;
 use sluice_core::batch::Batcher;
 use sluice_core::config::RoutingStrategy;
-use sluice_core::store::LedgerEntry;
+use sluice_core::store::{LedgerEntry, Written};
 use sluice_core::{Config, Store};
 use sluice_schemas::{Subjects, Tier};
 use tokio_util::sync::CancellationToken;
@@ -78,7 +79,7 @@ pub(crate) struct Ctx {
     pub js: jetstream::Context,
     pub subjects: Subjects,
     pub store: Store,
-    pub ledger: Batcher<LedgerEntry, bool>,
+    pub ledger: Batcher<LedgerEntry, Written>,
     pub providers: Providers,
     pub router: Router,
     pub limiter: limits::Limiter,
@@ -260,6 +261,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         ops_stop.clone(),
     ));
     ops.spawn(cancellations(Arc::downgrade(&ctx), ops_stop.clone()));
+    ops.spawn(reconcile::run(
+        ctx.js.clone(),
+        ctx.store.clone(),
+        ops_stop.clone(),
+    ));
     ops.close();
     tracing::info!(worker = %worker_id, capacity = config.worker.capacity, deployments = config.deployments.len(), "worker started");
 

@@ -175,7 +175,7 @@ fn error_response(error: Option<(ErrorClass, &str)>) -> (StatusCode, Json<Value>
         }
         ErrorClass::Auth => StatusCode::UNAUTHORIZED,
         ErrorClass::NotFound => StatusCode::NOT_FOUND,
-        ErrorClass::RateLimit => StatusCode::TOO_MANY_REQUESTS,
+        ErrorClass::RateLimit | ErrorClass::WaitExceeded => StatusCode::TOO_MANY_REQUESTS,
         ErrorClass::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorClass::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_GATEWAY,
