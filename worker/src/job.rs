@@ -476,7 +476,14 @@ async fn run(
     let stream = request.stream.unwrap_or(false);
     let mut request = request;
     let key_scopes = match Box::pin(ctx.key_limits.scopes(&owner)).await {
-        Ok(s) => s,
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            let error = JobError {
+                class: ErrorClass::Auth,
+                message: "the API key of this job was revoked".into(),
+            };
+            return Ok(failed(base, Vec::new(), error, publisher, calls));
+        }
         Err(e) => {
             return Err(Halt::Defer(Deferred::now(
                 "postgres_unavailable",
@@ -534,10 +541,17 @@ async fn run(
             .max()
             .unwrap_or_default()
             + LEASE_MARGIN;
-        let (d, reservation) = match Box::pin(ctx.limiter.admit(Some(id), &admit, lease)).await {
-            Admission::Admitted { index, reservation } => {
-                (Arc::clone(&candidates[index]), reservation)
-            }
+        let (d, mut held) = match Box::pin(ctx.limiter.admit(Some(id), &admit, lease)).await {
+            Admission::Admitted { index, reservation } => (
+                Arc::clone(&candidates[index]),
+                // Settled when the call ends, or by itself if the job lets go of it.
+                limits::Held::new(
+                    &ctx.limiter,
+                    &ctx.settlements,
+                    reservation,
+                    admit[index].estimate,
+                ),
+            ),
             Admission::Wait {
                 after,
                 limit,
@@ -590,8 +604,8 @@ async fn run(
             }
         };
         // The attempt starts when the limits counted it.
-        let started_at = reservation
-            .admitted_at_ms
+        let started_at = held
+            .admitted_at_ms()
             .and_then(DateTime::<Utc>::from_timestamp_millis)
             .unwrap_or_else(Utc::now);
         let started = AttemptStarted {
@@ -614,15 +628,13 @@ async fn run(
         // or one that made every call it may, is not called.
         let claimed = Box::pin(ctx.ledger.write(LedgerEntry::Started(started))).await;
         let Ok(Written::Claimed(number)) = claimed else {
-            let none = Actual {
-                tokens: 0,
-                cost: 0.0,
-            };
-            let healthy = Health {
-                ok: true,
-                ..Default::default()
-            };
-            Box::pin(ctx.limiter.settle(reservation, none, healthy)).await;
+            if let Some(reservation) = held.take() {
+                let none = Actual {
+                    tokens: 0,
+                    cost: 0.0,
+                };
+                Box::pin(ctx.limiter.release(reservation, none)).await;
+            }
             return match claimed {
                 Err(e) => Err(Halt::Defer(Deferred {
                     after: None,
@@ -663,6 +675,7 @@ async fn run(
             };
         };
         attempt = number;
+        held.calling();
         let mut sink = EventSink {
             publisher: &mut publisher,
             attempt: attempt as u32,
@@ -683,7 +696,9 @@ async fn run(
         if let (false, Err(e)) = (health.cool_now.is_zero(), &result) {
             crate::metrics::cooldown(&d.id, e.class.as_str());
         }
-        Box::pin(ctx.limiter.settle(reservation, used, health)).await;
+        if let Some(reservation) = held.take() {
+            Box::pin(ctx.limiter.settle(reservation, used, health)).await;
+        }
         let e = match result {
             Ok(out) => {
                 let usage = record_usage(&record);

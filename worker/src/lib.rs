@@ -88,6 +88,8 @@ pub(crate) struct Ctx {
     pub worker_id: String,
     /// Webhook deliveries still retrying; drained after the jobs.
     pub webhooks: TaskTracker,
+    /// Settlements of reservations that jobs let go of (see `limits::Held`).
+    pub settlements: TaskTracker,
     /// Fired when the drain deadline passes: running jobs hand their message back.
     pub hard_stop: CancellationToken,
     /// Jobs running here, each with the token that cancels it.
@@ -241,6 +243,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         worker_id: worker_id.clone(),
         hard_stop: CancellationToken::new(),
         webhooks: TaskTracker::new(),
+        settlements: TaskTracker::new(),
         inflight: Mutex::new(HashMap::new()),
     });
     let slots = Slots::new(config.worker.capacity, DEFAULT_WEIGHTS);
@@ -299,6 +302,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         ctx.hard_stop.cancel();
         jobs.wait().await;
     }
+    ctx.settlements.close();
+    ctx.settlements.wait().await;
     // Webhooks retry for about half a minute at most; let them finish or run out.
     ctx.webhooks.close();
     ctx.webhooks.wait().await;

@@ -11,9 +11,13 @@
 //! This module does not decide which deployments are candidates (the router does) nor
 //! what to do when nothing fits (the job is deferred by the pipeline).
 
+mod held;
+
 use std::time::Duration;
 
 use std::sync::{Arc, Mutex};
+
+pub use held::Held;
 
 use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::{self, Script};
@@ -423,6 +427,24 @@ impl Limiter {
     pub async fn settle(&self, reservation: Reservation, actual: Actual, health: Health) {
         let track_health =
             !health.ok || matches!(self.strategy, Strategy::Latency | Strategy::LeastBusy);
+        self.settle_as(reservation, actual, health, track_health)
+            .await
+    }
+
+    /// Settles a reservation its job let go of without an outcome (cancelled, handed
+    /// back, panicked): `actual` is charged, leases are released, health is untouched.
+    pub async fn release(&self, reservation: Reservation, actual: Actual) {
+        self.settle_as(reservation, actual, Health::success(), false)
+            .await
+    }
+
+    async fn settle_as(
+        &self,
+        reservation: Reservation,
+        actual: Actual,
+        health: Health,
+        track_health: bool,
+    ) {
         if reservation.scopes.is_empty() && !track_health {
             return;
         }
