@@ -18,3 +18,7 @@ CREATE TABLE job_outbox (
     payload    text        NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- The USD a call reserved against budgets when it started: a call in flight when Redis
+-- lost its counters is reserved again from here (worker/src/limits/seed.lua).
+ALTER TABLE job_attempts ADD COLUMN reserved_cost numeric(24, 12);

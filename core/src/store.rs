@@ -84,6 +84,9 @@ pub struct AttemptStarted {
     pub started_at: DateTime<Utc>,
     /// Calls the job may make across all its deliveries; the claim is refused beyond.
     pub max_calls: i32,
+    /// USD this call reserved against budgets (re-reserved from the ledger if Redis
+    /// loses its counters while the call is in flight).
+    pub reserved_cost: Option<f64>,
 }
 
 /// The ledger's answer to one entry.
@@ -543,7 +546,8 @@ impl Store {
                 "WITH input AS (
                     SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(job_id uuid, owner text, model_group text,
                          tier text, reply_subject text, created_at timestamptz, started_at timestamptz,
-                         delivery int, worker text, deployment text, provider text, model text, max_calls int)
+                         delivery int, worker text, deployment text, provider text, model text, max_calls int,
+                         reserved_cost numeric)
                  ), claimed AS (
                     INSERT INTO jobs (id, owner, model_group, tier, status, reply_subject, created_at, started_at,
                          attempts, calls)
@@ -558,8 +562,10 @@ impl Store {
                       AND jobs.calls < (SELECT i.max_calls FROM input i WHERE i.job_id = jobs.id)
                     RETURNING id, calls
                  ), attempts AS (
-                    INSERT INTO job_attempts (job_id, attempt, delivery, worker, deployment, provider, model, status, started_at)
-                    SELECT i.job_id, c.calls, i.delivery, i.worker, i.deployment, i.provider, i.model, 'started', i.started_at
+                    INSERT INTO job_attempts (job_id, attempt, delivery, worker, deployment, provider, model, status,
+                         started_at, reserved_cost)
+                    SELECT i.job_id, c.calls, i.delivery, i.worker, i.deployment, i.provider, i.model, 'started',
+                         i.started_at, i.reserved_cost
                     FROM input i JOIN claimed c ON c.id = i.job_id
                     ON CONFLICT (job_id, attempt) DO NOTHING
                  )

@@ -31,7 +31,7 @@ use crate::{ledger, retry, tokens, Ctx};
 
 /// A concurrency lease outlives the call's timeout by this much before it expires on its
 /// own (which only happens when a worker died holding it).
-const LEASE_MARGIN: Duration = Duration::from_secs(10);
+pub(crate) const LEASE_MARGIN: Duration = Duration::from_secs(10);
 
 /// Handles one delivered message to the end (ack, nak or term).
 pub(crate) async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, tier: Tier) {
@@ -622,6 +622,7 @@ async fn run(
             model: d.model.clone(),
             started_at,
             max_calls: ctx.config.max_calls_per_job().min(i32::MAX as u32) as i32,
+            reserved_cost: Some(held.estimate().cost).filter(|c| *c > 0.0),
         };
         // The attempt is on record before the call is made, so a crash cannot hide a call.
         // The same write claims the job and numbers the call: one the api ended meanwhile,

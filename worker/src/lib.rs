@@ -217,7 +217,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         &config.subject_prefix,
         config.limits.fail_open,
     )
-    .with_strategy(strategy);
+    .with_strategy(strategy)
+    .with_ledger(store.clone(), longest_lease(&config));
     let price_file = match &config.pricing_file {
         Some(path) => pricing::load_file(path)?,
         None => Default::default(),
@@ -457,6 +458,18 @@ fn spawn_job(
         drop(in_flight);
         drop(slot);
     });
+}
+
+/// The longest a call may hold its reservation: the longest deployment timeout, and
+/// the margin a lease outlives it by (see `job.rs`).
+fn longest_lease(config: &Config) -> Duration {
+    config
+        .deployments
+        .iter()
+        .map(|d| d.timeout)
+        .max()
+        .unwrap_or_default()
+        + job::LEASE_MARGIN
 }
 
 fn worker_id() -> String {

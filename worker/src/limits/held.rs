@@ -38,6 +38,11 @@ impl Held {
         self.reservation.as_ref().and_then(|r| r.admitted_at_ms)
     }
 
+    /// What the call was admitted with.
+    pub fn estimate(&self) -> Estimate {
+        self.estimate
+    }
+
     /// The provider call is about to be made: from now on, letting go charges it.
     pub fn calling(&mut self) {
         self.called = true;
