@@ -111,6 +111,7 @@ async fn the_attempt_started_write_refuses_a_job_the_api_ended() -> Result<()> {
             model: "gpt-4o-mini".into(),
             started_at: chrono::Utc::now(),
             max_calls: 10,
+            reserved_cost: None,
         })
     };
     let (ended, live) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());

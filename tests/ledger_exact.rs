@@ -24,6 +24,7 @@ fn started(job_id: Uuid, delivery: i32, worker: &str, max_calls: i32) -> LedgerE
         model: "gpt-4o-mini".into(),
         started_at: Utc::now(),
         max_calls,
+        reserved_cost: None,
     })
 }
 

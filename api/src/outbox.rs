@@ -6,7 +6,7 @@
 //! whose message may exist.
 
 use futures::future::BoxFuture;
-use sluice_core::batch::Flush;
+use sluice_core::group_commit::Flush;
 use sluice_core::Store;
 use uuid::Uuid;
 
