@@ -167,7 +167,33 @@ pub enum LedgerEntry {
     Finished {
         job: JobOutcome,
         attempts: Vec<AttemptRecord>,
+        /// Deliveries of the job's end (webhook, reply subject), recorded with it.
+        deliveries: Vec<NewDelivery>,
     },
+}
+
+/// A delivery of a job's end, recorded with its result (see `worker/src/deliveries.rs`).
+#[derive(Debug, Clone, Serialize)]
+pub struct NewDelivery {
+    pub job_id: Uuid,
+    /// `webhook` or `reply`.
+    pub kind: String,
+    pub target: String,
+    pub body: String,
+}
+
+/// A delivery claimed for one try.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryRow {
+    pub id: i64,
+    pub job_id: Uuid,
+    pub kind: String,
+    pub target: String,
+    pub body: String,
+    /// Tries so far, this one included.
+    pub attempts: i32,
+    pub owner: String,
+    pub created_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -482,6 +508,7 @@ impl Store {
         let mut finished_attempts: Vec<&AttemptRecord> = Vec::new();
         let mut deferred: Vec<&JobDeferred> = Vec::new();
         let mut webhooks: Vec<&WebhookOutcome> = Vec::new();
+        let mut deliveries: Vec<&NewDelivery> = Vec::new();
         let mut answers = vec![Written::Done; entries.len()];
         let mut started_jobs: HashSet<Uuid> = HashSet::new();
         for (i, entry) in entries.iter().enumerate() {
@@ -497,9 +524,14 @@ impl Store {
                 LedgerEntry::Attempts(a) => finished_attempts.extend(a.iter()),
                 LedgerEntry::Deferred(d) => deferred.push(d),
                 LedgerEntry::Webhook(w) => webhooks.push(w),
-                LedgerEntry::Finished { job, attempts } => {
+                LedgerEntry::Finished {
+                    job,
+                    attempts,
+                    deliveries: d,
+                } => {
                     finished_jobs.push(job);
                     finished_attempts.extend(attempts.iter());
+                    deliveries.extend(d.iter());
                 }
             }
         }
@@ -629,11 +661,19 @@ impl Store {
                          error_message = EXCLUDED.error_message, finished_at = EXCLUDED.finished_at,
                          not_before = NULL, updated_at = now()
                     WHERE jobs.status NOT IN {TERMINAL}
+                    RETURNING id
+                 ), deliveries AS (
+                    INSERT INTO job_deliveries (job_id, kind, target, body)
+                    SELECT t.job_id, t.kind, t.target, t.body
+                    FROM jsonb_to_recordset($3::jsonb) AS t(job_id uuid, kind text, target text, body text)
+                    WHERE t.job_id IN (SELECT id FROM results)
+                    ON CONFLICT (job_id, kind) DO NOTHING
                  )
                  SELECT 1"
             ))
             .bind(Json(&finished_attempts))
             .bind(Json(&finished_jobs))
+            .bind(Json(&deliveries))
             .execute(&mut *conn)
             .await?;
         }
@@ -672,6 +712,76 @@ impl Store {
             }
         }
         Ok(answers)
+    }
+}
+
+impl Store {
+    /// Claims up to `limit` due deliveries for one try each: their next try moves `lease`
+    /// ahead, so a worker that dies mid-try leaves them to another after that.
+    pub async fn claim_deliveries(
+        &self,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        Ok(sqlx::query_as::<_, DeliveryRow>(
+            "WITH due AS (
+                SELECT id FROM job_deliveries WHERE status = 'pending' AND next_at <= now()
+                ORDER BY next_at LIMIT $1 FOR UPDATE SKIP LOCKED
+             ), claimed AS (
+                UPDATE job_deliveries d SET attempts = d.attempts + 1,
+                     next_at = now() + make_interval(secs => $2)
+                FROM due WHERE d.id = due.id
+                RETURNING d.id, d.job_id, d.kind, d.target, d.body, d.attempts, d.created_at
+             )
+             SELECT c.id, c.job_id, c.kind, c.target, c.body, c.attempts, c.created_at,
+                    COALESCE(j.owner, 'master') AS owner
+             FROM claimed c LEFT JOIN jobs j ON j.id = c.job_id",
+        )
+        .bind(limit)
+        .bind(lease.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Records a try's outcome: delivered, failed for good, or due again after `retry`.
+    /// The job shows its webhook's outcome (`webhook_status`, `webhook_attempts`).
+    pub async fn delivery_tried(
+        &self,
+        row: &DeliveryRow,
+        outcome: Result<(), String>,
+        retry: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let (status, error) = match (&outcome, retry) {
+            (Ok(()), _) => ("delivered", None),
+            (Err(e), Some(_)) => ("pending", Some(e.as_str())),
+            (Err(e), None) => ("failed", Some(e.as_str())),
+        };
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE job_deliveries SET status = $2, last_error = $3,
+                 next_at = now() + make_interval(secs => $4),
+                 finished_at = CASE WHEN $2 = 'pending' THEN NULL ELSE now() END
+             WHERE id = $1",
+        )
+        .bind(row.id)
+        .bind(status)
+        .bind(error)
+        .bind(retry.unwrap_or_default().as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
+        if row.kind == "webhook" {
+            sqlx::query(
+                "UPDATE jobs SET webhook_status = $2, webhook_attempts = $3, updated_at = now()
+                 WHERE id = $1",
+            )
+            .bind(row.job_id)
+            .bind(status)
+            .bind(row.attempts)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }
 

@@ -14,7 +14,7 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use sluice_core::config::Deployment;
 use sluice_core::store::{
-    AttemptRecord, AttemptStarted, JobDeferred, JobOutcome, LedgerEntry, WebhookOutcome, Written,
+    AttemptRecord, AttemptStarted, JobDeferred, JobOutcome, LedgerEntry, Written,
 };
 use sluice_schemas::events::HEADER_DLQ_REASON;
 use sluice_schemas::job::JobError;
@@ -220,7 +220,8 @@ async fn skip_ended(ctx: &Ctx, msg: jetstream::Message, id: Uuid, attempts: Vec<
     let _ = msg.ack().await;
 }
 
-/// Records the result, then publishes it, then acks; starts the webhook delivery.
+/// Records the result (with the deliveries of its end), then publishes it, then acks;
+/// then rings the deliveries (`worker/src/deliveries.rs`).
 async fn conclude(
     ctx: &Ctx,
     msg: jetstream::Message,
@@ -236,16 +237,30 @@ async fn conclude(
         last_attempt,
     } = finished;
     let id = outcome.id;
-    let webhook_secret = webhook_url
-        .as_ref()
-        .and(ctx.config.webhook_secret.as_ref())
-        .map(|server| sluice_core::keys::webhook_secret(server, &outcome.owner));
+    let deliveries = if reply_subject.is_some() || webhook_url.is_some() {
+        match serde_json::to_vec(&done) {
+            Ok(body) => crate::deliveries::for_job(
+                id,
+                reply_subject.as_deref(),
+                webhook_url.as_deref(),
+                &body,
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode the job's end for its deliveries");
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    let deliver = !deliveries.is_empty();
     // Record, then publish, then ack.
     if let Err(e) = ctx
         .ledger
         .write(LedgerEntry::Finished {
             job: outcome,
             attempts,
+            deliveries,
         })
         .await
     {
@@ -255,51 +270,18 @@ async fn conclude(
             .await;
         return;
     }
-    let body = match publisher.terminal(last_attempt, &done).await {
-        Ok(body) => body,
-        Err(e) => {
-            tracing::warn!(error = %e, "terminal event not stored; redelivery will republish it");
-            let _ = msg
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
-            return;
-        }
-    };
-    if let Some(subject) = reply_subject {
-        if let Err(e) = ctx.nats.publish(subject, body.clone()).await {
-            tracing::warn!(error = %e, "reply subject publish failed");
-        }
+    if let Err(e) = publisher.terminal(last_attempt, &done).await {
+        tracing::warn!(error = %e, "terminal event not stored; redelivery will republish it");
+        let _ = msg
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+            .await;
+        return;
     }
     if let Err(e) = msg.ack().await {
         tracing::warn!(error = %e, "ack failed; a redelivery will find the job finished");
     }
-    if let Some(url) = webhook_url {
-        let (http, secret, ledger) = (
-            ctx.providers.http().clone(),
-            webhook_secret,
-            ctx.ledger.clone(),
-        );
-        let span = tracing::Span::current();
-        ctx.webhooks.spawn(
-            async move {
-                let outcome =
-                    crate::webhook::deliver(&http, &url, body, secret.as_ref(), &id.to_string())
-                        .await;
-                let status = if outcome.delivered {
-                    "delivered"
-                } else {
-                    "failed"
-                };
-                let _ = ledger
-                    .send(LedgerEntry::Webhook(WebhookOutcome {
-                        id,
-                        status: status.to_string(),
-                        attempts: outcome.attempts as i32,
-                    }))
-                    .await;
-            }
-            .instrument(span),
-        );
+    if deliver {
+        ctx.deliveries.notify_one();
     }
     tracing::debug!(status = %done.status, "job finished");
 }

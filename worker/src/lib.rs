@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod deliveries;
 pub mod events;
 pub mod heartbeat;
 mod job;
@@ -86,8 +87,8 @@ pub(crate) struct Ctx {
     pub prices: pricing::Prices,
     pub key_limits: keys::KeyLimits,
     pub worker_id: String,
-    /// Webhook deliveries still retrying; drained after the jobs.
-    pub webhooks: TaskTracker,
+    /// Rung when a job with deliveries (webhook, reply) ended here.
+    pub deliveries: Arc<tokio::sync::Notify>,
     /// Settlements of reservations that jobs let go of (see `limits::Held`).
     pub settlements: TaskTracker,
     /// Fired when the drain deadline passes: running jobs hand their message back.
@@ -243,7 +244,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         providers: Providers::new(),
         worker_id: worker_id.clone(),
         hard_stop: CancellationToken::new(),
-        webhooks: TaskTracker::new(),
+        deliveries: Arc::new(tokio::sync::Notify::new()),
         settlements: TaskTracker::new(),
         inflight: Mutex::new(HashMap::new()),
     });
@@ -265,6 +266,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         ops_stop.clone(),
     ));
     ops.spawn(cancellations(Arc::downgrade(&ctx), ops_stop.clone()));
+    ops.spawn(deliveries::run(
+        Arc::downgrade(&ctx),
+        Arc::clone(&ctx.deliveries),
+        ops_stop.clone(),
+    ));
     ops.spawn(reconcile::run(
         ctx.js.clone(),
         ctx.store.clone(),
@@ -305,9 +311,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     }
     ctx.settlements.close();
     ctx.settlements.wait().await;
-    // Webhooks retry for about half a minute at most; let them finish or run out.
-    ctx.webhooks.close();
-    ctx.webhooks.wait().await;
     drop(ctx);
     background.close();
     background.wait().await;
