@@ -9,7 +9,7 @@ use sluice_core::store::{AttemptRecord, AttemptStarted, JobDeferred, LedgerEntry
 use sluice_testkit::TestEnv;
 use uuid::Uuid;
 
-fn started(job_id: Uuid, delivery: i32, worker: &str, max_calls: i32) -> LedgerEntry {
+fn started(job_id: Uuid, delivery: u32, worker: &str, max_calls: u32) -> LedgerEntry {
     LedgerEntry::Started(AttemptStarted {
         job_id,
         owner: "master".into(),
@@ -28,7 +28,7 @@ fn started(job_id: Uuid, delivery: i32, worker: &str, max_calls: i32) -> LedgerE
     })
 }
 
-fn finished_attempt(job_id: Uuid, attempt: i32, delivery: i32, worker: &str) -> AttemptRecord {
+fn finished_attempt(job_id: Uuid, attempt: u32, delivery: u32, worker: &str) -> AttemptRecord {
     AttemptRecord {
         job_id,
         attempt,

@@ -76,14 +76,14 @@ pub struct AttemptStarted {
     pub tier: String,
     pub reply_subject: Option<String>,
     pub created_at: DateTime<Utc>,
-    pub delivery: i32,
+    pub delivery: u32,
     pub worker: String,
     pub deployment: String,
     pub provider: String,
     pub model: String,
     pub started_at: DateTime<Utc>,
     /// Calls the job may make across all its deliveries; the claim is refused beyond.
-    pub max_calls: i32,
+    pub max_calls: u32,
     /// USD this call reserved against budgets (re-reserved from the ledger if Redis
     /// loses its counters while the call is in flight).
     pub reserved_cost: Option<f64>,
@@ -96,7 +96,7 @@ pub enum Written {
     Done,
     /// A `Started` entry claimed the job; the call's attempt number, unique for the job
     /// across every delivery (allocated by the job row).
-    Claimed(i32),
+    Claimed(u32),
     /// The job had already ended (cancelled, expired, finished): not claimed, not called.
     Ended,
     /// The job made every call it may: not claimed, not called.
@@ -109,8 +109,8 @@ pub enum Written {
 #[derive(Debug, Clone, Serialize)]
 pub struct AttemptRecord {
     pub job_id: Uuid,
-    pub attempt: i32,
-    pub delivery: i32,
+    pub attempt: u32,
+    pub delivery: u32,
     pub worker: String,
     pub deployment: String,
     pub provider: String,
@@ -148,7 +148,7 @@ pub struct JobOutcome {
     pub usage: Option<Value>,
     pub cost: Option<Decimal>,
     pub pricing_missing: bool,
-    pub attempts: i32,
+    pub attempts: u32,
     pub error_class: Option<String>,
     pub error_message: Option<String>,
     pub finished_at: DateTime<Utc>,
@@ -200,7 +200,7 @@ pub struct DeliveryRow {
 pub struct WebhookOutcome {
     pub id: Uuid,
     pub status: String,
-    pub attempts: i32,
+    pub attempts: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -209,7 +209,7 @@ pub struct JobDeferred {
     pub not_before: DateTime<Utc>,
     /// The job's call count as this delivery last knew it: a larger count means another
     /// delivery started a call since, and the row it runs is left alone.
-    pub calls_seen: i32,
+    pub calls_seen: u32,
 }
 
 /// A job as `GET /v1/jobs/{id}` shows it.
@@ -225,7 +225,9 @@ pub struct JobRow {
     pub usage: Option<Value>,
     pub cost: Option<Decimal>,
     pub pricing_missing: bool,
-    pub attempts: i32,
+    /// Attempts made so far (attempt numbers are `u32` everywhere; the column is `int`).
+    #[sqlx(try_from = "i32")]
+    pub attempts: u32,
     pub error_class: Option<String>,
     pub error_message: Option<String>,
     pub not_before: Option<DateTime<Utc>>,
@@ -253,7 +255,7 @@ impl JobRow {
                 .clone()
                 .and_then(|v| serde_json::from_value(v).ok()),
             cost: self.cost,
-            attempts: self.attempts.max(0) as u32,
+            attempts: self.attempts,
             error,
         }
     }
@@ -261,7 +263,8 @@ impl JobRow {
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AttemptRow {
-    pub attempt: i32,
+    #[sqlx(try_from = "i32")]
+    pub attempt: u32,
     pub deployment: String,
     pub provider: String,
     pub model: String,
@@ -287,9 +290,9 @@ pub struct AttemptRow {
 pub struct JobProgress {
     pub terminal: bool,
     /// Provider calls so far (the last attempt number allocated).
-    pub calls: i32,
+    pub calls: u32,
     /// Times the job handed its message back to wait for a limit.
-    pub deferrals: i32,
+    pub deferrals: u32,
 }
 
 const TERMINAL: &str = "('succeeded','failed','cancelled','expired')";
@@ -482,8 +485,8 @@ impl Store {
         .await?;
         Ok(JobProgress {
             terminal: row.try_get("terminal")?,
-            calls: row.try_get("calls")?,
-            deferrals: row.try_get("deferrals")?,
+            calls: u32::try_from(row.try_get::<i32, _>("calls")?).unwrap_or(0),
+            deferrals: u32::try_from(row.try_get::<i32, _>("deferrals")?).unwrap_or(0),
         })
     }
 
@@ -598,7 +601,7 @@ impl Store {
             .fetch_all(&mut *conn)
             .await?;
             for (id, attempt) in claimed {
-                claims.insert(id, Written::Claimed(attempt));
+                claims.insert(id, Written::Claimed(u32::try_from(attempt).unwrap_or(0)));
             }
             let refused: Vec<Uuid> = started
                 .iter()

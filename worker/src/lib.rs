@@ -472,7 +472,7 @@ fn longest_lease(config: &Config) -> Duration {
         .map(|d| d.timeout)
         .max()
         .unwrap_or_default()
-        + job::LEASE_MARGIN
+        + job::pipeline::LEASE_MARGIN
 }
 
 fn worker_id() -> String {

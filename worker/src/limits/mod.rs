@@ -243,12 +243,18 @@ pub struct Limiter {
     tag: String,
     fail_open: bool,
     strategy: Strategy,
-    admit: Script,
-    settle: Script,
-    seed: Script,
+    /// Shared, so a clone (one per held reservation) copies no script text.
+    scripts: Arc<Scripts>,
     /// Where budgets are rebuilt from, and how long a call in flight may hold its
     /// reservation. Without it a budget Redis lost starts again from zero.
     ledger: Option<(Store, Duration)>,
+}
+
+/// The Lua scripts, loaded once per limiter.
+struct Scripts {
+    admit: Script,
+    settle: Script,
+    seed: Script,
 }
 
 /// One admission round's answer before budgets are known to be in Redis.
@@ -266,9 +272,11 @@ impl Limiter {
             shared: Arc::default(),
             fail_open,
             strategy: Strategy::AsGiven,
-            admit: Script::new(include_str!("admit.lua")),
-            settle: Script::new(include_str!("settle.lua")),
-            seed: Script::new(include_str!("seed.lua")),
+            scripts: Arc::new(Scripts {
+                admit: Script::new(include_str!("admit.lua")),
+                settle: Script::new(include_str!("settle.lua")),
+                seed: Script::new(include_str!("seed.lua")),
+            }),
             ledger: None,
         }
     }
@@ -302,7 +310,7 @@ impl Limiter {
             .unwrap_or(0);
         let mut keys = Vec::new();
         self.keys(scope, &mut keys);
-        let mut inv = self.seed.prepare_invoke();
+        let mut inv = self.scripts.seed.prepare_invoke();
         for k in &keys {
             inv.key(k);
         }
@@ -438,7 +446,7 @@ impl Limiter {
             }
             Some(_) => {}
         }
-        let mut inv = self.admit.prepare_invoke();
+        let mut inv = self.scripts.admit.prepare_invoke();
         inv.arg(&id)
             .arg(lease.as_millis() as u64)
             .arg(candidates.len())
@@ -542,7 +550,7 @@ impl Limiter {
         if reservation.scopes.is_empty() && !track_health {
             return;
         }
-        let mut inv = self.settle.prepare_invoke();
+        let mut inv = self.scripts.settle.prepare_invoke();
         let outcome = match (track_health, health.ok) {
             (false, _) => "none",
             (true, true) => "ok",
