@@ -12,6 +12,7 @@ pub mod batches;
 pub mod cancel;
 pub mod config;
 pub mod files;
+pub mod job_list;
 pub mod keys;
 pub mod metrics;
 pub mod nats;

@@ -199,6 +199,7 @@ async fn conclude(
             .await;
         return;
     }
+    ctx.tally.finished();
     let body = match publisher.terminal(last_attempt, &done).await {
         Ok(body) => body,
         Err(e) => {
@@ -261,6 +262,7 @@ async fn defer(ctx: &Ctx, msg: &jetstream::Message, id: Uuid, d: Deferred) {
     let delay = base + jitter;
     tracing::info!(reason = %d.reason, delay_ms = delay.as_millis() as u64, "job deferred");
     crate::metrics::deferral(d.cause);
+    ctx.tally.deferred(d.cause);
     if !d.attempts.is_empty() {
         if let Err(e) = ctx.ledger.write(LedgerEntry::Attempts(d.attempts)).await {
             tracing::warn!(error = %e, "attempts of a deferred job not recorded");
