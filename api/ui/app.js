@@ -45,6 +45,13 @@ function append(node, children) {
   }
 }
 
+// Replaces a node's children; null, undefined and false children are left out.
+function fill(node, ...children) {
+  node.replaceChildren();
+  append(node, children);
+  return node;
+}
+
 function bar(parts, cls = '') {
   // parts: [[fraction 0..1, class], ...]
   const b = el('div', { class: `bar ${parts.length > 1 ? 'stacked' : ''} ${cls}` });
@@ -65,8 +72,10 @@ function when(unix) {
   return new Date(unix * 1000).toISOString().replace('T', ' ').slice(0, 19);
 }
 
-function usd(n) {
-  if (n === null || n === undefined) return '—';
+function usd(value) {
+  if (value === null || value === undefined) return '—';
+  // Some amounts arrive as decimal strings (exact money); show them as numbers.
+  const n = Number(value);
   if (n === 0) return '$0';
   return n >= 1 ? `$${n.toFixed(2)}` : `$${n.toPrecision(3)}`;
 }
@@ -204,7 +213,8 @@ async function route() {
   const main = document.getElementById('main');
   main.replaceChildren();
   if (!me) return;
-  const parts = location.hash.replace(/^#\/?/, '').split('/').filter(Boolean);
+  const [path] = location.hash.replace(/^#\/?/, '').split('?');
+  const parts = path.split('/').filter(Boolean);
   let name = parts[0] || (me.master ? 'overview' : 'jobs');
   if (name === 'jobs' && parts[1]) name = 'job';
   const def = PAGES[name];
@@ -261,7 +271,7 @@ async function overviewPage(main) {
     const most = Math.max(1, ...ov.tiers.map((t) => t.depth));
     const byTier = new Map(ov.tiers.map((t) => [t.tier, t]));
     tiers.replaceChildren(table(
-      ['Tier', ['Depth', 'num'], '', ['Waiting', 'num'], ['Running', 'num'], ['Oldest', 'num']],
+      ['Tier', ['Depth', 'num'], '', ['Waiting', 'num'], ['Delivered', 'num'], ['Oldest', 'num']],
       TIERS.map((name) => {
         const t = byTier.get(name) || { depth: 0, pending: 0, ack_pending: 0 };
         return el('tr', { 'data-tier': name },
@@ -429,7 +439,7 @@ async function jobPage(main, [id]) {
 
   let job = await api(`/v1/jobs/${encodeURIComponent(id)}`);
   const drawJob = () => {
-    head.replaceChildren(el('h1', { class: 'mono' }, job.id), el('span', { id: 'job-status' }, pill(job.status)),
+    fill(head, el('h1', { class: 'mono' }, job.id), el('span', { id: 'job-status' }, pill(job.status)),
       TERMINAL.has(job.status) ? null : el('button', {
         type: 'button', class: 'danger', id: 'job-cancel',
         onclick: async (e) => {
@@ -468,11 +478,24 @@ async function jobPage(main, [id]) {
     outNote.textContent = job.status === 'succeeded' ? '' : 'The job ended without a result.';
     return;
   }
-  // Tokens as they stream: the job's event stream, replayed from its start.
+  // The row says when the job ends, and holds the attempts and the final text.
   const abort = new AbortController();
   page.aborts.push(abort);
-  outNote.textContent = 'Waiting for tokens…';
   let received = 0;
+  const poll = async () => {
+    job = await api(`/v1/jobs/${encodeURIComponent(id)}`);
+    drawJob();
+    if (TERMINAL.has(job.status)) {
+      page.timers.forEach(clearInterval);
+      abort.abort();
+      if (job.status === 'succeeded') output.textContent = finalText();
+      outNote.textContent = job.status === 'succeeded'
+        ? `Finished: ${received} chunks streamed live.` : `The job is ${job.status}.`;
+    }
+  };
+  // Tokens as they stream: the job's event stream, replayed from its start. The first
+  // token also re-reads the row, so the status shows running at once.
+  outNote.textContent = 'Waiting for tokens…';
   readEvents(`/v1/jobs/${encodeURIComponent(id)}/events`, (kind, data) => {
     if (data === '[DONE]') return;
     if (kind === 'retry') {
@@ -480,29 +503,17 @@ async function jobPage(main, [id]) {
       outNote.textContent = 'The call is being retried; its output starts again.';
       return;
     }
-    if (kind === 'message') {
-      try {
-        const chunk = JSON.parse(data);
-        const piece = chunk.choices?.[0]?.delta?.content;
-        if (piece) {
-          output.textContent += piece;
-          received += 1;
-          output.dataset.chunks = String(received);
-          outNote.textContent = `Streaming… ${received} chunks so far`;
-        }
-      } catch { /* keep-alives and unknown payloads are not text */ }
-    }
+    if (kind !== 'message') return;
+    let piece = null;
+    try { piece = JSON.parse(data).choices?.[0]?.delta?.content; } catch { piece = null; }
+    if (!piece) return;
+    if (received === 0) poll().catch(() => {});
+    output.textContent += piece;
+    received += 1;
+    output.dataset.chunks = String(received);
+    outNote.textContent = `Streaming… ${received} chunks so far`;
   }, abort.signal).catch((e) => { if (!abort.signal.aborted) err.textContent = e.message; });
-  // The row knows when the job ends, and holds the attempts and the final text.
-  await live(async () => {
-    job = await api(`/v1/jobs/${encodeURIComponent(id)}`);
-    drawJob();
-    if (TERMINAL.has(job.status)) {
-      page.timers.forEach(clearInterval);
-      if (job.status === 'succeeded') output.textContent = finalText();
-      outNote.textContent = job.status === 'succeeded' ? `Finished: ${received} chunks streamed live.` : `The job is ${job.status}.`;
-    }
-  }, 1000, err);
+  await live(poll, 1000, err);
 }
 
 // ---------- batches ----------
@@ -525,6 +536,9 @@ function batchRow(b) {
   const p = b.progress || { queued: 0, running: 0, cancelled: 0, expired: 0 };
   const total = Math.max(1, c.total);
   const done = c.completed + c.failed;
+  // OpenAI counts lines that never ran (cancelled, expired) as failed; show them apart.
+  const ended = p.cancelled + p.expired;
+  const failed = Math.max(0, c.failed - ended);
   let eta = '—';
   if (b.status === 'in_progress' && b.in_progress_at && done > 0 && done < c.total) {
     const elapsed = Date.now() / 1000 - b.in_progress_at;
@@ -533,23 +547,30 @@ function batchRow(b) {
   const files = [];
   if (b.output_file_id) files.push(el('button', { type: 'button', class: 'link', 'data-download': 'output', onclick: () => download(b.output_file_id, `${b.id}_output.jsonl`).catch((e) => alert(e.message)) }, 'output'));
   if (b.error_file_id) files.push(el('button', { type: 'button', class: 'link', 'data-download': 'errors', onclick: () => download(b.error_file_id, `${b.id}_errors.jsonl`).catch((e) => alert(e.message)) }, 'errors'));
-  return el('tr', { 'data-batch': b.id, 'data-status': b.status },
-    el('td', { class: 'mono' }, b.id, el('div', { class: 'muted' }, `${b.priority || ''} · ${b.completion_window}`)),
-    el('td', {}, pill(b.status)),
-    el('td', { class: 'progress' }, bar([[c.completed / total, 'ok'], [c.failed / total, 'bad'], [p.running / total, 'run']], 'big'),
-      el('div', { class: 'muted counts' },
-        `${num(c.completed)} ok · ${num(c.failed)} failed · ${num(p.running)} running · ${num(p.queued)} queued of ${num(c.total)}`)),
-    el('td', { class: 'num done' }, `${num(done)} / ${num(c.total)}`),
-    el('td', { class: 'eta' }, eta),
-    el('td', {}, when(b.created_at)),
-    el('td', {}, files.length ? files : '—'),
-    el('td', {}, BATCH_LIVE.has(b.status) && b.status !== 'cancelling' ? el('button', {
-      type: 'button', class: 'danger', 'data-cancel-batch': b.id,
-      onclick: async (e) => {
-        e.target.disabled = true;
-        try { await api(`/v1/batches/${encodeURIComponent(b.id)}/cancel`, { method: 'POST' }); } catch (x) { alert(x.message); }
-      },
-    }, 'Cancel') : ''));
+  const counts = [`${num(c.completed)} ok`, failed ? `${num(failed)} failed` : null,
+    p.cancelled ? `${num(p.cancelled)} cancelled` : null, p.expired ? `${num(p.expired)} expired` : null,
+    p.running ? `${num(p.running)} running` : null, p.queued ? `${num(p.queued)} queued` : null]
+    .filter(Boolean).join(' · ');
+  return el('tr', {
+    'data-batch': b.id, 'data-status': b.status, 'data-completed': c.completed,
+    'data-failed': failed, 'data-cancelled': p.cancelled, 'data-total': c.total,
+  },
+  el('td', { class: 'mono' }, b.id, el('div', { class: 'muted' }, `${b.priority || ''} · ${b.completion_window}`)),
+  el('td', {}, pill(b.status)),
+  el('td', { class: 'progress' },
+    bar([[c.completed / total, 'ok'], [failed / total, 'bad'], [ended / total, 'off'], [p.running / total, 'run']], 'big'),
+    el('div', { class: 'muted counts' }, `${counts} of ${num(c.total)}`)),
+  el('td', { class: 'num done' }, `${num(done)} / ${num(c.total)}`),
+  el('td', { class: 'eta' }, eta),
+  el('td', {}, when(b.created_at)),
+  el('td', {}, files.length ? files : '—'),
+  el('td', {}, BATCH_LIVE.has(b.status) && b.status !== 'cancelling' ? el('button', {
+    type: 'button', class: 'danger', 'data-cancel-batch': b.id,
+    onclick: async (e) => {
+      e.target.disabled = true;
+      try { await api(`/v1/batches/${encodeURIComponent(b.id)}/cancel`, { method: 'POST' }); } catch (x) { alert(x.message); }
+    },
+  }, 'Cancel') : ''));
 }
 
 // ---------- spend ----------
@@ -583,16 +604,16 @@ function barChart(rows) {
   if (rows.length === 0) return el('p', { class: 'empty' }, 'Nothing spent in this range.');
   const sorted = [...rows].sort((a, b) => b.cost - a.cost).slice(0, 12);
   const most = Math.max(...sorted.map((r) => r.cost), 1e-12);
-  const w = 520;
-  const labelW = 150;
-  const valueW = 90;
+  const w = 400;
+  const labelW = 130;
+  const valueW = 80;
   const rowH = 26;
   const chart = svg('svg', { class: 'chart', viewBox: `0 0 ${w} ${sorted.length * rowH + 4}`, width: '100%', role: 'img' });
   sorted.forEach((r, i) => {
     const y = i * rowH + 4;
     const len = ((w - labelW - valueW) * r.cost) / most;
     chart.append(
-      svg('text', { x: 0, y: y + 14 }, r.group.length > 22 ? `${r.group.slice(0, 21)}…` : r.group),
+      svg('text', { x: 0, y: y + 14 }, r.group.length > 19 ? `${r.group.slice(0, 18)}…` : r.group),
       svg('rect', { class: 'track', x: labelW, y: y + 3, width: w - labelW - valueW, height: 14, rx: 3 }),
       svg('rect', { class: 'bar', x: labelW, y: y + 3, width: Math.max(1, len), height: 14, rx: 3 },
         svg('title', {}, `${r.group}: ${usd(r.cost)}, ${r.calls} calls, ${r.jobs} jobs`)),
@@ -610,8 +631,8 @@ function dayChart(rows, days) {
     list.push([d, byDay.get(d)?.cost || 0]);
   }
   const most = Math.max(...list.map(([, c]) => c), 1e-12);
-  const w = 520;
-  const h = 150;
+  const w = 400;
+  const h = 120;
   const slot = w / list.length;
   const chart = svg('svg', { class: 'chart', viewBox: `0 0 ${w} ${h + 34}`, width: '100%', role: 'img' });
   list.forEach(([d, c], i) => {
@@ -635,7 +656,7 @@ async function keysPage(main) {
   const field = (label, name, attrs = {}) => el('label', {}, label, el('input', { name, ...attrs }));
   const form = el('form', { class: 'form', id: 'key-form' },
     field('Name', 'name', { placeholder: 'team-a' }),
-    field('Models (comma-separated, empty = all)', 'models'),
+    field('Models (empty = all)', 'models', { placeholder: 'fast, smart' }),
     field('Requests/min', 'rpm_limit', { type: 'number', min: 0 }),
     field('Tokens/min', 'tpm_limit', { type: 'number', min: 0 }),
     field('Parallel requests', 'max_parallel_requests', { type: 'number', min: 0 }),
@@ -657,7 +678,7 @@ async function keysPage(main) {
             el('td', { class: 'num' }, u ? used(u.rpm) : num(k.rpm_limit)),
             el('td', { class: 'num' }, u ? used(u.tpm) : num(k.tpm_limit)),
             el('td', { class: 'num' }, u ? used(u.in_flight) : num(k.max_parallel_requests)),
-            el('td', {}, b ? [budgetText(b), b.limit ? bar([[b.spent / b.limit, b.spent / b.limit > 0.9 ? 'hot' : '']]) : null] : '—'),
+            el('td', {}, b ? [budgetText(b), b.limit ? bar([[Number(b.spent) / Number(b.limit), Number(b.spent) / Number(b.limit) > 0.9 ? 'hot' : '']]) : null] : '—'),
             el('td', {}, new Date(k.created_at).toISOString().slice(0, 10)),
             el('td', {}, el('button', {
               type: 'button', class: 'danger', 'data-revoke': k.id,
