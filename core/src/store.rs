@@ -1,6 +1,6 @@
 //! Postgres: the pool, migrations, and every statement Sluice runs (DESIGN §7).
 //!
-//! Hot-path writes take whole batches (see [`crate::batch`]) and pass them as one JSON
+//! Hot-path writes take whole batches (see [`crate::group_commit`]) and pass them as one JSON
 //! parameter expanded with `jsonb_to_recordset`, so a batch of any size is one statement
 //! per table. Reads use runtime queries, so building never needs a database.
 
