@@ -248,7 +248,7 @@ async function overviewPage(main) {
   main.append(
     el('h1', {}, 'Overview'), err,
     card(null, stats),
-    el('div', { class: 'grid' },
+    el('div', { class: 'grid two' },
       card('Queue depth by tier', tiers),
       card('Workers', workers),
       card('Deferrals by reason', deferrals),
@@ -302,14 +302,14 @@ async function overviewPage(main) {
         el('td', { class: 'mono' }, d.id), el('td', {}, d.model_group),
         el('td', { class: 'num' }, duration(d.cooldown_ms / 1000))))));
     deps.replaceChildren(table(
-      ['Deployment', 'Group', 'Provider', 'Requests/min', '', 'Tokens/min', '', 'In flight'],
+      ['Deployment', 'Group', 'Provider', ['Requests/min', 'num'], '', ['Tokens/min', 'num'], '', ['In flight', 'num']],
       lim.deployments.map((d) => el('tr', { 'data-deployment': d.id },
         el('td', { class: 'mono' }, d.id), el('td', {}, d.model_group), el('td', {}, d.provider),
         ...usedCells(d.rpm), ...usedCells(d.tpm),
         el('td', { class: 'num' }, used(d.in_flight))))));
     keys.replaceChildren(lim.keys.length === 0
       ? el('p', { class: 'empty' }, 'No virtual keys.')
-      : table(['Key', 'Name', 'Requests/min', '', 'Tokens/min', '', 'Budget'],
+      : table(['Key', 'Name', ['Requests/min', 'num'], '', ['Tokens/min', 'num'], '', 'Budget'],
         lim.keys.map((k) => el('tr', {},
           el('td', { class: 'mono' }, k.id), el('td', {}, k.name || ''),
           ...usedCells(k.rpm), ...usedCells(k.tpm),
@@ -434,7 +434,7 @@ async function jobPage(main, [id]) {
   const output = el('pre', { class: 'output', id: 'job-output' });
   const outNote = el('p', { class: 'muted', id: 'job-output-note' });
   main.append(el('p', {}, el('a', { href: '#/jobs' }, '← Jobs')), head, err,
-    el('div', { class: 'grid' }, card('Job', facts), card('Output', output, outNote)),
+    el('div', { class: 'grid two' }, card('Job', facts), card('Output', output, outNote)),
     card('Attempts', attempts));
 
   let job = await api(`/v1/jobs/${encodeURIComponent(id)}`);
@@ -668,7 +668,7 @@ async function keysPage(main) {
     const [keys, lim] = await Promise.all([api('/v1/keys'), api('/v1/limits')]);
     const usage = new Map(lim.keys.map((k) => [k.id, k]));
     list.replaceChildren(keys.data.length === 0 ? el('p', { class: 'empty' }, 'No keys yet.')
-      : table(['Id', 'Name', 'Key', 'Models', 'Requests/min', 'Tokens/min', 'Parallel', 'Budget', 'Created', ''],
+      : table(['Id', 'Name', 'Key', 'Models', ['Requests/min', 'num'], ['Tokens/min', 'num'], ['Parallel', 'num'], 'Budget', 'Created', ''],
         keys.data.map((k) => {
           const u = usage.get(k.id);
           const b = u?.budget;

@@ -43,7 +43,9 @@ struct JobItem {
     /// `master` or the id of the virtual key that submitted it.
     key: String,
     attempts: i32,
-    cost: Option<f64>,
+    /// USD across all attempts; null when a price is missing.
+    #[serde(with = "rust_decimal::serde::float_option")]
+    cost: Option<rust_decimal::Decimal>,
     pricing_missing: bool,
     error_class: Option<String>,
     created_at: i64,
@@ -62,7 +64,7 @@ impl From<JobSummary> for JobItem {
             priority: j.tier,
             key: j.owner,
             attempts: j.attempts,
-            cost: j.cost.and_then(|c| c.to_string().parse().ok()),
+            cost: j.cost,
             pricing_missing: j.pricing_missing,
             error_class: j.error_class,
             created_at: j.created_at.timestamp(),
