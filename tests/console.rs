@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use common::KEY;
 use serde_json::Value;
-use sluice_testkit::sim::{self, SimConfig, SimHandle};
+use sluice_testkit::sim::{self, Fault, SimConfig, SimHandle};
 use sluice_testkit::{Stack, TestEnv};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -34,8 +34,9 @@ fn shots() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console")
 }
 
-/// Group `fast` (priced) and group `tight`, whose one deployment takes a request a minute.
-fn models(sim: &SimHandle) -> String {
+/// Group `fast` (priced), group `tight`, whose one deployment takes a request a minute,
+/// and group `stormy`, whose one deployment is always overloaded (on `storm`).
+fn models(sim: &SimHandle, storm: &SimHandle) -> String {
     format!(
         "model_list:
   - model_name: fast
@@ -55,11 +56,33 @@ fn models(sim: &SimHandle) -> String {
       rpm: 1
     model_info:
       id: tight-1
+  - model_name: stormy
+    litellm_params:
+      model: openai/sim-model
+      api_base: {storm}
+      api_key: sk-test-secret-key-123456
+      cooldown_time: 60
+    model_info:
+      id: storm-1
 general_settings:
   master_key: {KEY}
 ",
         base = sim.api_base(),
+        storm = storm.api_base(),
     )
+}
+
+/// A provider that answers every call with 529 (overloaded).
+async fn storm() -> Result<SimHandle> {
+    Ok(sim::start(
+        "127.0.0.1:0",
+        SimConfig {
+            fail_first: 1_000_000,
+            fault: Some(Fault::Overloaded529),
+            ..Default::default()
+        },
+    )
+    .await?)
 }
 
 /// Runs one scenario of the browser script against `stack`; answers its requests
@@ -122,7 +145,8 @@ async fn the_console_shows_queue_depth_rising_as_jobs_arrive_and_falling_as_a_wo
 ) -> Result<()> {
     let s = sim::start("127.0.0.1:0", SimConfig::default()).await?;
     let env = TestEnv::new().await?;
-    let mut stack = Stack::start(env.config(&models(&s), "")?, 0).await?;
+    let storm = storm().await?;
+    let mut stack = Stack::start(env.config(&models(&s, &storm), "")?, 0).await?;
     let out = drive(&mut stack, "queue").await?;
     let store = env.store().await?;
     for id in out["high"]
@@ -142,6 +166,16 @@ async fn the_console_shows_queue_depth_rising_as_jobs_arrive_and_falling_as_a_wo
         statuses.iter().any(|s| s == "queued"),
         "one job waits for the rpm limit: {statuses:?}"
     );
+    // The error class the job page showed is the attempt's, as recorded.
+    let stormy: uuid::Uuid = out["stormy"].as_str().context("stormy id")?.parse()?;
+    let class: Option<String> = sqlx::query_scalar(
+        "SELECT error_class::text FROM job_attempts WHERE job_id = $1 AND attempt = 1",
+    )
+    .bind(stormy)
+    .fetch_one(store.pool())
+    .await?;
+    assert_eq!(class.as_deref(), out["error_class"].as_str(), "{out}");
+    assert_eq!(class.as_deref(), Some("overloaded"));
     stack.stop().await;
     Ok(())
 }
@@ -158,7 +192,8 @@ async fn the_console_streams_a_running_jobs_tokens_and_cancels_a_job() -> Result
     )
     .await?;
     let env = TestEnv::new().await?;
-    let mut stack = Stack::start(env.config(&models(&s), "")?, 1).await?;
+    let storm = storm().await?;
+    let mut stack = Stack::start(env.config(&models(&s, &storm), "")?, 1).await?;
     let out = drive(&mut stack, "stream").await?;
     let store = env.store().await?;
     assert_eq!(status_of(store.pool(), &out["watched"]).await?, "succeeded");
@@ -187,8 +222,12 @@ async fn the_console_shows_a_batch_progressing_cancels_it_and_downloads_its_file
     )
     .await?;
     let env = TestEnv::new().await?;
-    let mut stack =
-        Stack::start(env.config(&models(&s), "  worker:\n    capacity: 2\n")?, 1).await?;
+    let storm = storm().await?;
+    let mut stack = Stack::start(
+        env.config(&models(&s, &storm), "  worker:\n    capacity: 2\n")?,
+        1,
+    )
+    .await?;
     let out = drive(&mut stack, "batch").await?;
     let store = env.store().await?;
     let (status, total): (String, i32) =
@@ -229,7 +268,8 @@ async fn the_console_shows_a_batch_progressing_cancels_it_and_downloads_its_file
 async fn a_virtual_key_signed_in_to_the_console_sees_only_its_own_jobs() -> Result<()> {
     let s = sim::start("127.0.0.1:0", SimConfig::default()).await?;
     let env = TestEnv::new().await?;
-    let mut stack = Stack::start(env.config(&models(&s), "")?, 1).await?;
+    let storm = storm().await?;
+    let mut stack = Stack::start(env.config(&models(&s, &storm), "")?, 1).await?;
     let out = drive(&mut stack, "keys").await?;
     let team_a = out["keys"]["team-a"].as_str().context("team-a id")?;
     let direct = &out["direct"];

@@ -298,7 +298,7 @@ async function overviewPage(main) {
     const cool = lim.deployments.filter((d) => d.cooldown_ms > 0);
     cooling.replaceChildren(cool.length === 0
       ? el('p', { class: 'empty' }, 'None: every deployment takes calls.')
-      : table(['Deployment', 'Group', ['Back in', 'num']], cool.map((d) => el('tr', {},
+      : table(['Deployment', 'Group', ['Back in', 'num']], cool.map((d) => el('tr', { 'data-cooling': d.id },
         el('td', { class: 'mono' }, d.id), el('td', {}, d.model_group),
         el('td', { class: 'num' }, duration(d.cooldown_ms / 1000))))));
     deps.replaceChildren(table(
@@ -466,7 +466,7 @@ async function jobPage(main, [id]) {
       job.attempt_log.map((a) => el('tr', { 'data-attempt': a.attempt },
         el('td', {}, String(a.attempt)), el('td', { class: 'mono' }, a.deployment), el('td', {}, a.provider),
         el('td', {}, pill(a.status)),
-        el('td', { title: a.error?.message || '' }, a.error ? a.error.class : ''),
+        el('td', { class: 'error-class', title: a.error?.message || '' }, a.error ? a.error.class : ''),
         el('td', { class: 'num' }, ms(a.ttft_ms)), el('td', { class: 'num' }, ms(a.latency_ms)),
         el('td', { class: 'num' }, `${num(a.prompt_tokens)} / ${num(a.completion_tokens)}${a.usage_estimated ? ' (est.)' : ''}`),
         el('td', { class: 'num' }, a.pricing_missing ? 'unpriced' : usd(a.cost)))), { id: 'attempts' }));

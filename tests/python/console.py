@@ -117,8 +117,16 @@ def queue(page):
     tight = [submit(MASTER, model="tight") for _ in range(2)]
     expect(page.locator("tr[data-reason=limit]")).to_be_visible()
     expect(page.locator("tr[data-deployment=tight-1] td").nth(3)).to_have_text("1 / 1")
+    # A job for an overloaded deployment: the deployment cools down, the attempt says why.
+    stormy = submit(MASTER, model="stormy")
+    expect(page.locator("tr[data-cooling=storm-1]")).to_be_visible()
     shot(page, "overview")
-    return {"high": high, "low": low, "tight": tight}
+    page.goto(BASE + f"/ui#/jobs/{stormy}")
+    error_class = page.locator("#attempts tr[data-attempt='1'] td.error-class")
+    expect(error_class).not_to_have_text("")
+    shot(page, "job-attempt-failed")
+    return {"high": high, "low": low, "tight": tight, "stormy": stormy,
+            "error_class": error_class.inner_text().strip()}
 
 
 def stream(page):
