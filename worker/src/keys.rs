@@ -37,7 +37,7 @@ impl KeyLimits {
 
     /// The scopes a job of `owner` is admitted against (empty for the master key).
     pub async fn scopes(&self, owner: &str) -> Result<Arc<Vec<Scope>>, String> {
-        if owner == "master" || owner.is_empty() {
+        if sluice_schemas::is_master_owner(owner) {
             return Ok(Arc::default());
         }
         if let Some((at, scopes)) = self.lock().get(owner) {
