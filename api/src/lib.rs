@@ -107,7 +107,10 @@ impl Flush<NewJob> for JobsFlush {
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/jobs", post(routes::jobs::submit))
+        .route(
+            "/v1/jobs",
+            post(routes::jobs::submit).get(routes::job_list::list),
+        )
         .route("/v1/chat/completions", post(routes::chat::completions))
         .route("/v1/spend", get(routes::spend::report))
         .route("/v1/limits", get(routes::limits::report))
@@ -136,6 +139,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/keys/{id}", delete(routes::keys::delete))
         .route("/v1/queue", get(routes::queue::show))
+        .route("/v1/overview", get(routes::overview::show))
+        .route("/v1/me", get(routes::me::show))
+        .route("/ui", get(routes::ui::index))
+        .route("/ui/", get(routes::ui::index))
+        .route("/ui/{file}", get(routes::ui::asset))
         .route("/metrics", get(routes::metrics::metrics))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
