@@ -11,6 +11,7 @@ pub mod batches;
 pub mod errors;
 mod job_events;
 pub mod metrics;
+pub mod outbox;
 pub mod routes;
 mod submit;
 pub mod workers;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub store: Store,
     /// Group-committed job inserts.
     pub jobs: Batcher<NewJob, Recorded>,
+    /// Group-committed removals of published jobs from the outbox.
+    pub outbox: Batcher<uuid::Uuid, ()>,
     /// For readiness (and, later, flow control).
     pub redis: sluice_core::redis::Pool,
     /// Recently resolved virtual keys.
@@ -106,7 +109,10 @@ impl Flush<NewJob> for JobsFlush {
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/jobs", post(routes::jobs::submit))
+        .route(
+            "/v1/jobs",
+            post(routes::jobs::submit).get(routes::job_list::list),
+        )
         .route("/v1/chat/completions", post(routes::chat::completions))
         .route("/v1/spend", get(routes::spend::report))
         .route("/v1/limits", get(routes::limits::report))
@@ -135,6 +141,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/keys/{id}", delete(routes::keys::delete))
         .route("/v1/queue", get(routes::queue::show))
+        .route("/v1/overview", get(routes::overview::show))
+        .route("/v1/me", get(routes::me::show))
+        .route("/ui", get(routes::ui::index))
+        .route("/ui/", get(routes::ui::index))
+        .route("/ui/{file}", get(routes::ui::asset))
         .route("/metrics", get(routes::metrics::metrics))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
@@ -182,6 +193,12 @@ pub async fn serve_on(
 
     let background = TaskTracker::new();
     let jobs = Batcher::spawn("jobs", 512, &background, JobsFlush(store.clone()));
+    let outbox = Batcher::spawn(
+        "outbox",
+        512,
+        &background,
+        outbox::OutboxFlush(store.clone()),
+    );
     let workers = Arc::new(Workers::default());
     let ops_stop = CancellationToken::new();
     background.spawn(workers::listen(
@@ -197,6 +214,7 @@ pub async fn serve_on(
         subjects,
         store,
         jobs,
+        outbox,
         redis,
         keys: KeyCache::default(),
         workers,

@@ -8,10 +8,12 @@
 
 pub mod batch_settings;
 pub mod batches;
+pub mod budget_ledger;
 pub mod cancel;
 pub mod config;
 pub mod files;
 pub mod group_commit;
+pub mod job_list;
 pub mod keys;
 pub mod metrics;
 pub mod nats;

@@ -6,8 +6,10 @@
 //!   otherwise the provider's `Retry-After` when it is sane (≤ 60 s), else an exponential
 //!   backoff from 0.5 s doubling to at most 8 s, each wait drawn from 75–100 % of its
 //!   step.
-//! - [`webhook_delays`]: the waits between webhook deliveries: 0.5, 1, 2, 4, 8, 16 s
-//!   (about half a minute in all).
+//! - [`delivery_delay`]: the wait before a durable delivery of a job's end (webhook,
+//!   reply subject) is tried again: the same doubling, up to five minutes;
+//! - [`webhook_delays`]: the waits of `webhook::deliver`'s in-process tries: 0.5, 1, 2,
+//!   4, 8, 16 s.
 
 use std::time::Duration;
 
@@ -23,6 +25,9 @@ const JITTER: f64 = 1.0 / 7.0;
 /// The first provider retry's nominal wait, and the cap.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(8);
+
+/// The longest wait between two deliveries of a job's end.
+const MAX_DELIVERY_WAIT: Duration = Duration::from_secs(300);
 
 /// Waits between webhook deliveries: the first, the factor, the number of retries.
 const FIRST_WEBHOOK_RETRY: Duration = Duration::from_millis(500);
@@ -87,6 +92,24 @@ fn exponential(first: Duration, max: Duration, randomization: f64) -> Exponentia
     b
 }
 
+/// The wait before delivery try `n + 1` of a job's end (webhook, reply): the same
+/// doubling as calls, with 0.75–1.0 jitter, up to five minutes, since a receiver may be
+/// down for a while.
+pub fn delivery_delay(n: u32) -> Duration {
+    let mut b = exponential(
+        FIRST_RETRY.mul_f64(JITTER_CENTRE),
+        MAX_DELIVERY_WAIT.mul_f64(JITTER_CENTRE),
+        JITTER,
+    );
+    // Deliveries are rows shared by every worker, so the schedule is replayed to step n
+    // (bounded: the cap is reached long before).
+    let mut wait = FIRST_RETRY;
+    for _ in 0..=n.min(32) {
+        wait = b.next_backoff().unwrap_or(MAX_DELIVERY_WAIT);
+    }
+    wait
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +153,18 @@ mod tests {
             assert!(
                 d >= nominal * 0.75 - 1e-9 && d <= nominal + 1e-9,
                 "step {n}: {d} not in 75-100 % of {nominal}"
+            );
+        }
+    }
+
+    #[test]
+    fn delivery_waits_double_within_their_jitter_up_to_five_minutes() {
+        for n in 0..12 {
+            let nominal = (0.5 * 2f64.powi(n)).min(300.0);
+            let d = delivery_delay(n as u32).as_secs_f64();
+            assert!(
+                d >= nominal * 0.75 - 1e-9 && d <= nominal + 1e-9,
+                "try {n}: {d} not in 75-100 % of {nominal}"
             );
         }
     }

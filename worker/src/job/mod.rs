@@ -14,18 +14,21 @@
 
 mod attempt;
 mod outcome;
-mod pipeline;
+pub(crate) mod pipeline;
 mod route;
 
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, AckKind};
-use sluice_schemas::{JobEnvelope, Tier};
+use chrono::Utc;
+use sluice_schemas::job::JobError;
+use sluice_schemas::{ErrorClass, JobEnvelope, Tier};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use uuid::Uuid;
 
 use crate::Ctx;
-use outcome::{Deferred, Halt};
+use outcome::{Deferred, Ends, Halt};
 
 /// Handles one delivered message to the end (ack, nak or term).
 pub(crate) async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, tier: Tier) {
@@ -57,18 +60,22 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, tier: Tier) {
     ctx.release(id);
 }
 
-/// The number the first attempt of this delivery gets: 1 on a first delivery, else one
-/// past the last attempt on record. `None` when the job already finished (its result
-/// has been republished and the message acked) or the job was deferred.
-async fn first_attempt(
+/// The provider calls the job made so far (0 on a first delivery; each call's number is
+/// allocated by the job row when it starts). `None` when this delivery ended the message:
+/// the job already finished (its result republished, the message acked), it was
+/// delivered more often than `max_deliver` allows (ended `failed`, message in the DLQ),
+/// or it was deferred.
+async fn calls_so_far(
     ctx: &Ctx,
-    msg: &jetstream::Message,
-    id: uuid::Uuid,
+    msg: jetstream::Message,
+    envelope: &JobEnvelope,
+    tier: Tier,
     delivery: u32,
-) -> Option<u32> {
+) -> Option<(jetstream::Message, u32)> {
     if delivery <= 1 {
-        return Some(1);
+        return Some((msg, 0));
     }
+    let id = envelope.id;
     match ctx.store.job_progress(id).await {
         Ok(p) if p.terminal => {
             tracing::info!("redelivered job is already finished; republishing its result");
@@ -76,13 +83,31 @@ async fn first_attempt(
             let _ = msg.ack().await;
             None
         }
-        Ok(p) => Some(p.last_attempt + 1),
+        Ok(p) if delivery.saturating_sub(p.deferrals) > ctx.config.worker.max_deliver => {
+            // Deliveries the job did not hand back itself: workers died or stalled on it.
+            // It ends here, and its message goes to the dead-letter stream.
+            let error = JobError {
+                class: ErrorClass::DeliveriesExhausted,
+                message: format!(
+                    "delivered {delivery} times ({} of them waits for limits) without ending; sluice.worker.max_deliver is {}",
+                    p.deferrals, ctx.config.worker.max_deliver
+                ),
+            };
+            let ends = Ends {
+                base: outcome::outcome_base(envelope, tier, p.calls),
+                reply_subject: envelope.reply_subject.clone(),
+                webhook_url: envelope.webhook_url.clone(),
+            };
+            outcome::end_early(ctx, msg, ends, Vec::new(), error, true).await;
+            None
+        }
+        Ok(p) => Some((msg, p.calls)),
         Err(e) => {
             let d = Deferred::now(
                 "postgres_unavailable",
                 format!("cannot read job progress: {e}"),
             );
-            outcome::defer(ctx, msg, id, d).await;
+            outcome::defer(ctx, &msg, id, d).await;
             None
         }
     }
@@ -97,17 +122,20 @@ async fn handle_claimed(
     cancel: CancellationToken,
 ) {
     let id = envelope.id;
-    let Some(first_attempt) = Box::pin(first_attempt(ctx, &msg, id, delivery)).await else {
+    let Some((msg, calls)) = Box::pin(calls_so_far(ctx, msg, &envelope, tier, delivery)).await
+    else {
         return;
     };
     let reply_subject = envelope.reply_subject.clone();
     let webhook_url = envelope.webhook_url.clone();
+    // The job's row before any outcome: to end it with, should its wait run out.
+    let base = outcome::outcome_base(&envelope, tier, calls);
 
     // Run the job, keeping the message alive with in-progress acks. Thousands of jobs
     // wait here at once, and each should hold only the state of that wait: the run is
     // boxed, and so is every other await here that `clippy::large_futures` (threshold
     // in clippy.toml) finds too large to keep inline.
-    let mut work = Box::pin(pipeline::run(ctx, envelope, tier, delivery, first_attempt));
+    let mut work = Box::pin(pipeline::run(ctx, envelope, tier, delivery, calls));
     let mut keepalive = tokio::time::interval(ctx.config.worker.ack_wait / 3);
     keepalive.tick().await;
     let finished = loop {
@@ -131,7 +159,44 @@ async fn handle_claimed(
     drop(work);
     match finished {
         Ok(f) => Box::pin(outcome::conclude(ctx, msg, f, reply_subject, webhook_url)).await,
-        Err(Halt::Defer(deferred)) => outcome::defer(ctx, &msg, id, deferred).await,
+        Err(Halt::Defer(deferred)) => {
+            let ends = Ends {
+                base,
+                reply_subject,
+                webhook_url,
+            };
+            Box::pin(defer_or_end(ctx, msg, id, deferred, ends)).await
+        }
         Err(Halt::Ended(attempts)) => Box::pin(outcome::skip_ended(ctx, msg, id, attempts)).await,
     }
+}
+
+/// Hands the job back to wait for limits, unless it has waited longer than `max_wait`
+/// since its submission: then it ends.
+async fn defer_or_end(
+    ctx: &Ctx,
+    msg: jetstream::Message,
+    id: Uuid,
+    deferred: Deferred,
+    ends: Ends,
+) {
+    let mut ends = ends;
+    let waited = (Utc::now() - ends.base.created_at)
+        .to_std()
+        .unwrap_or_default();
+    if waited <= ctx.config.limits.max_wait {
+        outcome::defer(ctx, &msg, id, deferred).await;
+        return;
+    }
+    let error = JobError {
+        class: ErrorClass::WaitExceeded,
+        message: format!(
+            "waited {}s for limits or budget (sluice.limits.max_wait_secs is {}); last wait: {}",
+            waited.as_secs(),
+            ctx.config.limits.max_wait.as_secs(),
+            deferred.reason
+        ),
+    };
+    ends.base.attempts = deferred.calls_seen;
+    outcome::end_early(ctx, msg, ends, deferred.attempts, error, false).await;
 }
