@@ -101,7 +101,7 @@ async fn the_attempt_started_write_refuses_a_job_the_api_ended() -> Result<()> {
             job_id,
             owner: "master".into(),
             model_group: "fast".into(),
-            tier: "normal".into(),
+            tier: sluice_schemas::Tier::Normal,
             reply_subject: None,
             created_at: chrono::Utc::now(),
             delivery: 1,

@@ -14,7 +14,7 @@ fn started(job_id: Uuid, delivery: u32, worker: &str, max_calls: u32) -> LedgerE
         job_id,
         owner: "master".into(),
         model_group: "fast".into(),
-        tier: "normal".into(),
+        tier: sluice_schemas::Tier::Normal,
         reply_subject: None,
         created_at: Utc::now(),
         delivery,

@@ -281,7 +281,7 @@ async fn enqueue(
             owner: caller.owner.clone(),
             idempotency_key,
             model_group: model.clone(),
-            tier: tier.as_str().to_string(),
+            tier,
             reply_subject: body.reply_subject,
             metadata: body.metadata.map(Value::Object),
             created_at: now,
@@ -300,8 +300,7 @@ async fn enqueue(
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?
             .ok_or_else(|| ApiError::internal("idempotent job vanished"))?;
-        let tier = Tier::parse(&row.tier).unwrap_or_default();
-        let status = JobStatus::parse(&row.status).unwrap_or(JobStatus::Queued);
+        let (tier, status) = (row.tier, row.status);
         return Ok((
             submitted(
                 state,

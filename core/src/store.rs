@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::Value;
 use sluice_schemas::job::JobError;
-use sluice_schemas::{DoneEvent, ErrorClass, JobStatus};
+use sluice_schemas::{DoneEvent, ErrorClass, JobStatus, Tier};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::Row;
@@ -41,7 +41,7 @@ pub struct NewJob {
     pub owner: String,
     pub idempotency_key: Option<String>,
     pub model_group: String,
-    pub tier: String,
+    pub tier: Tier,
     pub reply_subject: Option<String>,
     pub metadata: Option<Value>,
     pub created_at: DateTime<Utc>,
@@ -73,7 +73,7 @@ pub struct AttemptStarted {
     pub job_id: Uuid,
     pub owner: String,
     pub model_group: String,
-    pub tier: String,
+    pub tier: Tier,
     pub reply_subject: Option<String>,
     pub created_at: DateTime<Utc>,
     pub delivery: u32,
@@ -116,7 +116,7 @@ pub struct AttemptRecord {
     pub provider: String,
     pub model: String,
     pub status: String,
-    pub error_class: Option<String>,
+    pub error_class: Option<ErrorClass>,
     pub error_message: Option<String>,
     pub prompt_tokens: Option<i64>,
     pub completion_tokens: Option<i64>,
@@ -140,16 +140,16 @@ pub struct JobOutcome {
     pub id: Uuid,
     pub owner: String,
     pub model_group: String,
-    pub tier: String,
+    pub tier: Tier,
     pub reply_subject: Option<String>,
     pub created_at: DateTime<Utc>,
-    pub status: String,
+    pub status: JobStatus,
     pub result: Option<Value>,
     pub usage: Option<Value>,
     pub cost: Option<Decimal>,
     pub pricing_missing: bool,
     pub attempts: u32,
-    pub error_class: Option<String>,
+    pub error_class: Option<ErrorClass>,
     pub error_message: Option<String>,
     pub finished_at: DateTime<Utc>,
 }
@@ -218,8 +218,8 @@ pub struct JobRow {
     pub id: Uuid,
     pub owner: String,
     pub model_group: String,
-    pub tier: String,
-    pub status: String,
+    pub tier: Tier,
+    pub status: JobStatus,
     pub metadata: Option<Value>,
     pub result: Option<Value>,
     pub usage: Option<Value>,
@@ -228,7 +228,7 @@ pub struct JobRow {
     /// Attempts made so far (attempt numbers are `u32` everywhere; the column is `int`).
     #[sqlx(try_from = "i32")]
     pub attempts: u32,
-    pub error_class: Option<String>,
+    pub error_class: Option<ErrorClass>,
     pub error_message: Option<String>,
     pub not_before: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -239,13 +239,13 @@ pub struct JobRow {
 impl JobRow {
     /// The job's terminal event, rebuilt from its row.
     pub fn done_event(&self) -> DoneEvent {
-        let error = self.error_class.as_ref().map(|c| JobError {
-            class: serde_json::from_value(Value::String(c.clone())).unwrap_or(ErrorClass::Internal),
+        let error = self.error_class.map(|class| JobError {
+            class,
             message: self.error_message.clone().unwrap_or_default(),
         });
         DoneEvent {
             job_id: self.id,
-            status: JobStatus::parse(&self.status).unwrap_or(JobStatus::Failed),
+            status: self.status,
             result: self
                 .result
                 .clone()
@@ -269,7 +269,7 @@ pub struct AttemptRow {
     pub provider: String,
     pub model: String,
     pub status: String,
-    pub error_class: Option<String>,
+    pub error_class: Option<ErrorClass>,
     pub error_message: Option<String>,
     pub prompt_tokens: Option<i64>,
     pub completion_tokens: Option<i64>,

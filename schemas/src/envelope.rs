@@ -51,6 +51,8 @@ pub struct JobEnvelope {
 
 /// Priority tier. Accepts a name (`critical`, `high`, `normal`, `low`) or 0–3 (0 = critical).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord, JsonSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::Type))]
+#[cfg_attr(feature = "sqlx", sqlx(type_name = "text", rename_all = "lowercase"))]
 #[schemars(with = "String")]
 pub enum Tier {
     Critical,

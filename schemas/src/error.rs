@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 /// What kind of failure a provider call ended in. Retry, cooldown and fallback decide on
 /// this, never on message strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::Type))]
+#[cfg_attr(feature = "sqlx", sqlx(type_name = "text", rename_all = "snake_case"))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorClass {
     RateLimit,

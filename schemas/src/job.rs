@@ -5,7 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorClass;
 
+/// A job's state; the `jobs.status` column (a `CHECK` constraint holds it to these).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::Type))]
+#[cfg_attr(feature = "sqlx", sqlx(type_name = "text", rename_all = "snake_case"))]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     Queued,

@@ -18,7 +18,7 @@ use rust_decimal::prelude::ToPrimitive;
 use sluice_core::group_commit::Flush;
 use sluice_core::store::LedgerEntry;
 use sluice_core::Config;
-use sluice_schemas::Tier;
+use sluice_schemas::{ErrorClass, JobStatus, Tier};
 
 /// Describes every worker metric (HELP lines) and installs the recorder.
 pub fn describe() {
@@ -186,10 +186,13 @@ impl<F> Observed<F> {
         let LedgerEntry::Finished { job, attempts, .. } = entry else {
             return;
         };
-        let tier = Tier::parse(&job.tier).map(Tier::as_str).unwrap_or("other");
-        let status = match job.status.as_str() {
-            s @ ("succeeded" | "failed" | "cancelled" | "expired") => s.to_string(),
-            _ => "other".to_string(),
+        let tier = job.tier.as_str();
+        let status = match job.status {
+            s @ (JobStatus::Succeeded
+            | JobStatus::Failed
+            | JobStatus::Cancelled
+            | JobStatus::Expired) => s.as_str(),
+            JobStatus::Queued | JobStatus::Running => "other",
         };
         let group = self.group(&job.model_group);
         counter!("sluice_jobs_completed_total", "status" => status, "tier" => tier, "model_group" => group.clone())
@@ -201,10 +204,7 @@ impl<F> Observed<F> {
                 .record(seconds(first, job.finished_at));
         }
         for a in attempts {
-            let outcome = a
-                .error_class
-                .clone()
-                .unwrap_or_else(|| "succeeded".to_string());
+            let outcome = a.error_class.map_or("succeeded", ErrorClass::as_str);
             if let Some(ms) = a.latency_ms {
                 histogram!("sluice_provider_request_duration_seconds",
                     "provider" => a.provider.clone(), "deployment" => a.deployment.clone(), "outcome" => outcome)

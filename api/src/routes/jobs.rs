@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sluice_core::store::{AttemptRow, JobRow};
 use sluice_schemas::events::HEADER_EVENT;
-use sluice_schemas::{EventKind, JobStatus};
+use sluice_schemas::{ErrorClass, EventKind, JobStatus, Tier};
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -81,9 +81,9 @@ async fn load_job(state: &AppState, caller: &Caller, id: Uuid) -> Result<JobRow,
 struct JobView {
     id: Uuid,
     object: &'static str,
-    status: String,
+    status: JobStatus,
     model: String,
-    priority: String,
+    priority: Tier,
     created_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
@@ -104,7 +104,7 @@ struct JobView {
 
 #[derive(Debug, Serialize)]
 struct ErrorView {
-    class: String,
+    class: ErrorClass,
     message: String,
 }
 
@@ -214,7 +214,7 @@ pub async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = parse_id(&raw)?;
     let row = load_job(&state, &caller, id).await?;
-    let finished = JobStatus::parse(&row.status).is_some_and(JobStatus::is_terminal);
+    let finished = row.status.is_terminal();
 
     let messages = job_events::follow(&state, id).await?;
 
@@ -302,7 +302,7 @@ pub async fn cancel(
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&raw)?;
     let row = load_job(&state, &caller, id).await?;
-    if JobStatus::parse(&row.status).is_some_and(JobStatus::is_terminal) {
+    if row.status.is_terminal() {
         return Err(ApiError::conflict(format!(
             "job {id} already finished ({})",
             row.status

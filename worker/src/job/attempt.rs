@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use sluice_core::config::Deployment;
 use sluice_core::store::{AttemptRecord, AttemptStarted};
 use sluice_schemas::openai::{ChatCompletion, ChatRequest, Content, Usage};
-use sluice_schemas::ErrorClass;
+use sluice_schemas::{ErrorClass, Tier};
 use uuid::Uuid;
 
 use crate::limits::{Health, Held};
@@ -37,7 +37,7 @@ pub(super) struct Attempt {
 pub(super) struct JobFields<'a> {
     pub(super) owner: &'a str,
     pub(super) group: &'a str,
-    pub(super) tier: &'a str,
+    pub(super) tier: Tier,
     pub(super) reply_subject: &'a Option<String>,
     pub(super) created_at: DateTime<Utc>,
 }
@@ -50,7 +50,7 @@ impl Attempt {
             job_id: self.job_id,
             owner: job.owner.to_string(),
             model_group: job.group.to_string(),
-            tier: job.tier.to_string(),
+            tier: job.tier,
             reply_subject: job.reply_subject.clone(),
             created_at: job.created_at,
             delivery: self.delivery,
@@ -106,7 +106,7 @@ impl Attempt {
         match result {
             Ok(out) => succeeded(ctx, d, request, out, &mut r),
             Err(e) => {
-                r.error_class = Some(e.class.as_str().to_string());
+                r.error_class = Some(e.class);
                 r.error_message = Some(e.message.clone());
                 r.latency_ms = Some(
                     (finished_at - self.started_at)

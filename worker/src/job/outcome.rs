@@ -79,10 +79,10 @@ pub(super) fn outcome_base(envelope: &JobEnvelope, tier: Tier, calls: u32) -> Jo
             .clone()
             .unwrap_or_else(|| sluice_schemas::MASTER_OWNER.to_string()),
         model_group: envelope.request.model.clone(),
-        tier: tier.as_str().to_string(),
+        tier,
         reply_subject: envelope.reply_subject.clone(),
         created_at: submitted_at(envelope),
-        status: JobStatus::Failed.as_str().to_string(),
+        status: JobStatus::Failed,
         result: None,
         usage: None,
         cost: None,
@@ -156,7 +156,7 @@ impl Finished {
         } else {
             total_cost(&records).or(cost)
         };
-        base.status = JobStatus::Succeeded.as_str().to_string();
+        base.status = JobStatus::Succeeded;
         base.result = serde_json::to_value(&completion).ok();
         base.usage = serde_json::to_value(completion.usage).ok();
         base.cost = job_cost;
@@ -190,10 +190,10 @@ impl Finished {
         publisher: EventPublisher,
         attempt: u32,
     ) -> Finished {
-        base.status = status.as_str().to_string();
+        base.status = status;
         base.cost = total_cost(&records);
         base.attempts = attempt;
-        base.error_class = Some(error.class.as_str().to_string());
+        base.error_class = Some(error.class);
         base.error_message = Some(error.message.clone());
         base.finished_at = Utc::now();
         let done = DoneEvent {
