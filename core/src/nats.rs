@@ -44,14 +44,21 @@ pub async fn connect(
             .map_err(|e| fail(format!("NATS_CREDS {}: {e}", path.display())))?,
         None => async_nats::ConnectOptions::new(),
     };
-    // A token-only URL (`tls://TOKEN@host`) reaches the server as a user name; send it
-    // as the token, as the nats CLI does.
-    if let Some(token) = addrs
-        .iter()
-        .find_map(|a| a.username().filter(|_| a.password().is_none()))
-    {
-        options = options.token(token.to_string());
+    // async-nats reads no credentials from URLs: `user:pass@` becomes the user and
+    // password, a lone `token@` the token, as with the nats CLI.
+    if let Some(addr) = addrs.iter().find(|a| a.username().is_some()) {
+        let user = percent_decode(addr.username().unwrap_or_default());
+        options = match addr.password() {
+            Some(pass) => options.user_and_password(user, percent_decode(pass)),
+            None => options.token(user),
+        };
     }
+    // The client logs server addresses at debug level: keep credentials out of them.
+    let addrs = addrs
+        .iter()
+        .map(without_credentials)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(&fail)?;
     let config = crate::tls::nats_client_config(tls).map_err(|e| fail(e.to_string()))?;
     options = options
         .tls_client_config(config)
@@ -65,6 +72,44 @@ pub async fn connect(
         .connect(addrs.as_slice())
         .await
         .map_err(|e| fail(e.to_string()))
+}
+
+/// `addr` without its user, password or token.
+fn without_credentials(addr: &async_nats::ServerAddr) -> Result<async_nats::ServerAddr, String> {
+    let host = addr.host();
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    format!("{}://{host}:{}", addr.scheme(), addr.port())
+        .parse()
+        .map_err(|e| format!("{host}: {e}"))
+}
+
+/// Decodes `%XX` escapes of a URL's user or password.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Parses `NATS_URL`: one URL or a comma-separated list.
