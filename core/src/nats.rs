@@ -322,3 +322,48 @@ pub async fn ensure_tier_consumers(
     }
     Ok(out)
 }
+
+/// How long a publish keeps trying while a stream has no leader (a NATS node lost, an
+/// election, a reconnect) before the caller is told the queue is unavailable.
+pub const PUBLISH_PATIENCE: Duration = Duration::from_secs(15);
+
+/// Publishes to JetStream and waits for the stream's ack, retrying for up to `patience`
+/// while the stream cannot take it. Safe to repeat: `headers` must carry a `Nats-Msg-Id`,
+/// and the stream drops duplicates within its window. Errors that a retry cannot fix
+/// (payload too large, a failed expectation) return at once.
+pub async fn publish_acked(
+    js: &jetstream::Context,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: bytes::Bytes,
+    patience: Duration,
+) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+    use jetstream::context::PublishErrorKind as Kind;
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            js.publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await?
+                .await
+        };
+        match attempt.await {
+            Ok(ack) => return Ok(ack),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    Kind::StreamNotFound
+                        | Kind::TimedOut
+                        | Kind::BrokenPipe
+                        | Kind::MaxAckPending
+                        | Kind::Other
+                ) && tokio::time::Instant::now() + pause < deadline =>
+            {
+                tracing::debug!(%subject, error = %e, "publish not acked yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -860,8 +860,8 @@ impl NatsCluster {
                 ],
                 &root.join(format!("{name}.log")),
                 None,
-                // The last node's watchdog removes the directory.
-                (i + 1 == size).then_some(root.as_path()),
+                // Not tied to one node: a killed node must not take the others' files.
+                None,
             )?;
             nodes.push(NatsNode {
                 name,
@@ -869,6 +869,19 @@ impl NatsCluster {
                 pid_file,
             });
         }
+        // Removes the directory once the test process is gone (and the nodes with it).
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while kill -0 {parent} 2>/dev/null; do sleep 0.3; done; sleep 6; rm -rf {dir}",
+                parent = std::process::id(),
+                dir = shell_quote(&root.display().to_string()),
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the cluster cleanup watchdog")?;
         for n in &nodes {
             wait_port(n.port, Duration::from_secs(60))
                 .with_context(|| format!("nats {} did not start", n.name))?;
@@ -887,6 +900,7 @@ impl NatsCluster {
 
     /// Waits until JetStream answers through every node (the meta group has a leader).
     pub async fn wait_ready(&self, limit: Duration) -> Result<()> {
+        let limit = limit.max(Duration::from_secs(1));
         let start = Instant::now();
         for n in &self.nodes {
             loop {
@@ -894,8 +908,9 @@ impl NatsCluster {
                     let c = async_nats::connect(format!("nats://127.0.0.1:{}", n.port))
                         .await
                         .ok()?;
-                    let js = async_nats::jetstream::new(c);
-                    js.query_account().await.ok()
+                    let r = c.request("$JS.API.INFO", "".into()).await.ok()?;
+                    let v: serde_json::Value = serde_json::from_slice(&r.payload).ok()?;
+                    v.get("error").is_none().then_some(())
                 };
                 if tokio::time::timeout(Duration::from_secs(5), ok)
                     .await
@@ -906,9 +921,13 @@ impl NatsCluster {
                     break;
                 }
                 if start.elapsed() > limit {
+                    let log = std::fs::read_to_string(self.root.join(format!("{}.log", n.name)))
+                        .unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(30).collect();
                     bail!(
-                        "JetStream of cluster node {} not ready within {limit:?}",
-                        n.name
+                        "JetStream of cluster node {} not ready within {limit:?}; log tail:\n{}",
+                        n.name,
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;

@@ -357,14 +357,13 @@ async fn enqueue(
     let payload = serde_json::to_vec(&envelope).map_err(|e| ApiError::internal(e.to_string()))?;
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", id.to_string().as_str());
-    let published = async {
-        state
-            .js
-            .publish_with_headers(state.subjects.jobs(tier), headers, payload.into())
-            .await?
-            .await?;
-        Ok::<(), async_nats::Error>(())
-    }
+    let published = sluice_core::nats::publish_acked(
+        &state.js,
+        state.subjects.jobs(tier),
+        headers,
+        payload.into(),
+        sluice_core::nats::PUBLISH_PATIENCE,
+    )
     .await;
     if let Err(e) = published {
         tracing::error!(job_id = %id, error = %e, "enqueue failed");
