@@ -8,10 +8,11 @@
 
 pub mod auth;
 pub mod batches;
-pub mod client;
 pub mod errors;
+mod job_events;
 pub mod metrics;
 pub mod routes;
+mod submit;
 pub mod workers;
 
 use std::net::SocketAddr;
@@ -22,7 +23,7 @@ use axum::http::HeaderMap;
 use axum::routing::{delete, get, post};
 use axum::Router;
 use futures::future::BoxFuture;
-use sluice_core::batch::{Batcher, Flush};
+use sluice_core::group_commit::{Batcher, Flush};
 use sluice_core::store::{NewJob, Recorded};
 use sluice_core::{Config, Store};
 use sluice_schemas::Subjects;

@@ -1,6 +1,6 @@
 //! Postgres: the pool, migrations, and every statement Sluice runs (DESIGN §7).
 //!
-//! Hot-path writes take whole batches (see [`crate::batch`]) and pass them as one JSON
+//! Hot-path writes take whole batches (see [`crate::group_commit`]) and pass them as one JSON
 //! parameter expanded with `jsonb_to_recordset`, so a batch of any size is one statement
 //! per table. Reads use runtime queries, so building never needs a database.
 
@@ -64,8 +64,8 @@ pub struct AttemptStarted {
     pub tier: String,
     pub reply_subject: Option<String>,
     pub created_at: DateTime<Utc>,
-    pub attempt: i32,
-    pub delivery: i32,
+    pub attempt: u32,
+    pub delivery: u32,
     pub worker: String,
     pub deployment: String,
     pub provider: String,
@@ -77,8 +77,8 @@ pub struct AttemptStarted {
 #[derive(Debug, Clone, Serialize)]
 pub struct AttemptRecord {
     pub job_id: Uuid,
-    pub attempt: i32,
-    pub delivery: i32,
+    pub attempt: u32,
+    pub delivery: u32,
     pub worker: String,
     pub deployment: String,
     pub provider: String,
@@ -116,7 +116,7 @@ pub struct JobOutcome {
     pub usage: Option<Value>,
     pub cost: Option<Decimal>,
     pub pricing_missing: bool,
-    pub attempts: i32,
+    pub attempts: u32,
     pub error_class: Option<String>,
     pub error_message: Option<String>,
     pub finished_at: DateTime<Utc>,
@@ -142,7 +142,7 @@ pub enum LedgerEntry {
 pub struct WebhookOutcome {
     pub id: Uuid,
     pub status: String,
-    pub attempts: i32,
+    pub attempts: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -164,7 +164,9 @@ pub struct JobRow {
     pub usage: Option<Value>,
     pub cost: Option<Decimal>,
     pub pricing_missing: bool,
-    pub attempts: i32,
+    /// Attempts made so far (attempt numbers are `u32` everywhere; the column is `int`).
+    #[sqlx(try_from = "i32")]
+    pub attempts: u32,
     pub error_class: Option<String>,
     pub error_message: Option<String>,
     pub not_before: Option<DateTime<Utc>>,
@@ -192,7 +194,7 @@ impl JobRow {
                 .clone()
                 .and_then(|v| serde_json::from_value(v).ok()),
             cost: self.cost,
-            attempts: self.attempts.max(0) as u32,
+            attempts: self.attempts,
             error,
         }
     }
@@ -200,7 +202,8 @@ impl JobRow {
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AttemptRow {
-    pub attempt: i32,
+    #[sqlx(try_from = "i32")]
+    pub attempt: u32,
     pub deployment: String,
     pub provider: String,
     pub model: String,
@@ -225,7 +228,7 @@ pub struct AttemptRow {
 #[derive(Debug, Clone, Copy)]
 pub struct JobProgress {
     pub terminal: bool,
-    pub last_attempt: i32,
+    pub last_attempt: u32,
 }
 
 const TERMINAL: &str = "('succeeded','failed','cancelled','expired')";
@@ -416,7 +419,7 @@ impl Store {
         .await?;
         Ok(JobProgress {
             terminal: row.try_get("terminal")?,
-            last_attempt: row.try_get("last_attempt")?,
+            last_attempt: u32::try_from(row.try_get::<i32, _>("last_attempt")?).unwrap_or(0),
         })
     }
 

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use rust_decimal::prelude::ToPrimitive;
-use sluice_core::batch::Flush;
+use sluice_core::group_commit::Flush;
 use sluice_core::store::LedgerEntry;
 use sluice_core::Config;
 use sluice_schemas::Tier;

@@ -22,7 +22,8 @@ use sluice_schemas::events::{HEADER_ATTEMPT, HEADER_EVENT};
 use sluice_schemas::{DoneEvent, ErrorClass, EventKind, JobStatus, Tier};
 
 use crate::errors::ApiError;
-use crate::routes::jobs::{accept, follow_events, parse_submit};
+use crate::job_events;
+use crate::submit::{accept, parse_submit};
 use crate::AppState;
 
 /// The longest a synchronous caller waits; the job itself goes on.
@@ -52,7 +53,7 @@ pub async fn completions(
     let include_usage = body.request.stream_options.is_some_and(|o| o.include_usage);
     let (submitted, _) = accept(&state, &caller, body, None).await?;
     let id = submitted.id;
-    let messages = follow_events(&state, id).await?;
+    let messages = job_events::follow(&state, id).await?;
     let job_header =
         HeaderValue::from_str(&id.to_string()).map_err(|e| ApiError::internal(e.to_string()))?;
 

@@ -1,14 +1,26 @@
 //! The provider layer: one OpenAI-shaped call over every wire protocol.
 //!
-//! Owns the HTTP client, the wire adapters (one module per protocol: [`openai`] and its
-//! compatible family, [`azure`], [`anthropic`], [`gemini`], [`ollama`]), the stream driver
-//! ([`stream`]) and error classification: every failure leaves this layer as a
-//! [`ProviderError`] with exactly one [`ErrorClass`]. Retry, cooldown and fallback decisions
-//! live elsewhere and look only at the class.
+//! Owns the HTTP client and the call ([`Providers::call`]). The files, leaves first:
+//! - `error.rs`: [`ProviderError`], the one status → class table, `Retry-After`;
+//! - `chunk.rs`: the chunk types adapters emit; `params.rs`, `request.rs`: request mapping
+//!   helpers; `ratelimit.rs`: rate-limit headers; `accumulate.rs`: chunks → completion;
+//! - `wire.rs`: the `Wire` trait every protocol implements (request, completion,
+//!   stream, classify);
+//! - the adapters, one per protocol: [`openai`] and its compatible family, [`azure`],
+//!   [`anthropic`], [`gemini`], [`ollama`] (they use the files above and none of the
+//!   files below);
+//! - [`stream`]: the driver that sends a request and reads a whole or streamed answer;
+//! - this file: which adapter a protocol uses ([`wire`]), and the call.
+//!
+//! Every failure leaves this layer as a [`ProviderError`] with exactly one
+//! [`ErrorClass`]. Retry, cooldown and fallback decisions live elsewhere and look only at
+//! the class.
 
 pub mod accumulate;
 pub mod anthropic;
 pub mod azure;
+pub mod chunk;
+mod error;
 pub mod gemini;
 pub mod ollama;
 pub mod openai;
@@ -16,6 +28,7 @@ pub mod params;
 pub mod ratelimit;
 mod request;
 pub mod stream;
+mod wire;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -27,72 +40,29 @@ use sluice_schemas::openai::{
 };
 use sluice_schemas::ErrorClass;
 
+pub use error::{retry_after, ProviderError};
 pub use params::Params;
 pub use ratelimit::RateLimits;
 pub use stream::StreamDecoder;
+use wire::Wire;
 
-/// The longest provider message kept in an error.
-const MAX_ERROR_MESSAGE: usize = 4096;
-
-/// A failed provider call, classified once.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{class}: {message}")]
-pub struct ProviderError {
-    pub class: ErrorClass,
-    pub message: String,
-    pub status: Option<u16>,
-    /// From `Retry-After` / `retry-after-ms` (or the provider's own hint, e.g. Gemini's
-    /// `RetryInfo`).
-    pub retry_after: Option<Duration>,
-    /// The provider's rate-limit headers on the failed response, if it sent any (boxed:
-    /// errors travel through many `Result`s and should stay small).
-    pub rate_limits: Option<Box<RateLimits>>,
-    /// Request parameters the provider cannot take, dropped (`drop_params`) before the
-    /// call failed.
-    pub dropped_params: Vec<String>,
+/// The wire protocol `protocol` speaks: the one place a [`Protocol`] picks an adapter.
+pub(crate) fn wire(protocol: Protocol) -> &'static dyn Wire {
+    match protocol {
+        Protocol::OpenAi => &openai::OpenAi,
+        Protocol::Azure => &azure::Azure,
+        Protocol::Anthropic => &anthropic::Anthropic,
+        Protocol::Gemini => &gemini::Gemini,
+        Protocol::Ollama => &ollama::Ollama,
+    }
 }
 
-impl ProviderError {
-    pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        ProviderError {
-            class,
-            message: truncate(&message.into()),
-            status: None,
-            retry_after: None,
-            rate_limits: None,
-            dropped_params: Vec::new(),
-        }
-    }
-
-    /// Adds what the response headers say (status, Retry-After, rate limits).
-    pub fn with_response(mut self, status: u16, headers: &HeaderMap) -> Self {
-        self.status = Some(status);
-        if self.retry_after.is_none() {
-            self.retry_after = retry_after(headers);
-        }
-        self.rate_limits = RateLimits::from_headers(headers).map(Box::new);
-        self
-    }
-
-    /// Turns a transport error into a class without leaking the URL's secrets.
-    pub fn from_reqwest(e: &reqwest::Error) -> Self {
-        let e_url = e.url().cloned();
-        let class = if e.is_timeout() {
-            ErrorClass::Timeout
-        } else if e.is_connect() {
-            ErrorClass::Connection
-        } else if e.is_body() || e.is_decode() {
-            ErrorClass::TruncatedStream
-        } else {
-            ErrorClass::Connection
-        };
-        // The URL can carry a key (`?key=`); keep only its path.
-        let mut e = e.to_string();
-        if let Some(url) = e_url {
-            e = e.replace(url.as_str(), url.path());
-        }
-        ProviderError::new(class, e)
-    }
+/// Classifies a non-2xx response of `d` in its protocol's own terms, with what the
+/// response headers say (Retry-After, rate limits).
+pub fn classify(d: &Deployment, status: u16, headers: &HeaderMap, body: &str) -> ProviderError {
+    wire(d.protocol)
+        .classify(&d.provider, status, body)
+        .with_response(status, headers)
 }
 
 /// Receives each chunk of a streamed call as it arrives.
@@ -167,19 +137,13 @@ impl Providers {
         let request = &*request;
         let call = async {
             let mut params = Params::new(deployment);
-            let builder = match deployment.protocol {
-                Protocol::OpenAi => openai::build(&self.http, deployment, request, &mut params),
-                Protocol::Azure => azure::build(&self.http, deployment, request, &mut params),
-                Protocol::Anthropic => {
-                    anthropic::build(&self.http, deployment, request, stream, &mut params)
-                }
-                Protocol::Gemini => {
-                    gemini::build(&self.http, deployment, request, stream, &mut params)
-                }
-                Protocol::Ollama => {
-                    ollama::build(&self.http, deployment, request, stream, &mut params)
-                }
-            }?;
+            let builder = wire(deployment.protocol).request(
+                &self.http,
+                deployment,
+                request,
+                stream,
+                &mut params,
+            )?;
             let dropped = params.into_dropped();
             if !dropped.is_empty() {
                 tracing::debug!(deployment = %deployment.id, ?dropped, "dropped unsupported params");
@@ -218,97 +182,35 @@ impl Default for Providers {
     }
 }
 
-/// Classifies a non-2xx response in the protocol's own terms.
-pub fn classify(
-    protocol: Protocol,
-    provider: &str,
-    status: u16,
-    headers: &HeaderMap,
-    body: &str,
-) -> ProviderError {
-    let e = match protocol {
-        Protocol::OpenAi | Protocol::Azure => openai::classify(provider, status, body),
-        Protocol::Anthropic => anthropic::classify(status, body),
-        Protocol::Gemini => gemini::classify(status, body),
-        Protocol::Ollama => ollama::classify(status, body),
-    };
-    e.with_response(status, headers)
-}
-
-/// `retry-after-ms`, then `retry-after` in seconds (HTTP dates are treated as absent).
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(ms) = get("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
-        }
-    }
-    get("retry-after")
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
-}
-
-/// Keeps error messages bounded (bodies can be whole HTML pages).
-pub(crate) fn truncate(s: &str) -> String {
-    if s.len() <= MAX_ERROR_MESSAGE {
-        return s.to_string();
-    }
-    let mut end = MAX_ERROR_MESSAGE;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
-/// Context-window wording shared by the OpenAI family, Anthropic, Gemini and Ollama
-/// (`reference/providers.md` §8), lower-cased.
-pub(crate) fn is_context_message(lower: &str) -> bool {
-    lower.contains("maximum context length")
-        || lower.contains("context window")
-        || lower.contains("context_length_exceeded")
-        || lower.contains("prompt is too long")
-        || lower.contains("exceed context limit")
-        || lower.contains("range of input length should be")
-        || (lower.contains("input token count") && lower.contains("exceeds the maximum"))
-        || lower.contains("exceeds the context length")
-        || lower.contains("longer than the context length")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::error::class_of_status;
 
+    /// Every protocol falls back on the same status table when its error body says
+    /// nothing more (the copies used to disagree on 402, 408, 499 and 529).
     #[test]
-    fn retry_after_prefers_milliseconds() {
-        let mut h = HeaderMap::new();
-        h.insert("retry-after", "3".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
-        h.insert("retry-after-ms", "250".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_millis(250)));
-        let mut h = HeaderMap::new();
-        h.insert(
-            "retry-after",
-            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
-        );
-        assert_eq!(retry_after(&h), None);
-    }
-
-    #[test]
-    fn transport_errors_never_carry_the_query_string() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let e = rt.block_on(async {
-            reqwest::Client::new()
-                .get("http://127.0.0.1:1/v1beta/models/m:generateContent?key=sk-secret-1")
-                .send()
-                .await
-                .unwrap_err()
-        });
-        let pe = ProviderError::from_reqwest(&e);
-        assert_eq!(pe.class, ErrorClass::Connection);
-        assert!(!pe.message.contains("sk-secret-1"), "{}", pe.message);
+    fn every_protocol_reads_a_bare_status_the_same_way() {
+        let protocols = [
+            Protocol::OpenAi,
+            Protocol::Azure,
+            Protocol::Anthropic,
+            Protocol::Gemini,
+            Protocol::Ollama,
+        ];
+        for status in [
+            400, 401, 402, 403, 404, 408, 409, 413, 422, 429, 499, 500, 502, 503, 504, 529,
+        ] {
+            let expected = class_of_status(Some(status));
+            for p in protocols {
+                let got = wire(p).classify("provider", status, "{}").class;
+                assert_eq!(got, expected, "{p:?} HTTP {status}");
+            }
+        }
+        assert_eq!(class_of_status(Some(408)), ErrorClass::Timeout);
+        assert_eq!(class_of_status(Some(529)), ErrorClass::Overloaded);
+        assert_eq!(class_of_status(Some(402)), ErrorClass::Auth);
+        assert_eq!(class_of_status(Some(409)), ErrorClass::BadRequest);
+        assert_eq!(class_of_status(None), ErrorClass::Server);
     }
 }

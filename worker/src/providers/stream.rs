@@ -11,122 +11,15 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use sluice_core::config::{Deployment, Protocol};
-use sluice_schemas::openai::{
-    ChatCompletion, ChatCompletionChunk, ChunkChoice, Delta, Role, ToolCallDelta, Usage,
-};
+use sluice_schemas::openai::{ChatCompletion, ChatCompletionChunk};
 use sluice_schemas::sse::{SseEvent, SseParser, MAX_LINE};
 use sluice_schemas::ErrorClass;
 
 use super::accumulate::Accumulator;
-use super::{anthropic, gemini, ollama, openai};
-use super::{CallOutput, ChunkSink, ProviderError, RateLimits};
-
-/// One normalised chunk, with the provider's own JSON when that already is this chunk.
-#[derive(Debug)]
-pub struct Emitted {
-    pub chunk: ChatCompletionChunk,
-    pub raw: Option<String>,
-}
-
-/// Why one stream payload could not be used.
-#[derive(Debug)]
-pub(crate) enum EventError {
-    /// Not the JSON the protocol sends (garbage, or cut off by the end of the stream).
-    Malformed,
-    /// The provider reported an error inside the stream.
-    Provider(ProviderError),
-}
-
-impl From<ProviderError> for EventError {
-    fn from(e: ProviderError) -> Self {
-        EventError::Provider(e)
-    }
-}
-
-/// The id, model and creation time every chunk of one response carries.
-#[derive(Debug, Clone)]
-pub(crate) struct ChunkMeta {
-    pub id: String,
-    pub model: String,
-    pub created: i64,
-}
-
-impl ChunkMeta {
-    /// A fresh `chatcmpl-…` id, for protocols whose responses carry none.
-    pub fn new(model: &str) -> Self {
-        ChunkMeta {
-            id: format!("chatcmpl-{}", uuid::Uuid::now_v7().simple()),
-            model: model.to_string(),
-            created: now_secs(),
-        }
-    }
-
-    pub fn chunk(&self, index: u32, delta: Delta, finish: Option<String>) -> ChatCompletionChunk {
-        ChatCompletionChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk".into(),
-            created: self.created,
-            model: self.model.clone(),
-            choices: vec![ChunkChoice {
-                index,
-                delta,
-                finish_reason: finish,
-            }],
-            usage: None,
-        }
-    }
-
-    /// The trailing usage chunk (`choices: []`), as OpenAI sends with `include_usage`.
-    pub fn usage_chunk(&self, usage: Usage) -> ChatCompletionChunk {
-        ChatCompletionChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk".into(),
-            created: self.created,
-            model: self.model.clone(),
-            choices: Vec::new(),
-            usage: Some(usage),
-        }
-    }
-
-    pub fn emit(&self, out: &mut Vec<Emitted>, index: u32, delta: Delta, finish: Option<String>) {
-        out.push(Emitted {
-            chunk: self.chunk(index, delta, finish),
-            raw: None,
-        });
-    }
-}
-
-pub(crate) fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// The first delta of a streamed tool call (id, name, empty or whole arguments).
-pub(crate) fn tool_call_start(index: u32, id: String, name: String, args: String) -> Delta {
-    Delta {
-        tool_calls: Some(vec![ToolCallDelta {
-            index,
-            id: Some(id),
-            kind: Some("function".into()),
-            function: Some(sluice_schemas::openai::FunctionCallDelta {
-                name: Some(name),
-                arguments: Some(args),
-            }),
-        }]),
-        ..Delta::default()
-    }
-}
-
-/// The assistant role delta that opens a stream.
-pub(crate) fn role_delta() -> Delta {
-    Delta {
-        role: Some(Role::Assistant),
-        content: Some(String::new()),
-        ..Delta::default()
-    }
-}
+use super::chunk::{Emitted, EventError};
+use super::error::ProviderError;
+use super::wire::{Framing, Normalise};
+use super::{classify, wire, CallOutput, ChunkSink, RateLimits};
 
 /// Splits a body into newline-delimited JSON lines (Ollama).
 #[derive(Debug, Default)]
@@ -171,52 +64,9 @@ impl NdjsonParser {
 }
 
 #[derive(Debug)]
-enum Framing {
+enum Parser {
     Sse(SseParser),
     Ndjson(NdjsonParser),
-}
-
-#[derive(Debug)]
-enum Normaliser {
-    OpenAi(openai::StreamState),
-    Anthropic(anthropic::StreamState),
-    Gemini(gemini::StreamState),
-    Ollama(ollama::StreamState),
-}
-
-impl Normaliser {
-    fn event(&mut self, ev: SseEvent, out: &mut Vec<Emitted>) -> Result<(), EventError> {
-        match self {
-            Normaliser::OpenAi(s) => s.event(ev, out),
-            Normaliser::Anthropic(s) => s.event(ev, out),
-            Normaliser::Gemini(s) => s.event(ev, out),
-            Normaliser::Ollama(s) => s.event(ev, out),
-        }
-    }
-
-    fn complete(&self) -> bool {
-        match self {
-            Normaliser::OpenAi(s) => s.complete(),
-            Normaliser::Anthropic(s) => s.complete(),
-            Normaliser::Gemini(s) => s.complete(),
-            Normaliser::Ollama(s) => s.complete(),
-        }
-    }
-
-    fn end(&mut self, out: &mut Vec<Emitted>) {
-        if let Normaliser::Gemini(s) = self {
-            s.end(out)
-        }
-    }
-
-    fn terminator(&self) -> &'static str {
-        match self {
-            Normaliser::OpenAi(_) => "data: [DONE]",
-            Normaliser::Anthropic(_) => "message_stop",
-            Normaliser::Gemini(_) => "a finishReason",
-            Normaliser::Ollama(_) => "done:true",
-        }
-    }
 }
 
 /// Frames a streamed body and normalises each payload to OpenAI chunks, for one protocol.
@@ -225,8 +75,8 @@ impl Normaliser {
 /// ends: that is where a stream cut before its terminator becomes `truncated_stream`.
 #[derive(Debug)]
 pub struct StreamDecoder {
-    framing: Framing,
-    norm: Normaliser,
+    parser: Parser,
+    norm: Box<dyn Normalise>,
     events: Vec<SseEvent>,
     chunks: usize,
 }
@@ -234,26 +84,13 @@ pub struct StreamDecoder {
 impl StreamDecoder {
     /// `model` names the chunks of protocols whose payloads do not carry it.
     pub fn new(protocol: Protocol, model: &str) -> Self {
-        let (framing, norm) = match protocol {
-            Protocol::OpenAi | Protocol::Azure => (
-                Framing::Sse(SseParser::new()),
-                Normaliser::OpenAi(openai::StreamState::default()),
-            ),
-            Protocol::Anthropic => (
-                Framing::Sse(SseParser::new()),
-                Normaliser::Anthropic(anthropic::StreamState::new(model)),
-            ),
-            Protocol::Gemini => (
-                Framing::Sse(SseParser::new()),
-                Normaliser::Gemini(gemini::StreamState::new(model)),
-            ),
-            Protocol::Ollama => (
-                Framing::Ndjson(NdjsonParser::default()),
-                Normaliser::Ollama(ollama::StreamState::new(model)),
-            ),
+        let (framing, norm) = wire(protocol).stream(model);
+        let parser = match framing {
+            Framing::Sse => Parser::Sse(SseParser::new()),
+            Framing::Ndjson => Parser::Ndjson(NdjsonParser::default()),
         };
         StreamDecoder {
-            framing,
+            parser,
             norm,
             events: Vec::new(),
             chunks: 0,
@@ -262,11 +99,11 @@ impl StreamDecoder {
 
     /// Adds body bytes; pushes the chunks they complete onto `out`.
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<Emitted>) -> Result<(), ProviderError> {
-        match &mut self.framing {
-            Framing::Sse(p) => p.feed(bytes, &mut self.events).map_err(|e| {
+        match &mut self.parser {
+            Parser::Sse(p) => p.feed(bytes, &mut self.events).map_err(|e| {
                 ProviderError::new(ErrorClass::Server, format!("malformed stream: {e}"))
             })?,
-            Framing::Ndjson(p) => p.feed(bytes, &mut self.events)?,
+            Parser::Ndjson(p) => p.feed(bytes, &mut self.events)?,
         }
         self.drain(out, false)
     }
@@ -274,9 +111,9 @@ impl StreamDecoder {
     /// The body ended: flushes a last unterminated payload, and fails with
     /// `truncated_stream` if the protocol's terminator never came.
     pub fn finish(&mut self, out: &mut Vec<Emitted>) -> Result<(), ProviderError> {
-        match &mut self.framing {
-            Framing::Sse(p) => p.finish(&mut self.events),
-            Framing::Ndjson(p) => p.finish(&mut self.events),
+        match &mut self.parser {
+            Parser::Sse(p) => p.finish(&mut self.events),
+            Parser::Ndjson(p) => p.finish(&mut self.events),
         }
         self.drain(out, true)?;
         if !self.norm.complete() {
@@ -296,7 +133,7 @@ impl StreamDecoder {
     /// Whether the protocol's explicit terminator has been seen, so the rest of the body
     /// can be ignored. Gemini has none: its stream ends when the server closes it.
     pub fn is_terminated(&self) -> bool {
-        !matches!(self.norm, Normaliser::Gemini(_)) && self.norm.complete()
+        self.norm.explicit_terminator() && self.norm.complete()
     }
 
     fn drain(&mut self, out: &mut Vec<Emitted>, at_eof: bool) -> Result<(), ProviderError> {
@@ -350,13 +187,7 @@ pub(crate) async fn execute<S: ChunkSink>(
     if !resp.status().is_success() {
         let headers = resp.headers().clone();
         let text = resp.text().await.unwrap_or_default();
-        return Err(super::classify(
-            d.protocol,
-            &d.provider,
-            status,
-            &headers,
-            &text,
-        ));
+        return Err(classify(d, status, &headers, &text));
     }
     let with_limits = |mut e: ProviderError| {
         e.status.get_or_insert(status);
@@ -368,7 +199,9 @@ pub(crate) async fn execute<S: ChunkSink>(
             .bytes()
             .await
             .map_err(|e| ProviderError::from_reqwest(&e))?;
-        let completion = parse_completion(d, &bytes).map_err(with_limits)?;
+        let completion = wire(d.protocol)
+            .completion(&bytes, &d.model)
+            .map_err(with_limits)?;
         if let Some(e) = refusal_error(&completion) {
             return Err(with_limits(e));
         }
@@ -463,15 +296,6 @@ fn has_output(c: &ChatCompletionChunk) -> bool {
             || d.tool_calls.is_some()
             || ch.finish_reason.is_some()
     })
-}
-
-fn parse_completion(d: &Deployment, bytes: &[u8]) -> Result<ChatCompletion, ProviderError> {
-    match d.protocol {
-        Protocol::OpenAi | Protocol::Azure => openai::parse_completion(bytes),
-        Protocol::Anthropic => anthropic::parse_completion(bytes),
-        Protocol::Gemini => gemini::parse_completion(bytes, &d.model),
-        Protocol::Ollama => ollama::parse_completion(bytes, &d.model),
-    }
 }
 
 /// A `content_filter` finish on every choice is a policy block, not a result.
