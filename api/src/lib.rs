@@ -255,3 +255,22 @@ async fn upkeep(stop: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_published_master_key;
+
+    #[test]
+    fn published_master_keys_are_recognised() {
+        for k in [
+            "sk-sluice-quickstart",
+            "sk-1234",
+            "sk-master-change-me-0000",
+            "replace-me",
+            "sk-CHANGEME-please",
+        ] {
+            assert!(is_published_master_key(k), "{k}");
+        }
+        assert!(!is_published_master_key("sk-master-3f9a0c1e5b7d2a4c"));
+    }
+}
