@@ -1,4 +1,4 @@
-//! The Sluice HTTP API (DESIGN §8): submit jobs, read their status and results, follow
+//! The Sluice HTTP API: submit jobs, read their status and results, follow
 //! their events as SSE, cancel them; virtual keys; the queue view; metrics, health and
 //! readiness.
 //!
@@ -11,6 +11,7 @@ pub mod batches;
 pub mod errors;
 mod job_events;
 pub mod metrics;
+pub mod outbox;
 pub mod routes;
 mod submit;
 pub mod workers;
@@ -69,6 +70,8 @@ pub struct AppState {
     pub store: Store,
     /// Group-committed job inserts.
     pub jobs: Batcher<NewJob, Recorded>,
+    /// Group-committed removals of published jobs from the outbox.
+    pub outbox: Batcher<uuid::Uuid, ()>,
     /// For readiness (and, later, flow control).
     pub redis: sluice_core::redis::Pool,
     /// Recently resolved virtual keys.
@@ -77,6 +80,8 @@ pub struct AppState {
     pub workers: Arc<Workers>,
     /// Tells the batch driver that a batch was created or cancelled.
     pub batch_wake: Arc<tokio::sync::Notify>,
+    /// Cancelled when the api shuts down: long-lived streams end on it.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -108,7 +113,10 @@ impl Flush<NewJob> for JobsFlush {
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/jobs", post(routes::jobs::submit))
+        .route(
+            "/v1/jobs",
+            post(routes::jobs::submit).get(routes::job_list::list),
+        )
         .route("/v1/chat/completions", post(routes::chat::completions))
         .route("/v1/spend", get(routes::spend::report))
         .route("/v1/limits", get(routes::limits::report))
@@ -137,6 +145,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/keys/{id}", delete(routes::keys::delete))
         .route("/v1/queue", get(routes::queue::show))
+        .route("/v1/overview", get(routes::overview::show))
+        .route("/v1/me", get(routes::me::show))
+        .route("/ui", get(routes::ui::index))
+        .route("/ui/", get(routes::ui::index))
+        .route("/ui/{file}", get(routes::ui::asset))
         .route("/metrics", get(routes::metrics::metrics))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
@@ -206,6 +219,12 @@ pub async fn serve_on(
 
     let background = TaskTracker::new();
     let jobs = Batcher::spawn("jobs", 512, &background, JobsFlush(store.clone()));
+    let outbox = Batcher::spawn(
+        "outbox",
+        512,
+        &background,
+        outbox::OutboxFlush(store.clone()),
+    );
     let workers = Arc::new(Workers::default());
     let ops_stop = CancellationToken::new();
     background.spawn(workers::listen(
@@ -221,10 +240,12 @@ pub async fn serve_on(
         subjects,
         store,
         jobs,
+        outbox,
         redis,
         keys: KeyCache::default(),
         workers,
         batch_wake: Arc::new(tokio::sync::Notify::new()),
+        shutdown: shutdown.clone(),
     });
     background.spawn(batches::run(
         Arc::clone(&state),
@@ -233,9 +254,18 @@ pub async fn serve_on(
     ));
     tracing::info!(%addr, "api listening");
     let app = router(state);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+    let grace = config.worker.drain;
+    let serving =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    // Streams end on the shutdown signal; a request still open after the grace period
+    // (the same `drain_secs` the worker gets) is cut off.
+    let served = tokio::select! {
+        served = serving => served,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "requests still open after the grace period; closing them");
+            Ok(())
+        }
+    };
     ops_stop.cancel();
     background.close();
     background.wait().await;

@@ -1,4 +1,4 @@
-//! NATS: connecting, and creating or updating the streams and tier consumers (DESIGN §3).
+//! NATS: connecting, and creating or updating the streams and tier consumers.
 //!
 //! Everything here is idempotent and runs at every start of the api and the worker: what
 //! is missing is created, what exists is left as the operator made it (streams are only
@@ -324,8 +324,8 @@ pub async fn ensure_tier_consumers(
 }
 
 /// How long a publish keeps trying while a stream has no leader (a NATS node lost, an
-/// election, a reconnect) before the caller is told the queue is unavailable.
-pub const PUBLISH_PATIENCE: Duration = Duration::from_secs(15);
+/// election, a reconnect) before the caller falls back (the api: to its outbox).
+pub const PUBLISH_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Publishes to JetStream and waits for the stream's ack, retrying for up to `patience`
 /// while the stream cannot take it. Safe to repeat: `headers` must carry a `Nats-Msg-Id`,

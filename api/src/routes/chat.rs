@@ -17,10 +17,11 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::{Stream, StreamExt};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sluice_schemas::events::{HEADER_ATTEMPT, HEADER_EVENT};
 use sluice_schemas::{DoneEvent, ErrorClass, EventKind, JobStatus, Tier};
 
+use crate::auth::Caller;
 use crate::errors::ApiError;
 use crate::job_events;
 use crate::submit::{accept, parse_submit};
@@ -31,9 +32,9 @@ const MAX_WAIT: Duration = Duration::from_secs(15 * 60);
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(req.headers()).await?;
     let priority = match req.headers().get("x-sluice-priority") {
         Some(v) => Some(v.to_str().ok().and_then(Tier::parse).ok_or_else(|| {
             ApiError::bad_request("x-sluice-priority must be critical, high, normal, low or 0-3")
@@ -58,7 +59,8 @@ pub async fn completions(
         HeaderValue::from_str(&id.to_string()).map_err(|e| ApiError::internal(e.to_string()))?;
 
     if stream {
-        let events = chunks(messages, include_usage);
+        let events =
+            job_events::until_shutdown(chunks(messages, include_usage), &state.shutdown, id);
         let mut resp = Sse::new(events)
             .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
             .into_response();
@@ -66,8 +68,16 @@ pub async fn completions(
         return Ok(resp);
     }
 
-    let done = tokio::time::timeout(MAX_WAIT, terminal(messages))
-        .await
+    let waited = tokio::select! {
+        w = tokio::time::timeout(MAX_WAIT, terminal(messages)) => w,
+        _ = state.shutdown.cancelled() => {
+            return Err(ApiError::unavailable(format!(
+                "the api is shutting down; job {id} goes on, follow it at /v1/jobs/{id}"
+            ))
+            .code("shutting_down"));
+        }
+    };
+    let done = waited
         .map_err(|_| {
             ApiError::unavailable(format!(
                 "job {id} is still running; follow it at /v1/jobs/{id}"
@@ -77,8 +87,7 @@ pub async fn completions(
         .ok_or_else(|| ApiError::unavailable("the job's events ended without a result"))?;
     let mut resp = match (done.status, done.result) {
         (JobStatus::Succeeded, Some(result)) => Json(result).into_response(),
-        (_, _) => error_response(done.error.as_ref().map(|e| (e.class, e.message.as_str())))
-            .into_response(),
+        (_, _) => error_response(done.error.as_ref().map(|e| (e.class, e.message.as_str()))),
     };
     resp.headers_mut().insert("x-sluice-job-id", job_header);
     Ok(resp)
@@ -117,7 +126,12 @@ fn chunks(
                 Some(Ok(msg)) => msg,
                 _ => return Some((vec![Event::default().data("[DONE]")], None)),
             };
-            let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_string());
+            let header = |name: &str| {
+                msg.headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_string())
+            };
             match header(HEADER_EVENT).as_deref().and_then(EventKind::parse) {
                 Some(EventKind::Chunk) => {
                     if !include_usage && is_usage_only(&msg.payload) {
@@ -128,9 +142,15 @@ fn chunks(
                 }
                 Some(EventKind::Retry) => {
                     let attempt = header(HEADER_ATTEMPT).unwrap_or_default();
-                    return Some((vec![Event::default().comment(format!("sluice: attempt {attempt} failed; retrying"))], Some(messages)));
+                    return Some((
+                        vec![Event::default()
+                            .comment(format!("sluice: attempt {attempt} failed; retrying"))],
+                        Some(messages),
+                    ));
                 }
-                Some(EventKind::Done) => return Some((vec![Event::default().data("[DONE]")], None)),
+                Some(EventKind::Done) => {
+                    return Some((vec![Event::default().data("[DONE]")], None))
+                }
                 Some(EventKind::Error) => {
                     let done: Option<DoneEvent> = serde_json::from_slice(&msg.payload).ok();
                     let (class, message) = done
@@ -138,8 +158,12 @@ fn chunks(
                         .and_then(|d| d.error.as_ref())
                         .map(|e| (e.class, e.message.clone()))
                         .unwrap_or((ErrorClass::Internal, "the job failed".into()));
-                    let body = json!({"error": {"message": message, "type": error_type(class), "param": null, "code": class.as_str()}});
-                    return Some((vec![Event::default().data(body.to_string()), Event::default().data("[DONE]")], None));
+                    let body =
+                        serde_json::to_string(&class.error_body(message)).unwrap_or_default();
+                    return Some((
+                        vec![Event::default().data(body), Event::default().data("[DONE]")],
+                        None,
+                    ));
                 }
                 None => continue,
             }
@@ -155,36 +179,10 @@ fn is_usage_only(payload: &[u8]) -> bool {
         .unwrap_or(false)
 }
 
-fn error_type(class: ErrorClass) -> &'static str {
-    match class {
-        ErrorClass::RateLimit => "rate_limit_error",
-        ErrorClass::Auth => "authentication_error",
-        ErrorClass::BadRequest
-        | ErrorClass::ContextWindow
-        | ErrorClass::ContentPolicy
-        | ErrorClass::NotFound => "invalid_request_error",
-        _ => "server_error",
-    }
-}
-
 /// A failed job as the HTTP error an OpenAI client expects for its class.
-fn error_response(error: Option<(ErrorClass, &str)>) -> (StatusCode, Json<Value>) {
+fn error_response(error: Option<(ErrorClass, &str)>) -> Response {
     let (class, message) = error.unwrap_or((ErrorClass::Internal, "the job failed"));
-    let status = match class {
-        ErrorClass::BadRequest | ErrorClass::ContextWindow | ErrorClass::ContentPolicy => {
-            StatusCode::BAD_REQUEST
-        }
-        ErrorClass::Auth => StatusCode::UNAUTHORIZED,
-        ErrorClass::NotFound => StatusCode::NOT_FOUND,
-        ErrorClass::RateLimit => StatusCode::TOO_MANY_REQUESTS,
-        ErrorClass::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        ErrorClass::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::BAD_GATEWAY,
-    };
-    (
-        status,
-        Json(
-            json!({"error": {"message": message, "type": error_type(class), "param": null, "code": class.as_str()}}),
-        ),
-    )
+    let status =
+        StatusCode::from_u16(class.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(class.error_body(message))).into_response()
 }
