@@ -96,6 +96,10 @@ function duration(secs) {
   return `${Math.floor(secs / 3600)} h ${Math.round((secs % 3600) / 60)} min`;
 }
 
+function chunks(n) {
+  return n === 1 ? '1 chunk' : `${n} chunks`;
+}
+
 function card(title, ...children) {
   return el('section', { class: 'card' }, title ? el('h2', {}, title) : null, ...children);
 }
@@ -453,7 +457,7 @@ async function jobPage(main, [id]) {
         type: 'button', class: 'danger', id: 'job-cancel',
         onclick: async (e) => {
           e.target.disabled = true;
-          try { job = await cancelJob(job.id); drawJob(); } catch (x) { err.textContent = x.message; }
+          try { await cancelJob(job.id); await poll(); } catch (x) { err.textContent = x.message; }
         },
       }, 'Cancel job'));
     const fact = (k, v) => [el('dt', {}, k), el('dd', {}, v)];
@@ -499,7 +503,7 @@ async function jobPage(main, [id]) {
       abort.abort();
       if (job.status === 'succeeded') output.textContent = finalText();
       outNote.textContent = job.status === 'succeeded'
-        ? `Finished: ${received} chunks streamed live.` : `The job is ${job.status}.`;
+        ? `Finished: ${chunks(received)} streamed live.` : `The job is ${job.status}.`;
     }
   };
   // Tokens as they stream: the job's event stream, replayed from its start. The first
@@ -520,7 +524,7 @@ async function jobPage(main, [id]) {
     output.textContent += piece;
     received += 1;
     output.dataset.chunks = String(received);
-    outNote.textContent = `Streaming… ${received} chunks so far`;
+    outNote.textContent = `Streaming… ${chunks(received)} so far`;
   }, abort.signal).catch((e) => { if (!abort.signal.aborted) err.textContent = e.message; });
   await live(poll, 1000, err);
 }
