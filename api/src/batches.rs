@@ -125,6 +125,7 @@ async fn drive(
         id: id.clone(),
         stop,
         owner_key: None,
+        owner_revoked: false,
     };
     match driver.drive().await {
         Ok(()) | Err(DriveError::Stopped) | Err(DriveError::LeaseLost) => {}
@@ -167,6 +168,9 @@ struct Driver {
     stop: CancellationToken,
     /// The batch owner's virtual key (`None`: the master key), for model permissions.
     owner_key: Option<Option<Arc<KeyRecord>>>,
+    /// The batch owner is a key that was revoked: its lines are refused, never run as
+    /// the master key's.
+    owner_revoked: bool,
 }
 
 impl Driver {
@@ -190,7 +194,9 @@ impl Driver {
         self.owner_key = Some(if row.owner == MASTER_OWNER {
             None
         } else {
-            self.state.store.api_key(&row.owner).await?.map(Arc::new)
+            let key = self.state.store.api_key(&row.owner).await?.map(Arc::new);
+            self.owner_revoked = key.is_none();
+            key
         });
         if row.total == 0 {
             match self.validate(&row).await? {
@@ -628,6 +634,12 @@ impl Driver {
                 ErrorClass::BadRequest
             };
             return refused(class, e.message);
+        }
+        if self.owner_revoked {
+            return refused(
+                ErrorClass::Auth,
+                "the API key of this batch was revoked".to_string(),
+            );
         }
         match &self.owner_key {
             Some(Some(key)) if !key.allows_model(&request.model) => {

@@ -11,6 +11,7 @@ pub mod batches;
 pub mod errors;
 mod job_events;
 pub mod metrics;
+pub mod outbox;
 pub mod routes;
 mod submit;
 pub mod workers;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub store: Store,
     /// Group-committed job inserts.
     pub jobs: Batcher<NewJob, Recorded>,
+    /// Group-committed removals of published jobs from the outbox.
+    pub outbox: Batcher<uuid::Uuid, ()>,
     /// For readiness (and, later, flow control).
     pub redis: sluice_core::redis::Pool,
     /// Recently resolved virtual keys.
@@ -188,6 +191,12 @@ pub async fn serve_on(
 
     let background = TaskTracker::new();
     let jobs = Batcher::spawn("jobs", 512, &background, JobsFlush(store.clone()));
+    let outbox = Batcher::spawn(
+        "outbox",
+        512,
+        &background,
+        outbox::OutboxFlush(store.clone()),
+    );
     let workers = Arc::new(Workers::default());
     let ops_stop = CancellationToken::new();
     background.spawn(workers::listen(
@@ -203,6 +212,7 @@ pub async fn serve_on(
         subjects,
         store,
         jobs,
+        outbox,
         redis,
         keys: KeyCache::default(),
         workers,

@@ -186,6 +186,33 @@ impl Store {
         .await?)
     }
 
+    /// Whether `id` names a key that was revoked (not one that never existed).
+    pub async fn api_key_revoked(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar::<_, bool>(
+            "SELECT revoked_at IS NOT NULL FROM api_keys WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
+        .unwrap_or(false))
+    }
+
+    /// Ends the queued jobs of a revoked key: `failed`, class `auth`. Returns their ids, so
+    /// their subscribers can be told. A running job is refused its next call by the
+    /// worker (`worker/src/keys.rs`).
+    pub async fn end_jobs_of_revoked_key(&self, id: &str) -> Result<Vec<uuid::Uuid>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "UPDATE jobs SET status = 'failed', error_class = 'auth',
+                 error_message = 'the API key of this job was revoked',
+                 finished_at = now(), not_before = NULL, updated_at = now()
+             WHERE owner = $1 AND status = 'queued'
+             RETURNING id",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     /// Revokes a key; `false` if there was no live key with that id. The row stays, so its
     /// jobs and spend keep a known owner.
     pub async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError> {

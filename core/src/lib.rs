@@ -8,6 +8,7 @@
 
 pub mod batch_settings;
 pub mod batches;
+pub mod budget_ledger;
 pub mod cancel;
 pub mod config;
 pub mod files;

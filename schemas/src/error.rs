@@ -21,6 +21,12 @@ pub enum ErrorClass {
     TruncatedStream,
     /// Not a provider failure: the job could not be routed or was malformed.
     Internal,
+    /// Not a provider failure: the job waited for limits, budget or a cooldown longer than
+    /// its bound (`sluice.limits.max_wait_secs`).
+    WaitExceeded,
+    /// Not a provider failure: the job's message was delivered more often than
+    /// `sluice.worker.max_deliver` without the job ending (workers died or stalled on it).
+    DeliveriesExhausted,
 }
 
 impl ErrorClass {
@@ -38,6 +44,8 @@ impl ErrorClass {
             ErrorClass::NotFound => "not_found",
             ErrorClass::TruncatedStream => "truncated_stream",
             ErrorClass::Internal => "internal",
+            ErrorClass::WaitExceeded => "wait_exceeded",
+            ErrorClass::DeliveriesExhausted => "deliveries_exhausted",
         }
     }
 
@@ -53,8 +61,8 @@ impl ErrorClass {
             ErrorClass::BadRequest | ErrorClass::ContextWindow | ErrorClass::ContentPolicy => 400,
             ErrorClass::Auth => 403,
             ErrorClass::NotFound => 404,
-            ErrorClass::RateLimit => 429,
-            ErrorClass::Internal => 500,
+            ErrorClass::RateLimit | ErrorClass::WaitExceeded => 429,
+            ErrorClass::Internal | ErrorClass::DeliveriesExhausted => 500,
             ErrorClass::Server | ErrorClass::Connection | ErrorClass::TruncatedStream => 502,
             ErrorClass::Overloaded => 503,
             ErrorClass::Timeout => 504,
@@ -69,8 +77,9 @@ impl ErrorClass {
             | ErrorClass::ContentPolicy
             | ErrorClass::NotFound => "invalid_request_error",
             ErrorClass::Auth => "permission_error",
-            ErrorClass::RateLimit => "rate_limit_error",
+            ErrorClass::RateLimit | ErrorClass::WaitExceeded => "rate_limit_error",
             ErrorClass::Internal
+            | ErrorClass::DeliveriesExhausted
             | ErrorClass::Server
             | ErrorClass::Connection
             | ErrorClass::TruncatedStream

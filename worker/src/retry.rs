@@ -26,6 +26,15 @@ pub fn delay(
     Duration::from_secs_f64(base * jitter)
 }
 
+/// The wait before delivery try `n + 1` of a job's end (webhook, reply): the same
+/// doubling as calls, with 0.75–1.0 jitter, up to five minutes, since a receiver may be
+/// down for a while.
+pub fn delivery_delay(n: u32) -> Duration {
+    let base = (0.5 * 2f64.powi(n.min(16) as i32)).min(300.0);
+    let jitter = rand::rng().random_range(0.75..=1.0);
+    Duration::from_secs_f64(base * jitter)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,33 @@ pub struct Outcome {
     pub attempts: u32,
 }
 
+/// One POST of `body` to `url`: `Ok` on a 2xx answer, else what went wrong. Retries
+/// are the caller's (`worker/src/deliveries.rs` keeps them durable).
+pub async fn try_once(
+    http: &reqwest::Client,
+    url: &str,
+    body: Bytes,
+    secret: Option<&Secret>,
+    job_id: &str,
+) -> Result<(), String> {
+    let mut req = http
+        .post(url)
+        .timeout(TIMEOUT)
+        .header("content-type", "application/json")
+        .header("Sluice-Job-Id", job_id);
+    if let Some(secret) = secret {
+        req = req.header(
+            "Sluice-Signature",
+            signature(secret, chrono::Utc::now().timestamp(), &body),
+        );
+    }
+    match req.body(body).send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("the receiver answered {}", r.status().as_u16())),
+        Err(e) => Err(format!("the receiver is unreachable: {}", e.without_url())),
+    }
+}
+
 /// POSTs `body` to `url` until a 2xx answer or the tries run out.
 pub async fn deliver(
     http: &reqwest::Client,
