@@ -76,6 +76,8 @@ pub struct AppState {
     pub workers: Arc<Workers>,
     /// Tells the batch driver that a batch was created or cancelled.
     pub batch_wake: Arc<tokio::sync::Notify>,
+    /// Cancelled when the api shuts down: long-lived streams end on it.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -217,6 +219,7 @@ pub async fn serve_on(
         keys: KeyCache::default(),
         workers,
         batch_wake: Arc::new(tokio::sync::Notify::new()),
+        shutdown: shutdown.clone(),
     });
     background.spawn(batches::run(
         Arc::clone(&state),
@@ -225,9 +228,18 @@ pub async fn serve_on(
     ));
     tracing::info!(%addr, "api listening");
     let app = router(state);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+    let grace = config.worker.drain;
+    let serving =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    // Streams end on the shutdown signal; a request still open after the grace period
+    // (the same `drain_secs` the worker gets) is cut off.
+    let served = tokio::select! {
+        served = serving => served,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "requests still open after the grace period; closing them");
+            Ok(())
+        }
+    };
     ops_stop.cancel();
     background.close();
     background.wait().await;
