@@ -270,6 +270,17 @@ async fn a_virtual_key_signed_in_to_the_console_sees_only_its_own_jobs() -> Resu
     let env = TestEnv::new().await?;
     let storm = storm().await?;
     let mut stack = Stack::start(env.config(&models(&s, &storm), "")?, 1).await?;
+    // The page itself needs no key (it holds none) and allows only its own scripts.
+    let page = reqwest::get(format!("{}/ui", stack.api_url)).await?;
+    assert_eq!(page.status(), 200);
+    let csp = page
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(page.text().await?.contains("type=\"password\""));
     let out = drive(&mut stack, "keys").await?;
     let team_a = out["keys"]["team-a"].as_str().context("team-a id")?;
     let direct = &out["direct"];
