@@ -142,7 +142,7 @@ def stream(page):
         return n >= 3 && status && status.dataset.status === 'running'
             ? {chunks: n, words: out.textContent.trim().split(/\\s+/).length} : null;
     }""")
-    assert seen["chunks"] < 60, seen
+    assert seen["chunks"] < 160, seen
     shot(page, "job-streaming")
     expect(page.locator("#job-status [data-status]")).to_have_attribute("data-status", "succeeded")
     expect(page.locator("#attempts tr[data-attempt='1']")).to_be_visible()
