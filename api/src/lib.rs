@@ -1,4 +1,4 @@
-//! The Sluice HTTP API (DESIGN §8): submit jobs, read their status and results, follow
+//! The Sluice HTTP API: submit jobs, read their status and results, follow
 //! their events as SSE, cancel them; virtual keys; the queue view; metrics, health and
 //! readiness.
 //!

@@ -100,7 +100,7 @@ const COLUMNS: &str = "id, hint, name, models, rpm_limit, tpm_limit, max_paralle
 /// nothing new is stored. The key's creator is shown it once, with the key.
 pub fn webhook_secret(server: &Secret, owner: &str) -> Secret {
     use hmac::{Hmac, Mac};
-    if owner == "master" {
+    if owner == sluice_schemas::MASTER_OWNER {
         return server.clone();
     }
     let mut mac = Hmac::<Sha256>::new_from_slice(server.expose().as_bytes())

@@ -1,4 +1,4 @@
-//! Postgres: the pool, migrations, and every statement Sluice runs (DESIGN §7).
+//! Postgres: the pool, migrations, and every statement Sluice runs (the schema is `migrations/`).
 //!
 //! Hot-path writes take whole batches (see [`crate::group_commit`]) and pass them as one JSON
 //! parameter expanded with `jsonb_to_recordset`, so a batch of any size is one statement

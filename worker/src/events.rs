@@ -1,4 +1,4 @@
-//! Publishing a job's events on `<prefix>.events.<job_id>` (DESIGN §3).
+//! Publishing a job's events on `<prefix>.events.<job_id>`.
 //!
 //! Chunks (and retry events) are core-NATS publishes on the event subject: the events
 //! stream stores them like any publish, a chunk costs one buffered write and no ack

@@ -38,7 +38,7 @@ impl KeyLimits {
     /// The scopes a job of `owner` is admitted against (empty for the master key);
     /// `None` when `owner` is a revoked key, whose jobs must not run.
     pub async fn scopes(&self, owner: &str) -> Result<Option<Arc<Vec<Scope>>>, String> {
-        if owner == "master" || owner.is_empty() {
+        if sluice_schemas::is_master_owner(owner) {
             return Ok(Some(Arc::default()));
         }
         if let Some((at, scopes)) = self.lock().get(owner) {

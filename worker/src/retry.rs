@@ -1,4 +1,4 @@
-//! How long to wait before the next attempt (LiteLLM's rule, `reference/litellm.md` §1).
+//! How long to wait before the next attempt (LiteLLM's rule).
 //!
 //! No wait when another deployment of the group is still untried; otherwise the
 //! provider's `Retry-After` when it is sane (≤ 60 s), else `min(0.5·2^n, 8) s` with

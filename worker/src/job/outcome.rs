@@ -77,7 +77,7 @@ pub(super) fn outcome_base(envelope: &JobEnvelope, tier: Tier, calls: u32) -> Jo
         owner: envelope
             .owner
             .clone()
-            .unwrap_or_else(|| "master".to_string()),
+            .unwrap_or_else(|| sluice_schemas::MASTER_OWNER.to_string()),
         model_group: envelope.request.model.clone(),
         tier: tier.as_str().to_string(),
         reply_subject: envelope.reply_subject.clone(),

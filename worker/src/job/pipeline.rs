@@ -26,7 +26,7 @@ use sluice_core::config::Deployment;
 use sluice_core::store::{AttemptRecord, JobOutcome, LedgerEntry, Written};
 use sluice_schemas::job::JobError;
 use sluice_schemas::openai::ChatRequest;
-use sluice_schemas::{ErrorClass, JobEnvelope, JobStatus, RetryEvent, Tier};
+use sluice_schemas::{ErrorClass, JobEnvelope, JobStatus, RetryEvent, Tier, MASTER_OWNER};
 use uuid::Uuid;
 
 use super::attempt::{Attempt, JobFields};
@@ -172,7 +172,7 @@ impl<'a> Run<'a> {
             disable_fallbacks,
             ..
         } = envelope;
-        let owner = owner.unwrap_or_else(|| "master".to_string());
+        let owner = owner.unwrap_or_else(|| MASTER_OWNER.to_string());
         let group = request.model.clone();
         let created_at = DateTime::<Utc>::from_timestamp_millis(submitted_at_ms)
             .filter(|_| submitted_at_ms > 0)

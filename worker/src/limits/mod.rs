@@ -1,5 +1,5 @@
 //! Flow control: admitting a call against every limit that applies, in one Redis round
-//! trip, and settling it to real usage afterwards (DESIGN §6).
+//! trip, and settling it to real usage afterwards.
 //!
 //! A reservation is one request + estimated tokens + a concurrency lease + estimated
 //! spend, taken atomically by `admit.lua` against the first candidate deployment that
