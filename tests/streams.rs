@@ -54,7 +54,10 @@ async fn start_up_creates_what_is_missing_and_keeps_operator_edits() -> Result<(
         .info()
         .await?
         .clone();
-    assert_eq!(jobs.config.max_messages, 1_000_000, "the operator's cap stays");
+    assert_eq!(
+        jobs.config.max_messages, 1_000_000,
+        "the operator's cap stays"
+    );
     let events = js
         .get_stream(subjects.events_stream())
         .await?
