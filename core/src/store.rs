@@ -293,6 +293,9 @@ pub struct JobProgress {
     pub calls: u32,
     /// Times the job handed its message back to wait for a limit.
     pub deferrals: u32,
+    /// Deliveries whose call was cut short: their worker died (or stalls) mid-call, its
+    /// attempt row still `started`.
+    pub cut_short: u32,
 }
 
 const TERMINAL: &str = "('succeeded','failed','cancelled','expired')";
@@ -477,7 +480,9 @@ impl Store {
             "SELECT COALESCE(j.status IN {TERMINAL}, false) AS terminal,
                     GREATEST(COALESCE(j.calls, 0),
                              COALESCE((SELECT max(attempt) FROM job_attempts WHERE job_id = $1), 0)) AS calls,
-                    COALESCE(j.deferrals, 0) AS deferrals
+                    COALESCE(j.deferrals, 0) AS deferrals,
+                    (SELECT count(DISTINCT delivery)::int FROM job_attempts
+                      WHERE job_id = $1 AND status = 'started') AS cut_short
              FROM (SELECT 1) AS one LEFT JOIN jobs j ON j.id = $1"
         ))
         .bind(id)
@@ -487,6 +492,7 @@ impl Store {
             terminal: row.try_get("terminal")?,
             calls: u32::try_from(row.try_get::<i32, _>("calls")?).unwrap_or(0),
             deferrals: u32::try_from(row.try_get::<i32, _>("deferrals")?).unwrap_or(0),
+            cut_short: u32::try_from(row.try_get::<i32, _>("cut_short")?).unwrap_or(0),
         })
     }
 

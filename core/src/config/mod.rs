@@ -59,8 +59,8 @@ pub mod defaults {
     pub const MAX_FALLBACKS: u32 = 5;
     pub const DEFAULT_MAX_TOKENS: u32 = 1024;
     pub const MAX_DEFER_SECS: u64 = 60;
-    /// Deliveries of one job message that were not hand-backs of the job's own (a worker
-    /// died or stalled with it) before the job ends `failed` and the message goes to the DLQ.
+    /// Deliveries of one job that may die mid-call (a worker died or stalled with it)
+    /// before the job ends `failed` and its message goes to the DLQ.
     pub const MAX_DELIVER: u32 = 10;
     /// Longest total wait of one job for limits or budget before it ends `failed`.
     pub const MAX_WAIT_SECS: u64 = 24 * 3600;
@@ -196,7 +196,7 @@ pub struct WorkerSettings {
     pub ack_wait: Duration,
     /// How long a worker finishes in-flight jobs after SIGTERM before NAKing them.
     pub drain: Duration,
-    /// Deliveries of a job's message beyond its own deferrals (`sluice.worker.max_deliver`).
+    /// Deliveries of a job that may die mid-call (`sluice.worker.max_deliver`).
     pub max_deliver: u32,
     /// Provider calls one job may make across all its deliveries
     /// (`sluice.worker.max_calls_per_job`); unset: see [`Config::max_calls_per_job`].
