@@ -285,11 +285,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             sluice_api::serve(load()?, shutdown_on_signal()).await?;
         }
         Command::Worker => {
-            sluice_worker::run(load()?, shutdown_on_signal()).await?;
+            Box::pin(sluice_worker::run(load()?, shutdown_on_signal())).await?;
         }
         Command::Migrate => {
             let config = load()?;
-            let store = sluice_core::Store::connect(&config.database_url, 2).await?;
+            let store =
+                sluice_core::Store::connect_with(&config.database_url, 2, &config.tls).await?;
             store.migrate().await?;
             println!("database migrated");
         }
