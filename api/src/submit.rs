@@ -318,15 +318,17 @@ async fn enqueue(
 
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", id.to_string().as_str());
-    let published = async {
-        state
-            .js
-            .publish_with_headers(subject, headers, payload.into())
-            .await?
-            .await?;
-        Ok::<(), async_nats::Error>(())
-    }
-    .await;
+    // A short wait for a stream that is electing a leader (a NATS node lost); past it
+    // the outbox publishes the job.
+    let published = sluice_core::nats::publish_acked(
+        &state.js,
+        subject,
+        headers,
+        payload.into(),
+        sluice_core::nats::PUBLISH_PATIENCE,
+    )
+    .await
+    .map(|_| ());
     match published {
         Ok(()) => {
             let _ = state.outbox.send(id).await;

@@ -23,6 +23,7 @@ pub mod redis;
 pub mod secret;
 pub mod spend;
 pub mod store;
+pub mod tls;
 
 pub use config::Config;
 pub use secret::Secret;

@@ -300,20 +300,72 @@ pub struct JobProgress {
 
 const TERMINAL: &str = "('succeeded','failed','cancelled','expired')";
 
+/// Parses a Postgres URL; with `SSL_CERT_FILE` set, the trusted roots become the system
+/// roots, `SSL_CERT_FILE` and the URL's `sslrootcert` together (sqlx alone would use
+/// `SSL_CERT_FILE` instead of the system roots).
+fn connect_options(
+    url: &str,
+    tls: &crate::tls::TlsEnv,
+) -> Result<sqlx::postgres::PgConnectOptions, StoreError> {
+    use std::str::FromStr;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Connect(format!("invalid DATABASE_URL: {e}")))?;
+    if tls.ssl_cert_file.is_none() {
+        return Ok(options);
+    }
+    let root_cert = url
+        .split_once('?')
+        .map(|(_, query)| query)
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| matches!(*k, "sslrootcert" | "ssl-root-cert" | "ssl-ca"))
+        .map(|(_, v)| std::path::PathBuf::from(v))
+        .or_else(|| std::env::var_os("PGSSLROOTCERT").map(Into::into));
+    let extra: Vec<&std::path::Path> = root_cert.iter().map(|p| p.as_path()).collect();
+    match crate::tls::trusted_pem(tls, &extra) {
+        Ok(Some(pem)) => Ok(options.ssl_root_cert_from_pem(pem)),
+        Ok(None) => Ok(options),
+        Err(e) => Err(StoreError::Connect(e.to_string())),
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
 }
 
 impl Store {
+    /// Connects to `url` (`sslmode`, `sslrootcert`, `sslcert`/`sslkey` as libpq reads
+    /// them). Trusts `SSL_CERT_FILE` of the process environment besides the system roots.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        let tls = crate::tls::TlsEnv::from_env(&crate::config::ProcessEnv);
+        Store::connect_with(url, max_connections, &tls).await
+    }
+
+    /// [`Store::connect`] with the TLS settings of a loaded config.
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        tls: &crate::tls::TlsEnv,
+    ) -> Result<Store, StoreError> {
+        let options = connect_options(url, tls)?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
+            .connect_with(options)
             .await
             .map_err(|e| StoreError::Connect(e.to_string()))?;
         Ok(Store { pool })
+    }
+
+    /// Whether this pool's connections to Postgres are encrypted (asked of the server).
+    pub async fn is_encrypted(&self) -> Result<bool, StoreError> {
+        let ssl: Option<bool> =
+            sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(ssl.unwrap_or(false))
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -228,6 +228,10 @@ pub struct Config {
     pub webhook_secret: Option<Secret>,
     /// Keys present in the file that Sluice does not act on (yet).
     pub ignored_keys: Vec<String>,
+    /// Replicas of every stream Sluice creates (`sluice.nats.replicas`: 1, 3 or 5).
+    pub nats_replicas: usize,
+    /// `SSL_CERT_FILE` and the NATS credential variables (see `core/src/tls.rs`).
+    pub tls: crate::tls::TlsEnv,
 }
 
 /// The environment, as a lookup function, so tests can supply their own.
@@ -357,7 +361,16 @@ impl Config {
         if capacity == 0 {
             return Err(ctx.invalid("sluice.worker.capacity", "must be at least 1".into()));
         }
+        let nats_replicas = s.nats.replicas.unwrap_or(1);
+        if ![1, 3, 5].contains(&nats_replicas) {
+            return Err(ctx.invalid(
+                "sluice.nats.replicas",
+                format!("{nats_replicas} is not 1, 3 or 5"),
+            ));
+        }
         let config = Config {
+            nats_replicas,
+            tls: crate::tls::TlsEnv::from_env(env),
             file,
             deployments,
             nats_url: pick("NATS_URL", &s.nats_url, defaults::NATS_URL),

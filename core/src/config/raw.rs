@@ -51,6 +51,14 @@ pub(super) struct RawSluice {
     pub(super) limits: RawLimits,
     #[serde(default)]
     pub(super) batches: crate::batch_settings::RawBatchSettings,
+    #[serde(default)]
+    pub(super) nats: RawNats,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNats {
+    pub(super) replicas: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
