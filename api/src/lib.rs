@@ -71,7 +71,7 @@ pub struct AppState {
     /// Group-committed job inserts.
     pub jobs: Batcher<NewJob, Recorded>,
     /// Group-committed removals of published jobs from the outbox.
-    pub outbox: Batcher<uuid::Uuid, ()>,
+    pub outbox: Batcher<(uuid::Uuid, u64), ()>,
     /// For readiness (and, later, flow control).
     pub redis: sluice_core::redis::Pool,
     /// Recently resolved virtual keys.

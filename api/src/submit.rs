@@ -327,11 +327,10 @@ async fn enqueue(
         payload.into(),
         sluice_core::nats::PUBLISH_PATIENCE,
     )
-    .await
-    .map(|_| ());
+    .await;
     match published {
-        Ok(()) => {
-            let _ = state.outbox.send(id).await;
+        Ok(ack) => {
+            let _ = state.outbox.send((id, ack.sequence)).await;
         }
         Err(e) => {
             // The message may or may not be in the stream; the outbox entry stays, and a

@@ -456,13 +456,121 @@ impl Store {
         Ok(out)
     }
 
-    /// Drops the outbox entries of jobs whose publish JetStream acknowledged.
-    pub async fn outbox_published(&self, ids: &[Uuid]) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM job_outbox WHERE job_id = ANY($1)")
-            .bind(ids)
-            .execute(&self.pool)
-            .await?;
+    /// Drops the outbox entries of jobs whose publish JetStream acknowledged, and records
+    /// where each message sits in the jobs stream (its sequence), in one statement: the
+    /// reconciler (`worker/src/reconcile.rs`) ends jobs whose message is gone from there.
+    /// The job rows are locked in id order, so two of these never deadlock each other.
+    pub async fn outbox_published(&self, published: &[(Uuid, u64)]) -> Result<(), StoreError> {
+        if published.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = published.iter().map(|p| p.0).collect();
+        let seqs: Vec<i64> = published
+            .iter()
+            .map(|p| i64::try_from(p.1).unwrap_or(i64::MAX))
+            .collect();
+        sqlx::query(
+            "WITH input AS (
+                SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS t(id, seq)
+             ), gone AS (
+                DELETE FROM job_outbox WHERE job_id IN (SELECT id FROM input)
+             ), locked AS (
+                SELECT j.id FROM jobs j WHERE j.id IN (SELECT id FROM input) ORDER BY j.id FOR UPDATE
+             )
+             UPDATE jobs SET stream_seq = i.seq FROM input i, locked l
+             WHERE jobs.id = i.id AND l.id = i.id",
+        )
+        .bind(&ids)
+        .bind(&seqs)
+        .execute(&self.pool)
+        .await?;
         Ok(())
+    }
+
+    /// Unfinished jobs a reconciler should look for in the jobs stream: no outbox entry,
+    /// a known stream sequence, and neither updated nor looked at for `grace`; up to
+    /// `limit`, taken for this look (rows another worker is taking are skipped).
+    pub async fn lost_candidates(
+        &self,
+        grace: Duration,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, u64)>, StoreError> {
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "WITH due AS (
+                SELECT j.id FROM jobs j
+                WHERE j.status IN ('queued', 'running')
+                  AND COALESCE(j.stream_seq, j.batch_seq) IS NOT NULL
+                  AND j.updated_at < now() - make_interval(secs => $1)
+                  AND (j.seq_checked_at IS NULL OR j.seq_checked_at < now() - make_interval(secs => $1))
+                  AND NOT EXISTS (SELECT 1 FROM job_outbox o WHERE o.job_id = j.id)
+                ORDER BY j.updated_at LIMIT $2
+                FOR UPDATE SKIP LOCKED
+             )
+             UPDATE jobs SET seq_checked_at = now() FROM due WHERE jobs.id = due.id
+             RETURNING jobs.id, COALESCE(jobs.stream_seq, jobs.batch_seq)",
+        )
+        .bind(grace.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, seq)| Some((id, u64::try_from(seq).ok()?)))
+            .collect())
+    }
+
+    /// Ends a job whose queue message is gone: `failed` with `error`, if it is still
+    /// unfinished and still at stream sequence `seq`, and queues the delivery of its end
+    /// to its reply subject (a webhook URL lives only in the lost message). Returns the
+    /// ended row; `None` when the job moved on meanwhile.
+    pub async fn end_lost_job(
+        &self,
+        id: Uuid,
+        seq: u64,
+        error: &JobError,
+    ) -> Result<Option<(JobRow, bool)>, StoreError> {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        let mut tx = self.pool.begin().await?;
+        let ended: Option<(JobRow, Option<String>)> = sqlx::query(
+            "UPDATE jobs SET status = 'failed', error_class = $3, error_message = $4,
+                 finished_at = now(), not_before = NULL, updated_at = now(),
+                 attempts = GREATEST(attempts, calls)
+             WHERE id = $1 AND status IN ('queued', 'running')
+               AND COALESCE(stream_seq, batch_seq) = $2
+             RETURNING id, owner, model_group, tier, status, metadata, result, usage, cost, pricing_missing,
+                 attempts, error_class, error_message, not_before, created_at, started_at, finished_at,
+                 reply_subject",
+        )
+        .bind(id)
+        .bind(seq)
+        .bind(error.class.as_str())
+        .bind(&error.message)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| {
+            use sqlx::FromRow;
+            Ok::<_, sqlx::Error>((JobRow::from_row(&r)?, r.try_get("reply_subject")?))
+        })
+        .transpose()?;
+        let Some((row, reply)) = ended else {
+            return Ok(None);
+        };
+        let mut replies = false;
+        if let Some(subject) = reply {
+            let body = serde_json::to_string(&row.done_event())?;
+            sqlx::query(
+                "INSERT INTO job_deliveries (job_id, kind, target, body) VALUES ($1, 'reply', $2, $3)
+                 ON CONFLICT (job_id, kind) DO NOTHING",
+            )
+            .bind(id)
+            .bind(subject)
+            .bind(body)
+            .execute(&mut *tx)
+            .await?;
+            replies = true;
+        }
+        tx.commit().await?;
+        Ok(Some((row, replies)))
     }
 
     /// Outbox entries older than `age` (their api died or lost the ack): those whose job

@@ -280,8 +280,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         ops_stop.clone(),
     ));
     ops.spawn(reconcile::run(
-        ctx.js.clone(),
-        ctx.store.clone(),
+        reconcile::Reconciler {
+            js: ctx.js.clone(),
+            store: ctx.store.clone(),
+            subjects: ctx.subjects.clone(),
+            lost_grace: config.worker.lost_message_grace,
+            deliveries: Arc::clone(&ctx.deliveries),
+        },
         ops_stop.clone(),
     ));
     ops.close();

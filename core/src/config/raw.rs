@@ -78,4 +78,5 @@ pub(super) struct RawWorker {
     pub(super) drain_secs: Option<u64>,
     pub(super) max_deliver: Option<u32>,
     pub(super) max_calls_per_job: Option<u32>,
+    pub(super) lost_message_grace_secs: Option<u64>,
 }
