@@ -41,22 +41,26 @@ async fn a_job_whose_message_was_deleted_ends_failed_and_the_rest_run() -> Resul
 
     // Each published job's row records where its message sits in the jobs stream.
     let store = env.store().await?;
-    let seq: i64 = eventually(Duration::from_secs(30), "stream sequences recorded", || async {
-        let known: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM jobs WHERE stream_seq IS NOT NULL AND status = 'queued'",
-        )
-        .fetch_one(store.pool())
-        .await
-        .ok()?;
-        if known < 6 {
-            return None;
-        }
-        sqlx::query_scalar("SELECT stream_seq FROM jobs WHERE id = $1::uuid")
-            .bind(&lost)
+    let seq: i64 = eventually(
+        Duration::from_secs(30),
+        "stream sequences recorded",
+        || async {
+            let known: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs WHERE stream_seq IS NOT NULL AND status = 'queued'",
+            )
             .fetch_one(store.pool())
             .await
-            .ok()
-    })
+            .ok()?;
+            if known < 6 {
+                return None;
+            }
+            sqlx::query_scalar("SELECT stream_seq FROM jobs WHERE id = $1::uuid")
+                .bind(&lost)
+                .fetch_one(store.pool())
+                .await
+                .ok()
+        },
+    )
     .await?;
 
     // An operator deletes that job's message.
@@ -65,7 +69,9 @@ async fn a_job_whose_message_was_deleted_ends_failed_and_the_rest_run() -> Resul
     let stream = js.get_stream(subjects.jobs_stream()).await?;
     let msg = stream.get_raw_message(seq as u64).await?;
     assert_eq!(
-        msg.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_string()),
+        msg.headers
+            .get("Nats-Msg-Id")
+            .map(|v| v.as_str().to_string()),
         Some(lost.clone()),
         "the recorded sequence holds the job's message"
     );
@@ -100,7 +106,11 @@ async fn a_job_whose_message_was_deleted_ends_failed_and_the_rest_run() -> Resul
         let job = wait_job(&http, &stack.api_url, id, KEY).await?;
         assert_eq!(job["status"], "succeeded", "{job}");
     }
-    assert_eq!(sim.requests(), kept.len() as u64, "the lost job made no call");
+    assert_eq!(
+        sim.requests(),
+        kept.len() as u64,
+        "the lost job made no call"
+    );
     stack.stop().await;
     Ok(())
 }

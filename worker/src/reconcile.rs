@@ -5,7 +5,8 @@
 //! it; concurrent republishes of one entry are deduplicated the same way.
 //!
 //! It also ends jobs whose message is gone: when a publish is acknowledged, the job row
-//! records the message's stream sequence (`Store::outbox_published`). An unfinished job
+//! records the message's stream sequence (`Store::outbox_published`; a batch line's is
+//! recorded by the batch driver, `api/src/batches.rs`). An unfinished job
 //! with no outbox entry, not updated for `sluice.worker.lost_message_grace_secs`, whose
 //! sequence no longer holds its message in the jobs stream (purged or deleted by an
 //! operator, expired by the stream's limits, lost with a NATS node's data) can never be
@@ -147,11 +148,10 @@ pub async fn lost_round(r: &Reconciler) -> Result<usize, String> {
     if due.is_empty() {
         return Ok(0);
     }
-    let stream = r
-        .js
-        .get_stream(r.subjects.jobs_stream())
-        .await
-        .map_err(|e| e.to_string())?;
+    let stream =
+        r.js.get_stream(r.subjects.jobs_stream())
+            .await
+            .map_err(|e| e.to_string())?;
     let error = JobError {
         class: ErrorClass::Internal,
         message: LOST_MESSAGE.into(),
