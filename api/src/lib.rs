@@ -10,6 +10,7 @@ pub mod auth;
 pub mod batches;
 pub mod client;
 pub mod errors;
+pub mod guard;
 pub mod metrics;
 pub mod routes;
 pub mod workers;
@@ -22,7 +23,7 @@ use axum::http::HeaderMap;
 use axum::routing::{delete, get, post};
 use axum::Router;
 use futures::future::BoxFuture;
-use sluice_core::batch::{Batcher, Flush};
+use sluice_core::batch::{Batcher, Flush, FlushError};
 use sluice_core::store::{NewJob, Recorded};
 use sluice_core::{Config, Store};
 use sluice_schemas::Subjects;
@@ -91,12 +92,15 @@ struct JobsFlush(Store);
 
 impl Flush<NewJob> for JobsFlush {
     type Out = Recorded;
-    fn flush<'a>(&'a self, items: &'a [NewJob]) -> BoxFuture<'a, Result<Vec<Recorded>, String>> {
+    fn flush<'a>(
+        &'a self,
+        items: &'a [NewJob],
+    ) -> BoxFuture<'a, Result<Vec<Recorded>, FlushError>> {
         Box::pin(async move {
             self.0
                 .record_new_jobs(items)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(FlushError::from)
         })
     }
 }

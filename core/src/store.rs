@@ -14,7 +14,7 @@ use serde_json::Value;
 use sluice_schemas::job::JobError;
 use sluice_schemas::{DoneEvent, ErrorClass, JobStatus};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
-use sqlx::types::Json;
+
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -32,6 +32,24 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("cannot encode rows: {0}")]
     Encode(#[from] serde_json::Error),
+}
+
+impl From<StoreError> for crate::batch::FlushError {
+    /// Data Postgres refuses (class 22, data exception; class 23, integrity; class 54,
+    /// program limit) or cannot encode is permanent: the same rows will be refused again.
+    fn from(e: StoreError) -> Self {
+        let permanent = match &e {
+            StoreError::Encode(_) => true,
+            StoreError::Query(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54")),
+            _ => false,
+        };
+        crate::batch::FlushError {
+            message: e.to_string(),
+            permanent,
+        }
+    }
 }
 
 /// A new job as the API records it before publishing.
@@ -161,6 +179,8 @@ pub struct JobRow {
     pub status: String,
     pub metadata: Option<Value>,
     pub result: Option<Value>,
+    /// The result when `jsonb` could not hold it (see [`crate::pgtext`]).
+    pub result_text: Option<String>,
     pub usage: Option<Value>,
     pub cost: Option<Decimal>,
     pub pricing_missing: bool,
@@ -284,7 +304,7 @@ impl Store {
 
     /// Records new jobs; a repeated idempotency key yields the existing job instead.
     pub async fn record_new_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Recorded>, StoreError> {
-        let rows = serde_json::to_value(jobs)?;
+        let rows = crate::pgtext::rows_param(jobs, &[])?;
         let inserted: Vec<Uuid> = sqlx::query_scalar(
             "INSERT INTO jobs (id, owner, idempotency_key, model_group, tier, status, reply_subject, metadata, created_at)
              SELECT id, owner, idempotency_key, model_group, tier, 'queued', reply_subject, metadata, created_at
@@ -332,13 +352,18 @@ impl Store {
 
     pub async fn job(&self, id: Uuid) -> Result<Option<JobRow>, StoreError> {
         Ok(sqlx::query_as::<_, JobRow>(
-            "SELECT id, owner, model_group, tier, status, metadata, result, usage, cost, pricing_missing,
-                    attempts, error_class, error_message, not_before, created_at, started_at, finished_at
+            "SELECT id, owner, model_group, tier, status, metadata, result, result_text, usage, cost,
+                    pricing_missing, attempts, error_class, error_message, not_before, created_at, started_at,
+                    finished_at
              FROM jobs WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
-        .await?)
+        .await?
+        .map(|mut row: JobRow| {
+            row.result = crate::pgtext::restore(row.result.take(), row.result_text.as_deref());
+            row
+        }))
     }
 
     pub async fn attempts(&self, job_id: Uuid) -> Result<Vec<AttemptRow>, StoreError> {
@@ -454,8 +479,8 @@ impl Store {
                  )
                  SELECT id FROM claimed"
             ))
-            .bind(Json(&jobs))
-            .bind(Json(&started))
+            .bind(crate::pgtext::rows_param(&jobs, &[])?)
+            .bind(crate::pgtext::rows_param(&started, &[])?)
             .fetch_all(&mut *conn)
             .await?;
             let claimed: HashSet<Uuid> = claimed.into_iter().collect();
@@ -490,12 +515,13 @@ impl Store {
                          dropped_params = EXCLUDED.dropped_params
                  ), results AS (
                     INSERT INTO jobs (id, owner, model_group, tier, reply_subject, created_at, status, result, usage, cost,
-                         pricing_missing, attempts, error_class, error_message, finished_at)
+                         pricing_missing, attempts, error_class, error_message, finished_at, result_text)
                     SELECT * FROM jsonb_to_recordset($2::jsonb) AS t(id uuid, owner text, model_group text, tier text,
                          reply_subject text, created_at timestamptz, status text, result jsonb, usage jsonb,
                          cost numeric, pricing_missing boolean, attempts int, error_class text, error_message text,
-                         finished_at timestamptz)
+                         finished_at timestamptz, result_text text)
                     ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, result = EXCLUDED.result,
+                         result_text = EXCLUDED.result_text,
                          usage = EXCLUDED.usage, cost = EXCLUDED.cost, pricing_missing = EXCLUDED.pricing_missing,
                          attempts = EXCLUDED.attempts, error_class = EXCLUDED.error_class,
                          error_message = EXCLUDED.error_message, finished_at = EXCLUDED.finished_at,
@@ -504,8 +530,8 @@ impl Store {
                  )
                  SELECT 1"
             ))
-            .bind(Json(&finished_attempts))
-            .bind(Json(&finished_jobs))
+            .bind(crate::pgtext::rows_param(&finished_attempts, &[])?)
+            .bind(crate::pgtext::rows_param(&finished_jobs, &["result"])?)
             .execute(&mut *conn)
             .await?;
         }
@@ -515,7 +541,7 @@ impl Store {
                  FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, not_before timestamptz)
                  WHERE jobs.id = t.id AND jobs.status NOT IN {TERMINAL}"
             ))
-            .bind(Json(&deferred))
+            .bind(crate::pgtext::rows_param(&deferred, &[])?)
             .execute(&mut *conn)
             .await?;
         }
@@ -525,7 +551,7 @@ impl Store {
                  FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, status text, attempts int)
                  WHERE jobs.id = t.id",
             )
-            .bind(Json(&webhooks))
+            .bind(crate::pgtext::rows_param(&webhooks, &[])?)
             .execute(&mut *conn)
             .await?;
         }

@@ -2,7 +2,7 @@
 //! batches (one transaction per batch, see `Store::write_ledger`).
 
 use futures::future::BoxFuture;
-use sluice_core::batch::Flush;
+use sluice_core::batch::{Flush, FlushError};
 use sluice_core::store::LedgerEntry;
 use sluice_core::Store;
 use sluice_schemas::openai::{ChatRequest, Usage};
@@ -14,13 +14,13 @@ pub struct LedgerFlush(pub Store);
 /// job was not claimed and must not run; `true` otherwise.
 impl Flush<LedgerEntry> for LedgerFlush {
     type Out = bool;
-    fn flush<'a>(&'a self, items: &'a [LedgerEntry]) -> BoxFuture<'a, Result<Vec<bool>, String>> {
+    fn flush<'a>(&'a self, items: &'a [LedgerEntry]) -> BoxFuture<'a, Result<Vec<bool>, FlushError>> {
         Box::pin(async move {
             let refused = self
                 .0
                 .write_ledger(items)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(FlushError::from)?;
             Ok(items
                 .iter()
                 .map(|entry| match entry {

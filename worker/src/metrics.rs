@@ -158,7 +158,7 @@ impl<F: Flush<LedgerEntry>> Flush<LedgerEntry> for Observed<F> {
     fn flush<'a>(
         &'a self,
         items: &'a [LedgerEntry],
-    ) -> BoxFuture<'a, Result<Vec<Self::Out>, String>> {
+    ) -> BoxFuture<'a, Result<Vec<Self::Out>, sluice_core::batch::FlushError>> {
         Box::pin(async move {
             let out = self.inner.flush(items).await?;
             for entry in items {

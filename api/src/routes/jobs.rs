@@ -40,7 +40,7 @@ pub(crate) struct SubmitBody {
     #[serde(default)]
     metadata: Option<Map<String, Value>>,
     #[serde(default)]
-    idempotency_key: Option<String>,
+    pub(crate) idempotency_key: Option<String>,
     /// Model groups to fall back to for this job (LiteLLM's client-side fallbacks).
     #[serde(default)]
     fallbacks: Option<Vec<String>>,
@@ -72,23 +72,12 @@ struct SubjectsView {
     events: String,
 }
 
-const MAX_IDEMPOTENCY_KEY: usize = 256;
-
 pub async fn submit(
     State(state): State<Arc<AppState>>,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
     let caller = state.caller(req.headers()).await?;
-    let header_key = req
-        .headers()
-        .get("idempotency-key")
-        .map(|v| {
-            v.to_str().map(str::to_string).map_err(|_| {
-                ApiError::bad_request("Idempotency-Key must be visible ASCII")
-                    .param("Idempotency-Key")
-            })
-        })
-        .transpose()?;
+    let header_key = crate::guard::idempotency_header(req.headers())?;
     let limit = state.config.max_body_bytes;
     let bytes = axum::body::to_bytes(req.into_body(), limit)
         .await
@@ -135,23 +124,15 @@ pub(crate) async fn accept(
         .param("model")
         .code("model_not_allowed"));
     }
-    if let Some(url) = &body.webhook_url {
-        let ok = reqwest::Url::parse(url)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-        if !ok {
-            return Err(
-                ApiError::bad_request("`webhook_url` must be an http(s) URL").param("webhook_url"),
-            );
-        }
-    }
-    if let Some(k) = &idempotency_key {
-        if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY {
-            return Err(ApiError::bad_request(format!(
-                "idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
-            ))
-            .param("idempotency_key"));
-        }
-    }
+    crate::guard::submission(
+        &state.config,
+        &crate::guard::Destinations {
+            metadata: body.metadata.as_ref(),
+            idempotency_key: idempotency_key.as_deref(),
+            reply_subject: body.reply_subject.as_deref(),
+            webhook_url: body.webhook_url.as_deref(),
+        },
+    )?;
     enqueue(state, caller, body, idempotency_key).await
 }
 
