@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod batches;
+pub mod bodies;
 pub mod client;
 pub mod errors;
 pub mod guard;

@@ -47,8 +47,7 @@ impl From<String> for FlushError {
 /// What a batch writer does with one batch: one output per input, in order.
 pub trait Flush<T>: Send + Sync + 'static {
     type Out: Send + 'static;
-    fn flush<'a>(&'a self, items: &'a [T])
-        -> BoxFuture<'a, Result<Vec<Self::Out>, FlushError>>;
+    fn flush<'a>(&'a self, items: &'a [T]) -> BoxFuture<'a, Result<Vec<Self::Out>, FlushError>>;
 }
 
 struct Item<T, R> {

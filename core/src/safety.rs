@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// Longest `Retry-After` / rate-limit reset a provider can make a job wait (fixed): a
+/// provider's bytes cannot park a job for a day, nor overflow a timer.
+pub const MAX_PROVIDER_WAIT: Duration = Duration::from_secs(300);
+
 pub mod defaults {
-    /// Longest `Retry-After` / rate-limit reset a provider can make us wait.
-    pub const MAX_PROVIDER_WAIT_SECS: u64 = 300;
     /// Concurrent SSE streams (`GET /v1/jobs/{id}/events`, streamed chat) per key.
     pub const MAX_STREAMS_PER_KEY: usize = 64;
     /// Postgres `statement_timeout` on every pool.
@@ -33,7 +35,6 @@ pub struct RawSafetySettings {
     webhook_allow_private: Option<bool>,
     webhook_allow_hosts: Option<Vec<String>>,
     reply_subject_prefixes: Option<Vec<String>>,
-    max_provider_wait_secs: Option<u64>,
     max_streams_per_key: Option<usize>,
     statement_timeout_secs: Option<u64>,
     negative_key_ttl_secs: Option<u64>,
@@ -51,8 +52,6 @@ pub struct SafetySettings {
     pub webhook_allow_hosts: Vec<String>,
     /// When set, a `reply_subject` must start with one of these prefixes.
     pub reply_subject_prefixes: Option<Vec<String>>,
-    /// Upper bound on provider-given waits (`Retry-After`, rate-limit resets).
-    pub max_provider_wait: Duration,
     /// Concurrent event streams per key; 429 beyond.
     pub max_streams_per_key: usize,
     /// `statement_timeout` on every Postgres connection.
@@ -71,7 +70,6 @@ impl Default for SafetySettings {
             webhook_allow_private: false,
             webhook_allow_hosts: Vec::new(),
             reply_subject_prefixes: None,
-            max_provider_wait: Duration::from_secs(defaults::MAX_PROVIDER_WAIT_SECS),
             max_streams_per_key: defaults::MAX_STREAMS_PER_KEY,
             statement_timeout: Duration::from_secs(defaults::STATEMENT_TIMEOUT_SECS),
             negative_key_ttl: Duration::from_secs(defaults::NEGATIVE_KEY_TTL_SECS),
@@ -110,11 +108,6 @@ impl RawSafetySettings {
                 .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
                 .collect(),
             reply_subject_prefixes: self.reply_subject_prefixes.clone(),
-            max_provider_wait: Duration::from_secs(positive(
-                "sluice.safety.max_provider_wait_secs",
-                self.max_provider_wait_secs,
-                defaults::MAX_PROVIDER_WAIT_SECS,
-            )?),
             max_streams_per_key: positive(
                 "sluice.safety.max_streams_per_key",
                 self.max_streams_per_key.map(|v| v as u64),
@@ -161,10 +154,7 @@ pub fn check_reply_subject(
             "`reply_subject` must be 1 to {MAX_SUBJECT_LEN} characters"
         ));
     }
-    if subject
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control())
-    {
+    if subject.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("`reply_subject` must not contain spaces or control characters".into());
     }
     if subject.split('.').any(|t| t.is_empty()) {
@@ -223,7 +213,10 @@ pub fn check_webhook_url(raw: &str, s: &SafetySettings) -> Result<url::Url, Dest
         Some(h) => h,
         None => return Err(DestinationError::NotHttp),
     };
-    let name = host.to_string().trim_matches(['[', ']']).to_ascii_lowercase();
+    let name = host
+        .to_string()
+        .trim_matches(['[', ']'])
+        .to_ascii_lowercase();
     if host_allowed(&name, s) {
         return Ok(url);
     }
@@ -359,7 +352,13 @@ mod tests {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(!is_public(ip), "{ip} passed");
         }
-        for ip in ["8.8.8.8", "1.1.1.1", "100.128.0.1", "172.32.0.1", "2606:4700::1111"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "100.128.0.1",
+            "172.32.0.1",
+            "2606:4700::1111",
+        ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(is_public(ip), "{ip} refused");
         }

@@ -343,10 +343,13 @@ impl Store {
 
     /// Removes a job that was recorded but could not be enqueued.
     pub async fn forget_job(&self, id: Uuid) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM jobs WHERE id = $1 AND status = 'queued'")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "WITH gone AS (DELETE FROM jobs WHERE id = $1 AND status = 'queued' RETURNING id)
+             DELETE FROM job_bodies WHERE job_id IN (SELECT id FROM gone)",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -527,6 +530,9 @@ impl Store {
                          error_message = EXCLUDED.error_message, finished_at = EXCLUDED.finished_at,
                          not_before = NULL, updated_at = now()
                     WHERE jobs.status NOT IN {TERMINAL}
+                 ), bodies AS (
+                    DELETE FROM job_bodies WHERE job_id IN
+                         (SELECT id FROM jsonb_to_recordset($2::jsonb) AS t(id uuid))
                  )
                  SELECT 1"
             ))

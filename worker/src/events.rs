@@ -13,6 +13,7 @@
 use async_nats::jetstream::{self};
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use sluice_core::bodies::{fits, HEADER_BODY_REF};
 use sluice_schemas::events::{HEADER_ATTEMPT, HEADER_EVENT, HEADER_SEQ};
 use sluice_schemas::openai::ChatCompletionChunk;
 use sluice_schemas::{DoneEvent, EventKind, RetryEvent};
@@ -100,13 +101,52 @@ impl EventPublisher {
             kind: kind.as_str(),
             message: e,
         };
+        let sent = self.fitted(&mut headers, &body, done);
         self.js
-            .publish_with_headers(self.subject.clone(), headers, body.clone())
+            .publish_with_headers(self.subject.clone(), headers, sent)
             .await
             .map_err(|e| fail(e.to_string()))?
             .await
             .map_err(|e| fail(e.to_string()))?;
         Ok(body)
+    }
+}
+
+impl EventPublisher {
+    /// `body` if it fits the server's `max_payload`; else the event without its result,
+    /// with `Sluice-Body-Ref` naming the job whose row holds the whole event (see
+    /// `sluice_core::bodies`).
+    fn fitted(&self, headers: &mut HeaderMap, body: &Bytes, done: &DoneEvent) -> Bytes {
+        if fits(body.len(), self.nats.server_info().max_payload) {
+            return body.clone();
+        }
+        headers.insert(HEADER_BODY_REF, self.job_id.to_string().as_str());
+        let slim = DoneEvent {
+            result: None,
+            ..done.clone()
+        };
+        Bytes::from(serde_json::to_vec(&slim).unwrap_or_default())
+    }
+
+    /// Publishes the terminal event `body` (of `done`) on a job's reply subject, by
+    /// reference when it is larger than a message may be.
+    pub async fn reply(
+        &self,
+        subject: &str,
+        body: &Bytes,
+        done: &DoneEvent,
+    ) -> Result<(), async_nats::PublishError> {
+        let mut headers = HeaderMap::new();
+        let kind = if done.status == sluice_schemas::JobStatus::Succeeded {
+            EventKind::Done
+        } else {
+            EventKind::Error
+        };
+        headers.insert(HEADER_EVENT, kind.as_str());
+        let sent = self.fitted(&mut headers, body, done);
+        self.nats
+            .publish_with_headers(subject.to_string(), headers, sent)
+            .await
     }
 }
 

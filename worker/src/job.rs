@@ -36,7 +36,15 @@ const LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// Handles one delivered message to the end (ack, nak or term).
 pub(crate) async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, tier: Tier) {
     let delivery = msg.info().map(|i| i.delivered).unwrap_or(1).max(1);
-    let envelope: JobEnvelope = match serde_json::from_slice(&msg.payload) {
+    let payload = match crate::bodies::envelope(&ctx, &msg).await {
+        crate::bodies::Resolved::Body(b) => b,
+        crate::bodies::Resolved::Missing(reason) => {
+            Box::pin(dead_letter(&ctx, &msg, &reason)).await;
+            return;
+        }
+        crate::bodies::Resolved::Handled => return,
+    };
+    let envelope: JobEnvelope = match serde_json::from_slice(&payload) {
         Ok(e) => e,
         Err(e) => {
             let reason = format!("unparseable job envelope: {e}");
@@ -209,8 +217,13 @@ async fn conclude(
             return;
         }
     };
+    let reply_subject = crate::destinations::reply_subject(
+        reply_subject.as_deref(),
+        &ctx.config.subject_prefix,
+        &ctx.config.safety,
+    );
     if let Some(subject) = reply_subject {
-        if let Err(e) = ctx.nats.publish(subject, body.clone()).await {
+        if let Err(e) = publisher.reply(subject, &body, &done).await {
             tracing::warn!(error = %e, "reply subject publish failed");
         }
     }
@@ -218,8 +231,8 @@ async fn conclude(
         tracing::warn!(error = %e, "ack failed; a redelivery will find the job finished");
     }
     if let Some(url) = webhook_url {
-        let (http, secret, ledger) = (
-            ctx.providers.http().clone(),
+        let (safety, secret, ledger) = (
+            ctx.config.safety.clone(),
             webhook_secret,
             ctx.ledger.clone(),
         );
@@ -227,7 +240,7 @@ async fn conclude(
         ctx.webhooks.spawn(
             async move {
                 let outcome =
-                    crate::webhook::deliver(&http, &url, body, secret.as_ref(), &id.to_string())
+                    crate::webhook::deliver(&safety, &url, body, secret.as_ref(), &id.to_string())
                         .await;
                 let status = if outcome.delivered {
                     "delivered"

@@ -14,13 +14,12 @@ pub struct LedgerFlush(pub Store);
 /// job was not claimed and must not run; `true` otherwise.
 impl Flush<LedgerEntry> for LedgerFlush {
     type Out = bool;
-    fn flush<'a>(&'a self, items: &'a [LedgerEntry]) -> BoxFuture<'a, Result<Vec<bool>, FlushError>> {
+    fn flush<'a>(
+        &'a self,
+        items: &'a [LedgerEntry],
+    ) -> BoxFuture<'a, Result<Vec<bool>, FlushError>> {
         Box::pin(async move {
-            let refused = self
-                .0
-                .write_ledger(items)
-                .await
-                .map_err(FlushError::from)?;
+            let refused = self.0.write_ledger(items).await.map_err(FlushError::from)?;
             Ok(items
                 .iter()
                 .map(|entry| match entry {

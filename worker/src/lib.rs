@@ -9,6 +9,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod bodies;
+pub mod destinations;
 pub mod events;
 pub mod heartbeat;
 mod job;

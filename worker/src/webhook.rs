@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use sluice_core::safety::{DestinationError, SafetySettings};
 use sluice_core::Secret;
 
 /// Delays between tries: 0.5, 1, 2, 4, 8, 16 s (about half a minute in all).
@@ -40,9 +41,11 @@ pub struct Outcome {
     pub attempts: u32,
 }
 
-/// POSTs `body` to `url` until a 2xx answer or the tries run out.
+/// POSTs `body` to `url` until a 2xx answer or the tries run out. Every try resolves and
+/// checks the destination again (`destinations::vetted_client`) and follows no redirect
+/// (a 3xx is a refusal); a destination that points inward ends the delivery at once.
 pub async fn deliver(
-    http: &reqwest::Client,
+    safety: &SafetySettings,
     url: &str,
     body: Bytes,
     secret: Option<&Secret>,
@@ -52,6 +55,20 @@ pub async fn deliver(
     for delay in std::iter::once(Duration::ZERO).chain(BACKOFF) {
         tokio::time::sleep(delay).await;
         attempts += 1;
+        let http = match crate::destinations::vetted_client(url, safety, TIMEOUT).await {
+            Ok(http) => http,
+            Err(e @ DestinationError::Host(_)) => {
+                tracing::info!(error = %e, attempts, "webhook host does not resolve; retrying");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, attempts, "webhook destination refused; not delivering");
+                return Outcome {
+                    delivered: false,
+                    attempts,
+                };
+            }
+        };
         let mut req = http
             .post(url)
             .timeout(TIMEOUT)

@@ -87,6 +87,14 @@ pub async fn completions(
             .code("timeout")
         })?
         .ok_or_else(|| ApiError::unavailable("the job's events ended without a result"))?;
+    // A result too large for a message came by reference: the row has it.
+    let done = match (done.status, &done.result) {
+        (JobStatus::Succeeded, None) => match state.store.job(id).await {
+            Ok(Some(row)) => row.done_event(),
+            _ => done,
+        },
+        _ => done,
+    };
     let mut resp = answer(done);
     resp.headers_mut().insert("x-sluice-job-id", job_header);
     Ok(resp)

@@ -336,12 +336,11 @@ async fn enqueue(
         disable_fallbacks: body.disable_fallbacks.unwrap_or(false),
     };
     let payload = serde_json::to_vec(&envelope).map_err(|e| ApiError::internal(e.to_string()))?;
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", id.to_string().as_str());
     let published = async {
+        let (headers, payload) = crate::bodies::job_message(state, id, payload).await?;
         state
             .js
-            .publish_with_headers(state.subjects.jobs(tier), headers, payload.into())
+            .publish_with_headers(state.subjects.jobs(tier), headers, payload)
             .await?
             .await?;
         Ok::<(), async_nats::Error>(())
@@ -546,7 +545,7 @@ pub async fn events(
 
     let messages = follow_events(&state, id).await?;
 
-    let out = event_stream(messages, finished, row);
+    let out = event_stream(messages, finished, row, state.store.clone());
     Ok(Sse::new(out).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
@@ -584,49 +583,63 @@ fn event_stream(
     messages: consumer::push::Ordered,
     finished: bool,
     row: JobRow,
+    store: sluice_core::Store,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures::stream::unfold(Some((messages, row)), move |state| async move {
-        let (mut messages, row) = state?;
-        loop {
-            let next = if finished {
-                tokio::time::timeout(Duration::from_millis(500), messages.next())
-                    .await
-                    .unwrap_or_default()
-            } else {
-                messages.next().await
-            };
-            let Some(Ok(msg)) = next else {
-                let events = if finished {
-                    terminal_from_row(&row)
+    futures::stream::unfold(Some((messages, row)), move |state| {
+        let store = store.clone();
+        async move {
+            let (mut messages, row) = state?;
+            loop {
+                let next = if finished {
+                    tokio::time::timeout(Duration::from_millis(500), messages.next())
+                        .await
+                        .unwrap_or_default()
                 } else {
-                    vec![Event::default().data("[DONE]")]
+                    messages.next().await
                 };
-                return Some((events, None));
-            };
-            let kind = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(HEADER_EVENT))
-                .and_then(|v| EventKind::parse(v.as_str()));
-            let data = String::from_utf8_lossy(&msg.payload).into_owned();
-            match kind {
-                Some(EventKind::Chunk) => {
-                    return Some((vec![Event::default().data(data)], Some((messages, row))))
-                }
-                Some(EventKind::Retry) => {
-                    return Some((
-                        vec![Event::default().event("retry").data(data)],
-                        Some((messages, row)),
-                    ))
-                }
-                Some(k) if k.is_terminal() => {
-                    let events = vec![
-                        Event::default().event(k.as_str()).data(data),
-                        Event::default().data("[DONE]"),
-                    ];
+                let Some(Ok(msg)) = next else {
+                    let events = if finished {
+                        terminal_from_row(&row)
+                    } else {
+                        vec![Event::default().data("[DONE]")]
+                    };
                     return Some((events, None));
+                };
+                let kind = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(HEADER_EVENT))
+                    .and_then(|v| EventKind::parse(v.as_str()));
+                let data = String::from_utf8_lossy(&msg.payload).into_owned();
+                match kind {
+                    Some(EventKind::Chunk) => {
+                        return Some((vec![Event::default().data(data)], Some((messages, row))))
+                    }
+                    Some(EventKind::Retry) => {
+                        return Some((
+                            vec![Event::default().event("retry").data(data)],
+                            Some((messages, row)),
+                        ))
+                    }
+                    Some(k) if k.is_terminal() => {
+                        // Too large for a message: the whole event is the job's row.
+                        let by_ref = msg
+                            .headers
+                            .as_ref()
+                            .is_some_and(|h| h.get(sluice_core::bodies::HEADER_BODY_REF).is_some());
+                        if by_ref {
+                            if let Ok(Some(fresh)) = store.job(row.id).await {
+                                return Some((terminal_from_row(&fresh), None));
+                            }
+                        }
+                        let events = vec![
+                            Event::default().event(k.as_str()).data(data),
+                            Event::default().data("[DONE]"),
+                        ];
+                        return Some((events, None));
+                    }
+                    _ => continue,
                 }
-                _ => continue,
             }
         }
     })

@@ -375,7 +375,7 @@ pub(crate) fn parse_completion(bytes: &[u8], model: &str) -> Result<ChatCompleti
     for e in &out {
         acc.push(&e.chunk);
     }
-    let mut c = acc.finish();
+    let mut c = acc.into_completion()?;
     c.object = "chat.completion".into();
     Ok(c)
 }

@@ -94,17 +94,16 @@ fn go_duration(s: &str) -> Option<Duration> {
         rest = &rest[unit_len..];
         total += value * scale;
     }
-    Duration::try_from_secs_f64(total).ok()
+    super::provider_wait(total)
 }
 
 /// An RFC 3339 reset time as the time left until it (zero if already past).
 fn until(v: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
     let at = chrono::DateTime::parse_from_rfc3339(v.trim()).ok()?;
-    Some(
-        (at.with_timezone(&chrono::Utc) - now)
-            .to_std()
-            .unwrap_or_default(),
-    )
+    let left = (at.with_timezone(&chrono::Utc) - now)
+        .to_std()
+        .unwrap_or_default();
+    Some(left.min(sluice_core::safety::MAX_PROVIDER_WAIT))
 }
 
 #[cfg(test)]
