@@ -77,3 +77,68 @@ pub fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiErro
         })
         .transpose()
 }
+
+/// Reads a non-file multipart field as text, refusing it past `max` bytes (the upload
+/// route has no body limit of its own: the file part is bounded by the file limits).
+pub async fn small_field(
+    field: &mut axum::extract::multipart::Field<'_>,
+    max: usize,
+    name: &str,
+) -> Result<String, ApiError> {
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("invalid `{name}`: {e}")).param(name))?
+    {
+        if buf.len() + chunk.len() > max {
+            return Err(ApiError::bad_request(format!(
+                "`{name}` is longer than the limit of {max} bytes"
+            ))
+            .param(name));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    String::from_utf8(buf)
+        .map_err(|_| ApiError::bad_request(format!("`{name}` must be UTF-8 text")).param(name))
+}
+
+/// Deletes a file whose upload did not finish, also when the client goes away mid-upload
+/// (the handler is then dropped, not returned from).
+pub struct UploadCleanup {
+    store: sluice_core::Store,
+    id: String,
+    armed: bool,
+}
+
+impl UploadCleanup {
+    pub fn new(store: sluice_core::Store, id: String) -> Self {
+        UploadCleanup {
+            store,
+            id,
+            armed: true,
+        }
+    }
+
+    /// The upload finished: keep the file.
+    pub fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for UploadCleanup {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (store, id) = (self.store.clone(), std::mem::take(&mut self.id));
+        // One bounded statement; it must outlive the dropped request to run at all.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.delete_file(&id).await {
+                    tracing::warn!(error = %e, file_id = %id, "unfinished upload not removed");
+                }
+            });
+        }
+    }
+}

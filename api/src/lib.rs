@@ -14,6 +14,7 @@ pub mod errors;
 pub mod guard;
 pub mod metrics;
 pub mod routes;
+pub mod streams;
 pub mod workers;
 
 use std::net::SocketAddr;
@@ -74,6 +75,8 @@ pub struct AppState {
     pub workers: Arc<Workers>,
     /// Tells the batch driver that a batch was created or cancelled.
     pub batch_wake: Arc<tokio::sync::Notify>,
+    /// Open event streams per key (`sluice.safety.max_streams_per_key`).
+    pub streams: Arc<streams::StreamCounts>,
 }
 
 impl AppState {
@@ -170,7 +173,12 @@ pub async fn serve_on(
     let js = jetstream::new(nats.clone());
     let subjects = Subjects::new(&config.subject_prefix);
     sluice_core::nats::ensure_streams(&js, &subjects, config.events_max_age).await?;
-    let store = Store::connect(&config.database_url, 16).await?;
+    let store = Store::connect_with(
+        &config.database_url,
+        16,
+        Some(config.safety.statement_timeout),
+    )
+    .await?;
     store.check_migrated().await?;
     let redis = sluice_core::redis::pool(&config.redis_url, 4)?;
     metrics::describe();
@@ -200,9 +208,10 @@ pub async fn serve_on(
         store,
         jobs,
         redis,
-        keys: KeyCache::default(),
+        keys: KeyCache::new(config.safety.negative_key_ttl),
         workers,
         batch_wake: Arc::new(tokio::sync::Notify::new()),
+        streams: Arc::default(),
     });
     background.spawn(batches::run(
         Arc::clone(&state),

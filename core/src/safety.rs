@@ -21,7 +21,7 @@ pub mod defaults {
     /// Postgres `statement_timeout` on every pool.
     pub const STATEMENT_TIMEOUT_SECS: u64 = 30;
     /// Unknown bearer keys remembered (no database query for them) this long.
-    pub const NEGATIVE_KEY_TTL_SECS: u64 = 30;
+    pub const NEGATIVE_KEY_TTL_SECS: u64 = 5;
     /// Largest non-file multipart field of `POST /v1/files`.
     pub const MAX_FORM_FIELD_BYTES: usize = 64 * 1024;
     /// Most bytes one SSE events stream sends.

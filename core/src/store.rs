@@ -256,11 +256,28 @@ pub struct Store {
 }
 
 impl Store {
+    /// A pool without a statement timeout (`sluice migrate`, tests).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        Self::connect_with(url, max_connections, None).await
+    }
+
+    /// A pool whose every statement is cancelled by Postgres after `statement_timeout`,
+    /// so no query can hold a connection (and the requests queued behind it) for ever.
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        statement_timeout: Option<Duration>,
+    ) -> Result<Store, StoreError> {
+        let mut options: sqlx::postgres::PgConnectOptions = url
+            .parse()
+            .map_err(|e: sqlx::Error| StoreError::Connect(e.to_string()))?;
+        if let Some(t) = statement_timeout {
+            options = options.options([("statement_timeout", t.as_millis().max(1).to_string())]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
+            .connect_with(options)
             .await
             .map_err(|e| StoreError::Connect(e.to_string()))?;
         Ok(Store { pool })

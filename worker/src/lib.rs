@@ -18,6 +18,7 @@ pub mod keys;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;
+mod panics;
 pub mod pricing;
 pub mod providers;
 pub mod retry;
@@ -172,7 +173,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         MAX_ACK_PENDING,
     )
     .await?;
-    let store = Store::connect(&config.database_url, 16).await?;
+    let store = Store::connect_with(
+        &config.database_url,
+        16,
+        Some(config.safety.statement_timeout),
+    )
+    .await?;
     store.check_migrated().await?;
     let redis = sluice_core::redis::pool(&config.redis_url, 32)?;
     metrics::describe();
@@ -444,7 +450,7 @@ fn spawn_job(
         .unwrap_or((None, 1));
     let in_flight = metrics::InFlight::start(tier, published, delivery);
     jobs.spawn(async move {
-        job::handle(ctx, msg, tier).await;
+        panics::guarded(ctx, msg, tier).await;
         drop(in_flight);
         drop(slot);
     });

@@ -70,7 +70,14 @@ pub async fn completions(
     let messages = follow_events(&state, id).await?;
 
     if stream {
-        let events = chunks(messages, include_usage);
+        let permit = state
+            .streams
+            .acquire(&caller.owner, state.config.safety.max_streams_per_key)?;
+        let events = crate::streams::bounded(
+            chunks(messages, include_usage).map(|e| (e, 0)),
+            permit,
+            state.config.safety.max_stream_bytes,
+        );
         let mut resp = Sse::new(events)
             .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
             .into_response();

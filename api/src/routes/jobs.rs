@@ -543,9 +543,16 @@ pub async fn events(
     let row = load_job(&state, &caller, id).await?;
     let finished = JobStatus::parse(&row.status).is_some_and(JobStatus::is_terminal);
 
+    let permit = state
+        .streams
+        .acquire(&caller.owner, state.config.safety.max_streams_per_key)?;
     let messages = follow_events(&state, id).await?;
 
-    let out = event_stream(messages, finished, row, state.store.clone());
+    let out = crate::streams::bounded(
+        event_stream(messages, finished, row, state.store.clone()),
+        permit,
+        state.config.safety.max_stream_bytes,
+    );
     Ok(Sse::new(out).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
@@ -584,7 +591,7 @@ fn event_stream(
     finished: bool,
     row: JobRow,
     store: sluice_core::Store,
-) -> impl Stream<Item = Result<Event, Infallible>> {
+) -> impl Stream<Item = (Result<Event, Infallible>, usize)> {
     futures::stream::unfold(Some((messages, row)), move |state| {
         let store = store.clone();
         async move {
@@ -603,7 +610,7 @@ fn event_stream(
                     } else {
                         vec![Event::default().data("[DONE]")]
                     };
-                    return Some((events, None));
+                    return Some(((events, 0), None));
                 };
                 let kind = msg
                     .headers
@@ -611,13 +618,17 @@ fn event_stream(
                     .and_then(|h| h.get(HEADER_EVENT))
                     .and_then(|v| EventKind::parse(v.as_str()));
                 let data = String::from_utf8_lossy(&msg.payload).into_owned();
+                let size = data.len();
                 match kind {
                     Some(EventKind::Chunk) => {
-                        return Some((vec![Event::default().data(data)], Some((messages, row))))
+                        return Some((
+                            (vec![Event::default().data(data)], size),
+                            Some((messages, row)),
+                        ))
                     }
                     Some(EventKind::Retry) => {
                         return Some((
-                            vec![Event::default().event("retry").data(data)],
+                            (vec![Event::default().event("retry").data(data)], size),
                             Some((messages, row)),
                         ))
                     }
@@ -629,21 +640,25 @@ fn event_stream(
                             .is_some_and(|h| h.get(sluice_core::bodies::HEADER_BODY_REF).is_some());
                         if by_ref {
                             if let Ok(Some(fresh)) = store.job(row.id).await {
-                                return Some((terminal_from_row(&fresh), None));
+                                return Some(((terminal_from_row(&fresh), 0), None));
                             }
                         }
                         let events = vec![
                             Event::default().event(k.as_str()).data(data),
                             Event::default().data("[DONE]"),
                         ];
-                        return Some((events, None));
+                        return Some(((events, 0), None));
                     }
                     _ => continue,
                 }
             }
         }
     })
-    .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok)))
+    .flat_map(|(events, size)| {
+        // The size counts once per message, on its first event.
+        let sizes = std::iter::once(size).chain(std::iter::repeat(0));
+        futures::stream::iter(events.into_iter().map(Ok).zip(sizes))
+    })
 }
 
 fn terminal_from_row(row: &JobRow) -> Vec<Event> {
