@@ -224,9 +224,9 @@ mod tests {
                 if self.fail_first && n == 0 {
                     return Err(String::from("boom").into());
                 }
-                if items.contains(&13) {
+                if items.contains(&1013) {
                     return Err(FlushError {
-                        message: "13 is refused".into(),
+                        message: "1013 is refused".into(),
                         permanent: true,
                     });
                 }
@@ -297,7 +297,7 @@ mod tests {
             },
         );
         let started = tokio::time::Instant::now();
-        let futs: Vec<_> = (10..20u32)
+        let futs: Vec<_> = (1010..1020u32)
             .map(|i| {
                 let b = b.clone();
                 async move { (i, b.write(i).await) }
@@ -306,7 +306,7 @@ mod tests {
         for (i, out) in futures::future::join_all(futs).await {
             match out {
                 Ok(v) => assert_eq!(v, i * 2),
-                Err(e) => assert_eq!(i, 13, "{e}"),
+                Err(e) => assert_eq!(i, 1013, "{e}"),
             }
         }
         assert!(

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 /// Longest `Retry-After` / rate-limit reset a provider can make a job wait (fixed): a
 /// provider's bytes cannot park a job for a day, nor overflow a timer.
-pub const MAX_PROVIDER_WAIT: Duration = Duration::from_secs(300);
+pub const MAX_PROVIDER_WAIT: Duration = Duration::from_secs(3600);
 
 pub mod defaults {
     /// Concurrent SSE streams (`GET /v1/jobs/{id}/events`, streamed chat) per key.

@@ -135,8 +135,13 @@ mod tests {
         assert_eq!(r.remaining_tokens, None, "Azure's -1 means unknown");
         assert_eq!(r.reset_tokens, Some(Duration::from_secs(360)));
         assert_eq!(
-            go_duration("1h2m3.5s"),
-            Some(Duration::from_secs_f64(3723.5))
+            go_duration("52m3.5s"),
+            Some(Duration::from_secs_f64(3123.5))
+        );
+        // Longer than an hour is the provider's bytes talking: clamped.
+        assert_eq!(
+            go_duration("99999999999999h"),
+            Some(sluice_core::safety::MAX_PROVIDER_WAIT)
         );
         assert_eq!(go_duration("soon"), None);
     }
