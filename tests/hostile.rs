@@ -607,6 +607,31 @@ async fn bodies_over_max_payload_run_and_a_large_answer_reaches_every_destinatio
     assert_eq!(reference.as_deref(), Some(id.as_str()));
     let slim: Value = serde_json::from_slice(&msg.payload)?;
     assert_eq!(slim["status"], "succeeded");
+
+    // Streamed, the one 1.5 MB chunk reaches a streaming client in slices, whole.
+    let mut body = job("large", "a long answer, streamed");
+    body["stream"] = json!(true);
+    let text = http
+        .post(format!("{api}/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let streamed: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(streamed.len(), expected.len());
+    assert!(streamed == expected, "the streamed answer differs");
     normal_job_succeeds(&http, api).await?;
     stack.stop().await;
     Ok(())
