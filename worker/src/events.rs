@@ -194,7 +194,7 @@ fn split_chunk(chunk: &ChatCompletionChunk, piece: usize) -> Vec<ChatCompletionC
             ..Delta::default()
         };
         let mut deltas = vec![head];
-        let texts: [(&Option<String>, fn(&mut Delta, String)); 3] = [
+        let texts: [(&Option<String>, SetText); 3] = [
             (&c.delta.content, |d, t| d.content = Some(t)),
             (&c.delta.reasoning_content, |d, t| {
                 d.reasoning_content = Some(t)
@@ -233,6 +233,9 @@ fn split_chunk(chunk: &ChatCompletionChunk, piece: usize) -> Vec<ChatCompletionC
     }
     out
 }
+
+/// Puts one text field into a delta.
+type SetText = fn(&mut sluice_schemas::openai::Delta, String);
 
 /// `s` in pieces of at most `n` bytes, cut at character boundaries.
 fn slices(s: &str, n: usize) -> Vec<&str> {
