@@ -1,5 +1,8 @@
-//! `sluice`: command-line dispatch only. All logic lives in the crates.
+//! `sluice`: command-line dispatch. All service logic lives in the crates; the CLI's own
+//! HTTP client of the API is `client.rs`.
 #![forbid(unsafe_code)]
+
+mod client;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -296,11 +299,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             api,
         } => {
-            let client = sluice_api::client::Client::new(&api.api_url, api_key(api.key));
+            let client = client::Client::new(&api.api_url, api_key(api.key));
             return queue(&client, watch, interval, json).await;
         }
         Command::Batch { command, api } => {
-            let client = sluice_api::client::Client::new(&api.api_url, api_key(api.key));
+            let client = client::Client::new(&api.api_url, api_key(api.key));
             return batch(&client, command).await;
         }
         Command::Spend {
@@ -310,22 +313,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             api,
         } => {
-            let client = sluice_api::client::Client::new(&api.api_url, api_key(api.key));
+            let client = client::Client::new(&api.api_url, api_key(api.key));
             let v = client
                 .spend(&group_by, from.as_deref(), to.as_deref())
                 .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                print!("{}", sluice_api::client::spend_table(&v));
+                print!("{}", client::spend_table(&v));
             }
         }
         Command::Keys { command, api } => {
-            let client = sluice_api::client::Client::new(&api.api_url, api_key(api.key));
+            let client = client::Client::new(&api.api_url, api_key(api.key));
             return keys(&client, command).await;
         }
         Command::Tail { id, api } => {
-            let client = sluice_api::client::Client::new(&api.api_url, api_key(api.key));
+            let client = client::Client::new(&api.api_url, api_key(api.key));
             let mut stdout = std::io::stdout();
             let followed = client.follow(id, &mut stdout).await?;
             return Ok(report(&followed));
@@ -335,7 +338,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn queue(
-    client: &sluice_api::client::Client,
+    client: &client::Client,
     watch: bool,
     interval: f64,
     json: bool,
@@ -351,7 +354,7 @@ async fn queue(
                 // Clear the screen and go home, so the table refreshes in place.
                 print!("\x1b[2J\x1b[H");
             }
-            print!("{}", sluice_api::client::queue_table(&view));
+            print!("{}", client::queue_table(&view));
         }
         let _ = std::io::stdout().flush();
         if !watch {
@@ -364,10 +367,7 @@ async fn queue(
     }
 }
 
-async fn keys(
-    client: &sluice_api::client::Client,
-    command: KeysCommand,
-) -> anyhow::Result<ExitCode> {
+async fn keys(client: &client::Client, command: KeysCommand) -> anyhow::Result<ExitCode> {
     let answer = match command {
         KeysCommand::Create(a) => {
             let metadata = a
@@ -399,10 +399,7 @@ async fn keys(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn batch(
-    client: &sluice_api::client::Client,
-    command: BatchCommand,
-) -> anyhow::Result<ExitCode> {
+async fn batch(client: &client::Client, command: BatchCommand) -> anyhow::Result<ExitCode> {
     use sluice_schemas::batch::BatchStatus;
     match command {
         BatchCommand::Submit {
@@ -499,7 +496,7 @@ async fn batch(
 
 /// Polls a batch with a progress bar (lines done of total, rate, ETA) until it ends.
 async fn follow_batch(
-    client: &sluice_api::client::Client,
+    client: &client::Client,
     id: &str,
 ) -> anyhow::Result<sluice_schemas::batch::Batch> {
     let bar = indicatif::ProgressBar::new(0);
@@ -561,7 +558,7 @@ fn api_key(key: Option<String>) -> Option<String> {
 }
 
 async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let client = sluice_api::client::Client::new(&args.api.api_url, api_key(args.api.key));
+    let client = client::Client::new(&args.api.api_url, api_key(args.api.key));
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
         messages.push(serde_json::json!({"role": "system", "content": system}));
@@ -622,7 +619,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Prints the terminal summary; the exit code says whether the job succeeded.
-fn report(followed: &sluice_api::client::Followed) -> ExitCode {
+fn report(followed: &client::Followed) -> ExitCode {
     let mut out = std::io::stdout();
     let _ = writeln!(out);
     let Some(done) = &followed.done else {

@@ -233,7 +233,7 @@ async fn nul_in_the_provider_answer_is_stored_losslessly_and_returned_as_sent() 
 async fn a_row_postgres_refuses_fails_alone_and_at_once_and_the_rest_of_its_batch_is_written(
 ) -> Result<()> {
     use futures::future::BoxFuture;
-    use sluice_core::batch::{Batcher, Flush, FlushError};
+    use sluice_core::group_commit::{Batcher, Flush, FlushError};
     use sluice_core::store::{NewJob, Recorded};
     use sluice_core::Store;
 

@@ -8,7 +8,7 @@ use sluice_core::config::Protocol;
 use sluice_core::Config;
 use sluice_schemas::JobEnvelope;
 use sluice_worker::providers::accumulate::Accumulator;
-use sluice_worker::providers::stream::Emitted;
+use sluice_worker::providers::chunk::Emitted;
 use sluice_worker::providers::StreamDecoder;
 
 const PROTOCOLS: [Protocol; 5] = [

@@ -616,12 +616,12 @@ impl Driver {
             Ok(b) => b,
             Err(e) => return refused(ErrorClass::BadRequest, e.to_string()),
         };
-        let submit = match crate::routes::jobs::parse_submit(&bytes) {
+        let submit = match crate::submit::parse_submit(&bytes) {
             Ok(s) => s,
             Err(e) => return refused(ErrorClass::BadRequest, e.message),
         };
         let mut request = submit.request;
-        if let Err(e) = crate::routes::jobs::validate(&self.state, &request) {
+        if let Err(e) = crate::submit::validate(&self.state, &request) {
             let class = if e.code == Some("model_not_found") {
                 ErrorClass::NotFound
             } else {

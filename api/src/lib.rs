@@ -9,12 +9,13 @@
 pub mod auth;
 pub mod batches;
 pub mod bodies;
-pub mod client;
 pub mod errors;
 pub mod guard;
+mod job_events;
 pub mod metrics;
 pub mod routes;
 pub mod streams;
+mod submit;
 pub mod workers;
 
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ use axum::http::HeaderMap;
 use axum::routing::{delete, get, post};
 use axum::Router;
 use futures::future::BoxFuture;
-use sluice_core::batch::{Batcher, Flush, FlushError};
+use sluice_core::group_commit::{Batcher, Flush, FlushError};
 use sluice_core::store::{NewJob, Recorded};
 use sluice_core::{Config, Store};
 use sluice_schemas::Subjects;

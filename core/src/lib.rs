@@ -6,13 +6,13 @@
 //! depending on each other.)
 #![forbid(unsafe_code)]
 
-pub mod batch;
 pub mod batch_settings;
 pub mod batches;
 pub mod bodies;
 pub mod cancel;
 pub mod config;
 pub mod files;
+pub mod group_commit;
 pub mod keys;
 pub mod metrics;
 pub mod nats;

@@ -1,6 +1,6 @@
 //! Postgres: the pool, migrations, and every statement Sluice runs (DESIGN §7).
 //!
-//! Hot-path writes take whole batches (see [`crate::batch`]) and pass them as one JSON
+//! Hot-path writes take whole batches (see [`crate::group_commit`]) and pass them as one JSON
 //! parameter expanded with `jsonb_to_recordset`, so a batch of any size is one statement
 //! per table. Reads use runtime queries, so building never needs a database.
 
@@ -34,7 +34,7 @@ pub enum StoreError {
     Encode(#[from] serde_json::Error),
 }
 
-impl From<StoreError> for crate::batch::FlushError {
+impl From<StoreError> for crate::group_commit::FlushError {
     /// Data Postgres refuses (class 22, data exception; class 23, integrity; class 54,
     /// program limit) or cannot encode is permanent: the same rows will be refused again.
     fn from(e: StoreError) -> Self {
@@ -45,7 +45,7 @@ impl From<StoreError> for crate::batch::FlushError {
                 .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54")),
             _ => false,
         };
-        crate::batch::FlushError {
+        crate::group_commit::FlushError {
             message: e.to_string(),
             permanent,
         }

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use sluice_core::config::Protocol;
 use sluice_worker::providers::accumulate::Accumulator;
-use sluice_worker::providers::stream::Emitted;
+use sluice_worker::providers::chunk::Emitted;
 use sluice_worker::providers::StreamDecoder;
 
 struct Counting;

@@ -2,7 +2,7 @@
 //! batches (one transaction per batch, see `Store::write_ledger`).
 
 use futures::future::BoxFuture;
-use sluice_core::batch::{Flush, FlushError};
+use sluice_core::group_commit::{Flush, FlushError};
 use sluice_core::store::LedgerEntry;
 use sluice_core::Store;
 use sluice_schemas::openai::{ChatRequest, Usage};

@@ -34,8 +34,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use futures::StreamExt;
-use sluice_core::batch::Batcher;
 use sluice_core::config::RoutingStrategy;
+use sluice_core::group_commit::Batcher;
 use sluice_core::store::LedgerEntry;
 use sluice_core::{Config, Store};
 use sluice_schemas::{Subjects, Tier};

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use rust_decimal::prelude::ToPrimitive;
-use sluice_core::batch::Flush;
+use sluice_core::group_commit::Flush;
 use sluice_core::store::LedgerEntry;
 use sluice_core::Config;
 use sluice_schemas::Tier;
@@ -167,7 +167,7 @@ impl<F: Flush<LedgerEntry>> Flush<LedgerEntry> for Observed<F> {
     fn flush<'a>(
         &'a self,
         items: &'a [LedgerEntry],
-    ) -> BoxFuture<'a, Result<Vec<Self::Out>, sluice_core::batch::FlushError>> {
+    ) -> BoxFuture<'a, Result<Vec<Self::Out>, sluice_core::group_commit::FlushError>> {
         Box::pin(async move {
             let out = self.inner.flush(items).await?;
             for entry in items {

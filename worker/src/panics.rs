@@ -87,7 +87,10 @@ async fn end_failed(ctx: &Ctx, msg: jetstream::Message, tier: Tier, what: &str) 
         .unwrap_or(0);
     let error = JobError {
         class: ErrorClass::Internal,
-        message: crate::providers::truncate(&format!("the worker failed on this job: {what}")),
+        message: format!("the worker failed on this job: {what}")
+            .chars()
+            .take(2048)
+            .collect(),
     };
     let outcome = JobOutcome {
         id,

@@ -22,7 +22,8 @@ use sluice_schemas::events::{HEADER_ATTEMPT, HEADER_EVENT};
 use sluice_schemas::{DoneEvent, ErrorClass, EventKind, JobStatus, Tier};
 
 use crate::errors::ApiError;
-use crate::routes::jobs::{accept, follow_events, parse_submit};
+use crate::job_events;
+use crate::submit::{accept, parse_submit};
 use crate::AppState;
 
 /// The longest a synchronous caller waits; the job itself goes on.
@@ -67,7 +68,7 @@ pub async fn completions(
             }
         }
     }
-    let messages = follow_events(&state, id).await?;
+    let messages = job_events::follow(&state, id).await?;
 
     if stream {
         let permit = state

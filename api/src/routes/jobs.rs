@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{self, DeliverPolicy};
+use async_nats::jetstream::consumer;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Request, StatusCode};
@@ -14,63 +14,17 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
-use sluice_core::store::{AttemptRow, JobRow, NewJob, Recorded};
+use serde::Serialize;
+use serde_json::Value;
+use sluice_core::store::{AttemptRow, JobRow};
 use sluice_schemas::events::HEADER_EVENT;
-use sluice_schemas::openai::{ChatRequest, Content};
-use sluice_schemas::{EventKind, JobEnvelope, JobStatus, Tier};
+use sluice_schemas::{EventKind, JobStatus};
 use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::errors::ApiError;
 use crate::AppState;
-
-/// The body of `POST /v1/jobs`: an OpenAI chat request plus Sluice's job fields.
-#[derive(Debug, Deserialize)]
-pub(crate) struct SubmitBody {
-    #[serde(flatten)]
-    pub(crate) request: ChatRequest,
-    #[serde(default)]
-    pub(crate) priority: Option<Tier>,
-    #[serde(default)]
-    reply_subject: Option<String>,
-    #[serde(default)]
-    webhook_url: Option<String>,
-    #[serde(default)]
-    metadata: Option<Map<String, Value>>,
-    #[serde(default)]
-    pub(crate) idempotency_key: Option<String>,
-    /// Model groups to fall back to for this job (LiteLLM's client-side fallbacks).
-    #[serde(default)]
-    fallbacks: Option<Vec<String>>,
-    #[serde(default)]
-    disable_fallbacks: Option<bool>,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct Submitted {
-    pub(crate) id: Uuid,
-    object: &'static str,
-    status: JobStatus,
-    model: String,
-    priority: Tier,
-    created_at: i64,
-    links: Links,
-    subjects: SubjectsView,
-}
-
-#[derive(Debug, Serialize)]
-struct Links {
-    #[serde(rename = "self")]
-    this: String,
-    events: String,
-}
-
-#[derive(Debug, Serialize)]
-struct SubjectsView {
-    events: String,
-}
+use crate::{job_events, submit};
 
 pub async fn submit(
     State(state): State<Arc<AppState>>,
@@ -82,9 +36,9 @@ pub async fn submit(
     let bytes = axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|_| ApiError::too_large(limit))?;
-    let body = parse_submit(&bytes)?;
+    let body = submit::parse_submit(&bytes)?;
     let idempotency_key = header_key.or(body.idempotency_key.clone());
-    let (response, replayed) = accept(&state, &caller, body, idempotency_key).await?;
+    let (response, replayed) = submit::accept(&state, &caller, body, idempotency_key).await?;
     let mut resp = if replayed {
         (StatusCode::OK, Json(response)).into_response()
     } else {
@@ -97,294 +51,6 @@ pub async fn submit(
         );
     }
     Ok(resp)
-}
-
-/// Validates a parsed submission for `caller` and enqueues it (see [`enqueue`]).
-pub(crate) async fn accept(
-    state: &AppState,
-    caller: &Caller,
-    body: SubmitBody,
-    idempotency_key: Option<String>,
-) -> Result<(Submitted, bool), ApiError> {
-    validate(state, &body.request)?;
-    for (i, g) in body.fallbacks.iter().flatten().enumerate() {
-        if !state.config.has_group(g) {
-            return Err(
-                ApiError::not_found(format!("fallback model group {g:?} does not exist"))
-                    .param(format!("fallbacks[{i}]"))
-                    .code("model_not_found"),
-            );
-        }
-    }
-    if !caller.may_use_model(&body.request.model) {
-        return Err(ApiError::forbidden(format!(
-            "this API key may not use model group {:?}",
-            body.request.model
-        ))
-        .param("model")
-        .code("model_not_allowed"));
-    }
-    crate::guard::submission(
-        &state.config,
-        &crate::guard::Destinations {
-            metadata: body.metadata.as_ref(),
-            idempotency_key: idempotency_key.as_deref(),
-            reply_subject: body.reply_subject.as_deref(),
-            webhook_url: body.webhook_url.as_deref(),
-        },
-    )?;
-    enqueue(state, caller, body, idempotency_key).await
-}
-
-/// Parses the body, naming the offending field on error.
-pub(crate) fn parse_submit(bytes: &[u8]) -> Result<SubmitBody, ApiError> {
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
-    let Value::Object(obj) = &value else {
-        return Err(ApiError::bad_request("request body must be a JSON object"));
-    };
-    match obj.get("model") {
-        None | Some(Value::Null) => {
-            return Err(ApiError::bad_request("missing required field `model`").param("model"))
-        }
-        Some(Value::String(s)) if s.trim().is_empty() => {
-            return Err(ApiError::bad_request("`model` must not be empty").param("model"))
-        }
-        Some(Value::String(_)) => {}
-        Some(_) => return Err(ApiError::bad_request("`model` must be a string").param("model")),
-    }
-    match obj.get("messages") {
-        None | Some(Value::Null) => {
-            return Err(ApiError::bad_request("missing required field `messages`").param("messages"))
-        }
-        Some(Value::Array(a)) if a.is_empty() => {
-            return Err(
-                ApiError::bad_request("`messages` must contain at least one message")
-                    .param("messages"),
-            )
-        }
-        Some(Value::Array(_)) => {}
-        Some(_) => {
-            return Err(ApiError::bad_request("`messages` must be an array").param("messages"))
-        }
-    }
-    match serde_json::from_value::<SubmitBody>(value.clone()) {
-        Ok(body) => Ok(body),
-        Err(e) => {
-            Err(diagnose(obj)
-                .unwrap_or_else(|| ApiError::bad_request(format!("invalid request: {e}"))))
-        }
-    }
-}
-
-/// Finds which field made the body invalid, with its path (`messages[0].role`).
-/// Runs only on the error path; flattened structs hide paths from serde, so each known
-/// field is checked on its own.
-fn diagnose(obj: &Map<String, Value>) -> Option<ApiError> {
-    use sluice_schemas::openai::{Message, Stop, StreamOptions, Tool};
-    fn check<T: serde::de::DeserializeOwned>(
-        obj: &Map<String, Value>,
-        key: &str,
-    ) -> Option<ApiError> {
-        let v = obj.get(key)?.clone();
-        if v.is_null() {
-            return None;
-        }
-        let err = serde_path_to_error::deserialize::<_, T>(v).err()?;
-        let path = err.path().to_string();
-        let param = match path.as_str() {
-            "." | "" => key.to_string(),
-            p if p.starts_with('[') => format!("{key}{p}"),
-            p => format!("{key}.{p}"),
-        };
-        Some(ApiError::bad_request(format!("invalid `{param}`: {}", err.into_inner())).param(param))
-    }
-    check::<Vec<Message>>(obj, "messages")
-        .or_else(|| check::<Tier>(obj, "priority"))
-        .or_else(|| check::<bool>(obj, "stream"))
-        .or_else(|| check::<StreamOptions>(obj, "stream_options"))
-        .or_else(|| check::<u32>(obj, "max_tokens"))
-        .or_else(|| check::<u32>(obj, "max_completion_tokens"))
-        .or_else(|| check::<f64>(obj, "temperature"))
-        .or_else(|| check::<f64>(obj, "top_p"))
-        .or_else(|| check::<u32>(obj, "n"))
-        .or_else(|| check::<i64>(obj, "seed"))
-        .or_else(|| check::<Stop>(obj, "stop"))
-        .or_else(|| check::<Vec<Tool>>(obj, "tools"))
-        .or_else(|| check::<bool>(obj, "parallel_tool_calls"))
-        .or_else(|| check::<String>(obj, "reasoning_effort"))
-        .or_else(|| check::<String>(obj, "user"))
-        .or_else(|| check::<String>(obj, "reply_subject"))
-        .or_else(|| check::<String>(obj, "webhook_url"))
-        .or_else(|| check::<String>(obj, "idempotency_key"))
-        .or_else(|| check::<Map<String, Value>>(obj, "metadata"))
-        .or_else(|| check::<Vec<String>>(obj, "fallbacks"))
-        .or_else(|| check::<bool>(obj, "disable_fallbacks"))
-}
-
-pub(crate) fn validate(state: &AppState, request: &ChatRequest) -> Result<(), ApiError> {
-    if !state.config.has_group(&request.model) {
-        let groups = state.config.groups();
-        return Err(ApiError::not_found(format!(
-            "model group {:?} does not exist; available: {}",
-            request.model,
-            if groups.is_empty() {
-                "(none configured)".to_string()
-            } else {
-                groups.join(", ")
-            }
-        ))
-        .param("model")
-        .code("model_not_found"));
-    }
-    for (i, m) in request.messages.iter().enumerate() {
-        let empty = match &m.content {
-            None => m.tool_calls.is_none(),
-            Some(Content::Text(_)) => false,
-            Some(Content::Parts(p)) => p.is_empty(),
-        };
-        if empty {
-            return Err(
-                ApiError::bad_request(format!("messages[{i}] has no content"))
-                    .param(format!("messages[{i}].content")),
-            );
-        }
-    }
-    for (name, v, lo, hi) in [
-        ("temperature", request.temperature, 0.0, 2.0),
-        ("top_p", request.top_p, 0.0, 1.0),
-    ] {
-        if let Some(v) = v {
-            if !(lo..=hi).contains(&v) {
-                return Err(ApiError::bad_request(format!(
-                    "`{name}` must be between {lo} and {hi}"
-                ))
-                .param(name));
-            }
-        }
-    }
-    if request.n.is_some_and(|n| n == 0) {
-        return Err(ApiError::bad_request("`n` must be at least 1").param("n"));
-    }
-    if request.max_tokens == Some(0) || request.max_completion_tokens == Some(0) {
-        return Err(ApiError::bad_request("`max_tokens` must be at least 1").param("max_tokens"));
-    }
-    Ok(())
-}
-
-/// Records the job, publishes it, and answers; a repeated idempotency key answers with
-/// the existing job instead.
-async fn enqueue(
-    state: &AppState,
-    caller: &Caller,
-    body: SubmitBody,
-    idempotency_key: Option<String>,
-) -> Result<(Submitted, bool), ApiError> {
-    let id = Uuid::now_v7();
-    let now = Utc::now();
-    let tier = body.priority.unwrap_or_default();
-    let model = body.request.model.clone();
-    let recorded = state
-        .jobs
-        .write(NewJob {
-            id,
-            owner: caller.owner.clone(),
-            idempotency_key,
-            model_group: model.clone(),
-            tier: tier.as_str().to_string(),
-            reply_subject: body.reply_subject.clone(),
-            metadata: body.metadata.clone().map(Value::Object),
-            created_at: now,
-        })
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot record job");
-            ApiError::unavailable("cannot record the job right now; retry shortly")
-        })?;
-    if let Recorded::Existing(existing) = recorded {
-        let row = state
-            .store
-            .job(existing)
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .ok_or_else(|| ApiError::internal("idempotent job vanished"))?;
-        let tier = Tier::parse(&row.tier).unwrap_or_default();
-        let status = JobStatus::parse(&row.status).unwrap_or(JobStatus::Queued);
-        return Ok((
-            submitted(
-                state,
-                existing,
-                row.model_group,
-                tier,
-                status,
-                row.created_at,
-            ),
-            true,
-        ));
-    }
-
-    let envelope = JobEnvelope {
-        id,
-        request: body.request,
-        tier,
-        owner: Some(caller.owner.clone()),
-        reply_subject: body.reply_subject,
-        webhook_url: body.webhook_url,
-        metadata: body.metadata,
-        submitted_at_ms: now.timestamp_millis(),
-        fallbacks: body.fallbacks,
-        disable_fallbacks: body.disable_fallbacks.unwrap_or(false),
-    };
-    let payload = serde_json::to_vec(&envelope).map_err(|e| ApiError::internal(e.to_string()))?;
-    let published = async {
-        let (headers, payload) = crate::bodies::job_message(state, id, payload).await?;
-        state
-            .js
-            .publish_with_headers(state.subjects.jobs(tier), headers, payload)
-            .await?
-            .await?;
-        Ok::<(), async_nats::Error>(())
-    }
-    .await;
-    if let Err(e) = published {
-        tracing::error!(job_id = %id, error = %e, "enqueue failed");
-        if let Err(e) = state.store.forget_job(id).await {
-            tracing::error!(job_id = %id, error = %e, "cannot remove unqueued job");
-        }
-        return Err(ApiError::unavailable(
-            "the job queue is unavailable; retry shortly",
-        ));
-    }
-    crate::metrics::submitted(tier, &model);
-    Ok((
-        submitted(state, id, model, tier, JobStatus::Queued, now),
-        false,
-    ))
-}
-
-fn submitted(
-    state: &AppState,
-    id: Uuid,
-    model: String,
-    tier: Tier,
-    status: JobStatus,
-    created: DateTime<Utc>,
-) -> Submitted {
-    Submitted {
-        id,
-        object: "sluice.job",
-        status,
-        model,
-        priority: tier,
-        created_at: created.timestamp(),
-        links: Links {
-            this: format!("/v1/jobs/{id}"),
-            events: format!("/v1/jobs/{id}/events"),
-        },
-        subjects: SubjectsView {
-            events: state.subjects.events(id),
-        },
-    }
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -546,7 +212,7 @@ pub async fn events(
     let permit = state
         .streams
         .acquire(&caller.owner, state.config.safety.max_streams_per_key)?;
-    let messages = follow_events(&state, id).await?;
+    let messages = job_events::follow(&state, id).await?;
 
     let out = crate::streams::bounded(
         event_stream(messages, finished, row, state.store.clone()),
@@ -554,33 +220,6 @@ pub async fn events(
         state.config.safety.max_stream_bytes,
     );
     Ok(Sse::new(out).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
-}
-
-/// Follows a job's events from the first one (an ordered consumer; dropped with it).
-pub(crate) async fn follow_events(
-    state: &AppState,
-    id: Uuid,
-) -> Result<consumer::push::Ordered, ApiError> {
-    let stream = state
-        .js
-        .get_stream(state.subjects.events_stream())
-        .await
-        .map_err(|e| ApiError::unavailable(format!("event stream unavailable: {e}")))?;
-    let consumer = stream
-        .create_consumer(consumer::push::OrderedConfig {
-            filter_subject: state.subjects.events(id),
-            deliver_policy: DeliverPolicy::All,
-            deliver_subject: state.nats.new_inbox(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| ApiError::unavailable(format!("cannot follow job events: {e}")))?;
-    let messages = consumer
-        .messages()
-        .await
-        .map_err(|e| ApiError::unavailable(format!("cannot follow job events: {e}")))?;
-
-    Ok(messages)
 }
 
 /// Turns the job's NATS events into SSE events until the terminal one. A finished job's

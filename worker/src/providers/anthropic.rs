@@ -22,10 +22,11 @@ use sluice_schemas::openai::{
 use sluice_schemas::sse::SseEvent;
 use sluice_schemas::ErrorClass;
 
+use super::chunk::{now_secs, role_delta, tool_call_start, ChunkMeta, Emitted, EventError};
+use super::error::{is_context_message, ProviderError};
 use super::params::bad_request;
+use super::params::Params;
 use super::request::{self, ResponseFormat, ToolChoice};
-use super::stream::{now_secs, role_delta, tool_call_start, ChunkMeta, Emitted, EventError};
-use super::{is_context_message, Params, ProviderError};
 
 pub const API_VERSION: &str = "2023-06-01";
 /// Anthropic requires `max_tokens`; this is used when the caller gives none.

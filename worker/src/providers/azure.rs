@@ -11,7 +11,8 @@
 use sluice_core::config::Deployment;
 use sluice_schemas::openai::ChatRequest;
 
-use super::{Params, ProviderError};
+use super::error::ProviderError;
+use super::params::Params;
 
 /// The endpoint for one deployment.
 pub fn url(d: &Deployment) -> String {

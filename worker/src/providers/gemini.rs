@@ -27,10 +27,11 @@ use sluice_schemas::sse::SseEvent;
 use sluice_schemas::ErrorClass;
 
 use super::accumulate::Accumulator;
+use super::chunk::{role_delta, tool_call_start, ChunkMeta, Emitted, EventError};
+use super::error::{is_context_message, ProviderError};
 use super::params::bad_request;
+use super::params::Params;
 use super::request::{self, ResponseFormat, ToolChoice};
-use super::stream::{role_delta, tool_call_start, ChunkMeta, Emitted, EventError};
-use super::{is_context_message, Params, ProviderError};
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]

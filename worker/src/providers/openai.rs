@@ -15,8 +15,9 @@ use sluice_schemas::openai::{ChatCompletion, ChatCompletionChunk, ChatRequest, U
 use sluice_schemas::sse::SseEvent;
 use sluice_schemas::ErrorClass;
 
-use super::stream::{Emitted, EventError};
-use super::{is_context_message, Params, ProviderError};
+use super::chunk::{Emitted, EventError};
+use super::error::{is_context_message, ProviderError};
+use super::params::Params;
 
 /// `request.stream` and `request.stream_options` are already set by [`super::Providers::call`].
 pub(super) fn build(

@@ -5,7 +5,7 @@
 use sluice_core::config::Deployment;
 use sluice_schemas::ErrorClass;
 
-use super::ProviderError;
+use super::error::ProviderError;
 
 /// Collects the parameters dropped while one request is mapped.
 #[derive(Debug)]

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use serde_json::Value;
 use sluice_schemas::openai::{ChatRequest, Content, ContentPart, Message};
 
+use super::error::ProviderError;
 use super::params::bad_request;
-use super::ProviderError;
 
 /// OpenAI's `tool_choice`, read once.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! A small client of the Sluice API, used by the `sluice submit` and `sluice tail`
+//! The CLI's client of the Sluice API (it lives in the binary, not the api crate), used by the `sluice submit` and `sluice tail`
 //! commands: submit a job, follow its events, print tokens as they arrive.
 
 use std::io::Write;
@@ -93,20 +93,6 @@ impl Client {
             .as_str()
             .and_then(|s| Uuid::parse_str(s).ok())
             .ok_or_else(|| ClientError::Protocol(format!("no job id in {v}")))
-    }
-
-    /// `GET /v1/jobs/{id}`
-    pub async fn job(&self, id: Uuid) -> Result<Value, ClientError> {
-        let resp = self
-            .auth(self.http.get(format!("{}/v1/jobs/{id}", self.base)))
-            .send()
-            .await
-            .map_err(|e| self.connect_error(e))?;
-        Self::check(resp)
-            .await?
-            .json()
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// Follows `GET /v1/jobs/{id}/events` to the end, writing content deltas to `out` as
@@ -458,7 +444,7 @@ pub fn queue_table(view: &sluice_schemas::ops::QueueView) -> String {
         let _ = writeln!(
             out,
             "no workers seen in the last {}s",
-            crate::workers::STALE_AFTER.as_secs()
+            sluice_api::workers::STALE_AFTER.as_secs()
         );
     } else {
         let _ = writeln!(

@@ -1,0 +1,445 @@
+//! The one typed configuration: `sluice.yaml` (a LiteLLM `config.yaml` plus a `sluice:`
+//! section) overlaid with environment variables, validated at start-up.
+//!
+//! Every error names the key and the file. Keys Sluice reads but does not act on are
+//! collected in [`Config::ignored_keys`] so the binary can name them in one warning.
+//!
+//! This file holds the typed result ([`Config`] and its parts) and the load order. The
+//! rest is split by concern:
+//! - `raw.rs`: the serde shapes of the file, as written;
+//! - `coerce.rs`: value coercion (`os.environ/NAME`, numbers, booleans, prices, periods);
+//! - `litellm.rs`: LiteLLM's `model_list` and `router_settings` turned into typed settings;
+//! - `providers.rs`: the provider registry (prefix → protocol and default `api_base`);
+//! - `keys.rs`: the keys acted on, so the rest can be named as not acted on;
+//! - `describe.rs`: the human-readable account printed by `sluice config check`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use serde_yaml_ng::Value;
+
+use crate::secret::Secret;
+use sluice_schemas::ErrorClass;
+
+mod coerce;
+mod describe;
+mod keys;
+mod litellm;
+mod providers;
+mod raw;
+#[cfg(test)]
+mod tests;
+
+pub use coerce::parse_period;
+pub use providers::{provider_defaults, Protocol};
+
+use coerce::Ctx;
+use litellm::DeploymentDefaults;
+use raw::RawFile;
+
+/// Defaults live here, in one place.
+pub mod defaults {
+    pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+    pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+    pub const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/sluice";
+    pub const SUBJECT_PREFIX: &str = "sluice";
+    pub const API_ADDR: &str = "127.0.0.1:8080";
+    pub const METRICS_ADDR: &str = "127.0.0.1:9464";
+    pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+    pub const WORKER_CAPACITY: usize = 256;
+    pub const ACK_WAIT_SECS: u64 = 30;
+    pub const EVENTS_MAX_AGE_SECS: u64 = 3600;
+    pub const TIMEOUT_SECS: f64 = 600.0;
+    pub const DRAIN_SECS: u64 = 30;
+    pub const NUM_RETRIES: u32 = 2;
+    pub const ALLOWED_FAILS: u32 = 3;
+    pub const COOLDOWN_SECS: f64 = 5.0;
+    pub const MAX_FALLBACKS: u32 = 5;
+    pub const DEFAULT_MAX_TOKENS: u32 = 1024;
+    pub const MAX_DEFER_SECS: u64 = 60;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: `{key}`: {message}")]
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// One deployment of a model group, resolved from a `model_list` entry.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    /// `model_info.id`, or `<model_name>/<index>` when none is given.
+    pub id: String,
+    pub group: String,
+    /// The LiteLLM provider prefix (`openai`, `deepseek`, `hosted_vllm`, ...).
+    pub provider: String,
+    pub protocol: Protocol,
+    /// The model name sent upstream (without the provider prefix).
+    pub model: String,
+    pub api_base: String,
+    pub api_key: Option<Secret>,
+    pub weight: u32,
+    pub order: u32,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub timeout: Duration,
+    /// Time to first token.
+    pub stream_timeout: Option<Duration>,
+    pub input_cost_per_token: Option<Decimal>,
+    pub output_cost_per_token: Option<Decimal>,
+    /// Calls in flight across all workers (LiteLLM `max_parallel_requests`).
+    pub max_parallel_requests: Option<u64>,
+    /// Azure `api-version` query parameter (ignored by other protocols).
+    pub api_version: Option<String>,
+    /// Drop request parameters the provider cannot take instead of failing the call
+    /// (LiteLLM `drop_params`, per deployment or in `litellm_settings`).
+    pub drop_params: bool,
+    /// Cooldown after too many failures or a 429 (overrides the router's).
+    pub cooldown_time: Option<Duration>,
+    /// Longest gap between two chunks of a stream.
+    pub stream_idle_timeout: Option<Duration>,
+    pub cache_read_input_token_cost: Option<Decimal>,
+    pub cache_creation_input_token_cost: Option<Decimal>,
+    pub output_cost_per_reasoning_token: Option<Decimal>,
+    /// `model_info.base_model`: the model to price this deployment as.
+    pub base_model: Option<String>,
+}
+
+/// LiteLLM `routing_strategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RoutingStrategy {
+    #[default]
+    SimpleShuffle,
+    LeastBusy,
+    LatencyBased,
+    CostBased,
+    UsageBased,
+}
+
+/// Retry, cooldown and fallback rules (`router_settings` / `litellm_settings`).
+#[derive(Debug, Clone, Default)]
+pub struct RouterSettings {
+    pub strategy: RoutingStrategy,
+    /// Failures per minute before a deployment cools down.
+    pub allowed_fails: u32,
+    pub cooldown_time: Duration,
+    pub disable_cooldowns: bool,
+    /// Retries per error class (`retry_policy`), overriding `num_retries`.
+    pub retry_policy: Vec<(ErrorClass, u32)>,
+    /// Least wait before a retry.
+    pub retry_after: Duration,
+    pub fallbacks: BTreeMap<String, Vec<String>>,
+    pub context_window_fallbacks: BTreeMap<String, Vec<String>>,
+    pub content_policy_fallbacks: BTreeMap<String, Vec<String>>,
+    pub default_fallbacks: Vec<String>,
+    pub max_fallbacks: u32,
+    /// `model_group_alias`: another name for a group.
+    pub aliases: BTreeMap<String, String>,
+}
+
+impl RouterSettings {
+    /// Retries allowed for a failure of `class`.
+    pub fn retries_for(&self, class: ErrorClass, num_retries: u32) -> u32 {
+        self.retry_policy
+            .iter()
+            .find(|(c, _)| *c == class)
+            .map(|(_, n)| *n)
+            .unwrap_or(num_retries)
+    }
+}
+
+/// A spend limit per provider (`router_settings.provider_budget_config`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderBudget {
+    pub provider: String,
+    pub budget_limit: f64,
+    pub period: Duration,
+}
+
+/// Flow-control settings (`sluice.limits`).
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    /// Admit without a check when Redis is down (logged loudly). Default: defer jobs.
+    pub fail_open: bool,
+    /// Output tokens assumed for a request without `max_tokens`.
+    pub default_max_tokens: u32,
+    /// Longest single deferral of a job waiting for a limit.
+    pub max_defer: Duration,
+    pub provider_budgets: Vec<ProviderBudget>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Concurrent jobs per worker.
+    pub capacity: usize,
+    pub ack_wait: Duration,
+    /// How long a worker finishes in-flight jobs after SIGTERM before NAKing them.
+    pub drain: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: Option<PathBuf>,
+    pub deployments: Vec<Deployment>,
+    pub nats_url: String,
+    pub redis_url: String,
+    pub database_url: String,
+    pub subject_prefix: String,
+    pub master_key: Option<Secret>,
+    pub api_addr: String,
+    pub metrics_addr: String,
+    pub max_body_bytes: usize,
+    pub events_max_age: Duration,
+    pub worker: WorkerSettings,
+    /// Retries of one job within its model group (LiteLLM `num_retries`).
+    pub num_retries: u32,
+    pub router: RouterSettings,
+    pub limits: LimitSettings,
+    pub batches: crate::batch_settings::BatchSettings,
+    /// Guards against hostile input (`sluice.safety`).
+    pub safety: crate::safety::SafetySettings,
+    /// Prices in LiteLLM's `model_prices_and_context_window.json` format.
+    pub pricing_file: Option<PathBuf>,
+    /// Signs webhook deliveries (`SLUICE_WEBHOOK_SECRET` or `sluice.webhook_secret`).
+    pub webhook_secret: Option<Secret>,
+    /// Keys present in the file that Sluice does not act on (yet).
+    pub ignored_keys: Vec<String>,
+}
+
+/// The environment, as a lookup function, so tests can supply their own.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env for F {
+    fn var(&self, name: &str) -> Option<String> {
+        self(name)
+    }
+}
+
+impl Config {
+    /// Loads `SLUICE_CONFIG` (or `path`) and the environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env = ProcessEnv;
+        let path = path
+            .map(Path::to_path_buf)
+            .or_else(|| env.var("SLUICE_CONFIG").map(PathBuf::from));
+        match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Config::from_yaml(&text, Some(path), &env)
+            }
+            None => Config::from_yaml("", None, &env),
+        }
+    }
+
+    /// Parses and validates a config text; `env` resolves `os.environ/NAME` and overrides.
+    pub fn from_yaml(
+        text: &str,
+        file: Option<PathBuf>,
+        env: &dyn Env,
+    ) -> Result<Config, ConfigError> {
+        let file_name = file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "<no config file>".to_string());
+        let raw: RawFile = if text.trim().is_empty() {
+            RawFile::default()
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+                file: file_name.clone(),
+                message: e.to_string(),
+            })?
+        };
+        let ctx = Ctx {
+            file: &file_name,
+            env,
+        };
+
+        let mut ignored = keys::not_acted_on(&raw);
+
+        let default_timeout = ctx
+            .opt_f64(&raw.router_settings, "router_settings", "timeout")?
+            .or(ctx.opt_f64(&raw.litellm_settings, "litellm_settings", "request_timeout")?)
+            .unwrap_or(defaults::TIMEOUT_SECS);
+        let default_stream_timeout =
+            ctx.opt_f64(&raw.router_settings, "router_settings", "stream_timeout")?;
+        let default_drop_params = ctx
+            .opt_bool(&raw.litellm_settings, "litellm_settings", "drop_params")?
+            .unwrap_or(false);
+
+        let mut deployments = Vec::with_capacity(raw.model_list.len());
+        for (i, m) in raw.model_list.iter().enumerate() {
+            let defaults = DeploymentDefaults {
+                timeout: default_timeout,
+                stream_timeout: default_stream_timeout,
+                stream_idle_timeout: ctx.opt_f64(
+                    &raw.router_settings,
+                    "router_settings",
+                    "stream_idle_timeout",
+                )?,
+                drop_params: default_drop_params,
+            };
+            let d = ctx.deployment(i, m, &defaults, &mut ignored)?;
+            if deployments.iter().any(|o: &Deployment| o.id == d.id) {
+                return Err(ctx.invalid(
+                    &format!("model_list[{i}].model_info.id"),
+                    format!("duplicate deployment id {:?}", d.id),
+                ));
+            }
+            deployments.push(d);
+        }
+
+        let router = ctx.router_settings(&raw, &deployments)?;
+        let master_key = match env.var("SLUICE_MASTER_KEY") {
+            Some(k) => Some(Secret::new(k)),
+            None => ctx
+                .opt_str(&raw.general_settings, "general_settings", "master_key")?
+                .map(Secret::new),
+        };
+        let s = &raw.sluice;
+        let pick = |env_name: &str, file: &Option<String>, default: &str| {
+            env.var(env_name)
+                .or_else(|| file.clone())
+                .unwrap_or_else(|| default.to_string())
+        };
+        let subject_prefix = s
+            .subject_prefix
+            .clone()
+            .unwrap_or_else(|| defaults::SUBJECT_PREFIX.to_string());
+        if subject_prefix.is_empty()
+            || subject_prefix
+                .split('.')
+                .any(|t| t.is_empty() || t.contains(['*', '>', ' ']))
+        {
+            return Err(ctx.invalid(
+                "sluice.subject_prefix",
+                format!("{subject_prefix:?} is not a valid NATS subject prefix"),
+            ));
+        }
+        let capacity = s.worker.capacity.unwrap_or(defaults::WORKER_CAPACITY);
+        if capacity == 0 {
+            return Err(ctx.invalid("sluice.worker.capacity", "must be at least 1".into()));
+        }
+        let config = Config {
+            file,
+            deployments,
+            nats_url: pick("NATS_URL", &s.nats_url, defaults::NATS_URL),
+            redis_url: pick("REDIS_URL", &s.redis_url, defaults::REDIS_URL),
+            database_url: pick("DATABASE_URL", &s.database_url, defaults::DATABASE_URL),
+            subject_prefix,
+            master_key,
+            api_addr: pick("SLUICE_API_ADDR", &s.api_addr, defaults::API_ADDR),
+            metrics_addr: pick(
+                "SLUICE_METRICS_ADDR",
+                &s.metrics_addr,
+                defaults::METRICS_ADDR,
+            ),
+            max_body_bytes: s.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES),
+            events_max_age: Duration::from_secs(
+                s.events_max_age_secs
+                    .unwrap_or(defaults::EVENTS_MAX_AGE_SECS),
+            ),
+            worker: WorkerSettings {
+                capacity,
+                ack_wait: Duration::from_secs(
+                    s.worker
+                        .ack_wait_secs
+                        .unwrap_or(defaults::ACK_WAIT_SECS)
+                        .max(1),
+                ),
+                drain: Duration::from_secs(s.worker.drain_secs.unwrap_or(defaults::DRAIN_SECS)),
+            },
+            router,
+            pricing_file: s.pricing_file.clone(),
+            webhook_secret: match env.var("SLUICE_WEBHOOK_SECRET") {
+                Some(v) => Some(Secret::new(v)),
+                None => match &s.webhook_secret {
+                    Some(v) => Some(Secret::new(
+                        ctx.resolve("sluice.webhook_secret", &Value::String(v.clone()))?,
+                    )),
+                    None => None,
+                },
+            },
+            num_retries: ctx
+                .opt_u64(&raw.router_settings, "router_settings", "num_retries")?
+                .or(ctx.opt_u64(&raw.litellm_settings, "litellm_settings", "num_retries")?)
+                .map(|n| n.min(100) as u32)
+                .unwrap_or(defaults::NUM_RETRIES),
+            limits: LimitSettings {
+                fail_open: s.limits.fail_open.unwrap_or(false),
+                default_max_tokens: s
+                    .limits
+                    .default_max_tokens
+                    .unwrap_or(defaults::DEFAULT_MAX_TOKENS)
+                    .max(1),
+                max_defer: Duration::from_secs(
+                    s.limits
+                        .max_defer_secs
+                        .unwrap_or(defaults::MAX_DEFER_SECS)
+                        .max(1),
+                ),
+                provider_budgets: ctx.provider_budgets(&raw.router_settings)?,
+            },
+            batches: s.batches.resolve().map_err(|(k, m)| ctx.invalid(k, m))?,
+            safety: s.safety.resolve().map_err(|(k, m)| ctx.invalid(k, m))?,
+            ignored_keys: ignored,
+        };
+        Ok(config)
+    }
+
+    /// Model group names, sorted, for error messages and `/v1/models`.
+    pub fn groups(&self) -> Vec<&str> {
+        let mut g: Vec<&str> = self.deployments.iter().map(|d| d.group.as_str()).collect();
+        g.sort_unstable();
+        g.dedup();
+        g
+    }
+
+    pub fn has_group(&self, group: &str) -> bool {
+        self.deployments.iter().any(|d| d.group == group) || self.router.aliases.contains_key(group)
+    }
+
+    /// A human-readable account of the resolved config (secrets masked), for
+    /// `sluice config check`.
+    /// The group a name refers to (`model_group_alias` resolved).
+    pub fn resolve_group<'a>(&'a self, name: &'a str) -> &'a str {
+        self.router
+            .aliases
+            .get(name)
+            .map(String::as_str)
+            .unwrap_or(name)
+    }
+
+    pub fn deployments_of<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> impl Iterator<Item = &'a Deployment> + 'a {
+        self.deployments.iter().filter(move |d| d.group == group)
+    }
+}
