@@ -503,24 +503,24 @@ async fn absurd_retry_after_and_huge_indexes_end_their_jobs_and_the_worker_lives
 async fn a_job_task_that_panics_ends_failed_internal_and_the_worker_lives_on() -> Result<()> {
     let s = sim::start("127.0.0.1:0", SimConfig::default()).await?;
     let env = TestEnv::new().await?;
-    let stack = Stack::start(
-        env.config(
-            &config(&[deployment("fast", "fast-1", &s)], ""),
-            "  worker: {capacity: 1}",
-        )?,
-        1,
-    )
-    .await?;
+    // One concurrent call on the deployment and one worker slot: a job that kept either
+    // would keep the next job from running.
+    let yaml = config(&[deployment("fast", "fast-1", &s)], "").replace(
+        "api_key: sk-test-secret-key-123456}",
+        "api_key: sk-test-secret-key-123456, max_parallel_requests: 1, timeout: 300}",
+    );
+    let stack = Stack::start(env.config(&yaml, "  worker: {capacity: 1}")?, 1).await?;
     let http = http();
     let api = &stack.api_url;
     let mut body = job("fast", "x");
-    // Debug builds only: the job's task panics (see worker/src/panics.rs).
-    body["metadata"] = json!({"sluice_debug_panic": true});
+    // Debug builds only: the call panics in the job's task, after admission (see
+    // worker/src/panics.rs).
+    body["user"] = json!("sluice-debug-panic");
     let id = submit_ok(&http, api, &body).await?;
     let v = wait_job(&http, api, &id, KEY).await?;
     assert_eq!(v["status"], "failed", "{v}");
     assert_eq!(v["error"]["class"], "internal");
-    // Its slot (capacity 1) and in-flight entry are free: the next job runs.
+    // Its slot, in-flight entry and concurrency lease are free: the next job runs.
     normal_job_succeeds(&http, api).await?;
     stack.stop().await;
     Ok(())

@@ -448,9 +448,10 @@ async fn run(
             .unwrap_or_default()
             + LEASE_MARGIN;
         let (d, reservation) = match Box::pin(ctx.limiter.admit(Some(id), &admit, lease)).await {
-            Admission::Admitted { index, reservation } => {
-                (Arc::clone(&candidates[index]), reservation)
-            }
+            Admission::Admitted { index, reservation } => (
+                Arc::clone(&candidates[index]),
+                ctx.limiter.hold(reservation),
+            ),
             Admission::Wait {
                 after,
                 limit,
@@ -502,7 +503,7 @@ async fn run(
         };
         // The attempt starts when the limits counted it.
         let started_at = reservation
-            .admitted_at_ms
+            .admitted_at_ms()
             .and_then(DateTime::<Utc>::from_timestamp_millis)
             .unwrap_or_else(Utc::now);
         let started = AttemptStarted {
@@ -532,7 +533,7 @@ async fn run(
                 ok: true,
                 ..Default::default()
             };
-            Box::pin(ctx.limiter.settle(reservation, none, healthy)).await;
+            Box::pin(reservation.settle(none, healthy)).await;
             return Err(match claimed {
                 Err(e) => Halt::Defer(Deferred {
                     after: None,
@@ -563,7 +564,7 @@ async fn run(
         if let (false, Err(e)) = (health.cool_now.is_zero(), &result) {
             crate::metrics::cooldown(&d.id, e.class.as_str());
         }
-        Box::pin(ctx.limiter.settle(reservation, used, health)).await;
+        Box::pin(reservation.settle(used, health)).await;
         let e = match result {
             Ok(out) => {
                 let usage = record_usage(&record);

@@ -1,8 +1,8 @@
 //! A job task that panics anyway (a bug, or provider bytes no guard foresaw) ends its job,
 //! not the worker: the job is recorded `failed` with class `internal`, its in-flight entry
 //! and slot are released (the slot by the spawning task, which lives on), its terminal
-//! event is published and its message acked. A concurrency lease held in Redis at that
-//! moment expires on its own (`LEASE_MARGIN` after the call's timeout, see `job.rs`).
+//! event is published and its message acked. A reservation it held in Redis (rate, token
+//! and concurrency leases) is released as the unwinding drops it (`limits::Held`).
 //!
 //! Owns only the catching and the ending; the pipeline is `job.rs`'s.
 
@@ -24,10 +24,7 @@ use crate::Ctx;
 /// Runs `job::handle` for `msg`, ending the job `failed` if it panics.
 pub(crate) async fn guarded(ctx: Arc<Ctx>, msg: jetstream::Message, tier: Tier) {
     let copy = msg.clone();
-    let run = AssertUnwindSafe(async {
-        debug_panic(&msg);
-        crate::job::handle(Arc::clone(&ctx), msg, tier).await
-    });
+    let run = AssertUnwindSafe(crate::job::handle(Arc::clone(&ctx), msg, tier));
     let Err(panic) = run.catch_unwind().await else {
         return;
     };
@@ -37,28 +34,19 @@ pub(crate) async fn guarded(ctx: Arc<Ctx>, msg: jetstream::Message, tier: Tier) 
     end_failed(&ctx, copy, tier, &what).await;
 }
 
-/// Debug builds only (the end-to-end tests): a job whose `metadata` holds
-/// `"sluice_debug_panic": true` panics in its task, so the path above is exercised for
-/// real. Release builds have no such switch.
+/// Debug builds only (the end-to-end tests): a call whose request names the user
+/// `sluice-debug-panic` panics in its job task, after admission (a concurrency lease is
+/// held), so the path above is exercised for real. Release builds have no such switch.
 #[cfg(debug_assertions)]
 #[allow(clippy::panic)]
-fn debug_panic(msg: &jetstream::Message) {
-    #[derive(serde::Deserialize)]
-    struct Peek {
-        #[serde(default)]
-        metadata: Option<serde_json::Map<String, serde_json::Value>>,
-    }
-    let wanted = serde_json::from_slice::<Peek>(&msg.payload)
-        .ok()
-        .and_then(|p| p.metadata)
-        .is_some_and(|m| m.get("sluice_debug_panic") == Some(&serde_json::Value::Bool(true)));
-    if wanted {
-        panic!("debug panic requested by the job's metadata");
+pub(crate) fn debug_panic(request: &sluice_schemas::openai::ChatRequest) {
+    if request.user.as_deref() == Some("sluice-debug-panic") {
+        panic!("debug panic requested by the job's request");
     }
 }
 
 #[cfg(not(debug_assertions))]
-fn debug_panic(_: &jetstream::Message) {}
+pub(crate) fn debug_panic(_: &sluice_schemas::openai::ChatRequest) {}
 
 fn message(panic: &(dyn Any + Send)) -> String {
     panic

@@ -217,6 +217,48 @@ pub struct Reservation {
     pub admitted_at_ms: Option<i64>,
 }
 
+/// A reservation being used: settle it with [`Held::settle`]. Dropped unsettled (the job
+/// task panicked, was cancelled or handed back at the drain deadline), it releases its
+/// leases at once instead of holding them until they expire.
+pub struct Held {
+    limiter: Limiter,
+    reservation: Option<Reservation>,
+}
+
+impl Held {
+    /// When the limits counted the call (Redis time), if Redis was asked.
+    pub fn admitted_at_ms(&self) -> Option<i64> {
+        self.reservation.as_ref().and_then(|r| r.admitted_at_ms)
+    }
+
+    pub async fn settle(mut self, actual: Actual, health: Health) {
+        if let Some(r) = self.reservation.take() {
+            self.limiter.settle(r, actual, health).await;
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Some(r) = self.reservation.take() else {
+            return;
+        };
+        // One bounded script call; it has to outlive the dropped job to run at all.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let limiter = self.limiter.clone();
+            let nothing = Actual {
+                tokens: 0,
+                cost: 0.0,
+            };
+            let health = Health {
+                ok: true,
+                ..Default::default()
+            };
+            rt.spawn(async move { limiter.settle(r, nothing, health).await });
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Actual {
     pub tokens: u64,
@@ -413,6 +455,14 @@ impl Limiter {
                 unchecked(0, &candidates[0].deployment)
             }
             Err(e) => Admission::Unavailable(e),
+        }
+    }
+
+    /// Holds `reservation` so that it is released even if its job never settles it.
+    pub fn hold(&self, reservation: Reservation) -> Held {
+        Held {
+            limiter: self.clone(),
+            reservation: Some(reservation),
         }
     }
 

@@ -117,6 +117,7 @@ impl Providers {
         stream: bool,
         sink: &mut S,
     ) -> Result<CallOutput, ProviderError> {
+        crate::panics::debug_panic(request);
         let started = Instant::now();
         request.model.clone_from(&deployment.model);
         request.stream = Some(stream);
