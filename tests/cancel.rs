@@ -96,7 +96,7 @@ async fn the_attempt_started_write_refuses_a_job_the_api_ended() -> Result<()> {
     use sluice_core::store::{AttemptStarted, LedgerEntry};
     let env = TestEnv::new().await?;
     let store = env.store().await?;
-    let started = |job_id: uuid::Uuid, attempt: i32| {
+    let started = |job_id: uuid::Uuid, attempt: u32| {
         LedgerEntry::Started(AttemptStarted {
             job_id,
             owner: "master".into(),

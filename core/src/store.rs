@@ -82,8 +82,8 @@ pub struct AttemptStarted {
     pub tier: String,
     pub reply_subject: Option<String>,
     pub created_at: DateTime<Utc>,
-    pub attempt: i32,
-    pub delivery: i32,
+    pub attempt: u32,
+    pub delivery: u32,
     pub worker: String,
     pub deployment: String,
     pub provider: String,
@@ -95,8 +95,8 @@ pub struct AttemptStarted {
 #[derive(Debug, Clone, Serialize)]
 pub struct AttemptRecord {
     pub job_id: Uuid,
-    pub attempt: i32,
-    pub delivery: i32,
+    pub attempt: u32,
+    pub delivery: u32,
     pub worker: String,
     pub deployment: String,
     pub provider: String,
@@ -134,7 +134,7 @@ pub struct JobOutcome {
     pub usage: Option<Value>,
     pub cost: Option<Decimal>,
     pub pricing_missing: bool,
-    pub attempts: i32,
+    pub attempts: u32,
     pub error_class: Option<String>,
     pub error_message: Option<String>,
     pub finished_at: DateTime<Utc>,
@@ -160,7 +160,7 @@ pub enum LedgerEntry {
 pub struct WebhookOutcome {
     pub id: Uuid,
     pub status: String,
-    pub attempts: i32,
+    pub attempts: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -184,7 +184,9 @@ pub struct JobRow {
     pub usage: Option<Value>,
     pub cost: Option<Decimal>,
     pub pricing_missing: bool,
-    pub attempts: i32,
+    /// Attempts made so far (attempt numbers are `u32` everywhere; the column is `int`).
+    #[sqlx(try_from = "i32")]
+    pub attempts: u32,
     pub error_class: Option<String>,
     pub error_message: Option<String>,
     pub not_before: Option<DateTime<Utc>>,
@@ -212,7 +214,7 @@ impl JobRow {
                 .clone()
                 .and_then(|v| serde_json::from_value(v).ok()),
             cost: self.cost,
-            attempts: self.attempts.max(0) as u32,
+            attempts: self.attempts,
             error,
         }
     }
@@ -220,7 +222,8 @@ impl JobRow {
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AttemptRow {
-    pub attempt: i32,
+    #[sqlx(try_from = "i32")]
+    pub attempt: u32,
     pub deployment: String,
     pub provider: String,
     pub model: String,
@@ -245,7 +248,7 @@ pub struct AttemptRow {
 #[derive(Debug, Clone, Copy)]
 pub struct JobProgress {
     pub terminal: bool,
-    pub last_attempt: i32,
+    pub last_attempt: u32,
 }
 
 const TERMINAL: &str = "('succeeded','failed','cancelled','expired')";
@@ -409,7 +412,7 @@ impl Store {
         .await?;
         Ok(JobProgress {
             terminal: row.try_get("terminal")?,
-            last_attempt: row.try_get("last_attempt")?,
+            last_attempt: u32::try_from(row.try_get::<i32, _>("last_attempt")?).unwrap_or(0),
         })
     }
 

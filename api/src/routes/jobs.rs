@@ -81,7 +81,7 @@ struct JobView {
     not_before: Option<i64>,
     queue_wait_ms: Option<i64>,
     run_ms: Option<i64>,
-    attempts: i32,
+    attempts: u32,
     result: Option<Value>,
     usage: Option<Value>,
     /// USD across all attempts; null when a price is missing.
@@ -101,7 +101,7 @@ struct ErrorView {
 
 #[derive(Debug, Serialize)]
 struct AttemptView {
-    attempt: i32,
+    attempt: u32,
     deployment: String,
     provider: String,
     model: String,

@@ -23,10 +23,11 @@ use sluice_schemas::sse::SseEvent;
 use sluice_schemas::ErrorClass;
 
 use super::chunk::{now_secs, role_delta, tool_call_start, ChunkMeta, Emitted, EventError};
-use super::error::{is_context_message, ProviderError};
+use super::error::{class_of_status, is_context_message, ProviderError};
 use super::params::bad_request;
 use super::params::Params;
 use super::request::{self, ResponseFormat, ToolChoice};
+use super::wire::{Framing, Normalise, Wire};
 
 pub const API_VERSION: &str = "2023-06-01";
 /// Anthropic requires `max_tokens`; this is used when the caller gives none.
@@ -114,7 +115,7 @@ struct WireToolChoice {
     disable_parallel_tool_use: Option<bool>,
 }
 
-pub(super) fn build(
+fn build(
     http: &reqwest::Client,
     d: &Deployment,
     r: &ChatRequest,
@@ -412,7 +413,7 @@ fn finish_reason(stop: &str) -> &'static str {
     }
 }
 
-pub(crate) fn parse_completion(bytes: &[u8]) -> Result<ChatCompletion, ProviderError> {
+fn parse_completion(bytes: &[u8]) -> Result<ChatCompletion, ProviderError> {
     if let Some(e) = payload_error(bytes) {
         return Err(e);
     }
@@ -562,12 +563,14 @@ impl StreamState {
             done: false,
         }
     }
+}
 
-    pub fn complete(&self) -> bool {
+impl Normalise for StreamState {
+    fn complete(&self) -> bool {
         self.done
     }
 
-    pub fn event(&mut self, ev: SseEvent, out: &mut Vec<Emitted>) -> Result<(), EventError> {
+    fn event(&mut self, ev: SseEvent, out: &mut Vec<Emitted>) -> Result<(), EventError> {
         if self.done {
             return Ok(());
         }
@@ -655,6 +658,10 @@ impl StreamState {
         }
         Ok(())
     }
+
+    fn terminator(&self) -> &'static str {
+        "message_stop"
+    }
 }
 
 fn content(text: String) -> Delta {
@@ -691,7 +698,7 @@ fn payload_error(bytes: &[u8]) -> Option<ProviderError> {
 }
 
 /// Classifies a non-2xx Messages API response.
-pub fn classify(status: u16, body: &str) -> ProviderError {
+fn classify(status: u16, body: &str) -> ProviderError {
     let error = serde_json::from_str::<ErrorEnvelope>(body)
         .map(|e| e.error)
         .unwrap_or_else(|_| ErrorBody {
@@ -715,15 +722,7 @@ fn classify_body(status: Option<u16>, e: ErrorBody) -> ProviderError {
         _ if is_context_message(&lower) => ErrorClass::ContextWindow,
         _ if lower.contains("content filtering policy") => ErrorClass::ContentPolicy,
         "request_too_large" => ErrorClass::BadRequest,
-        _ => match status {
-            Some(529) | Some(503) => ErrorClass::Overloaded,
-            Some(429) => ErrorClass::RateLimit,
-            Some(401..=403) => ErrorClass::Auth,
-            Some(404) => ErrorClass::NotFound,
-            Some(408) | Some(504) => ErrorClass::Timeout,
-            Some(500..=599) | None => ErrorClass::Server,
-            _ => ErrorClass::BadRequest,
-        },
+        _ => class_of_status(status),
     };
     let message = if e.message.is_empty() {
         match status {
@@ -736,6 +735,34 @@ fn classify_body(status: Option<u16>, e: ErrorBody) -> ProviderError {
     let mut err = ProviderError::new(class, message);
     err.status = status;
     err
+}
+
+/// Anthropic Messages.
+pub(crate) struct Anthropic;
+
+impl Wire for Anthropic {
+    fn request(
+        &self,
+        http: &reqwest::Client,
+        d: &Deployment,
+        request: &ChatRequest,
+        stream: bool,
+        params: &mut Params,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        build(http, d, request, stream, params)
+    }
+
+    fn completion(&self, bytes: &[u8], _model: &str) -> Result<ChatCompletion, ProviderError> {
+        parse_completion(bytes)
+    }
+
+    fn stream(&self, model: &str) -> (Framing, Box<dyn Normalise>) {
+        (Framing::Sse, Box::new(StreamState::new(model)))
+    }
+
+    fn classify(&self, _provider: &str, status: u16, body: &str) -> ProviderError {
+        classify(status, body)
+    }
 }
 
 #[cfg(test)]

@@ -9,10 +9,12 @@
 //! `content_filter` / `ResponsibleAIPolicyViolation` wording.
 
 use sluice_core::config::Deployment;
-use sluice_schemas::openai::ChatRequest;
+use sluice_schemas::openai::{ChatCompletion, ChatRequest};
 
 use super::error::ProviderError;
+use super::openai::OpenAi;
 use super::params::Params;
+use super::wire::{Framing, Normalise, Wire};
 
 /// The endpoint for one deployment.
 pub fn url(d: &Deployment) -> String {
@@ -32,7 +34,7 @@ pub fn url(d: &Deployment) -> String {
     url
 }
 
-pub(super) fn build(
+fn build(
     http: &reqwest::Client,
     d: &Deployment,
     request: &ChatRequest,
@@ -43,4 +45,32 @@ pub(super) fn build(
         req = req.header("api-key", key.expose());
     }
     Ok(req)
+}
+
+/// Azure OpenAI: its own URL and auth, the OpenAI family's everything else.
+pub(crate) struct Azure;
+
+impl Wire for Azure {
+    fn request(
+        &self,
+        http: &reqwest::Client,
+        d: &Deployment,
+        request: &ChatRequest,
+        _stream: bool,
+        params: &mut Params,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        build(http, d, request, params)
+    }
+
+    fn completion(&self, bytes: &[u8], model: &str) -> Result<ChatCompletion, ProviderError> {
+        OpenAi.completion(bytes, model)
+    }
+
+    fn stream(&self, model: &str) -> (Framing, Box<dyn Normalise>) {
+        OpenAi.stream(model)
+    }
+
+    fn classify(&self, provider: &str, status: u16, body: &str) -> ProviderError {
+        OpenAi.classify(provider, status, body)
+    }
 }

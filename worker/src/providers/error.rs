@@ -72,6 +72,34 @@ impl ProviderError {
     }
 }
 
+/// The one status → class table: what an HTTP status says when the protocol's own error
+/// body does not settle it (each adapter's `classify` looks at its body first). `None`
+/// (an error event inside a 200 stream) is the provider's fault. A 4xx not listed is
+/// left to the adapter (`None`), which treats it as a bad request unless its body says
+/// otherwise.
+pub fn status_class(status: Option<u16>) -> Option<ErrorClass> {
+    Some(match status? {
+        400 | 413 | 422 => ErrorClass::BadRequest,
+        401..=403 => ErrorClass::Auth,
+        404 => ErrorClass::NotFound,
+        408 | 504 => ErrorClass::Timeout,
+        429 => ErrorClass::RateLimit,
+        503 | 529 => ErrorClass::Overloaded,
+        // 499: the upstream gave up on the call (Google: CANCELLED).
+        499..=599 => ErrorClass::Server,
+        _ => return None,
+    })
+}
+
+/// [`status_class`], with an unlisted status read as a bad request and no status (an
+/// error event in a stream) as a server error.
+pub fn class_of_status(status: Option<u16>) -> ErrorClass {
+    match status {
+        None => ErrorClass::Server,
+        s => status_class(s).unwrap_or(ErrorClass::BadRequest),
+    }
+}
+
 /// `retry-after-ms`, then `retry-after` in seconds (HTTP dates are treated as absent),
 /// clamped to `MAX_PROVIDER_WAIT`: these are the provider's bytes, not ours.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {

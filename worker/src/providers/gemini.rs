@@ -28,10 +28,11 @@ use sluice_schemas::ErrorClass;
 
 use super::accumulate::Accumulator;
 use super::chunk::{role_delta, tool_call_start, ChunkMeta, Emitted, EventError};
-use super::error::{is_context_message, ProviderError};
+use super::error::{class_of_status, is_context_message, ProviderError};
 use super::params::bad_request;
 use super::params::Params;
 use super::request::{self, ResponseFormat, ToolChoice};
+use super::wire::{Framing, Normalise, Wire};
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -171,7 +172,7 @@ pub fn url(d: &Deployment, stream: bool) -> String {
     }
 }
 
-pub(super) fn build(
+fn build(
     http: &reqwest::Client,
     d: &Deployment,
     r: &ChatRequest,
@@ -607,7 +608,7 @@ fn normalise(
     Ok((r.usage_metadata.map(UsageMetadata::to_openai), finished))
 }
 
-pub(crate) fn parse_completion(bytes: &[u8], model: &str) -> Result<ChatCompletion, ProviderError> {
+fn parse_completion(bytes: &[u8], model: &str) -> Result<ChatCompletion, ProviderError> {
     let r: WireResponse = serde_json::from_slice(bytes).map_err(|_| {
         ProviderError::new(ErrorClass::Server, "gemini returned a malformed response")
     })?;
@@ -671,12 +672,14 @@ impl StreamState {
             finished: false,
         }
     }
+}
 
-    pub fn complete(&self) -> bool {
+impl Normalise for StreamState {
+    fn complete(&self) -> bool {
         self.finished
     }
 
-    pub fn event(&mut self, ev: SseEvent, out: &mut Vec<Emitted>) -> Result<(), EventError> {
+    fn event(&mut self, ev: SseEvent, out: &mut Vec<Emitted>) -> Result<(), EventError> {
         let r: WireResponse = serde_json::from_str(&ev.data).map_err(|_| EventError::Malformed)?;
         let (usage, finished) = normalise(
             r,
@@ -694,13 +697,21 @@ impl StreamState {
     }
 
     /// The stream closed after its finish: the usage chunk OpenAI sends last.
-    pub fn end(&mut self, out: &mut Vec<Emitted>) {
+    fn end(&mut self, out: &mut Vec<Emitted>) {
         if let Some(u) = self.usage.take() {
             out.push(Emitted {
                 chunk: self.meta.usage_chunk(u),
                 raw: None,
             });
         }
+    }
+
+    fn terminator(&self) -> &'static str {
+        "a finishReason"
+    }
+
+    fn explicit_terminator(&self) -> bool {
+        false
     }
 }
 
@@ -724,7 +735,7 @@ struct ErrorBody {
 }
 
 /// Classifies a non-2xx response.
-pub fn classify(status: u16, body: &str) -> ProviderError {
+fn classify(status: u16, body: &str) -> ProviderError {
     let error = serde_json::from_str::<ErrorEnvelope>(body)
         .map(|e| e.error)
         .unwrap_or_else(|_| ErrorBody {
@@ -747,17 +758,16 @@ fn classify_body(status: Option<u16>, e: ErrorBody) -> ProviderError {
     } else if is_context_message(&lower) {
         ErrorClass::ContextWindow
     } else {
-        match (status_code, e.status.as_str()) {
-            (Some(402), _) | (_, "FAILED_PRECONDITION") => ErrorClass::Auth,
-            (Some(429), _) | (_, "RESOURCE_EXHAUSTED") => ErrorClass::RateLimit,
-            (Some(401 | 403), _) | (_, "PERMISSION_DENIED" | "UNAUTHENTICATED") => ErrorClass::Auth,
-            (Some(404), _) | (_, "NOT_FOUND") => ErrorClass::NotFound,
-            (Some(503), _) | (_, "UNAVAILABLE") => ErrorClass::Overloaded,
-            (Some(504), _) | (_, "DEADLINE_EXCEEDED") => ErrorClass::Timeout,
-            (Some(499), _) | (_, "CANCELLED") => ErrorClass::Server,
-            (Some(500..=599), _) | (_, "INTERNAL") => ErrorClass::Server,
-            (None, _) => ErrorClass::Server,
-            _ => ErrorClass::BadRequest,
+        // Google's status name says more than the HTTP code (a 400 can be
+        // FAILED_PRECONDITION: billing); the shared table decides the rest.
+        match e.status.as_str() {
+            "FAILED_PRECONDITION" | "PERMISSION_DENIED" | "UNAUTHENTICATED" => ErrorClass::Auth,
+            "RESOURCE_EXHAUSTED" => ErrorClass::RateLimit,
+            "NOT_FOUND" => ErrorClass::NotFound,
+            "UNAVAILABLE" => ErrorClass::Overloaded,
+            "DEADLINE_EXCEEDED" => ErrorClass::Timeout,
+            "CANCELLED" | "INTERNAL" => ErrorClass::Server,
+            _ => class_of_status(status_code),
         }
     };
     let retry = retry_delay(&e.details).or_else(|| retry_in_message(&e.message));
@@ -791,6 +801,34 @@ fn retry_in_message(message: &str) -> Option<Duration> {
     let rest = &message[message.find("retry in ")? + "retry in ".len()..];
     let end = rest.find('s')?;
     super::provider_wait(rest[..end].parse::<f64>().ok()?)
+}
+
+/// Google Gemini (`generateContent`).
+pub(crate) struct Gemini;
+
+impl Wire for Gemini {
+    fn request(
+        &self,
+        http: &reqwest::Client,
+        d: &Deployment,
+        request: &ChatRequest,
+        stream: bool,
+        params: &mut Params,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        build(http, d, request, stream, params)
+    }
+
+    fn completion(&self, bytes: &[u8], model: &str) -> Result<ChatCompletion, ProviderError> {
+        parse_completion(bytes, model)
+    }
+
+    fn stream(&self, model: &str) -> (Framing, Box<dyn Normalise>) {
+        (Framing::Sse, Box::new(StreamState::new(model)))
+    }
+
+    fn classify(&self, _provider: &str, status: u16, body: &str) -> ProviderError {
+        classify(status, body)
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,20 @@
 //! The provider layer: one OpenAI-shaped call over every wire protocol.
 //!
-//! Owns the HTTP client, the wire adapters (one module per protocol: [`openai`] and its
-//! compatible family, [`azure`], [`anthropic`], [`gemini`], [`ollama`]), the stream driver
-//! ([`stream`]) and error classification: every failure leaves this layer as a
-//! [`ProviderError`] with exactly one [`ErrorClass`]. Retry, cooldown and fallback decisions
-//! live elsewhere and look only at the class.
+//! Owns the HTTP client and the call ([`Providers::call`]). The files, leaves first:
+//! - `error.rs`: [`ProviderError`], the one status → class table, `Retry-After`;
+//! - `chunk.rs`: the chunk types adapters emit; `params.rs`, `request.rs`: request mapping
+//!   helpers; `ratelimit.rs`: rate-limit headers; `accumulate.rs`: chunks → completion;
+//! - `wire.rs`: the `Wire` trait every protocol implements (request, completion,
+//!   stream, classify);
+//! - the adapters, one per protocol: [`openai`] and its compatible family, [`azure`],
+//!   [`anthropic`], [`gemini`], [`ollama`] (they use the files above and none of the
+//!   files below);
+//! - [`stream`]: the driver that sends a request and reads a whole or streamed answer;
+//! - this file: which adapter a protocol uses ([`wire`]), and the call.
+//!
+//! Every failure leaves this layer as a [`ProviderError`] with exactly one
+//! [`ErrorClass`]. Retry, cooldown and fallback decisions live elsewhere and look only at
+//! the class.
 
 pub mod accumulate;
 pub mod anthropic;
@@ -18,6 +28,7 @@ pub mod params;
 pub mod ratelimit;
 mod request;
 pub mod stream;
+mod wire;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -33,22 +44,25 @@ pub use error::{provider_wait, retry_after, ProviderError};
 pub use params::Params;
 pub use ratelimit::RateLimits;
 pub use stream::StreamDecoder;
+use wire::Wire;
 
-/// Classifies a non-2xx response in the protocol's own terms.
-pub fn classify(
-    protocol: Protocol,
-    provider: &str,
-    status: u16,
-    headers: &HeaderMap,
-    body: &str,
-) -> ProviderError {
-    let e = match protocol {
-        Protocol::OpenAi | Protocol::Azure => openai::classify(provider, status, body),
-        Protocol::Anthropic => anthropic::classify(status, body),
-        Protocol::Gemini => gemini::classify(status, body),
-        Protocol::Ollama => ollama::classify(status, body),
-    };
-    e.with_response(status, headers)
+/// The wire protocol `protocol` speaks: the one place a [`Protocol`] picks an adapter.
+pub(crate) fn wire(protocol: Protocol) -> &'static dyn Wire {
+    match protocol {
+        Protocol::OpenAi => &openai::OpenAi,
+        Protocol::Azure => &azure::Azure,
+        Protocol::Anthropic => &anthropic::Anthropic,
+        Protocol::Gemini => &gemini::Gemini,
+        Protocol::Ollama => &ollama::Ollama,
+    }
+}
+
+/// Classifies a non-2xx response of `d` in its protocol's own terms, with what the
+/// response headers say (Retry-After, rate limits).
+pub fn classify(d: &Deployment, status: u16, headers: &HeaderMap, body: &str) -> ProviderError {
+    wire(d.protocol)
+        .classify(&d.provider, status, body)
+        .with_response(status, headers)
 }
 
 /// Receives each chunk of a streamed call as it arrives.
@@ -127,19 +141,13 @@ impl Providers {
         let request = &*request;
         let call = async {
             let mut params = Params::new(deployment);
-            let builder = match deployment.protocol {
-                Protocol::OpenAi => openai::build(&self.http, deployment, request, &mut params),
-                Protocol::Azure => azure::build(&self.http, deployment, request, &mut params),
-                Protocol::Anthropic => {
-                    anthropic::build(&self.http, deployment, request, stream, &mut params)
-                }
-                Protocol::Gemini => {
-                    gemini::build(&self.http, deployment, request, stream, &mut params)
-                }
-                Protocol::Ollama => {
-                    ollama::build(&self.http, deployment, request, stream, &mut params)
-                }
-            }?;
+            let builder = wire(deployment.protocol).request(
+                &self.http,
+                deployment,
+                request,
+                stream,
+                &mut params,
+            )?;
             let dropped = params.into_dropped();
             if !dropped.is_empty() {
                 tracing::debug!(deployment = %deployment.id, ?dropped, "dropped unsupported params");
@@ -175,5 +183,38 @@ impl Providers {
 impl Default for Providers {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::error::class_of_status;
+
+    /// Every protocol falls back on the same status table when its error body says
+    /// nothing more (the copies used to disagree on 402, 408, 499 and 529).
+    #[test]
+    fn every_protocol_reads_a_bare_status_the_same_way() {
+        let protocols = [
+            Protocol::OpenAi,
+            Protocol::Azure,
+            Protocol::Anthropic,
+            Protocol::Gemini,
+            Protocol::Ollama,
+        ];
+        for status in [
+            400, 401, 402, 403, 404, 408, 409, 413, 422, 429, 499, 500, 502, 503, 504, 529,
+        ] {
+            let expected = class_of_status(Some(status));
+            for p in protocols {
+                let got = wire(p).classify("provider", status, "{}").class;
+                assert_eq!(got, expected, "{p:?} HTTP {status}");
+            }
+        }
+        assert_eq!(class_of_status(Some(408)), ErrorClass::Timeout);
+        assert_eq!(class_of_status(Some(529)), ErrorClass::Overloaded);
+        assert_eq!(class_of_status(Some(402)), ErrorClass::Auth);
+        assert_eq!(class_of_status(Some(409)), ErrorClass::BadRequest);
+        assert_eq!(class_of_status(None), ErrorClass::Server);
     }
 }

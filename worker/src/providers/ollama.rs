@@ -20,10 +20,11 @@ use sluice_schemas::ErrorClass;
 
 use super::accumulate::Accumulator;
 use super::chunk::{role_delta, tool_call_start, ChunkMeta, Emitted, EventError};
-use super::error::{is_context_message, ProviderError};
+use super::error::{class_of_status, is_context_message, ProviderError};
 use super::params::bad_request;
 use super::params::Params;
 use super::request::{self, ResponseFormat, ToolChoice};
+use super::wire::{Framing, Normalise, Wire};
 
 #[derive(Debug, Serialize)]
 pub(crate) struct WireRequest<'a> {
@@ -96,7 +97,7 @@ impl Options {
     }
 }
 
-pub(super) fn build(
+fn build(
     http: &reqwest::Client,
     d: &Deployment,
     r: &ChatRequest,
@@ -291,12 +292,14 @@ impl StreamState {
             done: false,
         }
     }
+}
 
-    pub fn complete(&self) -> bool {
+impl Normalise for StreamState {
+    fn complete(&self) -> bool {
         self.done
     }
 
-    pub fn event(&mut self, ev: SseEvent, out: &mut Vec<Emitted>) -> Result<(), EventError> {
+    fn event(&mut self, ev: SseEvent, out: &mut Vec<Emitted>) -> Result<(), EventError> {
         if self.done {
             return Ok(());
         }
@@ -304,6 +307,12 @@ impl StreamState {
         self.push(r, out).map_err(EventError::from)
     }
 
+    fn terminator(&self) -> &'static str {
+        "done:true"
+    }
+}
+
+impl StreamState {
     fn push(&mut self, r: WireResponse, out: &mut Vec<Emitted>) -> Result<(), ProviderError> {
         if let Some(e) = r.error {
             return Err(classify_message(None, &error_text(&e)));
@@ -365,7 +374,7 @@ impl StreamState {
     }
 }
 
-pub(crate) fn parse_completion(bytes: &[u8], model: &str) -> Result<ChatCompletion, ProviderError> {
+fn parse_completion(bytes: &[u8], model: &str) -> Result<ChatCompletion, ProviderError> {
     let r: WireResponse = serde_json::from_slice(bytes).map_err(|_| {
         ProviderError::new(ErrorClass::Server, "ollama returned a malformed response")
     })?;
@@ -397,7 +406,7 @@ fn error_text(v: &Value) -> String {
 }
 
 /// Classifies a non-2xx response (`{"error":"…"}`).
-pub fn classify(status: u16, body: &str) -> ProviderError {
+fn classify(status: u16, body: &str) -> ProviderError {
     #[derive(Deserialize)]
     struct Envelope {
         error: Value,
@@ -415,15 +424,7 @@ fn classify_message(status: Option<u16>, message: &str) -> ProviderError {
     } else if lower.contains("server busy") || lower.contains("overloaded") {
         ErrorClass::Overloaded
     } else {
-        match status {
-            Some(429) => ErrorClass::RateLimit,
-            Some(401 | 403) => ErrorClass::Auth,
-            Some(404) => ErrorClass::NotFound,
-            Some(503) => ErrorClass::Overloaded,
-            Some(408 | 504) => ErrorClass::Timeout,
-            Some(500..=599) | None => ErrorClass::Server,
-            _ => ErrorClass::BadRequest,
-        }
+        class_of_status(status)
     };
     let message = if message.is_empty() {
         format!("HTTP {}", status.unwrap_or(500))
@@ -433,6 +434,34 @@ fn classify_message(status: Option<u16>, message: &str) -> ProviderError {
     let mut e = ProviderError::new(class, message);
     e.status = status;
     e
+}
+
+/// Ollama's native `/api/chat`.
+pub(crate) struct Ollama;
+
+impl Wire for Ollama {
+    fn request(
+        &self,
+        http: &reqwest::Client,
+        d: &Deployment,
+        request: &ChatRequest,
+        stream: bool,
+        params: &mut Params,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        build(http, d, request, stream, params)
+    }
+
+    fn completion(&self, bytes: &[u8], model: &str) -> Result<ChatCompletion, ProviderError> {
+        parse_completion(bytes, model)
+    }
+
+    fn stream(&self, model: &str) -> (Framing, Box<dyn Normalise>) {
+        (Framing::Ndjson, Box::new(StreamState::new(model)))
+    }
+
+    fn classify(&self, _provider: &str, status: u16, body: &str) -> ProviderError {
+        classify(status, body)
+    }
 }
 
 #[cfg(test)]

@@ -16,11 +16,12 @@ use sluice_schemas::sse::SseEvent;
 use sluice_schemas::ErrorClass;
 
 use super::chunk::{Emitted, EventError};
-use super::error::{is_context_message, ProviderError};
+use super::error::{is_context_message, status_class, ProviderError};
 use super::params::Params;
+use super::wire::{Framing, Normalise, Wire};
 
 /// `request.stream` and `request.stream_options` are already set by [`super::Providers::call`].
-pub(super) fn build(
+fn build(
     http: &reqwest::Client,
     d: &Deployment,
     request: &ChatRequest,
@@ -36,7 +37,7 @@ pub(super) fn build(
 }
 
 /// Reads a whole `chat.completion`, with the family's field quirks normalised.
-pub(crate) fn parse_completion(bytes: &[u8]) -> Result<ChatCompletion, ProviderError> {
+fn parse_completion(bytes: &[u8]) -> Result<ChatCompletion, ProviderError> {
     // DeepSeek answers queued non-streamed requests with blank lines before the JSON.
     let start = bytes
         .iter()
@@ -120,12 +121,12 @@ pub(crate) struct StreamState {
     done: bool,
 }
 
-impl StreamState {
-    pub fn complete(&self) -> bool {
+impl Normalise for StreamState {
+    fn complete(&self) -> bool {
         self.done
     }
 
-    pub fn event(&mut self, ev: SseEvent, out: &mut Vec<Emitted>) -> Result<(), EventError> {
+    fn event(&mut self, ev: SseEvent, out: &mut Vec<Emitted>) -> Result<(), EventError> {
         if self.done {
             return Ok(());
         }
@@ -169,6 +170,10 @@ impl StreamState {
         });
         Ok(())
     }
+
+    fn terminator(&self) -> &'static str {
+        "data: [DONE]"
+    }
 }
 
 #[derive(Deserialize)]
@@ -210,7 +215,7 @@ fn payload_error(bytes: &[u8]) -> Option<ProviderError> {
 }
 
 /// Classifies a non-2xx response from the family (and Azure).
-pub fn classify(provider: &str, status: u16, body: &str) -> ProviderError {
+fn classify(provider: &str, status: u16, body: &str) -> ProviderError {
     let obj = serde_json::from_str::<ErrorEnvelope>(body)
         .map(|e| e.error)
         .unwrap_or_else(|_| ErrorObject {
@@ -245,22 +250,49 @@ fn classify_error(provider: &str, status: u16, obj: ErrorObject) -> ProviderErro
     {
         ErrorClass::ContentPolicy
     } else {
-        match status {
-            429 if code == "insufficient_quota" || kind == "insufficient_quota" => ErrorClass::Auth,
-            429 => ErrorClass::RateLimit,
-            401..=403 => ErrorClass::Auth,
-            404 => ErrorClass::NotFound,
-            408 | 504 => ErrorClass::Timeout,
-            503 | 529 => ErrorClass::Overloaded,
-            500..=599 => ErrorClass::Server,
-            400 | 413 | 422 => ErrorClass::BadRequest,
-            _ if kind == "server_error" || code == "server_error" => ErrorClass::Server,
-            _ => ErrorClass::BadRequest,
+        match status_class(Some(status)) {
+            // Out of credit is not a rate limit: waiting does not help.
+            Some(ErrorClass::RateLimit)
+                if code == "insufficient_quota" || kind == "insufficient_quota" =>
+            {
+                ErrorClass::Auth
+            }
+            Some(class) => class,
+            None if kind == "server_error" || code == "server_error" => ErrorClass::Server,
+            None => ErrorClass::BadRequest,
         }
     };
     let mut e = ProviderError::new(class, message);
     e.status = Some(status);
     e
+}
+
+/// The OpenAI Chat Completions family.
+pub(crate) struct OpenAi;
+
+impl Wire for OpenAi {
+    fn request(
+        &self,
+        http: &reqwest::Client,
+        d: &Deployment,
+        request: &ChatRequest,
+        _stream: bool,
+        params: &mut Params,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        build(http, d, request, params)
+    }
+
+    fn completion(&self, bytes: &[u8], _model: &str) -> Result<ChatCompletion, ProviderError> {
+        parse_completion(bytes)
+    }
+
+    fn stream(&self, _model: &str) -> (Framing, Box<dyn Normalise>) {
+        (Framing::Sse, Box::new(StreamState::default()))
+    }
+
+    fn classify(&self, provider: &str, status: u16, body: &str) -> ProviderError {
+        classify(provider, status, body)
+    }
 }
 
 #[cfg(test)]

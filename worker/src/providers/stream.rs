@@ -18,8 +18,8 @@ use sluice_schemas::ErrorClass;
 use super::accumulate::Accumulator;
 use super::chunk::{Emitted, EventError};
 use super::error::ProviderError;
-use super::{anthropic, gemini, ollama, openai};
-use super::{classify, CallOutput, ChunkSink, RateLimits};
+use super::wire::{Framing, Normalise};
+use super::{classify, wire, CallOutput, ChunkSink, RateLimits};
 
 /// Splits a body into newline-delimited JSON lines (Ollama).
 #[derive(Debug, Default)]
@@ -64,52 +64,9 @@ impl NdjsonParser {
 }
 
 #[derive(Debug)]
-enum Framing {
+enum Parser {
     Sse(SseParser),
     Ndjson(NdjsonParser),
-}
-
-#[derive(Debug)]
-enum Normaliser {
-    OpenAi(openai::StreamState),
-    Anthropic(anthropic::StreamState),
-    Gemini(gemini::StreamState),
-    Ollama(ollama::StreamState),
-}
-
-impl Normaliser {
-    fn event(&mut self, ev: SseEvent, out: &mut Vec<Emitted>) -> Result<(), EventError> {
-        match self {
-            Normaliser::OpenAi(s) => s.event(ev, out),
-            Normaliser::Anthropic(s) => s.event(ev, out),
-            Normaliser::Gemini(s) => s.event(ev, out),
-            Normaliser::Ollama(s) => s.event(ev, out),
-        }
-    }
-
-    fn complete(&self) -> bool {
-        match self {
-            Normaliser::OpenAi(s) => s.complete(),
-            Normaliser::Anthropic(s) => s.complete(),
-            Normaliser::Gemini(s) => s.complete(),
-            Normaliser::Ollama(s) => s.complete(),
-        }
-    }
-
-    fn end(&mut self, out: &mut Vec<Emitted>) {
-        if let Normaliser::Gemini(s) = self {
-            s.end(out)
-        }
-    }
-
-    fn terminator(&self) -> &'static str {
-        match self {
-            Normaliser::OpenAi(_) => "data: [DONE]",
-            Normaliser::Anthropic(_) => "message_stop",
-            Normaliser::Gemini(_) => "a finishReason",
-            Normaliser::Ollama(_) => "done:true",
-        }
-    }
 }
 
 /// Frames a streamed body and normalises each payload to OpenAI chunks, for one protocol.
@@ -118,8 +75,8 @@ impl Normaliser {
 /// ends: that is where a stream cut before its terminator becomes `truncated_stream`.
 #[derive(Debug)]
 pub struct StreamDecoder {
-    framing: Framing,
-    norm: Normaliser,
+    parser: Parser,
+    norm: Box<dyn Normalise>,
     events: Vec<SseEvent>,
     chunks: usize,
 }
@@ -127,26 +84,13 @@ pub struct StreamDecoder {
 impl StreamDecoder {
     /// `model` names the chunks of protocols whose payloads do not carry it.
     pub fn new(protocol: Protocol, model: &str) -> Self {
-        let (framing, norm) = match protocol {
-            Protocol::OpenAi | Protocol::Azure => (
-                Framing::Sse(SseParser::new()),
-                Normaliser::OpenAi(openai::StreamState::default()),
-            ),
-            Protocol::Anthropic => (
-                Framing::Sse(SseParser::new()),
-                Normaliser::Anthropic(anthropic::StreamState::new(model)),
-            ),
-            Protocol::Gemini => (
-                Framing::Sse(SseParser::new()),
-                Normaliser::Gemini(gemini::StreamState::new(model)),
-            ),
-            Protocol::Ollama => (
-                Framing::Ndjson(NdjsonParser::default()),
-                Normaliser::Ollama(ollama::StreamState::new(model)),
-            ),
+        let (framing, norm) = wire(protocol).stream(model);
+        let parser = match framing {
+            Framing::Sse => Parser::Sse(SseParser::new()),
+            Framing::Ndjson => Parser::Ndjson(NdjsonParser::default()),
         };
         StreamDecoder {
-            framing,
+            parser,
             norm,
             events: Vec::new(),
             chunks: 0,
@@ -155,11 +99,11 @@ impl StreamDecoder {
 
     /// Adds body bytes; pushes the chunks they complete onto `out`.
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<Emitted>) -> Result<(), ProviderError> {
-        match &mut self.framing {
-            Framing::Sse(p) => p.feed(bytes, &mut self.events).map_err(|e| {
+        match &mut self.parser {
+            Parser::Sse(p) => p.feed(bytes, &mut self.events).map_err(|e| {
                 ProviderError::new(ErrorClass::Server, format!("malformed stream: {e}"))
             })?,
-            Framing::Ndjson(p) => p.feed(bytes, &mut self.events)?,
+            Parser::Ndjson(p) => p.feed(bytes, &mut self.events)?,
         }
         self.drain(out, false)
     }
@@ -167,9 +111,9 @@ impl StreamDecoder {
     /// The body ended: flushes a last unterminated payload, and fails with
     /// `truncated_stream` if the protocol's terminator never came.
     pub fn finish(&mut self, out: &mut Vec<Emitted>) -> Result<(), ProviderError> {
-        match &mut self.framing {
-            Framing::Sse(p) => p.finish(&mut self.events),
-            Framing::Ndjson(p) => p.finish(&mut self.events),
+        match &mut self.parser {
+            Parser::Sse(p) => p.finish(&mut self.events),
+            Parser::Ndjson(p) => p.finish(&mut self.events),
         }
         self.drain(out, true)?;
         if !self.norm.complete() {
@@ -189,7 +133,7 @@ impl StreamDecoder {
     /// Whether the protocol's explicit terminator has been seen, so the rest of the body
     /// can be ignored. Gemini has none: its stream ends when the server closes it.
     pub fn is_terminated(&self) -> bool {
-        !matches!(self.norm, Normaliser::Gemini(_)) && self.norm.complete()
+        self.norm.explicit_terminator() && self.norm.complete()
     }
 
     fn drain(&mut self, out: &mut Vec<Emitted>, at_eof: bool) -> Result<(), ProviderError> {
@@ -246,7 +190,7 @@ pub(crate) async fn execute<S: ChunkSink>(
     if !resp.status().is_success() {
         let headers = resp.headers().clone();
         let text = resp.text().await.unwrap_or_default();
-        return Err(classify(d.protocol, &d.provider, status, &headers, &text));
+        return Err(classify(d, status, &headers, &text));
     }
     let with_limits = |mut e: ProviderError| {
         e.status.get_or_insert(status);
@@ -258,7 +202,9 @@ pub(crate) async fn execute<S: ChunkSink>(
             .bytes()
             .await
             .map_err(|e| ProviderError::from_reqwest(&e))?;
-        let completion = parse_completion(d, &bytes).map_err(with_limits)?;
+        let completion = wire(d.protocol)
+            .completion(&bytes, &d.model)
+            .map_err(with_limits)?;
         if let Some(e) = refusal_error(&completion) {
             return Err(with_limits(e));
         }
@@ -369,15 +315,6 @@ fn has_output(c: &ChatCompletionChunk) -> bool {
             || d.tool_calls.is_some()
             || ch.finish_reason.is_some()
     })
-}
-
-fn parse_completion(d: &Deployment, bytes: &[u8]) -> Result<ChatCompletion, ProviderError> {
-    match d.protocol {
-        Protocol::OpenAi | Protocol::Azure => openai::parse_completion(bytes),
-        Protocol::Anthropic => anthropic::parse_completion(bytes),
-        Protocol::Gemini => gemini::parse_completion(bytes, &d.model),
-        Protocol::Ollama => ollama::parse_completion(bytes, &d.model),
-    }
 }
 
 /// A `content_filter` finish on every choice is a policy block, not a result.

@@ -1,0 +1,142 @@
+//! One job through the pipeline. This file handles the delivered message: parse it,
+//! claim the job on this worker, skip a redelivery of a finished job, run the job while
+//! keeping the message alive, and end the message the way the run ended.
+//!
+//! - `pipeline.rs`: the run itself, as named steps around one attempt at a time:
+//!   admit → start → call → record → decide;
+//! - `attempt.rs`: one admitted call, and what its outcome writes down (attempt row,
+//!   deployment health);
+//! - `route.rs`: where the job is in its model group and fallback chain;
+//! - `outcome.rs`: how a run ends (record → publish → ack, defer, dead letter).
+//!
+//! The ack comes last: a job is acknowledged only after its result and every attempt are
+//! durable in Postgres and its terminal event is stored in JetStream.
+
+mod attempt;
+mod outcome;
+mod pipeline;
+mod route;
+
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, AckKind};
+use sluice_schemas::{JobEnvelope, Tier};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::Ctx;
+use outcome::{Deferred, Halt};
+
+/// Handles one delivered message to the end (ack, nak or term).
+pub(crate) async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, tier: Tier) {
+    let delivery = msg.info().map(|i| i.delivered).unwrap_or(1).max(1);
+    let payload = match crate::bodies::envelope(&ctx, &msg).await {
+        crate::bodies::Resolved::Body(b) => b,
+        crate::bodies::Resolved::Missing(reason) => {
+            Box::pin(outcome::dead_letter(&ctx, &msg, &reason)).await;
+            return;
+        }
+        crate::bodies::Resolved::Handled => return,
+    };
+    let envelope: JobEnvelope = match serde_json::from_slice(&payload) {
+        Ok(e) => e,
+        Err(e) => {
+            let reason = format!("unparseable job envelope: {e}");
+            Box::pin(outcome::dead_letter(&ctx, &msg, &reason)).await;
+            return;
+        }
+    };
+    let id = envelope.id;
+    let Some(cancel) = ctx.claim(id) else {
+        // Our own earlier delivery of this job is still running (ack wait expired under
+        // load): let that one finish; this copy comes back later and is skipped then.
+        let _ = msg
+            .ack_with(AckKind::Nak(Some(ctx.config.worker.ack_wait)))
+            .await;
+        return;
+    };
+    let span = tracing::info_span!("job", job_id = %id, tier = %tier, delivery);
+    let delivery = u32::try_from(delivery).unwrap_or(u32::MAX);
+    handle_claimed(&ctx, msg, envelope, tier, delivery, cancel)
+        .instrument(span)
+        .await;
+    ctx.release(id);
+}
+
+/// The number the first attempt of this delivery gets: 1 on a first delivery, else one
+/// past the last attempt on record. `None` when the job already finished (its result
+/// has been republished and the message acked) or the job was deferred.
+async fn first_attempt(
+    ctx: &Ctx,
+    msg: &jetstream::Message,
+    id: uuid::Uuid,
+    delivery: u32,
+) -> Option<u32> {
+    if delivery <= 1 {
+        return Some(1);
+    }
+    match Box::pin(ctx.store.job_progress(id)).await {
+        Ok(p) if p.terminal => {
+            tracing::info!("redelivered job is already finished; republishing its result");
+            Box::pin(outcome::republish_terminal(ctx, id)).await;
+            let _ = msg.ack().await;
+            None
+        }
+        Ok(p) => Some(p.last_attempt + 1),
+        Err(e) => {
+            let d = Deferred::now(
+                "postgres_unavailable",
+                format!("cannot read job progress: {e}"),
+            );
+            Box::pin(outcome::defer(ctx, msg, id, d)).await;
+            None
+        }
+    }
+}
+
+async fn handle_claimed(
+    ctx: &Ctx,
+    msg: jetstream::Message,
+    envelope: JobEnvelope,
+    tier: Tier,
+    delivery: u32,
+    cancel: CancellationToken,
+) {
+    let id = envelope.id;
+    let Some(first_attempt) = first_attempt(ctx, &msg, id, delivery).await else {
+        return;
+    };
+    let reply_subject = envelope.reply_subject.clone();
+    let webhook_url = envelope.webhook_url.clone();
+
+    // Run the job, keeping the message alive with in-progress acks.
+    // Boxed, and so are the short awaits inside it: thousands of jobs wait on provider
+    // calls at once, and each should hold only the state of that wait.
+    let mut work = Box::pin(pipeline::run(ctx, envelope, tier, delivery, first_attempt));
+    let mut keepalive = tokio::time::interval(ctx.config.worker.ack_wait / 3);
+    keepalive.tick().await;
+    let finished = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            _ = keepalive.tick() => { let _ = msg.ack_with(AckKind::Progress).await; }
+            _ = ctx.hard_stop.cancelled() => {
+                tracing::warn!("drain deadline passed; handing the job back");
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                return;
+            }
+            _ = cancel.cancelled() => {
+                // The api already marked the row cancelled; the call in flight is dropped
+                // (its attempt stays on record as started).
+                drop(work);
+                Box::pin(outcome::stop_cancelled(ctx, msg, id)).await;
+                return;
+            }
+        }
+    };
+    drop(work);
+    match finished {
+        Ok(f) => Box::pin(outcome::conclude(ctx, msg, f, reply_subject, webhook_url)).await,
+        Err(Halt::Defer(deferred)) => Box::pin(outcome::defer(ctx, &msg, id, deferred)).await,
+        Err(Halt::Ended(attempts)) => Box::pin(outcome::skip_ended(ctx, msg, id, attempts)).await,
+    }
+}

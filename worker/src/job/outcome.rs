@@ -1,0 +1,352 @@
+//! How a run ends: the result recorded, then published, then acked ([`conclude`]); a job
+//! handed back to the queue ([`defer`]); a job the api ended or cancelled; a message that
+//! can never be processed ([`dead_letter`]).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
+use chrono::Utc;
+use rust_decimal::Decimal;
+use sluice_core::store::{AttemptRecord, JobDeferred, JobOutcome, LedgerEntry, WebhookOutcome};
+use sluice_core::Secret;
+use sluice_schemas::events::HEADER_DLQ_REASON;
+use sluice_schemas::job::JobError;
+use sluice_schemas::{DoneEvent, ErrorClass, JobStatus};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::attempt::record_usage;
+use crate::events::EventPublisher;
+use crate::providers::CallOutput;
+use crate::Ctx;
+
+/// A run that produced the job's end: its outcome, attempts and terminal event.
+pub(super) struct Finished {
+    pub(super) outcome: JobOutcome,
+    pub(super) attempts: Vec<AttemptRecord>,
+    pub(super) done: DoneEvent,
+    pub(super) publisher: EventPublisher,
+    pub(super) last_attempt: u32,
+}
+
+/// Why a job stopped without a result of its own.
+pub(super) enum Halt {
+    /// It cannot go on now: back to the queue.
+    Defer(Deferred),
+    /// The api ended it (cancel, batch expiry) before this worker could start its next
+    /// attempt; holds the attempts this delivery made before that.
+    Ended(Vec<AttemptRecord>),
+}
+
+/// The job cannot go on now (a limit is full, or Redis or Postgres is unreachable):
+/// hand it back to the queue, with the attempts this delivery made.
+pub(super) struct Deferred {
+    /// When a limit frees up, if known.
+    pub(super) after: Option<Duration>,
+    /// Bounded label for the deferral metric.
+    pub(super) cause: &'static str,
+    pub(super) reason: String,
+    pub(super) attempts: Vec<AttemptRecord>,
+}
+
+impl Deferred {
+    pub(super) fn now(cause: &'static str, reason: String) -> Self {
+        Deferred {
+            after: None,
+            cause,
+            reason,
+            attempts: Vec::new(),
+        }
+    }
+}
+
+impl Finished {
+    /// The job succeeded with `out`, the call of the last of `records`.
+    pub(super) fn succeeded(
+        mut base: JobOutcome,
+        records: Vec<AttemptRecord>,
+        out: CallOutput,
+        publisher: EventPublisher,
+        attempt: u32,
+    ) -> Finished {
+        let last = records.last();
+        let usage = last.map(record_usage).unwrap_or_default();
+        let cost = last.and_then(|r| r.cost);
+        let pricing_missing = last.is_some_and(|r| r.pricing_missing);
+        let mut completion = out.completion;
+        // Report the usage we billed (estimated when the provider sent none).
+        completion.usage = Some(out.usage.unwrap_or(usage));
+        let job_cost = if pricing_missing {
+            None
+        } else {
+            total_cost(&records).or(cost)
+        };
+        base.status = JobStatus::Succeeded.as_str().to_string();
+        base.result = serde_json::to_value(&completion).ok();
+        base.usage = serde_json::to_value(completion.usage).ok();
+        base.cost = job_cost;
+        base.pricing_missing = pricing_missing;
+        base.attempts = attempt;
+        base.finished_at = Utc::now();
+        let done = DoneEvent {
+            job_id: base.id,
+            status: JobStatus::Succeeded,
+            usage: completion.usage,
+            result: Some(completion),
+            cost: job_cost,
+            attempts: attempt,
+            error: None,
+        };
+        Finished {
+            outcome: base,
+            attempts: records,
+            done,
+            publisher,
+            last_attempt: attempt,
+        }
+    }
+
+    /// The job ends without a result: `failed`, or `cancelled`.
+    pub(super) fn without_result(
+        status: JobStatus,
+        mut base: JobOutcome,
+        records: Vec<AttemptRecord>,
+        error: JobError,
+        publisher: EventPublisher,
+        attempt: u32,
+    ) -> Finished {
+        base.status = status.as_str().to_string();
+        base.cost = total_cost(&records);
+        base.attempts = attempt;
+        base.error_class = Some(error.class.as_str().to_string());
+        base.error_message = Some(error.message.clone());
+        base.finished_at = Utc::now();
+        let done = DoneEvent {
+            job_id: base.id,
+            status,
+            result: None,
+            usage: None,
+            cost: base.cost,
+            attempts: attempt,
+            error: Some(error),
+        };
+        Finished {
+            outcome: base,
+            attempts: records,
+            done,
+            publisher,
+            last_attempt: attempt,
+        }
+    }
+}
+
+/// The job's cost: the sum over attempts that have a price.
+fn total_cost(records: &[AttemptRecord]) -> Option<Decimal> {
+    records.iter().filter_map(|r| r.cost).reduce(|a, b| a + b)
+}
+
+/// The job was cancelled while it ran here: subscribers get the end, the message goes.
+pub(super) async fn stop_cancelled(ctx: &Ctx, msg: jetstream::Message, id: Uuid) {
+    tracing::info!("job cancelled while running");
+    let done = DoneEvent {
+        job_id: id,
+        status: JobStatus::Cancelled,
+        result: None,
+        usage: None,
+        cost: None,
+        attempts: 0,
+        error: Some(JobError {
+            class: ErrorClass::Internal,
+            message: "cancelled".into(),
+        }),
+    };
+    let mut publisher = EventPublisher::new(ctx.js.clone(), ctx.subjects.events(id), id);
+    if let Err(e) = publisher.terminal(0, &done).await {
+        tracing::warn!(error = %e, "cancel event not stored");
+    }
+    let _ = msg.ack().await;
+}
+
+/// The api ended the job before this delivery could start its next attempt: record the
+/// attempts it made, give subscribers the end as the row has it, and drop the message.
+pub(super) async fn skip_ended(
+    ctx: &Ctx,
+    msg: jetstream::Message,
+    id: Uuid,
+    attempts: Vec<AttemptRecord>,
+) {
+    tracing::info!("job ended by the api before this attempt; not calling it");
+    if !attempts.is_empty() {
+        if let Err(e) = ctx.ledger.write(LedgerEntry::Attempts(attempts)).await {
+            tracing::error!(error = %e, "attempts not recorded; the job will be redelivered");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+            return;
+        }
+    }
+    republish_terminal(ctx, id).await;
+    let _ = msg.ack().await;
+}
+
+/// Records the result, then publishes it, then acks; starts the webhook delivery.
+pub(super) async fn conclude(
+    ctx: &Ctx,
+    msg: jetstream::Message,
+    finished: Finished,
+    reply_subject: Option<String>,
+    webhook_url: Option<String>,
+) {
+    let Finished {
+        outcome,
+        attempts,
+        done,
+        mut publisher,
+        last_attempt,
+    } = finished;
+    let id = outcome.id;
+    let webhook_secret = webhook_url
+        .as_ref()
+        .and(ctx.config.webhook_secret.as_ref())
+        .map(|server| sluice_core::keys::webhook_secret(server, &outcome.owner));
+    // Record, then publish, then ack.
+    if let Err(e) = ctx
+        .ledger
+        .write(LedgerEntry::Finished {
+            job: outcome,
+            attempts,
+        })
+        .await
+    {
+        tracing::error!(error = %e, "result not recorded; the job will be redelivered");
+        let _ = msg
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+            .await;
+        return;
+    }
+    let body = match publisher.terminal(last_attempt, &done).await {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::warn!(error = %e, "terminal event not stored; redelivery will republish it");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+            return;
+        }
+    };
+    let reply_subject = crate::destinations::reply_subject(
+        reply_subject.as_deref(),
+        &ctx.config.subject_prefix,
+        &ctx.config.safety,
+    );
+    if let Some(subject) = reply_subject {
+        if let Err(e) = publisher.reply(subject, &body, &done).await {
+            tracing::warn!(error = %e, "reply subject publish failed");
+        }
+    }
+    if let Err(e) = msg.ack().await {
+        tracing::warn!(error = %e, "ack failed; a redelivery will find the job finished");
+    }
+    if let Some(url) = webhook_url {
+        spawn_webhook(ctx, id, url, body, webhook_secret);
+    }
+    tracing::debug!(status = %done.status, "job finished");
+}
+
+/// Delivers the terminal result to the job's webhook after the ack, on a task the worker
+/// drains at shutdown; the delivery's outcome goes to the ledger.
+fn spawn_webhook(ctx: &Ctx, id: Uuid, url: String, body: Bytes, secret: Option<Secret>) {
+    let (safety, secret, ledger) = (ctx.config.safety.clone(), secret, ctx.ledger.clone());
+    let span = tracing::Span::current();
+    ctx.webhooks.spawn(
+        async move {
+            let outcome =
+                crate::webhook::deliver(&safety, &url, body, secret.as_ref(), &id.to_string())
+                    .await;
+            let status = if outcome.delivered {
+                "delivered"
+            } else {
+                "failed"
+            };
+            let _ = ledger
+                .send(LedgerEntry::Webhook(WebhookOutcome {
+                    id,
+                    status: status.to_string(),
+                    attempts: outcome.attempts,
+                }))
+                .await;
+        }
+        .instrument(span),
+    );
+}
+
+/// Hands a job back to the queue until a limit frees up (bounded, with jitter); records
+/// the attempts made and marks the job `queued` with `not_before`. No attempt is counted
+/// for the deferral itself.
+pub(super) async fn defer(ctx: &Ctx, msg: &jetstream::Message, id: Uuid, d: Deferred) {
+    let base = d
+        .after
+        .unwrap_or(Duration::from_secs(1))
+        .min(ctx.config.limits.max_defer);
+    let jitter = base.mul_f64(rand::random::<f64>() * 0.1)
+        + Duration::from_millis(rand::random::<u64>() % 50);
+    let delay = base + jitter;
+    tracing::info!(reason = %d.reason, delay_ms = delay.as_millis() as u64, "job deferred");
+    crate::metrics::deferral(d.cause);
+    if !d.attempts.is_empty() {
+        if let Err(e) = ctx.ledger.write(LedgerEntry::Attempts(d.attempts)).await {
+            tracing::warn!(error = %e, "attempts of a deferred job not recorded");
+        }
+    }
+    let not_before = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+    let _ = ctx
+        .ledger
+        .send(LedgerEntry::Deferred(JobDeferred { id, not_before }))
+        .await;
+    let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+}
+
+pub(super) async fn republish_terminal(ctx: &Ctx, id: Uuid) {
+    let row = match ctx.store.job(id).await {
+        Ok(Some(row)) => row,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read finished job");
+            return;
+        }
+    };
+    let done = row.done_event();
+    let mut publisher = EventPublisher::new(ctx.js.clone(), ctx.subjects.events(id), id);
+    if let Err(e) = publisher.terminal(row.attempts, &done).await {
+        tracing::warn!(error = %e, "cannot republish terminal event");
+    }
+}
+
+/// Parks a message that can never be processed on the dead-letter subject, then
+/// terminates it (in that order: on 2.9 `Term` deletes it from the work queue).
+pub(super) async fn dead_letter(ctx: &Ctx, msg: &jetstream::Message, reason: &str) {
+    tracing::error!(subject = %msg.subject, %reason, "dead-lettering message");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(HEADER_DLQ_REASON, reason);
+    headers.insert("Sluice-Dlq-Subject", msg.subject.as_str());
+    let published = async {
+        ctx.js
+            .publish_with_headers(ctx.subjects.dlq(), headers, Bytes::clone(&msg.payload))
+            .await?
+            .await?;
+        Ok::<(), async_nats::Error>(())
+    }
+    .await;
+    match published {
+        Ok(()) => {
+            let _ = msg.ack_with(AckKind::Term).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "dead-letter publish failed; retrying later");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! The run of one delivery of a job, read top-down:
+//!
+//! ```text
+//! prepare ─▶ ┌ admit ─▶ start ─▶ call ─▶ record ─▶ decide ┐ ─▶ end
+//!            └──────────────── retry / fall back ◀───────┘
+//! ```
+//!
+//! - **admit**: route (the group's candidates by order and strategy, minus those tried)
+//!   and reserve against every limit in one Redis round trip; the first candidate that
+//!   fits becomes an [`Attempt`];
+//! - **start**: the attempt goes on record before the call (and claims the job, so one
+//!   the api ended meanwhile is not called);
+//! - **call**: the provider call, its chunks published as they arrive;
+//! - **record**: the attempt row, the reservation settled with real usage and health;
+//! - **decide**: stop, retry in the group, or hop to a fallback group ([`Route::next`]).
+//!
+//! A step that cannot go on now hands the job back ([`Halt`]); the run's result is the
+//! job's end ([`Finished`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::prelude::ToPrimitive;
+use sluice_core::config::Deployment;
+use sluice_core::store::{AttemptRecord, JobOutcome, LedgerEntry};
+use sluice_schemas::job::JobError;
+use sluice_schemas::openai::ChatRequest;
+use sluice_schemas::{ErrorClass, JobEnvelope, JobStatus, RetryEvent, Tier};
+use uuid::Uuid;
+
+use super::attempt::{Attempt, JobFields};
+use super::outcome::{Deferred, Finished, Halt};
+use super::route::{Next, Route};
+use crate::events::{EventPublisher, EventSink};
+use crate::limits::{self, Actual, Admission, Candidate, Health, Scope};
+use crate::providers::{CallOutput, ProviderError};
+use crate::{retry, tokens, Ctx};
+
+/// A concurrency lease outlives the call's timeout by this much before it expires on its
+/// own (which only happens when a worker died holding it).
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
+
+/// Runs one delivery of a job to its end, or to a halt.
+pub(super) async fn run(
+    ctx: &Ctx,
+    envelope: JobEnvelope,
+    tier: Tier,
+    delivery: u32,
+    first_attempt: u32,
+) -> Result<Finished, Halt> {
+    let mut run = Run::new(ctx, envelope, tier, delivery, first_attempt);
+    if let Some(error) = run.invalid() {
+        let made = run.attempt.saturating_sub(1);
+        return Ok(run.end(JobStatus::Failed, error, made));
+    }
+    Box::pin(run.load_key_scopes()).await?;
+    // Bounded: every hop resets the retry count, and hops are bounded by max_fallbacks.
+    loop {
+        let attempt = match Box::pin(run.admit()).await? {
+            Admit::Go(attempt) => attempt,
+            Admit::Again => continue,
+            Admit::GiveUp => break,
+            Admit::Cancelled => {
+                let made = run.attempt.saturating_sub(1);
+                return Ok(run.end(JobStatus::Cancelled, cancelled(), made));
+            }
+        };
+        let attempt = Box::pin(run.start(attempt)).await?;
+        let result = run.call(&attempt).await;
+        let failure = match Box::pin(run.record(attempt, result)).await {
+            Ok(out) => return Ok(run.succeed(out)),
+            Err(failure) => failure,
+        };
+        if !Box::pin(run.decide(&failure)).await {
+            break;
+        }
+    }
+    let made = run.attempt;
+    let error = run.last_error.clone();
+    Ok(run.end(JobStatus::Failed, error, made))
+}
+
+/// What the admission step found.
+enum Admit {
+    /// A deployment admitted the call.
+    Go(Attempt),
+    /// Every deployment of the group cools down and the route moved to another group.
+    Again,
+    /// No deployment is left (or the request can never fit a limit).
+    GiveUp,
+    /// The job was cancelled while waiting.
+    Cancelled,
+}
+
+/// A failed call, for the decision that follows it.
+struct Failure {
+    attempt: u32,
+    deployment: Arc<Deployment>,
+    error: ProviderError,
+}
+
+fn cancelled() -> JobError {
+    JobError {
+        class: ErrorClass::Internal,
+        message: "cancelled".into(),
+    }
+}
+
+/// One delivery's run: the job as submitted, and what changes from attempt to attempt.
+struct Run<'a> {
+    ctx: &'a Ctx,
+    id: Uuid,
+    owner: String,
+    group: String,
+    tier: Tier,
+    reply_subject: Option<String>,
+    created_at: DateTime<Utc>,
+    delivery: u32,
+    stream: bool,
+    request: ChatRequest,
+    /// The job row as it will end; filled in by [`Run::end`] / [`Run::succeed`].
+    base: JobOutcome,
+    publisher: EventPublisher,
+    route: Route<'a>,
+    /// The limits of the job's key, beside each deployment's own.
+    key_scopes: Arc<Vec<Scope>>,
+    /// Prompt estimates per tokenizer, computed once each.
+    prompt_estimates: Vec<(tokens::Tokenizer, u64)>,
+    /// Attempts this delivery made, for the ledger.
+    records: Vec<AttemptRecord>,
+    /// The number the next attempt gets.
+    attempt: u32,
+    last_error: JobError,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        ctx: &'a Ctx,
+        envelope: JobEnvelope,
+        tier: Tier,
+        delivery: u32,
+        first_attempt: u32,
+    ) -> Self {
+        let JobEnvelope {
+            id,
+            request,
+            owner,
+            reply_subject,
+            submitted_at_ms,
+            fallbacks,
+            disable_fallbacks,
+            ..
+        } = envelope;
+        let owner = owner.unwrap_or_else(|| "master".to_string());
+        let group = request.model.clone();
+        let created_at = DateTime::<Utc>::from_timestamp_millis(submitted_at_ms)
+            .filter(|_| submitted_at_ms > 0)
+            .unwrap_or_else(Utc::now);
+        let base = JobOutcome {
+            id,
+            owner: owner.clone(),
+            model_group: group.clone(),
+            tier: tier.as_str().to_string(),
+            reply_subject: reply_subject.clone(),
+            created_at,
+            status: JobStatus::Failed.as_str().to_string(),
+            result: None,
+            usage: None,
+            cost: None,
+            pricing_missing: false,
+            attempts: first_attempt.saturating_sub(1),
+            error_class: None,
+            error_message: None,
+            finished_at: Utc::now(),
+        };
+        Run {
+            ctx,
+            id,
+            route: Route::new(ctx, &group, fallbacks, disable_fallbacks),
+            owner,
+            group,
+            tier,
+            reply_subject,
+            created_at,
+            delivery,
+            stream: request.stream.unwrap_or(false),
+            request,
+            base,
+            publisher: EventPublisher::new(ctx.js.clone(), ctx.subjects.events(id), id),
+            key_scopes: Arc::default(),
+            prompt_estimates: Vec::with_capacity(2),
+            records: Vec::new(),
+            attempt: first_attempt,
+            last_error: JobError {
+                class: ErrorClass::Internal,
+                message: "no deployment available".into(),
+            },
+        }
+    }
+
+    /// A job no deployment can ever run (published straight to NATS, past the api's
+    /// checks).
+    fn invalid(&self) -> Option<JobError> {
+        let message = if !self
+            .ctx
+            .router
+            .has_group(self.ctx.config.resolve_group(&self.group))
+        {
+            format!("unknown model group {:?}", self.group)
+        } else if self.request.messages.is_empty() {
+            "`messages` must not be empty".to_string()
+        } else {
+            return None;
+        };
+        Some(JobError {
+            class: ErrorClass::BadRequest,
+            message,
+        })
+    }
+
+    async fn load_key_scopes(&mut self) -> Result<(), Halt> {
+        self.key_scopes = self.ctx.key_limits.scopes(&self.owner).await.map_err(|e| {
+            Halt::Defer(Deferred::now(
+                "postgres_unavailable",
+                format!("cannot read the key's limits: {e}"),
+            ))
+        })?;
+        Ok(())
+    }
+
+    /// Route, then admit: the first candidate (by order and strategy) that is not cooling
+    /// down and whose limits allow the call.
+    async fn admit(&mut self) -> Result<Admit, Halt> {
+        let ctx = self.ctx;
+        let candidates = ctx.router.candidates(self.route.group(), &self.route.tried);
+        if candidates.is_empty() {
+            return Ok(Admit::GiveUp);
+        }
+        let admit = self.candidates(&candidates);
+        let lease = candidates
+            .iter()
+            .map(|d| d.timeout)
+            .max()
+            .unwrap_or_default()
+            + LEASE_MARGIN;
+        match Box::pin(ctx.limiter.admit(Some(self.id), &admit, lease)).await {
+            Admission::Admitted { index, reservation } => Ok(Admit::Go(Attempt {
+                job_id: self.id,
+                number: self.attempt,
+                delivery: self.delivery,
+                deployment: Arc::clone(&candidates[index]),
+                // The attempt starts when the limits counted it.
+                started_at: reservation
+                    .admitted_at_ms
+                    .and_then(DateTime::<Utc>::from_timestamp_millis)
+                    .unwrap_or_else(Utc::now),
+                reservation: ctx.limiter.hold(reservation),
+            })),
+            Admission::Wait {
+                after,
+                limit,
+                cooling,
+            } => {
+                // Every deployment of this group cools down: another group may serve.
+                if cooling && self.route.hop(None) {
+                    crate::metrics::fallback("cooldown");
+                    return Ok(Admit::Again);
+                }
+                Err(self.defer(
+                    Some(after),
+                    if cooling { "cooldown" } else { "limit" },
+                    format!("waiting for {limit}"),
+                ))
+            }
+            Admission::Unavailable(e) => Err(self.defer(
+                None,
+                "redis_unavailable",
+                format!("flow control unavailable: {e}"),
+            )),
+            Admission::Cancelled => Ok(Admit::Cancelled),
+            Admission::TooLarge { limit } => {
+                self.last_error = JobError {
+                    class: ErrorClass::BadRequest,
+                    message: format!(
+                        "the request (about {} tokens with its output cap) can never fit the limit {limit}",
+                        admit.first().map(|c| c.estimate.tokens).unwrap_or(0)
+                    ),
+                };
+                Ok(Admit::GiveUp)
+            }
+        }
+    }
+
+    /// What admission checks for each candidate: its limits and the key's, and the
+    /// estimated tokens and cost of the call.
+    fn candidates(&mut self, candidates: &[Arc<Deployment>]) -> Vec<Candidate> {
+        let ctx = self.ctx;
+        let output_cap = u64::from(
+            self.request
+                .output_cap()
+                .unwrap_or(ctx.config.limits.default_max_tokens),
+        );
+        let mut admit = Vec::with_capacity(candidates.len());
+        for d in candidates {
+            let prompt_tokens = self.prompt_estimate(tokens::Tokenizer::for_deployment(d));
+            let mut scopes = limits::deployment_scopes(d, &ctx.config.limits.provider_budgets);
+            scopes.extend(self.key_scopes.iter().cloned());
+            admit.push(Candidate {
+                deployment: d.id.clone(),
+                order: d.order,
+                cooldowns: !ctx.config.router.disable_cooldowns,
+                scopes,
+                estimate: limits::estimate(ctx.prices.get(&d.id), prompt_tokens, output_cap),
+            });
+        }
+        admit
+    }
+
+    fn prompt_estimate(&mut self, tokenizer: tokens::Tokenizer) -> u64 {
+        if let Some((_, n)) = self.prompt_estimates.iter().find(|(t, _)| *t == tokenizer) {
+            return *n;
+        }
+        let n = tokens::prompt_with(tokenizer, &self.request);
+        self.prompt_estimates.push((tokenizer, n));
+        n
+    }
+
+    /// A halt that hands the job back with the attempts this delivery made.
+    fn defer(&mut self, after: Option<Duration>, cause: &'static str, reason: String) -> Halt {
+        Halt::Defer(Deferred {
+            after,
+            cause,
+            reason,
+            attempts: std::mem::take(&mut self.records),
+        })
+    }
+
+    /// Puts the attempt on record before the call is made, so a crash cannot hide a
+    /// call. The same write claims the job: one the api ended meanwhile is not called
+    /// (its reservation is given back unused).
+    async fn start(&mut self, attempt: Attempt) -> Result<Attempt, Halt> {
+        let ctx = self.ctx;
+        let started = attempt.started(
+            ctx,
+            JobFields {
+                owner: &self.owner,
+                group: &self.group,
+                tier: self.tier.as_str(),
+                reply_subject: &self.reply_subject,
+                created_at: self.created_at,
+            },
+        );
+        let claimed = Box::pin(ctx.ledger.write(LedgerEntry::Started(started))).await;
+        if matches!(claimed, Ok(true)) {
+            return Ok(attempt);
+        }
+        let none = Actual {
+            tokens: 0,
+            cost: 0.0,
+        };
+        let healthy = Health {
+            ok: true,
+            ..Default::default()
+        };
+        Box::pin(attempt.reservation.settle(none, healthy)).await;
+        Err(match claimed {
+            Err(e) => self.defer(None, "ledger_unavailable", e.to_string()),
+            Ok(_) => Halt::Ended(std::mem::take(&mut self.records)),
+        })
+    }
+
+    /// The provider call; each chunk goes out as a `chunk` event as it arrives.
+    async fn call(&mut self, attempt: &Attempt) -> Result<CallOutput, ProviderError> {
+        let mut sink = EventSink {
+            publisher: &mut self.publisher,
+            attempt: attempt.number,
+        };
+        self.ctx
+            .providers
+            .call(
+                &attempt.deployment,
+                &mut self.request,
+                self.stream,
+                &mut sink,
+            )
+            .await
+    }
+
+    /// Writes the attempt down and settles its reservation with the real usage and the
+    /// deployment's health. A failure becomes the job's last error.
+    async fn record(
+        &mut self,
+        attempt: Attempt,
+        result: Result<CallOutput, ProviderError>,
+    ) -> Result<CallOutput, Failure> {
+        let ctx = self.ctx;
+        let record = attempt.record(ctx, &self.request, &result);
+        let used = Actual {
+            tokens: (record.prompt_tokens.unwrap_or(0) + record.completion_tokens.unwrap_or(0))
+                .max(0) as u64,
+            cost: record.cost.and_then(|c| c.to_f64()).unwrap_or(0.0),
+        };
+        let health = attempt.health(ctx, &result);
+        let Attempt {
+            number,
+            deployment,
+            reservation,
+            ..
+        } = attempt;
+        if let (false, Err(e)) = (health.cool_now.is_zero(), &result) {
+            crate::metrics::cooldown(&deployment.id, e.class.as_str());
+        }
+        Box::pin(reservation.settle(used, health)).await;
+        self.records.push(record);
+        result.map_err(|error| {
+            tracing::info!(attempt = number, deployment = %deployment.id, class = %error.class, error = %error.message, "attempt failed");
+            self.last_error = JobError {
+                class: error.class,
+                message: error.message.clone(),
+            };
+            Failure {
+                attempt: number,
+                deployment,
+                error,
+            }
+        })
+    }
+
+    /// After a failed attempt: stop, retry within the group, or hop to a fallback group.
+    /// Going on tells subscribers (a `retry` event) and waits the backoff of a retry.
+    async fn decide(&mut self, failure: &Failure) -> bool {
+        let class = failure.error.class;
+        self.route.tried.push(Arc::clone(&failure.deployment));
+        let next = self.route.next(class);
+        let go_on = match next {
+            Next::Stop => false,
+            Next::Retry => {
+                self.route.retries += 1;
+                true
+            }
+            Next::Hop => {
+                let hopped = self.route.hop(Some(class));
+                if hopped {
+                    crate::metrics::fallback(class.as_str());
+                }
+                hopped
+            }
+        };
+        if !go_on {
+            return false;
+        }
+        crate::metrics::retry(class.as_str());
+        Box::pin(self.publisher.retry(&RetryEvent {
+            attempt: failure.attempt,
+            deployment: failure.deployment.id.clone(),
+            error: self.last_error.clone(),
+        }))
+        .await;
+        if next == Next::Retry {
+            let wait = retry::delay(
+                self.route.retries - 1,
+                failure.error.retry_after,
+                self.route.other_left(),
+            )
+            .max(self.ctx.config.router.retry_after);
+            tokio::time::sleep(wait).await;
+        }
+        self.attempt += 1;
+        true
+    }
+
+    /// The job succeeded with the last attempt's output.
+    fn succeed(self, out: CallOutput) -> Finished {
+        Finished::succeeded(self.base, self.records, out, self.publisher, self.attempt)
+    }
+
+    /// The job ends without a result after `attempts` attempts.
+    fn end(self, status: JobStatus, error: JobError, attempts: u32) -> Finished {
+        Finished::without_result(
+            status,
+            self.base,
+            self.records,
+            error,
+            self.publisher,
+            attempts,
+        )
+    }
+}
