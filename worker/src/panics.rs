@@ -119,11 +119,11 @@ async fn end_failed(ctx: &Ctx, msg: jetstream::Message, tier: Tier, what: &str) 
         result: None,
         usage: None,
         cost: None,
-        attempts: attempts.max(0) as u32,
+        attempts,
         error: Some(error),
     };
     let mut publisher = EventPublisher::new(ctx.js.clone(), ctx.subjects.events(id), id);
-    if let Err(e) = publisher.terminal(attempts.max(0) as u32, &done).await {
+    if let Err(e) = publisher.terminal(attempts, &done).await {
         tracing::warn!(error = %e, "terminal event of a panicked job not stored");
     }
     let _ = msg.ack().await;

@@ -221,7 +221,7 @@ pub struct Reservation {
 /// task panicked, was cancelled or handed back at the drain deadline), it releases its
 /// leases at once instead of holding them until they expire.
 pub struct Held {
-    limiter: Limiter,
+    limiter: Box<Limiter>,
     reservation: Option<Reservation>,
 }
 
@@ -245,7 +245,7 @@ impl Drop for Held {
         };
         // One bounded script call; it has to outlive the dropped job to run at all.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let limiter = self.limiter.clone();
+            let limiter = Limiter::clone(&self.limiter);
             let nothing = Actual {
                 tokens: 0,
                 cost: 0.0,
@@ -461,7 +461,7 @@ impl Limiter {
     /// Holds `reservation` so that it is released even if its job never settles it.
     pub fn hold(&self, reservation: Reservation) -> Held {
         Held {
-            limiter: self.clone(),
+            limiter: Box::new(self.clone()),
             reservation: Some(reservation),
         }
     }
