@@ -93,10 +93,10 @@ async fn a_cancelled_queued_job_is_never_called_and_a_running_one_stops() -> Res
 /// one that has. Whatever a consumer has delivered, a cancelled job is never called.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_attempt_started_write_refuses_a_job_the_api_ended() -> Result<()> {
-    use sluice_core::store::{AttemptStarted, LedgerEntry};
+    use sluice_core::store::{AttemptStarted, LedgerEntry, Written};
     let env = TestEnv::new().await?;
     let store = env.store().await?;
-    let started = |job_id: uuid::Uuid, attempt: u32| {
+    let started = |job_id: uuid::Uuid| {
         LedgerEntry::Started(AttemptStarted {
             job_id,
             owner: "master".into(),
@@ -104,26 +104,27 @@ async fn the_attempt_started_write_refuses_a_job_the_api_ended() -> Result<()> {
             tier: "normal".into(),
             reply_subject: None,
             created_at: chrono::Utc::now(),
-            attempt,
             delivery: 1,
             worker: "w".into(),
             deployment: "fast-0".into(),
             provider: "openai".into(),
             model: "gpt-4o-mini".into(),
             started_at: chrono::Utc::now(),
+            max_calls: 10,
+            reserved_cost: None,
         })
     };
     let (ended, live) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-    let refused = store
-        .write_ledger(&[started(ended, 1), started(live, 1)])
-        .await?;
-    assert!(refused.is_empty(), "new jobs are claimed: {refused:?}");
+    let answers = store.write_ledger(&[started(ended), started(live)]).await?;
+    assert_eq!(
+        answers,
+        vec![Written::Claimed(1), Written::Claimed(1)],
+        "new jobs are claimed"
+    );
     assert!(store.cancel_job(ended).await?);
     // The next attempt of each, in one batch: only the live job is claimed.
-    let refused = store
-        .write_ledger(&[started(ended, 2), started(live, 2)])
-        .await?;
-    assert_eq!(refused.into_iter().collect::<Vec<_>>(), vec![ended]);
+    let answers = store.write_ledger(&[started(ended), started(live)]).await?;
+    assert_eq!(answers, vec![Written::Ended, Written::Claimed(2)]);
     let attempts = |id| {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM job_attempts WHERE job_id = $1")
             .bind(id)

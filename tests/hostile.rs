@@ -270,6 +270,8 @@ async fn a_row_postgres_refuses_fails_alone_and_at_once_and_the_rest_of_its_batc
         } else {
             chrono::Utc::now()
         },
+        subject: None,
+        payload: None,
     };
     let writes = (0..16).map(|i| {
         let jobs = jobs.clone();

@@ -18,6 +18,7 @@ async fn queue_depth_matches_a_known_backlog() -> Result<()> {
     let env = TestEnv::new().await?;
     let stack = Stack::start(env.config(&models(&sim), "")?, 0).await?;
     let http = reqwest::Client::new();
+    let submitted = std::time::Instant::now();
     for (priority, n) in [("normal", 7), ("high", 3)] {
         for _ in 0..n {
             let mut body = job("fast", false);
@@ -66,7 +67,13 @@ async fn queue_depth_matches_a_known_backlog() -> Result<()> {
     assert_eq!(normal["pending"], 7);
     assert_eq!(normal["ack_pending"], 0);
     assert_eq!(normal["consumer"], format!("{}_normal", env.prefix));
-    assert!(normal["oldest_age_seconds"].as_f64().unwrap() >= 0.0);
+    // The oldest job was published after `submitted`, and some time has passed since.
+    let age = normal["oldest_age_seconds"].as_f64().unwrap();
+    assert!(
+        age > 0.0 && age <= submitted.elapsed().as_secs_f64() + 1.0,
+        "oldest age {age}s, submitted {:?} ago",
+        submitted.elapsed()
+    );
     assert_eq!(tier("high")["depth"], 3);
     assert_eq!(tier("critical")["depth"], 0);
     assert!(tier("low")["oldest_age_seconds"].is_null());

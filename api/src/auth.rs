@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use axum::http::HeaderMap;
 use sluice_core::keys::{hash_key, KeyRecord};
 use sluice_core::{Secret, Store};
+use sluice_schemas::MASTER_OWNER;
 
 use crate::errors::ApiError;
 
@@ -34,13 +35,13 @@ pub struct Caller {
 impl Caller {
     fn master() -> Caller {
         Caller {
-            owner: "master".into(),
+            owner: MASTER_OWNER.into(),
             key: None,
         }
     }
 
     pub fn is_master(&self) -> bool {
-        self.key.is_none() && self.owner == "master"
+        self.key.is_none() && self.owner == MASTER_OWNER
     }
 
     /// Whether this caller may see a job owned by `owner`.

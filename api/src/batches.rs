@@ -1,5 +1,5 @@
 //! The batch driver: turns an uploaded JSONL file into jobs and the jobs' results into
-//! OpenAI output and error files (DESIGN §8, `reference/queues.md` §4).
+//! OpenAI output and error files (shapes in `schemas/src/batch.rs`).
 //!
 //! Each API instance runs one [`run`] task. It takes the lease of active batches nobody
 //! drives (a new batch, or one whose driver died) and drives each through:
@@ -29,12 +29,12 @@
 //! ordinary jobs.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
 use sluice_core::batches::{line_job_id, BatchJob, BatchRow, Ending, LineResult};
 use sluice_core::files::LineError;
 use sluice_core::keys::KeyRecord;
@@ -42,7 +42,7 @@ use sluice_schemas::batch::{
     BatchErrorItem, BatchLineError, BatchOutputLine, BatchResponse, CODE_CANCELLED, CODE_EXPIRED,
 };
 use sluice_schemas::openai::ChatRequest;
-use sluice_schemas::{ErrorClass, JobEnvelope, JobStatus, Tier};
+use sluice_schemas::{ErrorClass, JobEnvelope, JobStatus, Tier, MASTER_OWNER};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -125,6 +125,7 @@ async fn drive(
         id: id.clone(),
         stop,
         owner_key: None,
+        owner_revoked: false,
     };
     match driver.drive().await {
         Ok(()) | Err(DriveError::Stopped) | Err(DriveError::LeaseLost) => {}
@@ -167,6 +168,9 @@ struct Driver {
     stop: CancellationToken,
     /// The batch owner's virtual key (`None`: the master key), for model permissions.
     owner_key: Option<Option<Arc<KeyRecord>>>,
+    /// The batch owner is a key that was revoked: its lines are refused, never run as
+    /// the master key's.
+    owner_revoked: bool,
 }
 
 impl Driver {
@@ -187,10 +191,12 @@ impl Driver {
 
     async fn drive(&mut self) -> Result<(), DriveError> {
         let mut row = self.renew().await?;
-        self.owner_key = Some(if row.owner == "master" {
+        self.owner_key = Some(if row.owner == MASTER_OWNER {
             None
         } else {
-            self.state.store.api_key(&row.owner).await?.map(Arc::new)
+            let key = self.state.store.api_key(&row.owner).await?.map(Arc::new);
+            self.owner_revoked = key.is_none();
+            key
         });
         if row.total == 0 {
             match self.validate(&row).await? {
@@ -355,7 +361,7 @@ impl Driver {
             }
             match parse_line(&bytes, line_no, &row.endpoint) {
                 Ok((custom_id, _)) => {
-                    let key = hash128(&custom_id);
+                    let key = stable_hash("custom_id:", &custom_id);
                     if let Some(first) = seen.insert(key, line_no) {
                         push(&mut errors, file_error(
                             "duplicate_custom_id",
@@ -629,6 +635,12 @@ impl Driver {
             };
             return refused(class, e.message);
         }
+        if self.owner_revoked {
+            return refused(
+                ErrorClass::Auth,
+                "the API key of this batch was revoked".to_string(),
+            );
+        }
         match &self.owner_key {
             Some(Some(key)) if !key.allows_model(&request.model) => {
                 return refused(
@@ -742,28 +754,29 @@ impl Driver {
     }
 }
 
-/// The UUID inside a `batch_<hex>` id (a random one for ids made elsewhere).
+/// The UUID inside a `batch_<hex>` id; for an id made elsewhere, one derived from it by
+/// [`stable_hash`], so the batch's line job ids are the same on every run and build
+/// (they are the lines' idempotency keys).
 pub fn batch_uuid(id: &str) -> Uuid {
     id.strip_prefix("batch_")
         .and_then(|h| Uuid::parse_str(h).ok())
-        .unwrap_or_else(|| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            id.hash(&mut h);
-            let x = h.finish();
-            Uuid::from_u64_pair(x, x.rotate_left(17))
-        })
+        .unwrap_or_else(|| Uuid::from_u128(stable_hash("sluice-batch-id:", id)))
 }
 
 fn is_blank(bytes: &[u8]) -> bool {
     bytes.iter().all(u8::is_ascii_whitespace)
 }
 
-fn hash128(s: &str) -> u128 {
-    let mut a = std::collections::hash_map::DefaultHasher::new();
-    ("a", s).hash(&mut a);
-    let mut b = std::collections::hash_map::DefaultHasher::new();
-    ("b", s).hash(&mut b);
-    (u128::from(a.finish()) << 64) | u128::from(b.finish())
+/// The first 128 bits of SHA-256(`domain` + `s`): the same on every platform, process
+/// and Rust release (std's `DefaultHasher` promises none of that).
+fn stable_hash(domain: &str, s: &str) -> u128 {
+    let digest = Sha256::new()
+        .chain_update(domain.as_bytes())
+        .chain_update(s.as_bytes())
+        .finalize();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    u128::from_be_bytes(first)
 }
 
 fn file_error(
@@ -906,21 +919,16 @@ fn output_line(line: LineResult) -> (bool, BatchOutputLine) {
                 .error_message
                 .clone()
                 .unwrap_or_else(|| format!("the request ended {}", line.status));
-            let status_code = http_status(class);
             (
                 false,
                 BatchOutputLine {
                     id,
                     custom_id: line.custom_id,
                     response: Some(BatchResponse {
-                        status_code,
+                        status_code: class.http_status(),
                         request_id,
-                        body: json!({"error": {
-                            "message": message,
-                            "type": if status_code < 500 { "invalid_request_error" } else { "server_error" },
-                            "param": null,
-                            "code": class.as_str(),
-                        }}),
+                        body: serde_json::to_value(class.error_body(message.clone()))
+                            .unwrap_or_default(),
                     }),
                     error: Some(BatchLineError {
                         code: class.as_str().into(),
@@ -929,20 +937,6 @@ fn output_line(line: LineResult) -> (bool, BatchOutputLine) {
                 },
             )
         }
-    }
-}
-
-/// The HTTP status a synchronous call would have answered for a failure of `class`.
-fn http_status(class: ErrorClass) -> u16 {
-    match class {
-        ErrorClass::RateLimit => 429,
-        ErrorClass::Overloaded => 503,
-        ErrorClass::Timeout => 408,
-        ErrorClass::Connection | ErrorClass::TruncatedStream => 502,
-        ErrorClass::ContextWindow | ErrorClass::ContentPolicy | ErrorClass::BadRequest => 400,
-        ErrorClass::Auth => 403,
-        ErrorClass::NotFound => 404,
-        ErrorClass::Server | ErrorClass::Internal => 500,
     }
 }
 
@@ -979,5 +973,16 @@ mod tests {
     fn batch_ids_carry_their_uuid() {
         let u = Uuid::now_v7();
         assert_eq!(batch_uuid(&format!("batch_{}", u.simple())), u);
+    }
+
+    /// Line job ids derive from the batch UUID, so an id made elsewhere must map to the
+    /// same UUID on every build: pinned to SHA-256("sluice-batch-id:batch-from-elsewhere").
+    #[test]
+    fn an_id_made_elsewhere_maps_to_a_pinned_uuid() {
+        assert_eq!(
+            batch_uuid("batch-from-elsewhere").to_string(),
+            "aab7fbfb-e806-ef25-9bc1-c279007914e0"
+        );
+        assert_ne!(batch_uuid("batch-from-elsewhere"), batch_uuid("another"));
     }
 }

@@ -2,7 +2,6 @@
 //! `sluice_core::bodies`): kept in Postgres, published as an empty message naming the job.
 
 use bytes::Bytes;
-use sluice_core::bodies::{fits, HEADER_BODY_REF};
 use sluice_core::store::StoreError;
 use uuid::Uuid;
 
@@ -15,12 +14,6 @@ pub async fn job_message(
     id: Uuid,
     payload: Vec<u8>,
 ) -> Result<(async_nats::HeaderMap, Bytes), StoreError> {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", id.to_string().as_str());
-    if fits(payload.len(), state.nats.server_info().max_payload) {
-        return Ok((headers, payload.into()));
-    }
-    state.store.put_job_body(id, &payload).await?;
-    headers.insert(HEADER_BODY_REF, id.to_string().as_str());
-    Ok((headers, Bytes::new()))
+    let max_payload = state.nats.server_info().max_payload;
+    sluice_core::bodies::job_message(&state.store, max_payload, id, payload).await
 }

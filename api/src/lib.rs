@@ -1,4 +1,4 @@
-//! The Sluice HTTP API (DESIGN §8): submit jobs, read their status and results, follow
+//! The Sluice HTTP API: submit jobs, read their status and results, follow
 //! their events as SSE, cancel them; virtual keys; the queue view; metrics, health and
 //! readiness.
 //!
@@ -13,6 +13,7 @@ pub mod errors;
 pub mod guard;
 mod job_events;
 pub mod metrics;
+pub mod outbox;
 pub mod routes;
 pub mod streams;
 mod submit;
@@ -68,6 +69,8 @@ pub struct AppState {
     pub store: Store,
     /// Group-committed job inserts.
     pub jobs: Batcher<NewJob, Recorded>,
+    /// Group-committed removals of published jobs from the outbox.
+    pub outbox: Batcher<uuid::Uuid, ()>,
     /// For readiness (and, later, flow control).
     pub redis: sluice_core::redis::Pool,
     /// Recently resolved virtual keys.
@@ -193,6 +196,12 @@ pub async fn serve_on(
 
     let background = TaskTracker::new();
     let jobs = Batcher::spawn("jobs", 512, &background, JobsFlush(store.clone()));
+    let outbox = Batcher::spawn(
+        "outbox",
+        512,
+        &background,
+        outbox::OutboxFlush(store.clone()),
+    );
     let workers = Arc::new(Workers::default());
     let ops_stop = CancellationToken::new();
     background.spawn(workers::listen(
@@ -208,6 +217,7 @@ pub async fn serve_on(
         subjects,
         store,
         jobs,
+        outbox,
         redis,
         keys: KeyCache::new(config.safety.negative_key_ttl),
         workers,

@@ -248,6 +248,22 @@ async fn enqueue(
     let now = Utc::now();
     let tier = body.priority.unwrap_or_default();
     let model = body.request.model.clone();
+    let envelope = JobEnvelope {
+        id,
+        request: body.request,
+        tier,
+        owner: Some(caller.owner.clone()),
+        reply_subject: body.reply_subject.clone(),
+        webhook_url: body.webhook_url,
+        metadata: body.metadata.clone(),
+        submitted_at_ms: now.timestamp_millis(),
+        fallbacks: body.fallbacks,
+        disable_fallbacks: body.disable_fallbacks.unwrap_or(false),
+    };
+    let payload = serde_json::to_vec(&envelope).map_err(|e| ApiError::internal(e.to_string()))?;
+    let subject = state.subjects.jobs(tier);
+    // The row and its envelope (the outbox) are durable before the publish: whatever
+    // happens after, the job runs (see api/src/outbox.rs).
     let recorded = state
         .jobs
         .write(NewJob {
@@ -256,9 +272,11 @@ async fn enqueue(
             idempotency_key,
             model_group: model.clone(),
             tier: tier.as_str().to_string(),
-            reply_subject: body.reply_subject.clone(),
-            metadata: body.metadata.clone().map(Value::Object),
+            reply_subject: body.reply_subject,
+            metadata: body.metadata.map(Value::Object),
             created_at: now,
+            subject: Some(subject.clone()),
+            payload: Some(String::from_utf8_lossy(&payload).into_owned()),
         })
         .await
         .map_err(|e| {
@@ -286,38 +304,27 @@ async fn enqueue(
             true,
         ));
     }
+    crate::outbox::fault_point("after_record");
 
-    let envelope = JobEnvelope {
-        id,
-        request: body.request,
-        tier,
-        owner: Some(caller.owner.clone()),
-        reply_subject: body.reply_subject,
-        webhook_url: body.webhook_url,
-        metadata: body.metadata,
-        submitted_at_ms: now.timestamp_millis(),
-        fallbacks: body.fallbacks,
-        disable_fallbacks: body.disable_fallbacks.unwrap_or(false),
-    };
-    let payload = serde_json::to_vec(&envelope).map_err(|e| ApiError::internal(e.to_string()))?;
     let published = async {
         let (headers, payload) = crate::bodies::job_message(state, id, payload).await?;
         state
             .js
-            .publish_with_headers(state.subjects.jobs(tier), headers, payload)
+            .publish_with_headers(subject, headers, payload)
             .await?
             .await?;
         Ok::<(), async_nats::Error>(())
     }
     .await;
-    if let Err(e) = published {
-        tracing::error!(job_id = %id, error = %e, "enqueue failed");
-        if let Err(e) = state.store.forget_job(id).await {
-            tracing::error!(job_id = %id, error = %e, "cannot remove unqueued job");
+    match published {
+        Ok(()) => {
+            let _ = state.outbox.send(id).await;
         }
-        return Err(ApiError::unavailable(
-            "the job queue is unavailable; retry shortly",
-        ));
+        Err(e) => {
+            // The message may or may not be in the stream; the outbox entry stays, and a
+            // reconciler publishes it under the same Nats-Msg-Id (deduplicated if it is).
+            tracing::warn!(job_id = %id, error = %e, "publish not acknowledged; the outbox will publish the job");
+        }
     }
     crate::metrics::submitted(tier, &model);
     Ok((

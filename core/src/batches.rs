@@ -1,4 +1,4 @@
-//! Batch rows (`batches`) and the jobs their lines become (DESIGN §7, §8).
+//! Batch rows (`batches`) and the jobs their lines become (tables: `migrations/20261215000001_batches.sql`).
 //!
 //! A batch is driven by one API instance at a time, the holder of its lease
 //! (`lease_owner`, `lease_until`); every state change checks the lease, so an instance

@@ -26,6 +26,24 @@ pub fn fits(len: usize, max_payload: usize) -> bool {
     len.saturating_add(HEADROOM) <= max_payload
 }
 
+/// The headers and body to publish for job `id`'s envelope `payload` on a server with
+/// `max_payload`: as is when it fits, else by reference (the envelope stored first).
+pub async fn job_message(
+    store: &Store,
+    max_payload: usize,
+    id: Uuid,
+    payload: Vec<u8>,
+) -> Result<(async_nats::HeaderMap, bytes::Bytes), StoreError> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id.to_string().as_str());
+    if fits(payload.len(), max_payload) {
+        return Ok((headers, payload.into()));
+    }
+    store.put_job_body(id, &payload).await?;
+    headers.insert(HEADER_BODY_REF, id.to_string().as_str());
+    Ok((headers, bytes::Bytes::new()))
+}
+
 impl Store {
     /// Keeps a job envelope that is too large for a message.
     pub async fn put_job_body(&self, id: Uuid, body: &[u8]) -> Result<(), StoreError> {

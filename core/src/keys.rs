@@ -100,7 +100,7 @@ const COLUMNS: &str = "id, hint, name, models, rpm_limit, tpm_limit, max_paralle
 /// nothing new is stored. The key's creator is shown it once, with the key.
 pub fn webhook_secret(server: &Secret, owner: &str) -> Secret {
     use hmac::{Hmac, Mac};
-    if owner == "master" {
+    if owner == sluice_schemas::MASTER_OWNER {
         return server.clone();
     }
     let mut mac = Hmac::<Sha256>::new_from_slice(server.expose().as_bytes())
@@ -182,6 +182,33 @@ impl Store {
         Ok(sqlx::query_as::<_, KeyRecord>(&format!(
             "SELECT {COLUMNS} FROM api_keys WHERE revoked_at IS NULL ORDER BY created_at, id"
         ))
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Whether `id` names a key that was revoked (not one that never existed).
+    pub async fn api_key_revoked(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar::<_, bool>(
+            "SELECT revoked_at IS NOT NULL FROM api_keys WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
+        .unwrap_or(false))
+    }
+
+    /// Ends the queued jobs of a revoked key: `failed`, class `auth`. Returns their ids, so
+    /// their subscribers can be told. A running job is refused its next call by the
+    /// worker (`worker/src/keys.rs`).
+    pub async fn end_jobs_of_revoked_key(&self, id: &str) -> Result<Vec<uuid::Uuid>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "UPDATE jobs SET status = 'failed', error_class = 'auth',
+                 error_message = 'the API key of this job was revoked',
+                 finished_at = now(), not_before = NULL, updated_at = now()
+             WHERE owner = $1 AND status = 'queued'
+             RETURNING id",
+        )
+        .bind(id)
         .fetch_all(self.pool())
         .await?)
     }

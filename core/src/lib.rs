@@ -1,14 +1,15 @@
 //! What the api and the worker share at runtime: the typed config, NATS stream and
-//! consumer set-up, the Postgres store and the group-commit batch writer; the queue view,
-//! readiness checks, virtual-key records and the process-wide metrics recorder.
+//! consumer set-up, the Postgres store and its group-commit writer ([`group_commit`]);
+//! the queue view, readiness checks, virtual-key records and the process-wide metrics
+//! recorder.
 //!
-//! (DESIGN §1 names four crates; this fifth one keeps the api and the worker from
-//! depending on each other.)
+//! This crate keeps the api and the worker from depending on each other.
 #![forbid(unsafe_code)]
 
 pub mod batch_settings;
 pub mod batches;
 pub mod bodies;
+pub mod budget_ledger;
 pub mod cancel;
 pub mod config;
 pub mod files;

@@ -1,4 +1,4 @@
-//! NATS: connecting, and creating or updating the streams and tier consumers (DESIGN §3).
+//! NATS: connecting, and creating or updating the streams and tier consumers.
 //!
 //! Everything here is idempotent and runs at every start of the api and the worker, so a
 //! fresh server and a config change are handled the same way. Only features of

@@ -1,4 +1,4 @@
-//! Postgres: the pool, migrations, and every statement Sluice runs (DESIGN §7).
+//! Postgres: the pool, migrations, and every statement Sluice runs (the schema is `migrations/`).
 //!
 //! Hot-path writes take whole batches (see [`crate::group_commit`]) and pass them as one JSON
 //! parameter expanded with `jsonb_to_recordset`, so a batch of any size is one statement
@@ -63,6 +63,18 @@ pub struct NewJob {
     pub reply_subject: Option<String>,
     pub metadata: Option<Value>,
     pub created_at: DateTime<Utc>,
+    /// Where the job's envelope is published, and the envelope: kept in the outbox until
+    /// the publish is acknowledged (see [`Store::outbox_due`]).
+    pub subject: Option<String>,
+    pub payload: Option<String>,
+}
+
+/// A job envelope recorded but not known to be published.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub job_id: Uuid,
+    pub subject: String,
+    pub payload: String,
 }
 
 /// What recording a new job found.
@@ -82,13 +94,33 @@ pub struct AttemptStarted {
     pub tier: String,
     pub reply_subject: Option<String>,
     pub created_at: DateTime<Utc>,
-    pub attempt: u32,
     pub delivery: u32,
     pub worker: String,
     pub deployment: String,
     pub provider: String,
     pub model: String,
     pub started_at: DateTime<Utc>,
+    /// Calls the job may make across all its deliveries; the claim is refused beyond.
+    pub max_calls: u32,
+    /// USD this call reserved against budgets (re-reserved from the ledger if Redis
+    /// loses its counters while the call is in flight).
+    pub reserved_cost: Option<f64>,
+}
+
+/// The ledger's answer to one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Durably written.
+    Done,
+    /// A `Started` entry claimed the job; the call's attempt number, unique for the job
+    /// across every delivery (allocated by the job row).
+    Claimed(u32),
+    /// The job had already ended (cancelled, expired, finished): not claimed, not called.
+    Ended,
+    /// The job made every call it may: not claimed, not called.
+    CallsSpent,
+    /// Another `Started` entry of the same job was in the same batch: try again.
+    Busy,
 }
 
 /// One provider call, finished.
@@ -153,7 +185,33 @@ pub enum LedgerEntry {
     Finished {
         job: JobOutcome,
         attempts: Vec<AttemptRecord>,
+        /// Deliveries of the job's end (webhook, reply subject), recorded with it.
+        deliveries: Vec<NewDelivery>,
     },
+}
+
+/// A delivery of a job's end, recorded with its result (see `worker/src/deliveries.rs`).
+#[derive(Debug, Clone, Serialize)]
+pub struct NewDelivery {
+    pub job_id: Uuid,
+    /// `webhook` or `reply`.
+    pub kind: String,
+    pub target: String,
+    pub body: String,
+}
+
+/// A delivery claimed for one try.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryRow {
+    pub id: i64,
+    pub job_id: Uuid,
+    pub kind: String,
+    pub target: String,
+    pub body: String,
+    /// Tries so far, this one included.
+    pub attempts: i32,
+    pub owner: String,
+    pub created_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -167,6 +225,9 @@ pub struct WebhookOutcome {
 pub struct JobDeferred {
     pub id: Uuid,
     pub not_before: DateTime<Utc>,
+    /// The job's call count as this delivery last knew it: a larger count means another
+    /// delivery started a call since, and the row it runs is left alone.
+    pub calls_seen: u32,
 }
 
 /// A job as `GET /v1/jobs/{id}` shows it.
@@ -248,7 +309,10 @@ pub struct AttemptRow {
 #[derive(Debug, Clone, Copy)]
 pub struct JobProgress {
     pub terminal: bool,
-    pub last_attempt: u32,
+    /// Provider calls so far (the last attempt number allocated).
+    pub calls: u32,
+    /// Times the job handed its message back to wait for a limit.
+    pub deferrals: u32,
 }
 
 const TERMINAL: &str = "('succeeded','failed','cancelled','expired')";
@@ -325,13 +389,26 @@ impl Store {
     /// Records new jobs; a repeated idempotency key yields the existing job instead.
     pub async fn record_new_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Recorded>, StoreError> {
         let rows = crate::pgtext::rows_param(jobs, &[])?;
+        // The job row and its outbox entry in one statement: a job is never recorded
+        // without the envelope that lets a reconciler publish it.
         let inserted: Vec<Uuid> = sqlx::query_scalar(
-            "INSERT INTO jobs (id, owner, idempotency_key, model_group, tier, status, reply_subject, metadata, created_at)
-             SELECT id, owner, idempotency_key, model_group, tier, 'queued', reply_subject, metadata, created_at
-             FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, owner text, idempotency_key text, model_group text,
-                  tier text, reply_subject text, metadata jsonb, created_at timestamptz)
-             ON CONFLICT DO NOTHING
-             RETURNING id",
+            "WITH input AS (
+                SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, owner text, idempotency_key text,
+                     model_group text, tier text, reply_subject text, metadata jsonb, created_at timestamptz,
+                     subject text, payload text)
+             ), inserted AS (
+                INSERT INTO jobs (id, owner, idempotency_key, model_group, tier, status, reply_subject, metadata, created_at)
+                SELECT id, owner, idempotency_key, model_group, tier, 'queued', reply_subject, metadata, created_at
+                FROM input
+                ON CONFLICT DO NOTHING
+                RETURNING id
+             ), outbox AS (
+                INSERT INTO job_outbox (job_id, subject, payload)
+                SELECT i.id, i.subject, i.payload FROM input i
+                WHERE i.subject IS NOT NULL AND i.payload IS NOT NULL AND i.id IN (SELECT id FROM inserted)
+                ON CONFLICT DO NOTHING
+             )
+             SELECT id FROM inserted",
         )
         .bind(rows)
         .fetch_all(&self.pool)
@@ -361,16 +438,51 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes a job that was recorded but could not be enqueued.
-    pub async fn forget_job(&self, id: Uuid) -> Result<(), StoreError> {
-        sqlx::query(
-            "WITH gone AS (DELETE FROM jobs WHERE id = $1 AND status = 'queued' RETURNING id)
-             DELETE FROM job_bodies WHERE job_id IN (SELECT id FROM gone)",
-        )
-        .bind(id)
+    /// Drops the outbox entries of jobs whose publish JetStream acknowledged.
+    pub async fn outbox_published(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM job_outbox WHERE job_id = ANY($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Outbox entries older than `age` (their api died or lost the ack): those whose job
+    /// is still queued and never called, up to `limit`. Entries of jobs that moved on are
+    /// dropped.
+    pub async fn outbox_due(
+        &self,
+        age: Duration,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let age = age.as_secs_f64();
+        sqlx::query(&format!(
+            "DELETE FROM job_outbox o USING jobs j
+             WHERE o.job_id = j.id AND (j.status IN {TERMINAL} OR j.calls > 0)"
+        ))
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(sqlx::query_as::<_, OutboxRow>(
+            "SELECT o.job_id, o.subject, o.payload FROM job_outbox o JOIN jobs j ON j.id = o.job_id
+             WHERE j.status = 'queued' AND j.calls = 0
+               AND o.created_at < now() - make_interval(secs => $1)
+             ORDER BY o.created_at LIMIT $2",
+        )
+        .bind(age)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The class and message of the job's last failed call, if any.
+    pub async fn last_error(&self, id: Uuid) -> Result<Option<(String, String)>, StoreError> {
+        Ok(sqlx::query_as::<_, (String, String)>(
+            "SELECT error_class, COALESCE(error_message, '') FROM job_attempts
+             WHERE job_id = $1 AND error_class IS NOT NULL ORDER BY attempt DESC LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     pub async fn job(&self, id: Uuid) -> Result<Option<JobRow>, StoreError> {
@@ -404,15 +516,19 @@ impl Store {
     /// For a redelivered job: is it already finished, and how many attempts are on record?
     pub async fn job_progress(&self, id: Uuid) -> Result<JobProgress, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT COALESCE((SELECT status IN {TERMINAL} FROM jobs WHERE id = $1), false) AS terminal,
-                    COALESCE((SELECT max(attempt) FROM job_attempts WHERE job_id = $1), 0) AS last_attempt"
+            "SELECT COALESCE(j.status IN {TERMINAL}, false) AS terminal,
+                    GREATEST(COALESCE(j.calls, 0),
+                             COALESCE((SELECT max(attempt) FROM job_attempts WHERE job_id = $1), 0)) AS calls,
+                    COALESCE(j.deferrals, 0) AS deferrals
+             FROM (SELECT 1) AS one LEFT JOIN jobs j ON j.id = $1"
         ))
         .bind(id)
         .fetch_one(&self.pool)
         .await?;
         Ok(JobProgress {
             terminal: row.try_get("terminal")?,
-            last_attempt: u32::try_from(row.try_get::<i32, _>("last_attempt")?).unwrap_or(0),
+            calls: u32::try_from(row.try_get::<i32, _>("calls")?).unwrap_or(0),
+            deferrals: u32::try_from(row.try_get::<i32, _>("deferrals")?).unwrap_or(0),
         })
     }
 
@@ -429,28 +545,42 @@ impl Store {
     }
 
     /// Writes a batch of ledger entries in one transaction, four statements at most.
-    /// Returns the jobs whose `Started` entry was refused because the job had already
-    /// ended (cancelled or expired by the api): their worker must not call the provider.
-    pub async fn write_ledger(&self, entries: &[LedgerEntry]) -> Result<HashSet<Uuid>, StoreError> {
+    /// Answers each `Started` entry: whether it claimed its job, and the attempt number
+    /// the job row allocated for the call (see [`Written`]). Other entries are `Done`.
+    pub async fn write_ledger(&self, entries: &[LedgerEntry]) -> Result<Vec<Written>, StoreError> {
         let mut started: Vec<&AttemptStarted> = Vec::new();
         let mut finished_jobs: Vec<&JobOutcome> = Vec::new();
         let mut finished_attempts: Vec<&AttemptRecord> = Vec::new();
         let mut deferred: Vec<&JobDeferred> = Vec::new();
         let mut webhooks: Vec<&WebhookOutcome> = Vec::new();
-        for entry in entries {
+        let mut deliveries: Vec<&NewDelivery> = Vec::new();
+        let mut answers = vec![Written::Done; entries.len()];
+        let mut started_jobs: HashSet<Uuid> = HashSet::new();
+        for (i, entry) in entries.iter().enumerate() {
             match entry {
-                LedgerEntry::Started(s) => started.push(s),
+                LedgerEntry::Started(s) => {
+                    // One claim per job per statement: a second one waits for the next.
+                    if started_jobs.insert(s.job_id) {
+                        started.push(s);
+                    } else {
+                        answers[i] = Written::Busy;
+                    }
+                }
                 LedgerEntry::Attempts(a) => finished_attempts.extend(a.iter()),
                 LedgerEntry::Deferred(d) => deferred.push(d),
                 LedgerEntry::Webhook(w) => webhooks.push(w),
-                LedgerEntry::Finished { job, attempts } => {
+                LedgerEntry::Finished {
+                    job,
+                    attempts,
+                    deliveries: d,
+                } => {
                     finished_jobs.push(job);
                     finished_attempts.extend(attempts.iter());
+                    deliveries.extend(d.iter());
                 }
             }
         }
         // One row per key per statement: ON CONFLICT DO UPDATE cannot touch a row twice.
-        dedup_last(&mut started, |s| (s.job_id, s.attempt));
         dedup_last(&mut finished_jobs, |j| (j.id, 0));
         dedup_last(&mut finished_attempts, |a| (a.job_id, a.attempt));
         dedup_last(&mut deferred, |d| (d.id, 0));
@@ -473,45 +603,71 @@ impl Store {
         } else {
             &mut *solo.insert(self.pool.acquire().await?)
         };
-        let mut refused = HashSet::new();
+        let mut claims: std::collections::HashMap<Uuid, Written> = Default::default();
         if !started.is_empty() {
-            let mut jobs = started.clone();
-            dedup_last(&mut jobs, |s| (s.job_id, 0));
-            // The job row is the arbiter between a worker starting a job and the api
-            // ending it (cancel, batch expiry): a job already ended is not claimed, and
-            // no attempt row is written for it.
-            let claimed: Vec<Uuid> = sqlx::query_scalar(&format!(
-                "WITH claimed AS (
-                    INSERT INTO jobs (id, owner, model_group, tier, status, reply_subject, created_at, started_at, attempts)
-                    SELECT job_id, owner, model_group, tier, 'running', reply_subject, created_at, started_at, attempt
-                    FROM jsonb_to_recordset($1::jsonb) AS t(job_id uuid, owner text, model_group text, tier text,
-                         reply_subject text, created_at timestamptz, started_at timestamptz, attempt int)
+            // The job row is the arbiter between deliveries of a job and the api ending
+            // it (cancel, batch expiry): a job already ended, or one that made all the
+            // calls it may, is not claimed and no attempt row is written for it. The row
+            // also numbers the calls: each claim takes the next number under the row
+            // lock, so concurrent deliveries never share one.
+            let claimed: Vec<(Uuid, i32)> = sqlx::query_as(&format!(
+                "WITH input AS (
+                    SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(job_id uuid, owner text, model_group text,
+                         tier text, reply_subject text, created_at timestamptz, started_at timestamptz,
+                         delivery int, worker text, deployment text, provider text, model text, max_calls int,
+                         reserved_cost numeric)
+                 ), claimed AS (
+                    INSERT INTO jobs (id, owner, model_group, tier, status, reply_subject, created_at, started_at,
+                         attempts, calls)
+                    SELECT job_id, owner, model_group, tier, 'running', reply_subject, created_at, started_at, 1, 1
+                    FROM input
                     ON CONFLICT (id) DO UPDATE SET status = 'running',
                          started_at = COALESCE(jobs.started_at, EXCLUDED.started_at),
-                         attempts = GREATEST(jobs.attempts, EXCLUDED.attempts),
+                         calls = jobs.calls + 1,
+                         attempts = GREATEST(jobs.attempts, jobs.calls + 1),
                          not_before = NULL, updated_at = now()
                     WHERE jobs.status NOT IN {TERMINAL}
-                    RETURNING id
+                      AND jobs.calls < (SELECT i.max_calls FROM input i WHERE i.job_id = jobs.id)
+                    RETURNING id, calls
                  ), attempts AS (
-                    INSERT INTO job_attempts (job_id, attempt, delivery, worker, deployment, provider, model, status, started_at)
-                    SELECT job_id, attempt, delivery, worker, deployment, provider, model, 'started', started_at
-                    FROM jsonb_to_recordset($2::jsonb) AS t(job_id uuid, attempt int, delivery int, worker text,
-                         deployment text, provider text, model text, started_at timestamptz)
-                    WHERE t.job_id IN (SELECT id FROM claimed)
+                    INSERT INTO job_attempts (job_id, attempt, delivery, worker, deployment, provider, model, status,
+                         started_at, reserved_cost)
+                    SELECT i.job_id, c.calls, i.delivery, i.worker, i.deployment, i.provider, i.model, 'started',
+                         i.started_at, i.reserved_cost
+                    FROM input i JOIN claimed c ON c.id = i.job_id
                     ON CONFLICT (job_id, attempt) DO NOTHING
                  )
-                 SELECT id FROM claimed"
+                 SELECT id, calls FROM claimed"
             ))
-            .bind(crate::pgtext::rows_param(&jobs, &[])?)
             .bind(crate::pgtext::rows_param(&started, &[])?)
             .fetch_all(&mut *conn)
             .await?;
-            let claimed: HashSet<Uuid> = claimed.into_iter().collect();
-            refused.extend(
-                jobs.iter()
-                    .map(|s| s.job_id)
-                    .filter(|id| !claimed.contains(id)),
-            );
+            for (id, attempt) in claimed {
+                claims.insert(id, Written::Claimed(u32::try_from(attempt).unwrap_or(0)));
+            }
+            let refused: Vec<Uuid> = started
+                .iter()
+                .map(|s| s.job_id)
+                .filter(|id| !claims.contains_key(id))
+                .collect();
+            if !refused.is_empty() {
+                let ended: Vec<(Uuid, bool)> = sqlx::query_as(&format!(
+                    "SELECT id, status IN {TERMINAL} FROM jobs WHERE id = ANY($1)"
+                ))
+                .bind(&refused)
+                .fetch_all(&mut *conn)
+                .await?;
+                for (id, terminal) in ended {
+                    claims.insert(
+                        id,
+                        if terminal {
+                            Written::Ended
+                        } else {
+                            Written::CallsSpent
+                        },
+                    );
+                }
+            }
         }
         if finished {
             // Attempts (of finished and of deferred jobs) and results: one statement, two
@@ -536,6 +692,7 @@ impl Store {
                          cost = EXCLUDED.cost, pricing_missing = EXCLUDED.pricing_missing, ttft_ms = EXCLUDED.ttft_ms,
                          latency_ms = EXCLUDED.latency_ms, finished_at = EXCLUDED.finished_at,
                          dropped_params = EXCLUDED.dropped_params
+                    WHERE job_attempts.delivery = EXCLUDED.delivery AND job_attempts.worker = EXCLUDED.worker
                  ), results AS (
                     INSERT INTO jobs (id, owner, model_group, tier, reply_subject, created_at, status, result, usage, cost,
                          pricing_missing, attempts, error_class, error_message, finished_at, result_text)
@@ -546,10 +703,17 @@ impl Store {
                     ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, result = EXCLUDED.result,
                          result_text = EXCLUDED.result_text,
                          usage = EXCLUDED.usage, cost = EXCLUDED.cost, pricing_missing = EXCLUDED.pricing_missing,
-                         attempts = EXCLUDED.attempts, error_class = EXCLUDED.error_class,
+                         attempts = GREATEST(EXCLUDED.attempts, jobs.calls), error_class = EXCLUDED.error_class,
                          error_message = EXCLUDED.error_message, finished_at = EXCLUDED.finished_at,
                          not_before = NULL, updated_at = now()
                     WHERE jobs.status NOT IN {TERMINAL}
+                    RETURNING id
+                 ), deliveries AS (
+                    INSERT INTO job_deliveries (job_id, kind, target, body)
+                    SELECT t.job_id, t.kind, t.target, t.body
+                    FROM jsonb_to_recordset($3::jsonb) AS t(job_id uuid, kind text, target text, body text)
+                    WHERE t.job_id IN (SELECT id FROM results)
+                    ON CONFLICT (job_id, kind) DO NOTHING
                  ), bodies AS (
                     DELETE FROM job_bodies WHERE job_id IN
                          (SELECT id FROM jsonb_to_recordset($2::jsonb) AS t(id uuid))
@@ -558,13 +722,19 @@ impl Store {
             ))
             .bind(crate::pgtext::rows_param(&finished_attempts, &[])?)
             .bind(crate::pgtext::rows_param(&finished_jobs, &["result"])?)
+            .bind(crate::pgtext::rows_param(&deliveries, &[])?)
             .execute(&mut *conn)
             .await?;
         }
         if !deferred.is_empty() {
+            // Back to `queued` only if no other delivery started a call since this one
+            // last looked: that delivery's `running` row is left alone.
             sqlx::query(&format!(
-                "UPDATE jobs SET status = 'queued', not_before = t.not_before, updated_at = now()
-                 FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, not_before timestamptz)
+                "UPDATE jobs SET deferrals = jobs.deferrals + 1,
+                     status = CASE WHEN jobs.calls <= t.calls_seen THEN 'queued' ELSE jobs.status END,
+                     not_before = CASE WHEN jobs.calls <= t.calls_seen THEN t.not_before ELSE jobs.not_before END,
+                     updated_at = now()
+                 FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, not_before timestamptz, calls_seen int)
                  WHERE jobs.id = t.id AND jobs.status NOT IN {TERMINAL}"
             ))
             .bind(crate::pgtext::rows_param(&deferred, &[])?)
@@ -584,7 +754,83 @@ impl Store {
         if let Some(tx) = tx {
             tx.commit().await?;
         }
-        Ok(refused)
+        for (answer, entry) in answers.iter_mut().zip(entries) {
+            if let (Written::Done, LedgerEntry::Started(s)) = (*answer, entry) {
+                // A job row that vanished under the claim (none should): do not call.
+                *answer = claims.get(&s.job_id).copied().unwrap_or(Written::Ended);
+            }
+        }
+        Ok(answers)
+    }
+}
+
+impl Store {
+    /// Claims up to `limit` due deliveries for one try each: their next try moves `lease`
+    /// ahead, so a worker that dies mid-try leaves them to another after that.
+    pub async fn claim_deliveries(
+        &self,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        Ok(sqlx::query_as::<_, DeliveryRow>(
+            "WITH due AS (
+                SELECT id FROM job_deliveries WHERE status = 'pending' AND next_at <= now()
+                ORDER BY next_at LIMIT $1 FOR UPDATE SKIP LOCKED
+             ), claimed AS (
+                UPDATE job_deliveries d SET attempts = d.attempts + 1,
+                     next_at = now() + make_interval(secs => $2)
+                FROM due WHERE d.id = due.id
+                RETURNING d.id, d.job_id, d.kind, d.target, d.body, d.attempts, d.created_at
+             )
+             SELECT c.id, c.job_id, c.kind, c.target, c.body, c.attempts, c.created_at,
+                    COALESCE(j.owner, 'master') AS owner
+             FROM claimed c LEFT JOIN jobs j ON j.id = c.job_id",
+        )
+        .bind(limit)
+        .bind(lease.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Records a try's outcome: delivered, failed for good, or due again after `retry`.
+    /// The job shows its webhook's outcome (`webhook_status`, `webhook_attempts`).
+    pub async fn delivery_tried(
+        &self,
+        row: &DeliveryRow,
+        outcome: Result<(), String>,
+        retry: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let (status, error) = match (&outcome, retry) {
+            (Ok(()), _) => ("delivered", None),
+            (Err(e), Some(_)) => ("pending", Some(e.as_str())),
+            (Err(e), None) => ("failed", Some(e.as_str())),
+        };
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE job_deliveries SET status = $2, last_error = $3,
+                 next_at = now() + make_interval(secs => $4),
+                 finished_at = CASE WHEN $2 = 'pending' THEN NULL ELSE now() END
+             WHERE id = $1",
+        )
+        .bind(row.id)
+        .bind(status)
+        .bind(error)
+        .bind(retry.unwrap_or_default().as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
+        if row.kind == "webhook" {
+            sqlx::query(
+                "UPDATE jobs SET webhook_status = $2, webhook_attempts = $3, updated_at = now()
+                 WHERE id = $1",
+            )
+            .bind(row.job_id)
+            .bind(status)
+            .bind(row.attempts)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }
 

@@ -1,4 +1,4 @@
-//! OpenAI Batch API shapes (`reference/queues.md` §4): the file and batch objects, the
+//! OpenAI Batch API shapes: the file and batch objects, the
 //! input line and the output/error line. Sluice adds two fields to the batch object
 //! (`priority`, `progress`); OpenAI's SDKs ignore fields they do not know.
 

@@ -7,6 +7,15 @@ use uuid::Uuid;
 
 use crate::openai::ChatRequest;
 
+/// The owner of jobs submitted with the master key (`SLUICE_MASTER_KEY`), and of jobs
+/// published straight to NATS without an owner. Virtual keys own their jobs by key id.
+pub const MASTER_OWNER: &str = "master";
+
+/// Whether `owner` is the master key's (an empty owner counts as the master's).
+pub fn is_master_owner(owner: &str) -> bool {
+    owner == MASTER_OWNER || owner.is_empty()
+}
+
 /// One chat-completion job as published to JetStream.
 ///
 /// A trusted service may publish this straight to NATS (with `Nats-Msg-Id: <id>`); the
@@ -19,7 +28,7 @@ pub struct JobEnvelope {
     pub request: ChatRequest,
     #[serde(default)]
     pub tier: Tier,
-    /// Who submitted it: a key id, or `master`. Never a secret.
+    /// Who submitted it: a key id, or [`MASTER_OWNER`] (also when absent). Never a secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     /// Core NATS subject that receives the terminal event as well.

@@ -15,7 +15,7 @@ pub mod ops;
 pub mod sse;
 pub mod subjects;
 
-pub use envelope::{JobEnvelope, Tier};
+pub use envelope::{is_master_owner, JobEnvelope, Tier, MASTER_OWNER};
 pub use error::{ApiErrorBody, ErrorClass};
 pub use events::{DoneEvent, EventKind, RetryEvent};
 pub use job::JobStatus;

@@ -1,4 +1,4 @@
-//! Incremental Server-Sent Events parser (the rules of `reference/providers.md` §0).
+//! Incremental Server-Sent Events parser (the event-stream rules every provider's stream follows).
 //!
 //! Feeds on arbitrary byte slices as they come off the socket: events split across reads,
 //! `\n`, `\r\n` and `\r` line ends, `:` comments (keep-alives), multi-line `data:` and a

@@ -1,4 +1,4 @@
-//! Publishing a job's events on `<prefix>.events.<job_id>` (DESIGN §3).
+//! Publishing a job's events on `<prefix>.events.<job_id>`.
 //!
 //! Chunks (and retry events) are core-NATS publishes on the event subject: the events
 //! stream stores them like any publish, a chunk costs one buffered write and no ack
@@ -127,27 +127,28 @@ impl EventPublisher {
         };
         Bytes::from(serde_json::to_vec(&slim).unwrap_or_default())
     }
+}
 
-    /// Publishes the terminal event `body` (of `done`) on a job's reply subject, by
-    /// reference when it is larger than a message may be.
-    pub async fn reply(
-        &self,
-        subject: &str,
-        body: &Bytes,
-        done: &DoneEvent,
-    ) -> Result<(), async_nats::PublishError> {
-        let mut headers = HeaderMap::new();
-        let kind = if done.status == sluice_schemas::JobStatus::Succeeded {
-            EventKind::Done
-        } else {
-            EventKind::Error
-        };
-        headers.insert(HEADER_EVENT, kind.as_str());
-        let sent = self.fitted(&mut headers, body, done);
-        self.nats
-            .publish_with_headers(subject.to_string(), headers, sent)
-            .await
+/// The message for a job's reply subject carrying its terminal event `body`: as is when
+/// it fits `max_payload`, else the event without its `result` and `Sluice-Body-Ref`
+/// naming the job whose row holds it whole (see `sluice_core::bodies`).
+pub fn reply_message(job_id: Uuid, body: Bytes, max_payload: usize) -> (HeaderMap, Bytes) {
+    let mut headers = HeaderMap::new();
+    let done = serde_json::from_slice::<DoneEvent>(&body).ok();
+    let kind = match &done {
+        Some(d) if d.status != sluice_schemas::JobStatus::Succeeded => EventKind::Error,
+        _ => EventKind::Done,
+    };
+    headers.insert(HEADER_EVENT, kind.as_str());
+    if fits(body.len(), max_payload) {
+        return (headers, body);
     }
+    headers.insert(HEADER_BODY_REF, job_id.to_string().as_str());
+    let slim = done.map(|d| DoneEvent { result: None, ..d });
+    let slim = slim
+        .and_then(|d| serde_json::to_vec(&d).ok())
+        .unwrap_or_default();
+    (headers, Bytes::from(slim))
 }
 
 /// Forwards each chunk of one attempt as a `chunk` event.

@@ -20,7 +20,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 const MAX_CACHED: usize = 10_000;
 
 /// Key id → (when read, its scopes).
-type Cache = HashMap<String, (Instant, Arc<Vec<Scope>>)>;
+type Cache = HashMap<String, (Instant, Option<Arc<Vec<Scope>>>)>;
 
 pub struct KeyLimits {
     store: Store,
@@ -35,17 +35,29 @@ impl KeyLimits {
         }
     }
 
-    /// The scopes a job of `owner` is admitted against (empty for the master key).
-    pub async fn scopes(&self, owner: &str) -> Result<Arc<Vec<Scope>>, String> {
-        if owner == "master" || owner.is_empty() {
-            return Ok(Arc::default());
+    /// The scopes a job of `owner` is admitted against (empty for the master key);
+    /// `None` when `owner` is a revoked key, whose jobs must not run.
+    pub async fn scopes(&self, owner: &str) -> Result<Option<Arc<Vec<Scope>>>, String> {
+        if sluice_schemas::is_master_owner(owner) {
+            return Ok(Some(Arc::default()));
         }
         if let Some((at, scopes)) = self.lock().get(owner) {
             if at.elapsed() < TTL {
-                return Ok(Arc::clone(scopes));
+                return Ok(scopes.clone());
             }
         }
         let record = self.store.api_key(owner).await.map_err(|e| e.to_string())?;
+        if record.is_none()
+            && self
+                .store
+                .api_key_revoked(owner)
+                .await
+                .map_err(|e| e.to_string())?
+        {
+            self.lock()
+                .insert(owner.to_string(), (Instant::now(), None));
+            return Ok(None);
+        }
         let mut scopes = Vec::new();
         if let Some(k) = record {
             let subject = format!("key:{}", k.id);
@@ -78,8 +90,11 @@ impl KeyLimits {
         if cache.len() >= MAX_CACHED {
             cache.retain(|_, (at, _)| at.elapsed() < TTL);
         }
-        cache.insert(owner.to_string(), (Instant::now(), Arc::clone(&scopes)));
-        Ok(scopes)
+        cache.insert(
+            owner.to_string(),
+            (Instant::now(), Some(Arc::clone(&scopes))),
+        );
+        Ok(Some(scopes))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {

@@ -3,31 +3,22 @@
 
 use futures::future::BoxFuture;
 use sluice_core::group_commit::{Flush, FlushError};
-use sluice_core::store::LedgerEntry;
+use sluice_core::store::{LedgerEntry, Written};
 use sluice_core::Store;
 use sluice_schemas::openai::{ChatRequest, Usage};
 
 /// Writes ledger batches.
 pub struct LedgerFlush(pub Store);
 
-/// Each entry's answer: `false` for a `Started` entry whose job had already ended, so the
-/// job was not claimed and must not run; `true` otherwise.
+/// Each entry's answer: for a `Started` entry, whether it claimed the job and the attempt
+/// number of the call (see [`Written`]).
 impl Flush<LedgerEntry> for LedgerFlush {
-    type Out = bool;
+    type Out = Written;
     fn flush<'a>(
         &'a self,
         items: &'a [LedgerEntry],
-    ) -> BoxFuture<'a, Result<Vec<bool>, FlushError>> {
-        Box::pin(async move {
-            let refused = self.0.write_ledger(items).await.map_err(FlushError::from)?;
-            Ok(items
-                .iter()
-                .map(|entry| match entry {
-                    LedgerEntry::Started(s) => !refused.contains(&s.job_id),
-                    _ => true,
-                })
-                .collect())
-        })
+    ) -> BoxFuture<'a, Result<Vec<Written>, FlushError>> {
+        Box::pin(async move { self.0.write_ledger(items).await.map_err(FlushError::from) })
     }
 }
 

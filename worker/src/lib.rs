@@ -10,6 +10,7 @@
 
 pub mod admin;
 mod bodies;
+mod deliveries;
 pub mod destinations;
 pub mod events;
 pub mod heartbeat;
@@ -21,6 +22,7 @@ pub mod metrics;
 mod panics;
 pub mod pricing;
 pub mod providers;
+pub mod reconcile;
 pub mod retry;
 pub mod router;
 pub mod scheduler;
@@ -36,7 +38,7 @@ use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use futures::StreamExt;
 use sluice_core::config::RoutingStrategy;
 use sluice_core::group_commit::Batcher;
-use sluice_core::store::LedgerEntry;
+use sluice_core::store::{LedgerEntry, Written};
 use sluice_core::{Config, Store};
 use sluice_schemas::{Subjects, Tier};
 use tokio_util::sync::CancellationToken;
@@ -81,15 +83,17 @@ pub(crate) struct Ctx {
     pub js: jetstream::Context,
     pub subjects: Subjects,
     pub store: Store,
-    pub ledger: Batcher<LedgerEntry, bool>,
+    pub ledger: Batcher<LedgerEntry, Written>,
     pub providers: Providers,
     pub router: Router,
     pub limiter: limits::Limiter,
     pub prices: pricing::Prices,
     pub key_limits: keys::KeyLimits,
     pub worker_id: String,
-    /// Webhook deliveries still retrying; drained after the jobs.
-    pub webhooks: TaskTracker,
+    /// Rung when a job with deliveries (webhook, reply) ended here.
+    pub deliveries: Arc<tokio::sync::Notify>,
+    /// Settlements of reservations that jobs let go of (see `limits::Held`).
+    pub settlements: TaskTracker,
     /// Fired when the drain deadline passes: running jobs hand their message back.
     pub hard_stop: CancellationToken,
     /// Jobs running here, each with the token that cancels it.
@@ -222,7 +226,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         &config.subject_prefix,
         config.limits.fail_open,
     )
-    .with_strategy(strategy);
+    .with_strategy(strategy)
+    .with_ledger(store.clone(), longest_lease(&config));
     let price_file = match &config.pricing_file {
         Some(path) => pricing::load_file(path)?,
         None => Default::default(),
@@ -247,7 +252,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         providers: Providers::new(),
         worker_id: worker_id.clone(),
         hard_stop: CancellationToken::new(),
-        webhooks: TaskTracker::new(),
+        deliveries: Arc::new(tokio::sync::Notify::new()),
+        settlements: TaskTracker::new(),
         inflight: Mutex::new(HashMap::new()),
     });
     let slots = Slots::new(config.worker.capacity, DEFAULT_WEIGHTS);
@@ -268,6 +274,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         ops_stop.clone(),
     ));
     ops.spawn(cancellations(Arc::downgrade(&ctx), ops_stop.clone()));
+    ops.spawn(deliveries::run(
+        Arc::downgrade(&ctx),
+        Arc::clone(&ctx.deliveries),
+        ops_stop.clone(),
+    ));
+    ops.spawn(reconcile::run(
+        ctx.js.clone(),
+        ctx.store.clone(),
+        ops_stop.clone(),
+    ));
     ops.close();
     tracing::info!(worker = %worker_id, capacity = config.worker.capacity, deployments = config.deployments.len(), "worker started");
 
@@ -301,9 +317,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         ctx.hard_stop.cancel();
         jobs.wait().await;
     }
-    // Webhooks retry for about half a minute at most; let them finish or run out.
-    ctx.webhooks.close();
-    ctx.webhooks.wait().await;
+    ctx.settlements.close();
+    ctx.settlements.wait().await;
     drop(ctx);
     background.close();
     background.wait().await;
@@ -454,6 +469,18 @@ fn spawn_job(
         drop(in_flight);
         drop(slot);
     });
+}
+
+/// The longest a call may hold its reservation: the longest deployment timeout, and
+/// the margin a lease outlives it by (see `job.rs`).
+fn longest_lease(config: &Config) -> Duration {
+    config
+        .deployments
+        .iter()
+        .map(|d| d.timeout)
+        .max()
+        .unwrap_or_default()
+        + job::pipeline::LEASE_MARGIN
 }
 
 fn worker_id() -> String {

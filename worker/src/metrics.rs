@@ -192,7 +192,7 @@ impl<F> Observed<F> {
     }
 
     fn record(&self, entry: &LedgerEntry) {
-        let LedgerEntry::Finished { job, attempts } = entry else {
+        let LedgerEntry::Finished { job, attempts, .. } = entry else {
             return;
         };
         let tier = Tier::parse(&job.tier).map(Tier::as_str).unwrap_or("other");

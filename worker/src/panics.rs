@@ -71,7 +71,7 @@ async fn end_failed(ctx: &Ctx, msg: jetstream::Message, tier: Tier, what: &str) 
         .store
         .job_progress(id)
         .await
-        .map(|p| p.last_attempt)
+        .map(|p| p.calls)
         .unwrap_or(0);
     let error = JobError {
         class: ErrorClass::Internal,
@@ -99,20 +99,6 @@ async fn end_failed(ctx: &Ctx, msg: jetstream::Message, tier: Tier, what: &str) 
         error_message: Some(error.message.clone()),
         finished_at: Utc::now(),
     };
-    if let Err(e) = ctx
-        .ledger
-        .write(LedgerEntry::Finished {
-            job: outcome,
-            attempts: Vec::new(),
-        })
-        .await
-    {
-        tracing::error!(error = %e, "panicked job not recorded; it will be redelivered");
-        let _ = msg
-            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-            .await;
-        return;
-    }
     let done = DoneEvent {
         job_id: id,
         status: JobStatus::Failed,
@@ -122,9 +108,40 @@ async fn end_failed(ctx: &Ctx, msg: jetstream::Message, tier: Tier, what: &str) 
         attempts,
         error: Some(error),
     };
+    // Its reply subject and webhook still hear of the end (see `deliveries.rs`).
+    let reply_subject = crate::destinations::reply_subject(
+        envelope.reply_subject.as_deref(),
+        &ctx.config.subject_prefix,
+        &ctx.config.safety,
+    );
+    let deliveries = match serde_json::to_vec(&done) {
+        Ok(body) => {
+            crate::deliveries::for_job(id, reply_subject, envelope.webhook_url.as_deref(), &body)
+        }
+        Err(_) => Vec::new(),
+    };
+    let deliver = !deliveries.is_empty();
+    if let Err(e) = ctx
+        .ledger
+        .write(LedgerEntry::Finished {
+            job: outcome,
+            attempts: Vec::new(),
+            deliveries,
+        })
+        .await
+    {
+        tracing::error!(error = %e, "panicked job not recorded; it will be redelivered");
+        let _ = msg
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+            .await;
+        return;
+    }
     let mut publisher = EventPublisher::new(ctx.js.clone(), ctx.subjects.events(id), id);
     if let Err(e) = publisher.terminal(attempts, &done).await {
         tracing::warn!(error = %e, "terminal event of a panicked job not stored");
     }
     let _ = msg.ack().await;
+    if deliver {
+        ctx.deliveries.notify_one();
+    }
 }

@@ -1,4 +1,4 @@
-//! How long to wait before the next attempt (LiteLLM's rule, `reference/litellm.md` §1).
+//! How long to wait before the next attempt (LiteLLM's rule).
 //!
 //! No wait when another deployment of the group is still untried; otherwise the
 //! provider's `Retry-After` when it is sane (≤ 60 s), else `min(0.5·2^n, 8) s` with
@@ -22,6 +22,15 @@ pub fn delay(
         return ra;
     }
     let base = (0.5 * 2f64.powi(retry_index.min(16) as i32)).min(8.0);
+    let jitter = rand::rng().random_range(0.75..=1.0);
+    Duration::from_secs_f64(base * jitter)
+}
+
+/// The wait before delivery try `n + 1` of a job's end (webhook, reply): the same
+/// doubling as calls, with 0.75–1.0 jitter, up to five minutes, since a receiver may be
+/// down for a while.
+pub fn delivery_delay(n: u32) -> Duration {
+    let base = (0.5 * 2f64.powi(n.min(16) as i32)).min(300.0);
     let jitter = rand::rng().random_range(0.75..=1.0);
     Duration::from_secs_f64(base * jitter)
 }

@@ -11,7 +11,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use sluice_core::safety::{DestinationError, SafetySettings};
 use sluice_core::Secret;
 
 /// Delays between tries: 0.5, 1, 2, 4, 8, 16 s (about half a minute in all).
@@ -23,7 +22,7 @@ const BACKOFF: [Duration; 6] = [
     Duration::from_secs(8),
     Duration::from_secs(16),
 ];
-const TIMEOUT: Duration = Duration::from_secs(10);
+pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `t=<unix>,v1=<hex>` for `body` at time `t`.
 pub fn signature(secret: &Secret, t: i64, body: &[u8]) -> String {
@@ -41,11 +40,36 @@ pub struct Outcome {
     pub attempts: u32,
 }
 
-/// POSTs `body` to `url` until a 2xx answer or the tries run out. Every try resolves and
-/// checks the destination again (`destinations::vetted_client`) and follows no redirect
-/// (a 3xx is a refusal); a destination that points inward ends the delivery at once.
+/// One POST of `body` to `url`: `Ok` on a 2xx answer, else what went wrong. Retries
+/// are the caller's (`worker/src/deliveries.rs` keeps them durable).
+pub async fn try_once(
+    http: &reqwest::Client,
+    url: &str,
+    body: Bytes,
+    secret: Option<&Secret>,
+    job_id: &str,
+) -> Result<(), String> {
+    let mut req = http
+        .post(url)
+        .timeout(TIMEOUT)
+        .header("content-type", "application/json")
+        .header("Sluice-Job-Id", job_id);
+    if let Some(secret) = secret {
+        req = req.header(
+            "Sluice-Signature",
+            signature(secret, chrono::Utc::now().timestamp(), &body),
+        );
+    }
+    match req.body(body).send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("the receiver answered {}", r.status().as_u16())),
+        Err(e) => Err(format!("the receiver is unreachable: {}", e.without_url())),
+    }
+}
+
+/// POSTs `body` to `url` until a 2xx answer or the tries run out.
 pub async fn deliver(
-    safety: &SafetySettings,
+    http: &reqwest::Client,
     url: &str,
     body: Bytes,
     secret: Option<&Secret>,
@@ -55,20 +79,6 @@ pub async fn deliver(
     for delay in std::iter::once(Duration::ZERO).chain(BACKOFF) {
         tokio::time::sleep(delay).await;
         attempts += 1;
-        let http = match crate::destinations::vetted_client(url, safety, TIMEOUT).await {
-            Ok(http) => http,
-            Err(e @ DestinationError::Host(_)) => {
-                tracing::info!(error = %e, attempts, "webhook host does not resolve; retrying");
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, attempts, "webhook destination refused; not delivering");
-                return Outcome {
-                    delivered: false,
-                    attempts,
-                };
-            }
-        };
         let mut req = http
             .post(url)
             .timeout(TIMEOUT)

@@ -17,7 +17,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::{Stream, StreamExt};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sluice_schemas::events::{HEADER_ATTEMPT, HEADER_EVENT};
 use sluice_schemas::{DoneEvent, ErrorClass, EventKind, JobStatus, Tier};
 
@@ -112,8 +112,7 @@ pub async fn completions(
 fn answer(done: DoneEvent) -> Response {
     match (done.status, done.result) {
         (JobStatus::Succeeded, Some(result)) => Json(result).into_response(),
-        (_, _) => error_response(done.error.as_ref().map(|e| (e.class, e.message.as_str())))
-            .into_response(),
+        (_, _) => error_response(done.error.as_ref().map(|e| (e.class, e.message.as_str()))),
     }
 }
 
@@ -150,7 +149,12 @@ fn chunks(
                 Some(Ok(msg)) => msg,
                 _ => return Some((vec![Event::default().data("[DONE]")], None)),
             };
-            let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_string());
+            let header = |name: &str| {
+                msg.headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_string())
+            };
             match header(HEADER_EVENT).as_deref().and_then(EventKind::parse) {
                 Some(EventKind::Chunk) => {
                     if !include_usage && is_usage_only(&msg.payload) {
@@ -161,9 +165,15 @@ fn chunks(
                 }
                 Some(EventKind::Retry) => {
                     let attempt = header(HEADER_ATTEMPT).unwrap_or_default();
-                    return Some((vec![Event::default().comment(format!("sluice: attempt {attempt} failed; retrying"))], Some(messages)));
+                    return Some((
+                        vec![Event::default()
+                            .comment(format!("sluice: attempt {attempt} failed; retrying"))],
+                        Some(messages),
+                    ));
                 }
-                Some(EventKind::Done) => return Some((vec![Event::default().data("[DONE]")], None)),
+                Some(EventKind::Done) => {
+                    return Some((vec![Event::default().data("[DONE]")], None))
+                }
                 Some(EventKind::Error) => {
                     let done: Option<DoneEvent> = serde_json::from_slice(&msg.payload).ok();
                     let (class, message) = done
@@ -171,8 +181,12 @@ fn chunks(
                         .and_then(|d| d.error.as_ref())
                         .map(|e| (e.class, e.message.clone()))
                         .unwrap_or((ErrorClass::Internal, "the job failed".into()));
-                    let body = json!({"error": {"message": message, "type": error_type(class), "param": null, "code": class.as_str()}});
-                    return Some((vec![Event::default().data(body.to_string()), Event::default().data("[DONE]")], None));
+                    let body =
+                        serde_json::to_string(&class.error_body(message)).unwrap_or_default();
+                    return Some((
+                        vec![Event::default().data(body), Event::default().data("[DONE]")],
+                        None,
+                    ));
                 }
                 None => continue,
             }
@@ -188,36 +202,10 @@ fn is_usage_only(payload: &[u8]) -> bool {
         .unwrap_or(false)
 }
 
-fn error_type(class: ErrorClass) -> &'static str {
-    match class {
-        ErrorClass::RateLimit => "rate_limit_error",
-        ErrorClass::Auth => "authentication_error",
-        ErrorClass::BadRequest
-        | ErrorClass::ContextWindow
-        | ErrorClass::ContentPolicy
-        | ErrorClass::NotFound => "invalid_request_error",
-        _ => "server_error",
-    }
-}
-
 /// A failed job as the HTTP error an OpenAI client expects for its class.
-fn error_response(error: Option<(ErrorClass, &str)>) -> (StatusCode, Json<Value>) {
+fn error_response(error: Option<(ErrorClass, &str)>) -> Response {
     let (class, message) = error.unwrap_or((ErrorClass::Internal, "the job failed"));
-    let status = match class {
-        ErrorClass::BadRequest | ErrorClass::ContextWindow | ErrorClass::ContentPolicy => {
-            StatusCode::BAD_REQUEST
-        }
-        ErrorClass::Auth => StatusCode::UNAUTHORIZED,
-        ErrorClass::NotFound => StatusCode::NOT_FOUND,
-        ErrorClass::RateLimit => StatusCode::TOO_MANY_REQUESTS,
-        ErrorClass::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        ErrorClass::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::BAD_GATEWAY,
-    };
-    (
-        status,
-        Json(
-            json!({"error": {"message": message, "type": error_type(class), "param": null, "code": class.as_str()}}),
-        ),
-    )
+    let status =
+        StatusCode::from_u16(class.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(class.error_body(message))).into_response()
 }

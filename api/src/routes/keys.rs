@@ -135,7 +135,16 @@ pub async fn delete(
     if !revoked {
         return Err(ApiError::not_found(format!("no key {id:?}")).param("id"));
     }
-    tracing::info!(key_id = %id, "API key revoked");
+    // Its queued jobs end now (`failed`, class `auth`); a worker that takes one of their
+    // messages publishes that end to its subscribers and never calls it.
+    match state.store.end_jobs_of_revoked_key(&id).await {
+        Ok(ended) => {
+            tracing::info!(key_id = %id, queued_jobs_ended = ended.len(), "API key revoked")
+        }
+        Err(e) => {
+            tracing::error!(key_id = %id, error = %e, "API key revoked; its queued jobs are ended by the workers");
+        }
+    }
     Ok(Json(
         json!({"id": id, "object": "sluice.key", "deleted": true}),
     ))

@@ -59,6 +59,11 @@ pub mod defaults {
     pub const MAX_FALLBACKS: u32 = 5;
     pub const DEFAULT_MAX_TOKENS: u32 = 1024;
     pub const MAX_DEFER_SECS: u64 = 60;
+    /// Deliveries of one job message that were not hand-backs of the job's own (a worker
+    /// died or stalled with it) before the job ends `failed` and the message goes to the DLQ.
+    pub const MAX_DELIVER: u32 = 10;
+    /// Longest total wait of one job for limits or budget before it ends `failed`.
+    pub const MAX_WAIT_SECS: u64 = 24 * 3600;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +183,9 @@ pub struct LimitSettings {
     pub default_max_tokens: u32,
     /// Longest single deferral of a job waiting for a limit.
     pub max_defer: Duration,
+    /// Longest total wait of one job (from its submission) for limits or budget; then the
+    /// job ends `failed` (`sluice.limits.max_wait_secs`).
+    pub max_wait: Duration,
     pub provider_budgets: Vec<ProviderBudget>,
 }
 
@@ -188,6 +196,11 @@ pub struct WorkerSettings {
     pub ack_wait: Duration,
     /// How long a worker finishes in-flight jobs after SIGTERM before NAKing them.
     pub drain: Duration,
+    /// Deliveries of a job's message beyond its own deferrals (`sluice.worker.max_deliver`).
+    pub max_deliver: u32,
+    /// Provider calls one job may make across all its deliveries
+    /// (`sluice.worker.max_calls_per_job`); unset: see [`Config::max_calls_per_job`].
+    pub max_calls: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -374,6 +387,8 @@ impl Config {
                         .max(1),
                 ),
                 drain: Duration::from_secs(s.worker.drain_secs.unwrap_or(defaults::DRAIN_SECS)),
+                max_deliver: s.worker.max_deliver.unwrap_or(defaults::MAX_DELIVER).max(1),
+                max_calls: s.worker.max_calls_per_job.map(|n| n.max(1)),
             },
             router,
             pricing_file: s.pricing_file.clone(),
@@ -404,6 +419,12 @@ impl Config {
                         .unwrap_or(defaults::MAX_DEFER_SECS)
                         .max(1),
                 ),
+                max_wait: Duration::from_secs(
+                    s.limits
+                        .max_wait_secs
+                        .unwrap_or(defaults::MAX_WAIT_SECS)
+                        .max(1),
+                ),
                 provider_budgets: ctx.provider_budgets(&raw.router_settings)?,
             },
             batches: s.batches.resolve().map_err(|(k, m)| ctx.invalid(k, m))?,
@@ -411,6 +432,26 @@ impl Config {
             ignored_keys: ignored,
         };
         Ok(config)
+    }
+
+    /// Provider calls one job may make across all its deliveries: set, or enough for every
+    /// retry in every group of a full fallback chain, plus one call per delivery a dead
+    /// worker may have cut short.
+    pub fn max_calls_per_job(&self) -> u32 {
+        if let Some(n) = self.worker.max_calls {
+            return n;
+        }
+        let r = &self.router;
+        let retries = r
+            .retry_policy
+            .iter()
+            .map(|(_, n)| *n)
+            .chain([self.num_retries])
+            .max()
+            .unwrap_or(0);
+        (retries + 1)
+            .saturating_mul(r.max_fallbacks.saturating_add(1))
+            .saturating_add(self.worker.max_deliver)
     }
 
     /// Model group names, sorted, for error messages and `/v1/models`.

@@ -61,6 +61,7 @@ pub(super) struct RawLimits {
     pub(super) fail_open: Option<bool>,
     pub(super) default_max_tokens: Option<u32>,
     pub(super) max_defer_secs: Option<u64>,
+    pub(super) max_wait_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,4 +70,6 @@ pub(super) struct RawWorker {
     pub(super) capacity: Option<usize>,
     pub(super) ack_wait_secs: Option<u64>,
     pub(super) drain_secs: Option<u64>,
+    pub(super) max_deliver: Option<u32>,
+    pub(super) max_calls_per_job: Option<u32>,
 }

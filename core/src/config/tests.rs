@@ -131,7 +131,7 @@ fn azure_without_api_version_is_rejected() {
     assert!(err.contains("api_version"), "{err}");
 }
 
-/// The `config.yaml` of `reference/litellm.md` §7, as LiteLLM's docs write it.
+/// A `config.yaml` as LiteLLM's documentation writes it.
 const LITELLM_DOCS_CONFIG: &str = r#"
 model_list:
   - model_name: gpt-4o

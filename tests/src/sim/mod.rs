@@ -1,5 +1,5 @@
 //! The provider simulator: an upstream that speaks every protocol Sluice adapts, on the
-//! real paths with the real framing (`reference/providers.md`):
+//! real paths with the real framing:
 //!
 //! | protocol | path | stream framing |
 //! |---|---|---|

@@ -20,13 +20,15 @@ use crate::{ledger, Ctx};
 /// One admitted call.
 pub(super) struct Attempt {
     pub(super) job_id: Uuid,
-    /// Counted from 1 across every delivery of the job.
+    /// Counted from 1 across every delivery of the job; allocated by the job row when the
+    /// attempt starts (until then, the number it expects).
     pub(super) number: u32,
     /// The JetStream delivery this attempt belongs to.
     pub(super) delivery: u32,
     pub(super) deployment: Arc<Deployment>,
-    /// What the limits counted for the call; settled once it ends.
-    pub(super) reservation: Held,
+    /// What the limits counted for the call; settled once it ends, or by itself if the
+    /// job lets go of it (cancel, hard stop, panic).
+    pub(super) held: Held,
     /// When the limits counted it (Redis time when Redis was asked).
     pub(super) started_at: DateTime<Utc>,
 }
@@ -51,13 +53,14 @@ impl Attempt {
             tier: job.tier.to_string(),
             reply_subject: job.reply_subject.clone(),
             created_at: job.created_at,
-            attempt: self.number,
             delivery: self.delivery,
             worker: ctx.worker_id.clone(),
             deployment: d.id.clone(),
             provider: d.provider.clone(),
             model: d.model.clone(),
             started_at: self.started_at,
+            max_calls: ctx.config.max_calls_per_job(),
+            reserved_cost: Some(self.held.estimate().cost).filter(|c| *c > 0.0),
         }
     }
 

@@ -14,13 +14,15 @@
 
 mod attempt;
 mod outcome;
-mod pipeline;
+pub(crate) mod pipeline;
 mod route;
 
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, AckKind};
-use sluice_schemas::{JobEnvelope, Tier};
+use chrono::Utc;
+use sluice_schemas::job::JobError;
+use sluice_schemas::{ErrorClass, JobEnvelope, Tier};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -63,18 +65,22 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, tier: Tier) {
     ctx.release(id);
 }
 
-/// The number the first attempt of this delivery gets: 1 on a first delivery, else one
-/// past the last attempt on record. `None` when the job already finished (its result
-/// has been republished and the message acked) or the job was deferred.
-async fn first_attempt(
+/// The provider calls the job made so far (0 on a first delivery; each call's number is
+/// allocated by the job row when it starts). `None` when this delivery ended the message:
+/// the job already finished (its result republished, the message acked), it was
+/// delivered more often than `max_deliver` allows (ended `failed`, message in the DLQ),
+/// or it was deferred.
+async fn calls_so_far(
     ctx: &Ctx,
-    msg: &jetstream::Message,
-    id: uuid::Uuid,
+    msg: jetstream::Message,
+    envelope: &JobEnvelope,
+    tier: Tier,
     delivery: u32,
-) -> Option<u32> {
+) -> Option<(jetstream::Message, u32)> {
     if delivery <= 1 {
-        return Some(1);
+        return Some((msg, 0));
     }
+    let id = envelope.id;
     match Box::pin(ctx.store.job_progress(id)).await {
         Ok(p) if p.terminal => {
             tracing::info!("redelivered job is already finished; republishing its result");
@@ -82,13 +88,38 @@ async fn first_attempt(
             let _ = msg.ack().await;
             None
         }
-        Ok(p) => Some(p.last_attempt + 1),
+        Ok(p) if delivery.saturating_sub(p.deferrals) > ctx.config.worker.max_deliver => {
+            // Deliveries the job did not hand back itself: workers died or stalled on it.
+            // It ends here, and its message goes to the dead-letter stream.
+            let error = JobError {
+                class: ErrorClass::DeliveriesExhausted,
+                message: format!(
+                    "delivered {delivery} times ({} of them waits for limits) without ending; sluice.worker.max_deliver is {}",
+                    p.deferrals, ctx.config.worker.max_deliver
+                ),
+            };
+            let base = outcome::outcome_base(envelope, tier, p.calls);
+            let (reply, webhook) = (envelope.reply_subject.clone(), envelope.webhook_url.clone());
+            Box::pin(outcome::end_early(
+                ctx,
+                msg,
+                base,
+                reply,
+                webhook,
+                Vec::new(),
+                error,
+                true,
+            ))
+            .await;
+            None
+        }
+        Ok(p) => Some((msg, p.calls)),
         Err(e) => {
             let d = Deferred::now(
                 "postgres_unavailable",
                 format!("cannot read job progress: {e}"),
             );
-            Box::pin(outcome::defer(ctx, msg, id, d)).await;
+            Box::pin(outcome::defer(ctx, &msg, id, d)).await;
             None
         }
     }
@@ -103,16 +134,18 @@ async fn handle_claimed(
     cancel: CancellationToken,
 ) {
     let id = envelope.id;
-    let Some(first_attempt) = first_attempt(ctx, &msg, id, delivery).await else {
+    let Some((msg, calls)) = calls_so_far(ctx, msg, &envelope, tier, delivery).await else {
         return;
     };
     let reply_subject = envelope.reply_subject.clone();
     let webhook_url = envelope.webhook_url.clone();
+    // The job's row before any outcome: to end it with, should its wait run out.
+    let base = outcome::outcome_base(&envelope, tier, calls);
 
     // Run the job, keeping the message alive with in-progress acks.
     // Boxed, and so are the short awaits inside it: thousands of jobs wait on provider
     // calls at once, and each should hold only the state of that wait.
-    let mut work = Box::pin(pipeline::run(ctx, envelope, tier, delivery, first_attempt));
+    let mut work = Box::pin(pipeline::run(ctx, envelope, tier, delivery, calls));
     let mut keepalive = tokio::time::interval(ctx.config.worker.ack_wait / 3);
     keepalive.tick().await;
     let finished = loop {
@@ -136,7 +169,37 @@ async fn handle_claimed(
     drop(work);
     match finished {
         Ok(f) => Box::pin(outcome::conclude(ctx, msg, f, reply_subject, webhook_url)).await,
-        Err(Halt::Defer(deferred)) => Box::pin(outcome::defer(ctx, &msg, id, deferred)).await,
+        Err(Halt::Defer(deferred)) => {
+            // Waiting is bounded: past `max_wait` from its submission, the job ends.
+            let waited = (Utc::now() - base.created_at).to_std().unwrap_or_default();
+            if waited <= ctx.config.limits.max_wait {
+                Box::pin(outcome::defer(ctx, &msg, id, deferred)).await;
+                return;
+            }
+            let error = JobError {
+                class: ErrorClass::WaitExceeded,
+                message: format!(
+                    "waited {}s for limits or budget (sluice.limits.max_wait_secs is {}); last wait: {}",
+                    waited.as_secs(),
+                    ctx.config.limits.max_wait.as_secs(),
+                    deferred.reason
+                ),
+            };
+            let mut base = base;
+            base.attempts = deferred.calls_seen;
+            let attempts = deferred.attempts;
+            Box::pin(outcome::end_early(
+                ctx,
+                msg,
+                base,
+                reply_subject,
+                webhook_url,
+                attempts,
+                error,
+                false,
+            ))
+            .await;
+        }
         Err(Halt::Ended(attempts)) => Box::pin(outcome::skip_ended(ctx, msg, id, attempts)).await,
     }
 }

@@ -6,14 +6,12 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use sluice_core::store::{AttemptRecord, JobDeferred, JobOutcome, LedgerEntry, WebhookOutcome};
-use sluice_core::Secret;
+use sluice_core::store::{AttemptRecord, JobDeferred, JobOutcome, LedgerEntry};
 use sluice_schemas::events::HEADER_DLQ_REASON;
 use sluice_schemas::job::JobError;
-use sluice_schemas::{DoneEvent, ErrorClass, JobStatus};
-use tracing::Instrument;
+use sluice_schemas::{DoneEvent, ErrorClass, JobEnvelope, JobStatus, Tier};
 use uuid::Uuid;
 
 use super::attempt::record_usage;
@@ -48,6 +46,9 @@ pub(super) struct Deferred {
     pub(super) cause: &'static str,
     pub(super) reason: String,
     pub(super) attempts: Vec<AttemptRecord>,
+    /// The job's call count as this delivery last knew it: a deferral never resets a row
+    /// another delivery started a call on since.
+    pub(super) calls_seen: u32,
 }
 
 impl Deferred {
@@ -57,8 +58,71 @@ impl Deferred {
             cause,
             reason,
             attempts: Vec::new(),
+            calls_seen: 0,
         }
     }
+}
+
+/// When the job was submitted (now, if the envelope does not say).
+pub(super) fn submitted_at(envelope: &JobEnvelope) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_millis(envelope.submitted_at_ms)
+        .filter(|_| envelope.submitted_at_ms > 0)
+        .unwrap_or_else(Utc::now)
+}
+
+/// The job's row as it stands before its outcome is known, after `calls` calls.
+pub(super) fn outcome_base(envelope: &JobEnvelope, tier: Tier, calls: u32) -> JobOutcome {
+    JobOutcome {
+        id: envelope.id,
+        owner: envelope
+            .owner
+            .clone()
+            .unwrap_or_else(|| sluice_schemas::MASTER_OWNER.to_string()),
+        model_group: envelope.request.model.clone(),
+        tier: tier.as_str().to_string(),
+        reply_subject: envelope.reply_subject.clone(),
+        created_at: submitted_at(envelope),
+        status: JobStatus::Failed.as_str().to_string(),
+        result: None,
+        usage: None,
+        cost: None,
+        pricing_missing: false,
+        attempts: calls,
+        error_class: None,
+        error_message: None,
+        finished_at: Utc::now(),
+    }
+}
+
+/// Ends a job without (more) calls: it exhausted its deliveries or its wait. Records it
+/// `failed` with `error` (and the attempts this delivery made), publishes the end, acks;
+/// with `dead_letter`, a copy of the message goes to the dead-letter stream first.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn end_early(
+    ctx: &Ctx,
+    msg: jetstream::Message,
+    base: JobOutcome,
+    reply_subject: Option<String>,
+    webhook_url: Option<String>,
+    attempts: Vec<AttemptRecord>,
+    error: JobError,
+    dead_letter: bool,
+) {
+    tracing::warn!(class = %error.class, error = %error.message, "job ends without a result");
+    if dead_letter {
+        if let Err(e) = park(ctx, &msg, &error.message).await {
+            tracing::warn!(error = %e, "dead-letter publish failed; retrying later");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
+            return;
+        }
+    }
+    let calls = base.attempts;
+    let publisher = EventPublisher::new(ctx.js.clone(), ctx.subjects.events(base.id), base.id);
+    let finished =
+        Finished::without_result(JobStatus::Failed, base, attempts, error, publisher, calls);
+    conclude(ctx, msg, finished, reply_subject, webhook_url).await;
 }
 
 impl Finished {
@@ -190,7 +254,8 @@ pub(super) async fn skip_ended(
     let _ = msg.ack().await;
 }
 
-/// Records the result, then publishes it, then acks; starts the webhook delivery.
+/// Records the result (with the deliveries of its end), then publishes it, then acks;
+/// then rings the deliveries (`worker/src/deliveries.rs`).
 pub(super) async fn conclude(
     ctx: &Ctx,
     msg: jetstream::Message,
@@ -206,16 +271,34 @@ pub(super) async fn conclude(
         last_attempt,
     } = finished;
     let id = outcome.id;
-    let webhook_secret = webhook_url
-        .as_ref()
-        .and(ctx.config.webhook_secret.as_ref())
-        .map(|server| sluice_core::keys::webhook_secret(server, &outcome.owner));
+    // A reply subject that points inward is dropped here (a trusted service may have
+    // published the envelope straight to NATS, past the api's check).
+    let reply_subject = crate::destinations::reply_subject(
+        reply_subject.as_deref(),
+        &ctx.config.subject_prefix,
+        &ctx.config.safety,
+    );
+    let deliveries = if reply_subject.is_some() || webhook_url.is_some() {
+        match serde_json::to_vec(&done) {
+            Ok(body) => {
+                crate::deliveries::for_job(id, reply_subject, webhook_url.as_deref(), &body)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode the job's end for its deliveries");
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    let deliver = !deliveries.is_empty();
     // Record, then publish, then ack.
     if let Err(e) = ctx
         .ledger
         .write(LedgerEntry::Finished {
             job: outcome,
             attempts,
+            deliveries,
         })
         .await
     {
@@ -225,60 +308,20 @@ pub(super) async fn conclude(
             .await;
         return;
     }
-    let body = match publisher.terminal(last_attempt, &done).await {
-        Ok(body) => body,
-        Err(e) => {
-            tracing::warn!(error = %e, "terminal event not stored; redelivery will republish it");
-            let _ = msg
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
-            return;
-        }
-    };
-    let reply_subject = crate::destinations::reply_subject(
-        reply_subject.as_deref(),
-        &ctx.config.subject_prefix,
-        &ctx.config.safety,
-    );
-    if let Some(subject) = reply_subject {
-        if let Err(e) = publisher.reply(subject, &body, &done).await {
-            tracing::warn!(error = %e, "reply subject publish failed");
-        }
+    if let Err(e) = publisher.terminal(last_attempt, &done).await {
+        tracing::warn!(error = %e, "terminal event not stored; redelivery will republish it");
+        let _ = msg
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+            .await;
+        return;
     }
     if let Err(e) = msg.ack().await {
         tracing::warn!(error = %e, "ack failed; a redelivery will find the job finished");
     }
-    if let Some(url) = webhook_url {
-        spawn_webhook(ctx, id, url, body, webhook_secret);
+    if deliver {
+        ctx.deliveries.notify_one();
     }
     tracing::debug!(status = %done.status, "job finished");
-}
-
-/// Delivers the terminal result to the job's webhook after the ack, on a task the worker
-/// drains at shutdown; the delivery's outcome goes to the ledger.
-fn spawn_webhook(ctx: &Ctx, id: Uuid, url: String, body: Bytes, secret: Option<Secret>) {
-    let (safety, secret, ledger) = (ctx.config.safety.clone(), secret, ctx.ledger.clone());
-    let span = tracing::Span::current();
-    ctx.webhooks.spawn(
-        async move {
-            let outcome =
-                crate::webhook::deliver(&safety, &url, body, secret.as_ref(), &id.to_string())
-                    .await;
-            let status = if outcome.delivered {
-                "delivered"
-            } else {
-                "failed"
-            };
-            let _ = ledger
-                .send(LedgerEntry::Webhook(WebhookOutcome {
-                    id,
-                    status: status.to_string(),
-                    attempts: outcome.attempts,
-                }))
-                .await;
-        }
-        .instrument(span),
-    );
 }
 
 /// Hands a job back to the queue until a limit frees up (bounded, with jitter); records
@@ -302,7 +345,11 @@ pub(super) async fn defer(ctx: &Ctx, msg: &jetstream::Message, id: Uuid, d: Defe
     let not_before = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
     let _ = ctx
         .ledger
-        .send(LedgerEntry::Deferred(JobDeferred { id, not_before }))
+        .send(LedgerEntry::Deferred(JobDeferred {
+            id,
+            not_before,
+            calls_seen: d.calls_seen,
+        }))
         .await;
     let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
 }
@@ -327,18 +374,7 @@ pub(super) async fn republish_terminal(ctx: &Ctx, id: Uuid) {
 /// terminates it (in that order: on 2.9 `Term` deletes it from the work queue).
 pub(super) async fn dead_letter(ctx: &Ctx, msg: &jetstream::Message, reason: &str) {
     tracing::error!(subject = %msg.subject, %reason, "dead-lettering message");
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(HEADER_DLQ_REASON, reason);
-    headers.insert("Sluice-Dlq-Subject", msg.subject.as_str());
-    let published = async {
-        ctx.js
-            .publish_with_headers(ctx.subjects.dlq(), headers, Bytes::clone(&msg.payload))
-            .await?
-            .await?;
-        Ok::<(), async_nats::Error>(())
-    }
-    .await;
-    match published {
+    match park(ctx, msg, reason).await {
         Ok(()) => {
             let _ = msg.ack_with(AckKind::Term).await;
         }
@@ -349,4 +385,16 @@ pub(super) async fn dead_letter(ctx: &Ctx, msg: &jetstream::Message, reason: &st
                 .await;
         }
     }
+}
+
+/// Stores a copy of `msg` on the dead-letter subject with `reason`.
+async fn park(ctx: &Ctx, msg: &jetstream::Message, reason: &str) -> Result<(), async_nats::Error> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(HEADER_DLQ_REASON, reason);
+    headers.insert("Sluice-Dlq-Subject", msg.subject.as_str());
+    ctx.js
+        .publish_with_headers(ctx.subjects.dlq(), headers, Bytes::clone(&msg.payload))
+        .await?
+        .await?;
+    Ok(())
 }

@@ -23,23 +23,23 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rust_decimal::prelude::ToPrimitive;
 use sluice_core::config::Deployment;
-use sluice_core::store::{AttemptRecord, JobOutcome, LedgerEntry};
+use sluice_core::store::{AttemptRecord, JobOutcome, LedgerEntry, Written};
 use sluice_schemas::job::JobError;
 use sluice_schemas::openai::ChatRequest;
-use sluice_schemas::{ErrorClass, JobEnvelope, JobStatus, RetryEvent, Tier};
+use sluice_schemas::{ErrorClass, JobEnvelope, JobStatus, RetryEvent, Tier, MASTER_OWNER};
 use uuid::Uuid;
 
 use super::attempt::{Attempt, JobFields};
 use super::outcome::{Deferred, Finished, Halt};
 use super::route::{Next, Route};
 use crate::events::{EventPublisher, EventSink};
-use crate::limits::{self, Actual, Admission, Candidate, Health, Scope};
+use crate::limits::{self, Actual, Admission, Candidate, Scope};
 use crate::providers::{CallOutput, ProviderError};
 use crate::{retry, tokens, Ctx};
 
 /// A concurrency lease outlives the call's timeout by this much before it expires on its
 /// own (which only happens when a worker died holding it).
-const LEASE_MARGIN: Duration = Duration::from_secs(10);
+pub(crate) const LEASE_MARGIN: Duration = Duration::from_secs(10);
 
 /// Runs one delivery of a job to its end, or to a halt.
 pub(super) async fn run(
@@ -47,14 +47,21 @@ pub(super) async fn run(
     envelope: JobEnvelope,
     tier: Tier,
     delivery: u32,
-    first_attempt: u32,
+    calls: u32,
 ) -> Result<Finished, Halt> {
-    let mut run = Run::new(ctx, envelope, tier, delivery, first_attempt);
+    let mut run = Run::new(ctx, envelope, tier, delivery, calls);
     if let Some(error) = run.invalid() {
-        let made = run.attempt.saturating_sub(1);
+        let made = run.attempt;
         return Ok(run.end(JobStatus::Failed, error, made));
     }
-    Box::pin(run.load_key_scopes()).await?;
+    if !Box::pin(run.load_key_scopes()).await? {
+        let error = JobError {
+            class: ErrorClass::Auth,
+            message: "the API key of this job was revoked".into(),
+        };
+        let made = run.attempt;
+        return Ok(run.end(JobStatus::Failed, error, made));
+    }
     // Bounded: every hop resets the retry count, and hops are bounded by max_fallbacks.
     loop {
         let attempt = match Box::pin(run.admit()).await? {
@@ -62,11 +69,21 @@ pub(super) async fn run(
             Admit::Again => continue,
             Admit::GiveUp => break,
             Admit::Cancelled => {
-                let made = run.attempt.saturating_sub(1);
+                let made = run.attempt;
                 return Ok(run.end(JobStatus::Cancelled, cancelled(), made));
             }
         };
-        let attempt = Box::pin(run.start(attempt)).await?;
+        let attempt = match Box::pin(run.start(*attempt)).await? {
+            Start::Go(attempt) => *attempt,
+            Start::CallsSpent => {
+                // Calls across all deliveries count: the job ends with the class of its
+                // last failure.
+                let error = Box::pin(run.last_failure()).await;
+                tracing::warn!(calls = run.attempt, class = %error.class, "job made every call it may");
+                let made = run.attempt;
+                return Ok(run.end(JobStatus::Failed, error, made));
+            }
+        };
         let result = run.call(&attempt).await;
         let failure = match Box::pin(run.record(attempt, result)).await {
             Ok(out) => return Ok(run.succeed(out)),
@@ -84,13 +101,21 @@ pub(super) async fn run(
 /// What the admission step found.
 enum Admit {
     /// A deployment admitted the call.
-    Go(Attempt),
+    Go(Box<Attempt>),
     /// Every deployment of the group cools down and the route moved to another group.
     Again,
     /// No deployment is left (or the request can never fit a limit).
     GiveUp,
     /// The job was cancelled while waiting.
     Cancelled,
+}
+
+/// What the start step found.
+enum Start {
+    /// The job row claimed the call and numbered it.
+    Go(Box<Attempt>),
+    /// The job made every call it may (`Config::max_calls_per_job`).
+    CallsSpent,
 }
 
 /// A failed call, for the decision that follows it.
@@ -129,19 +154,14 @@ struct Run<'a> {
     prompt_estimates: Vec<(tokens::Tokenizer, u64)>,
     /// Attempts this delivery made, for the ledger.
     records: Vec<AttemptRecord>,
-    /// The number the next attempt gets.
+    /// The job's calls as this delivery knows them (the last attempt number); each call's
+    /// number is allocated by the job row when it starts.
     attempt: u32,
     last_error: JobError,
 }
 
 impl<'a> Run<'a> {
-    fn new(
-        ctx: &'a Ctx,
-        envelope: JobEnvelope,
-        tier: Tier,
-        delivery: u32,
-        first_attempt: u32,
-    ) -> Self {
+    fn new(ctx: &'a Ctx, envelope: JobEnvelope, tier: Tier, delivery: u32, calls: u32) -> Self {
         let JobEnvelope {
             id,
             request,
@@ -152,7 +172,7 @@ impl<'a> Run<'a> {
             disable_fallbacks,
             ..
         } = envelope;
-        let owner = owner.unwrap_or_else(|| "master".to_string());
+        let owner = owner.unwrap_or_else(|| MASTER_OWNER.to_string());
         let group = request.model.clone();
         let created_at = DateTime::<Utc>::from_timestamp_millis(submitted_at_ms)
             .filter(|_| submitted_at_ms > 0)
@@ -169,7 +189,7 @@ impl<'a> Run<'a> {
             usage: None,
             cost: None,
             pricing_missing: false,
-            attempts: first_attempt.saturating_sub(1),
+            attempts: calls,
             error_class: None,
             error_message: None,
             finished_at: Utc::now(),
@@ -191,7 +211,7 @@ impl<'a> Run<'a> {
             key_scopes: Arc::default(),
             prompt_estimates: Vec::with_capacity(2),
             records: Vec::new(),
-            attempt: first_attempt,
+            attempt: calls,
             last_error: JobError {
                 class: ErrorClass::Internal,
                 message: "no deployment available".into(),
@@ -219,14 +239,41 @@ impl<'a> Run<'a> {
         })
     }
 
-    async fn load_key_scopes(&mut self) -> Result<(), Halt> {
-        self.key_scopes = self.ctx.key_limits.scopes(&self.owner).await.map_err(|e| {
+    /// Loads the limits of the job's key; `false` if the key was revoked (its jobs do
+    /// not run).
+    async fn load_key_scopes(&mut self) -> Result<bool, Halt> {
+        let scopes = self.ctx.key_limits.scopes(&self.owner).await.map_err(|e| {
             Halt::Defer(Deferred::now(
                 "postgres_unavailable",
                 format!("cannot read the key's limits: {e}"),
             ))
         })?;
-        Ok(())
+        match scopes {
+            Some(scopes) => {
+                self.key_scopes = scopes;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The job's last failure, for a job that made every call it may: this delivery's,
+    /// else the last on record.
+    async fn last_failure(&self) -> JobError {
+        if !self.records.is_empty() {
+            return self.last_error.clone();
+        }
+        match self.ctx.store.last_error(self.id).await {
+            Ok(Some((class, message))) => JobError {
+                class: serde_json::from_value(serde_json::Value::String(class))
+                    .unwrap_or(ErrorClass::Internal),
+                message,
+            },
+            _ => JobError {
+                class: ErrorClass::Internal,
+                message: "the job made every provider call it may".into(),
+            },
+        }
     }
 
     /// Route, then admit: the first candidate (by order and strategy) that is not cooling
@@ -245,18 +292,27 @@ impl<'a> Run<'a> {
             .unwrap_or_default()
             + LEASE_MARGIN;
         match Box::pin(ctx.limiter.admit(Some(self.id), &admit, lease)).await {
-            Admission::Admitted { index, reservation } => Ok(Admit::Go(Attempt {
-                job_id: self.id,
-                number: self.attempt,
-                delivery: self.delivery,
-                deployment: Arc::clone(&candidates[index]),
-                // The attempt starts when the limits counted it.
-                started_at: reservation
-                    .admitted_at_ms
-                    .and_then(DateTime::<Utc>::from_timestamp_millis)
-                    .unwrap_or_else(Utc::now),
-                reservation: ctx.limiter.hold(reservation),
-            })),
+            Admission::Admitted { index, reservation } => {
+                // Settled when the call ends, or by itself if the job lets go of it.
+                let held = limits::Held::new(
+                    &ctx.limiter,
+                    &ctx.settlements,
+                    reservation,
+                    admit[index].estimate,
+                );
+                Ok(Admit::Go(Box::new(Attempt {
+                    job_id: self.id,
+                    number: self.attempt + 1,
+                    delivery: self.delivery,
+                    deployment: Arc::clone(&candidates[index]),
+                    // The attempt starts when the limits counted it.
+                    started_at: held
+                        .admitted_at_ms()
+                        .and_then(DateTime::<Utc>::from_timestamp_millis)
+                        .unwrap_or_else(Utc::now),
+                    held,
+                })))
+            }
             Admission::Wait {
                 after,
                 limit,
@@ -333,13 +389,15 @@ impl<'a> Run<'a> {
             cause,
             reason,
             attempts: std::mem::take(&mut self.records),
+            calls_seen: self.attempt,
         })
     }
 
     /// Puts the attempt on record before the call is made, so a crash cannot hide a
-    /// call. The same write claims the job: one the api ended meanwhile is not called
-    /// (its reservation is given back unused).
-    async fn start(&mut self, attempt: Attempt) -> Result<Attempt, Halt> {
+    /// call. The same write claims the job and numbers the call: one the api ended
+    /// meanwhile, or one that made every call it may, is not called (its reservation is
+    /// given back unused).
+    async fn start(&mut self, mut attempt: Attempt) -> Result<Start, Halt> {
         let ctx = self.ctx;
         let started = attempt.started(
             ctx,
@@ -352,22 +410,29 @@ impl<'a> Run<'a> {
             },
         );
         let claimed = Box::pin(ctx.ledger.write(LedgerEntry::Started(started))).await;
-        if matches!(claimed, Ok(true)) {
-            return Ok(attempt);
+        if let Ok(Written::Claimed(number)) = claimed {
+            attempt.number = number;
+            self.attempt = number;
+            attempt.held.calling();
+            return Ok(Start::Go(Box::new(attempt)));
         }
-        let none = Actual {
-            tokens: 0,
-            cost: 0.0,
-        };
-        let healthy = Health {
-            ok: true,
-            ..Default::default()
-        };
-        Box::pin(attempt.reservation.settle(none, healthy)).await;
-        Err(match claimed {
-            Err(e) => self.defer(None, "ledger_unavailable", e.to_string()),
-            Ok(_) => Halt::Ended(std::mem::take(&mut self.records)),
-        })
+        if let Some(reservation) = attempt.held.take() {
+            let none = Actual {
+                tokens: 0,
+                cost: 0.0,
+            };
+            Box::pin(ctx.limiter.release(reservation, none)).await;
+        }
+        match claimed {
+            Err(e) => Err(self.defer(None, "ledger_unavailable", e.to_string())),
+            Ok(Written::Busy) => Err(self.defer(
+                Some(Duration::from_millis(100)),
+                "ledger_busy",
+                "another start of this job was being written".into(),
+            )),
+            Ok(Written::CallsSpent) => Ok(Start::CallsSpent),
+            Ok(_) => Err(Halt::Ended(std::mem::take(&mut self.records))),
+        }
     }
 
     /// The provider call; each chunk goes out as a `chunk` event as it arrives.
@@ -405,13 +470,15 @@ impl<'a> Run<'a> {
         let Attempt {
             number,
             deployment,
-            reservation,
+            held,
             ..
         } = attempt;
         if let (false, Err(e)) = (health.cool_now.is_zero(), &result) {
             crate::metrics::cooldown(&deployment.id, e.class.as_str());
         }
-        Box::pin(reservation.settle(used, health)).await;
+        if let Some(reservation) = held.take() {
+            Box::pin(ctx.limiter.settle(reservation, used, health)).await;
+        }
         self.records.push(record);
         result.map_err(|error| {
             tracing::info!(attempt = number, deployment = %deployment.id, class = %error.class, error = %error.message, "attempt failed");
@@ -466,7 +533,6 @@ impl<'a> Run<'a> {
             .max(self.ctx.config.router.retry_after);
             tokio::time::sleep(wait).await;
         }
-        self.attempt += 1;
         true
     }
 

@@ -7,13 +7,14 @@
 --   kind ('rpm'|'tpm'|'par'|'bud'), limit, amount, period ms, label
 -- KEYS[1]: the job's cancellation mark; then per candidate: cooldown key, stats hash, busy lease zset, tpm amounts hash (for
 --   'usage'), then per scope: rpm 1 (log zset) · tpm 2 (log zset, amounts hash with
---   '_total') · par 1 (lease zset) · bud 3 (lease zset, amounts hash with '_reserved',
---   spent string)
+--   '_total') · par 1 (lease zset) · bud 4 (lease zset, amounts hash with '_reserved',
+--   spent string, seeded mark)
 -- Candidates are tried by (order, strategy score, given position). A cooling-down
 -- deployment is skipped.
 -- Returns {1, candidate, '', now ms} admitted · {0, wait ms, label, cooling (0|1)}
 --   nothing fits now · {-1, 0, label} the request can never fit · {-2, 0, 'cancelled'}
---   the job was cancelled.
+--   the job was cancelled · {-3, 0, label} a budget's counters are not in Redis (never
+--   seeded, or Redis lost them): seed them from the ledger (seed.lua) and ask again.
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -54,7 +55,7 @@ for c = 1, ncand do
     a = a + 5
     if sc.kind == 'rpm' or sc.kind == 'par' then sc.z = KEYS[k]; k = k + 1
     elseif sc.kind == 'tpm' then sc.z, sc.h = KEYS[k], KEYS[k + 1]; k = k + 2
-    elseif sc.kind == 'bud' then sc.z, sc.h, sc.s = KEYS[k], KEYS[k + 1], KEYS[k + 2]; k = k + 3 end
+    elseif sc.kind == 'bud' then sc.z, sc.h, sc.s, sc.m = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]; k = k + 4 end
     cand.scopes[#cand.scopes + 1] = sc
   end
   local score = 0
@@ -74,6 +75,16 @@ table.sort(cands, function(x, y)
   if x.score ~= y.score then return x.score < y.score end
   return x.idx < y.idx
 end)
+
+-- A budget Redis does not know (its seeded mark is gone) is rebuilt before anything is
+-- admitted against it: Redis is a cache of the ledger's spend, never the only copy.
+for _, cand in ipairs(cands) do
+  for _, sc in ipairs(cand.scopes) do
+    if sc.kind == 'bud' and redis.call('EXISTS', sc.m) == 0 then
+      return { -3, 0, sc.label }
+    end
+  end
+end
 
 local best_wait, best_label, best_cooling, never_label = nil, '', 0, nil
 for _, cand in ipairs(cands) do

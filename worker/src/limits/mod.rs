@@ -1,5 +1,5 @@
 //! Flow control: admitting a call against every limit that applies, in one Redis round
-//! trip, and settling it to real usage afterwards (DESIGN §6).
+//! trip, and settling it to real usage afterwards.
 //!
 //! A reservation is one request + estimated tokens + a concurrency lease + estimated
 //! spend, taken atomically by `admit.lua` against the first candidate deployment that
@@ -8,18 +8,28 @@
 //! expire, so a crashed worker leaks nothing. All keys share one hash tag
 //! (`{<prefix>}`), so an admission is valid on Redis Cluster.
 //!
+//! Budgets are a cache of the Postgres ledger: when Redis does not have a budget's
+//! counters (a `seeded` mark without expiry is gone, e.g. Redis restarted empty), they
+//! are rebuilt from the ledger's spend in the period and the calls in flight before
+//! anything is admitted against them (`seed.lua`).
+//!
 //! This module does not decide which deployments are candidates (the router does) nor
 //! what to do when nothing fits (the job is deferred by the pipeline).
+
+mod held;
 
 use std::time::Duration;
 
 use std::sync::{Arc, Mutex};
+
+pub use held::Held;
 
 use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::{self, Script};
 use deadpool_redis::Pool;
 use rust_decimal::prelude::ToPrimitive;
 use sluice_core::config::{Deployment, ProviderBudget};
+use sluice_core::Store;
 use uuid::Uuid;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -217,48 +227,6 @@ pub struct Reservation {
     pub admitted_at_ms: Option<i64>,
 }
 
-/// A reservation being used: settle it with [`Held::settle`]. Dropped unsettled (the job
-/// task panicked, was cancelled or handed back at the drain deadline), it releases its
-/// leases at once instead of holding them until they expire.
-pub struct Held {
-    limiter: Box<Limiter>,
-    reservation: Option<Reservation>,
-}
-
-impl Held {
-    /// When the limits counted the call (Redis time), if Redis was asked.
-    pub fn admitted_at_ms(&self) -> Option<i64> {
-        self.reservation.as_ref().and_then(|r| r.admitted_at_ms)
-    }
-
-    pub async fn settle(mut self, actual: Actual, health: Health) {
-        if let Some(r) = self.reservation.take() {
-            self.limiter.settle(r, actual, health).await;
-        }
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        let Some(r) = self.reservation.take() else {
-            return;
-        };
-        // One bounded script call; it has to outlive the dropped job to run at all.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let limiter = Limiter::clone(&self.limiter);
-            let nothing = Actual {
-                tokens: 0,
-                cost: 0.0,
-            };
-            let health = Health {
-                ok: true,
-                ..Default::default()
-            };
-            rt.spawn(async move { limiter.settle(r, nothing, health).await });
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Actual {
     pub tokens: u64,
@@ -275,8 +243,25 @@ pub struct Limiter {
     tag: String,
     fail_open: bool,
     strategy: Strategy,
+    /// Shared, so a clone (one per held reservation) copies no script text.
+    scripts: Arc<Scripts>,
+    /// Where budgets are rebuilt from, and how long a call in flight may hold its
+    /// reservation. Without it a budget Redis lost starts again from zero.
+    ledger: Option<(Store, Duration)>,
+}
+
+/// The Lua scripts, loaded once per limiter.
+struct Scripts {
     admit: Script,
     settle: Script,
+    seed: Script,
+}
+
+/// One admission round's answer before budgets are known to be in Redis.
+enum Round {
+    Done(Admission),
+    /// The budget with this label must be rebuilt first.
+    Unseeded(String),
 }
 
 impl Limiter {
@@ -287,9 +272,58 @@ impl Limiter {
             shared: Arc::default(),
             fail_open,
             strategy: Strategy::AsGiven,
-            admit: Script::new(include_str!("admit.lua")),
-            settle: Script::new(include_str!("settle.lua")),
+            scripts: Arc::new(Scripts {
+                admit: Script::new(include_str!("admit.lua")),
+                settle: Script::new(include_str!("settle.lua")),
+                seed: Script::new(include_str!("seed.lua")),
+            }),
+            ledger: None,
         }
+    }
+
+    /// Rebuilds budgets Redis lost from `store`'s ledger; calls in flight hold their
+    /// reservations for at most `lease`.
+    pub fn with_ledger(mut self, store: Store, lease: Duration) -> Limiter {
+        self.ledger = Some((store, lease));
+        self
+    }
+
+    /// Rebuilds the counters of the budget `scope` from the ledger (no-op if another
+    /// worker did it first).
+    async fn seed_budget(&self, scope: &Scope) -> Result<(), String> {
+        let spend = match &self.ledger {
+            Some((store, lease)) => store
+                .budget_spend(&scope.subject, scope.period, *lease)
+                .await
+                .map_err(|e| format!("cannot read the ledger: {e}"))?,
+            None => Default::default(),
+        };
+        let lease = self.ledger.as_ref().map(|(_, l)| *l).unwrap_or_default();
+        let now = chrono::Utc::now();
+        // The period runs from its first spend, as Redis counts it.
+        let left = spend
+            .first
+            .map(|first| {
+                let end = first + chrono::Duration::from_std(scope.period).unwrap_or_default();
+                (end - now).num_milliseconds().max(1)
+            })
+            .unwrap_or(0);
+        let mut keys = Vec::new();
+        self.keys(scope, &mut keys);
+        let mut inv = self.scripts.seed.prepare_invoke();
+        for k in &keys {
+            inv.key(k);
+        }
+        inv.arg(spend.spent).arg(left).arg(spend.in_flight.len());
+        for (job, attempt, cost, started) in &spend.in_flight {
+            let till = started.timestamp_millis() + lease.as_millis() as i64;
+            inv.arg(format!("seed:{job}:{attempt}"))
+                .arg(*cost)
+                .arg(till);
+        }
+        self.invoke(&inv).await?;
+        tracing::warn!(budget = %scope.label(), spent = spend.spent, in_flight = spend.in_flight.len(), "budget counters rebuilt from the ledger");
+        Ok(())
     }
 
     /// Runs a script on the shared connection (connecting first if needed); an error
@@ -347,6 +381,7 @@ impl Limiter {
                 out.push(format!("{base}:lease"));
                 out.push(format!("{base}:amt"));
                 out.push(format!("{base}:spent"));
+                out.push(format!("{base}:seeded"));
             }
         }
     }
@@ -360,6 +395,34 @@ impl Limiter {
         candidates: &[Candidate],
         lease: Duration,
     ) -> Admission {
+        // Each budget is rebuilt at most once per admission; there are few per call.
+        for _ in 0..8 {
+            let label = match self.admit_round(job, candidates, lease).await {
+                Round::Done(admission) => return admission,
+                Round::Unseeded(label) => label,
+            };
+            let scope = candidates
+                .iter()
+                .flat_map(|c| c.scopes.iter())
+                .find(|s| s.label() == label);
+            let Some(scope) = scope else {
+                return Admission::Unavailable(format!(
+                    "admission named an unknown budget {label}"
+                ));
+            };
+            if let Err(e) = self.seed_budget(scope).await {
+                return Admission::Unavailable(format!("budget {label} not rebuilt: {e}"));
+            }
+        }
+        Admission::Unavailable("budgets not rebuilt after several rounds".into())
+    }
+
+    async fn admit_round(
+        &self,
+        job: Option<Uuid>,
+        candidates: &[Candidate],
+        lease: Duration,
+    ) -> Round {
         let id = Uuid::now_v7().to_string();
         let unchecked = |index: usize, deployment: &str| Admission::Admitted {
             index,
@@ -372,18 +435,18 @@ impl Limiter {
         };
         match candidates.first() {
             None => {
-                return Admission::TooLarge {
+                return Round::Done(Admission::TooLarge {
                     limit: "no candidate deployment".into(),
-                }
+                })
             }
             Some(c)
                 if c.scopes.is_empty() && !c.cooldowns && self.strategy == Strategy::AsGiven =>
             {
-                return unchecked(0, &c.deployment)
+                return Round::Done(unchecked(0, &c.deployment))
             }
             Some(_) => {}
         }
-        let mut inv = self.admit.prepare_invoke();
+        let mut inv = self.scripts.admit.prepare_invoke();
         inv.arg(&id)
             .arg(lease.as_millis() as u64)
             .arg(candidates.len())
@@ -424,14 +487,15 @@ impl Limiter {
             parse_reply(v)
         }
         .await;
-        match reply {
+        Round::Done(match reply {
+            Ok((-3, _, label, _)) => return Round::Unseeded(label),
             Ok((1, c, _, now)) => {
                 let index = (c.max(1) - 1) as usize;
                 let Some(cand) = candidates.get(index) else {
-                    return Admission::Unavailable(format!(
+                    return Round::Done(Admission::Unavailable(format!(
                         "admission chose candidate {c} of {}",
                         candidates.len()
-                    ));
+                    )));
                 };
                 Admission::Admitted {
                     index,
@@ -455,15 +519,7 @@ impl Limiter {
                 unchecked(0, &candidates[0].deployment)
             }
             Err(e) => Admission::Unavailable(e),
-        }
-    }
-
-    /// Holds `reservation` so that it is released even if its job never settles it.
-    pub fn hold(&self, reservation: Reservation) -> Held {
-        Held {
-            limiter: Box::new(self.clone()),
-            reservation: Some(reservation),
-        }
+        })
     }
 
     /// Corrects the reservation to real usage, releases its leases and records the
@@ -473,10 +529,28 @@ impl Limiter {
     pub async fn settle(&self, reservation: Reservation, actual: Actual, health: Health) {
         let track_health =
             !health.ok || matches!(self.strategy, Strategy::Latency | Strategy::LeastBusy);
+        self.settle_as(reservation, actual, health, track_health)
+            .await
+    }
+
+    /// Settles a reservation its job let go of without an outcome (cancelled, handed
+    /// back, panicked): `actual` is charged, leases are released, health is untouched.
+    pub async fn release(&self, reservation: Reservation, actual: Actual) {
+        self.settle_as(reservation, actual, Health::success(), false)
+            .await
+    }
+
+    async fn settle_as(
+        &self,
+        reservation: Reservation,
+        actual: Actual,
+        health: Health,
+        track_health: bool,
+    ) {
         if reservation.scopes.is_empty() && !track_health {
             return;
         }
-        let mut inv = self.settle.prepare_invoke();
+        let mut inv = self.scripts.settle.prepare_invoke();
         let outcome = match (track_health, health.ok) {
             (false, _) => "none",
             (true, true) => "ok",

@@ -60,14 +60,16 @@ for s = 1, n do
   elseif kind == 'par' then
     redis.call('ZREM', KEYS[k], res); k = k + 1
   elseif kind == 'bud' then
-    local z, h, sp = KEYS[k], KEYS[k + 1], KEYS[k + 2]; k = k + 3
+    local z, h, sp, mark = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]; k = k + 4
     local held = redis.call('HGET', h, res)
     if held then
       redis.call('HDEL', h, res)
       redis.call('HINCRBYFLOAT', h, '_reserved', -tonumber(held))
       redis.call('ZREM', z, res)
     end
-    if actual > 0 then
+    -- Counters Redis lost are rebuilt from the ledger, which holds this call's cost:
+    -- adding it here too would count it twice.
+    if actual > 0 and redis.call('EXISTS', mark) == 1 then
       redis.call('SET', sp, 0, 'PX', period, 'NX')
       redis.call('INCRBYFLOAT', sp, actual)
     end

@@ -1,4 +1,4 @@
-//! Anthropic Messages API (`reference/providers.md` §3).
+//! Anthropic Messages API.
 //!
 //! `POST {api_base}/v1/messages`, `x-api-key` + `anthropic-version`. The request mapping
 //! lifts system/developer messages to the top-level `system`, turns content parts, tool
@@ -794,7 +794,7 @@ mod tests {
         (acc.finish(), r)
     }
 
-    /// The reference's tool-use stream (§3), CRLF-framed, with a ping in the middle.
+    /// A tool-use stream as Anthropic sends it, CRLF-framed, with a ping in the middle.
     #[test]
     fn fixture_tool_use_stream_with_ping_and_crlf() {
         let body = "event: message_start\r\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"m\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":849,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":100,\"output_tokens\":10}}}\r\n\r\n\

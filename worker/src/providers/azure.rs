@@ -1,4 +1,4 @@
-//! Azure OpenAI (`reference/providers.md` §2): OpenAI's body and responses behind a
+//! Azure OpenAI: OpenAI's body and responses behind a
 //! different URL and auth.
 //!
 //! Classic form: `{api_base}/openai/deployments/{deployment}/chat/completions?api-version=…`

@@ -141,7 +141,8 @@ pub(crate) fn truncate(s: &str) -> String {
 }
 
 /// Context-window wording shared by the OpenAI family, Anthropic, Gemini and Ollama
-/// (`reference/providers.md` §8), lower-cased.
+///
+/// (their error bodies as the simulator in `tests/src/sim/` sends them), lower-cased.
 pub(crate) fn is_context_message(lower: &str) -> bool {
     lower.contains("maximum context length")
         || lower.contains("context window")

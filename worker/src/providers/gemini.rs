@@ -1,4 +1,4 @@
-//! Google Gemini Generative Language API (`reference/providers.md` §4).
+//! Google Gemini Generative Language API.
 //!
 //! `POST {api_base}/v1beta/models/{model}:generateContent`, or
 //! `:streamGenerateContent?alt=sse` when streaming; `x-goog-api-key` auth (never the `?key=`
@@ -857,7 +857,7 @@ mod tests {
         (acc.finish(), r)
     }
 
-    /// The reference's stream (§4) in CRLF framing, with a thought part.
+    /// A stream as Gemini sends it, in CRLF framing, with a thought part.
     #[test]
     fn fixture_stream_with_thoughts_and_cumulative_usage() {
         let body = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Plan.\",\"thought\":true},{\"text\":\"Okay, \"}],\"role\":\"model\"},\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":4,\"candidatesTokenCount\":49,\"totalTokenCount\":2095,\"thoughtsTokenCount\":2042},\"modelVersion\":\"gemini-2.5-flash\",\"responseId\":\"IZI2\"}\r\n\r\n\

@@ -1,4 +1,4 @@
-//! Ollama's native chat API (`reference/providers.md` §5), for the `ollama/` and
+//! Ollama's native chat API, for the `ollama/` and
 //! `ollama_chat/` prefixes.
 //!
 //! `POST {api_base}/api/chat`, no auth locally (a configured key is sent as a bearer token
@@ -490,7 +490,7 @@ mod tests {
         (acc.finish(), r)
     }
 
-    /// The reference's stream (§5), CRLF line ends, a thinking line and a tool call.
+    /// A stream as Ollama sends it, CRLF line ends, a thinking line and a tool call.
     #[test]
     fn fixture_ndjson_stream_with_thinking_tool_call_and_usage() {
         let body = "{\"model\":\"llama3.2\",\"created_at\":\"2025-07-07T20:32:53.8Z\",\"message\":{\"role\":\"assistant\",\"content\":\"\",\"thinking\":\"Tokyo?\"},\"done\":false}\r\n\

@@ -1,5 +1,5 @@
 //! OpenAI Chat Completions and the OpenAI-compatible family (DeepSeek, OpenRouter, DashScope,
-//! Mistral, Groq, Together, xAI, vLLM, ...), `reference/providers.md` §1, §6, §7.
+//! Mistral, Groq, Together, xAI, vLLM, ...).
 //!
 //! `POST {api_base}/chat/completions`, bearer auth, SSE with `data: [DONE]`. The request
 //! goes out as the caller wrote it (the family takes OpenAI's parameters). Owns the quirks
@@ -343,7 +343,7 @@ mod tests {
         (out, r)
     }
 
-    /// The reference's stream (§1), with DeepSeek keep-alives and CRLF framing.
+    /// A stream as OpenAI sends it, with DeepSeek keep-alives and CRLF framing.
     #[test]
     fn fixture_stream_with_keepalives_and_crlf_passes_chunks_through() {
         let body = "\

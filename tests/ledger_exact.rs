@@ -1,0 +1,196 @@
+//! The ledger is exact under redelivery: the job row numbers every provider call, so two
+//! deliveries of one job never share an attempt number, a delivery never overwrites
+//! another's rows, a late deferral never resets a row another delivery runs, and the
+//! calls of a job across all its deliveries are bounded.
+
+use anyhow::Result;
+use chrono::Utc;
+use sluice_core::store::{AttemptRecord, AttemptStarted, JobDeferred, LedgerEntry, Store, Written};
+use sluice_testkit::TestEnv;
+use uuid::Uuid;
+
+fn started(job_id: Uuid, delivery: u32, worker: &str, max_calls: u32) -> LedgerEntry {
+    LedgerEntry::Started(AttemptStarted {
+        job_id,
+        owner: "master".into(),
+        model_group: "fast".into(),
+        tier: "normal".into(),
+        reply_subject: None,
+        created_at: Utc::now(),
+        delivery,
+        worker: worker.into(),
+        deployment: "fast-0".into(),
+        provider: "openai".into(),
+        model: "gpt-4o-mini".into(),
+        started_at: Utc::now(),
+        max_calls,
+        reserved_cost: None,
+    })
+}
+
+fn finished_attempt(job_id: Uuid, attempt: u32, delivery: u32, worker: &str) -> AttemptRecord {
+    AttemptRecord {
+        job_id,
+        attempt,
+        delivery,
+        worker: worker.into(),
+        deployment: "fast-0".into(),
+        provider: "openai".into(),
+        model: "gpt-4o-mini".into(),
+        status: "succeeded".into(),
+        error_class: None,
+        error_message: None,
+        prompt_tokens: Some(10),
+        completion_tokens: Some(5),
+        cached_tokens: Some(0),
+        cache_creation_tokens: Some(0),
+        reasoning_tokens: Some(0),
+        usage_estimated: false,
+        cost: None,
+        pricing_missing: true,
+        ttft_ms: None,
+        latency_ms: Some(1.0),
+        started_at: Utc::now(),
+        finished_at: Utc::now(),
+        dropped_params: None,
+    }
+}
+
+async fn claim(store: &Store, entry: LedgerEntry) -> Result<Written> {
+    Ok(store.write_ledger(&[entry]).await?[0])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deliveries_of_one_job_get_distinct_attempt_numbers() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let store = env.store().await?;
+    let job = Uuid::now_v7();
+    // Eight deliveries (eight workers) start a call of the same job at the same time.
+    let claims = (1..=8).map(|d| {
+        let store = store.clone();
+        async move { claim(&store, started(job, d, &format!("w{d}"), 100)).await }
+    });
+    let mut numbers = Vec::new();
+    for c in futures::future::join_all(claims).await {
+        match c? {
+            Written::Claimed(n) => numbers.push(n),
+            other => panic!("every start is claimed: {other:?}"),
+        }
+    }
+    numbers.sort();
+    assert_eq!(numbers, (1..=8).collect::<Vec<_>>(), "one number per call");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM job_attempts WHERE job_id = $1")
+        .bind(job)
+        .fetch_one(store.pool())
+        .await?;
+    assert_eq!(rows, 8, "every provider call has its own row");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_never_overwrites_another_deliverys_attempt_row() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let store = env.store().await?;
+    let job = Uuid::now_v7();
+    assert_eq!(
+        claim(&store, started(job, 1, "a", 10)).await?,
+        Written::Claimed(1)
+    );
+    assert_eq!(
+        claim(&store, started(job, 2, "b", 10)).await?,
+        Written::Claimed(2)
+    );
+    // Delivery 1 writes a result for attempt 2, which delivery 2 runs: it is not taken.
+    store
+        .write_ledger(&[LedgerEntry::Attempts(vec![finished_attempt(
+            job, 2, 1, "a",
+        )])])
+        .await?;
+    let (delivery, worker, status): (i32, String, String) = sqlx::query_as(
+        "SELECT delivery, worker, status FROM job_attempts WHERE job_id = $1 AND attempt = 2",
+    )
+    .bind(job)
+    .fetch_one(store.pool())
+    .await?;
+    assert_eq!(
+        (delivery, worker.as_str(), status.as_str()),
+        (2, "b", "started")
+    );
+    // Its own row is completed.
+    store
+        .write_ledger(&[LedgerEntry::Attempts(vec![finished_attempt(
+            job, 2, 2, "b",
+        )])])
+        .await?;
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM job_attempts WHERE job_id = $1 AND attempt = 2")
+            .bind(job)
+            .fetch_one(store.pool())
+            .await?;
+    assert_eq!(status, "succeeded");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_deferral_leaves_the_row_another_delivery_runs() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let store = env.store().await?;
+    let job = Uuid::now_v7();
+    assert_eq!(
+        claim(&store, started(job, 1, "a", 10)).await?,
+        Written::Claimed(1)
+    );
+    assert_eq!(
+        claim(&store, started(job, 2, "b", 10)).await?,
+        Written::Claimed(2)
+    );
+    let deferred = |calls_seen| {
+        LedgerEntry::Deferred(JobDeferred {
+            id: job,
+            not_before: Utc::now(),
+            calls_seen,
+        })
+    };
+    // Delivery 1 (which knew of one call) defers late: delivery 2's run stands.
+    store.write_ledger(&[deferred(1)]).await?;
+    let status = |store: Store| async move {
+        sqlx::query_scalar::<_, String>("SELECT status FROM jobs WHERE id = $1")
+            .bind(job)
+            .fetch_one(store.pool())
+            .await
+    };
+    assert_eq!(status(store.clone()).await?, "running");
+    // Delivery 2 itself defers: the job waits.
+    store.write_ledger(&[deferred(2)]).await?;
+    assert_eq!(status(store.clone()).await?, "queued");
+    let deferrals: i32 = sqlx::query_scalar("SELECT deferrals FROM jobs WHERE id = $1")
+        .bind(job)
+        .fetch_one(store.pool())
+        .await?;
+    assert_eq!(deferrals, 2, "both hand-backs are counted");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_across_deliveries_stop_at_the_jobs_budget() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let store = env.store().await?;
+    let job = Uuid::now_v7();
+    for (d, want) in [(1, 1), (2, 2), (3, 3)] {
+        assert_eq!(
+            claim(&store, started(job, d, "w", 3)).await?,
+            Written::Claimed(want)
+        );
+    }
+    assert_eq!(
+        claim(&store, started(job, 4, "w", 3)).await?,
+        Written::CallsSpent,
+        "a fourth call is refused"
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM job_attempts WHERE job_id = $1")
+        .bind(job)
+        .fetch_one(store.pool())
+        .await?;
+    assert_eq!(rows, 3, "no row for a refused call");
+    Ok(())
+}
