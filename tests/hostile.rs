@@ -900,3 +900,92 @@ async fn upload_fields_are_bounded_and_an_aborted_upload_leaves_nothing() -> Res
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_line_over_max_payload_runs_and_its_output_is_whole() -> Result<()> {
+    let s = sim::start("127.0.0.1:0", SimConfig::default()).await?;
+    let large = faulty(Fault::LargeAnswer).await?;
+    let env = TestEnv::new().await?;
+    let yaml = config(
+        &[
+            deployment("fast", "fast-1", &s),
+            deployment("large", "large-1", &large),
+        ],
+        "",
+    );
+    let stack = Stack::start(env.config(&yaml, "  batches:\n    poll_ms: 100")?, 1).await?;
+    let http = http();
+    let api = &stack.api_url;
+    // One line whose request is larger than a NATS message, one whose answer is.
+    let big = "z".repeat(1_500_000);
+    let input = format!(
+        "{}\n{}\n",
+        json!({"custom_id": "big-ask", "method": "POST", "url": "/v1/chat/completions", "body": job("fast", &big)}),
+        json!({"custom_id": "big-answer", "method": "POST", "url": "/v1/chat/completions", "body": job("large", "long")}),
+    );
+    let form = reqwest::multipart::Form::new()
+        .text("purpose", "batch")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(input.into_bytes()).file_name("in.jsonl"),
+        );
+    let file: Value = http
+        .post(format!("{api}/v1/files"))
+        .bearer_auth(KEY)
+        .multipart(form)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let batch: Value = http
+        .post(format!("{api}/v1/batches"))
+        .bearer_auth(KEY)
+        .json(&json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = batch["id"].as_str().context("batch id")?.to_string();
+    let done = eventually(Duration::from_secs(90), "the batch to end", || async {
+        let v: Value = http
+            .get(format!("{api}/v1/batches/{id}"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        matches!(v["status"].as_str(), Some("completed" | "failed")).then_some(v)
+    })
+    .await?;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["request_counts"]["completed"], 2, "{done}");
+    let output = http
+        .get(format!(
+            "{api}/v1/files/{}/content",
+            done["output_file_id"].as_str().unwrap_or("")
+        ))
+        .bearer_auth(KEY)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let answer = output
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["custom_id"] == "big-answer")
+        .context("no big-answer line")?;
+    assert_eq!(
+        answer["response"]["body"]["choices"][0]["message"]["content"]
+            .as_str()
+            .map(str::len),
+        Some(1_500_000)
+    );
+    normal_job_succeeds(&http, api).await?;
+    stack.stop().await;
+    Ok(())
+}
