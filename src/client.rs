@@ -264,6 +264,12 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/jobs` with filters and cursor (`sluice jobs`, `src/jobs.rs`).
+    pub async fn list_jobs(&self, query: &[(&str, String)]) -> Result<Value, ClientError> {
+        self.send_json(self.http.get(format!("{}/v1/jobs", self.base)).query(query))
+            .await
+    }
+
     /// `DELETE /v1/keys/{id}`
     pub async fn delete_key(&self, id: &str) -> Result<Value, ClientError> {
         self.send_json(self.http.delete(format!("{}/v1/keys/{id}", self.base)))

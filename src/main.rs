@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod jobs;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -74,6 +75,13 @@ enum Command {
     Batch {
         #[command(subcommand)]
         command: BatchCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Recent jobs, newest first, filtered (a virtual key sees only its own).
+    Jobs {
+        #[command(flatten)]
+        args: jobs::JobsArgs,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -305,6 +313,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Batch { command, api } => {
             let client = client::Client::new(&api.api_url, api_key(api.key));
             return batch(&client, command).await;
+        }
+        Command::Jobs { args, api } => {
+            let client = client::Client::new(&api.api_url, api_key(api.key));
+            jobs::run(&client, args).await?;
         }
         Command::Spend {
             group_by,

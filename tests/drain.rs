@@ -167,3 +167,92 @@ async fn sigterm_past_the_drain_deadline_hands_jobs_back_and_the_next_worker_fin
     stack.stop().await;
     Ok(())
 }
+
+/// Shutting the api down ends the long-lived streams it serves (a job's SSE events, a
+/// streamed chat completion) and answers a waiting synchronous chat call, so the api
+/// stops well within its grace period even though no job has finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_shutdown_ends_open_streams_and_stops_within_its_grace() -> Result<()> {
+    use futures::StreamExt;
+    let sim = sim::start("127.0.0.1:0", SimConfig::default()).await?;
+    let env = TestEnv::new().await?;
+    // The grace is 60 s; the api must stop long before that on its own.
+    let extra = "  worker:\n    drain_secs: 60";
+    let stack = Stack::start(env.config(&models(&sim), extra)?, 0).await?;
+    let pool = env.store().await?.pool().clone();
+    let http = reqwest::Client::new();
+    let api = stack.api_url.clone();
+
+    // No worker runs: every job stays queued and every stream stays open.
+    let submitted: serde_json::Value = http
+        .post(format!("{api}/v1/jobs"))
+        .bearer_auth(common::KEY)
+        .json(&job("fast", true))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = submitted["id"].as_str().context("job id")?.to_string();
+    let events = http
+        .get(format!("{api}/v1/jobs/{id}/events"))
+        .bearer_auth(common::KEY)
+        .send()
+        .await?;
+    assert_eq!(events.status(), 200);
+    let chat_stream = http
+        .post(format!("{api}/v1/chat/completions"))
+        .bearer_auth(common::KEY)
+        .json(&job("fast", true))
+        .send()
+        .await?;
+    assert_eq!(chat_stream.status(), 200);
+    let waiting = tokio::spawn({
+        let (http, api) = (http.clone(), api.clone());
+        async move {
+            http.post(format!("{api}/v1/chat/completions"))
+                .bearer_auth(common::KEY)
+                .json(&job("fast", false))
+                .send()
+                .await
+        }
+    });
+    // The synchronous call has submitted its job and is waiting for it.
+    let p = pool.clone();
+    eventually(Duration::from_secs(30), "three queued jobs", move || {
+        let p = p.clone();
+        async move { (count(&p, "SELECT count(*) FROM jobs").await == 3).then_some(()) }
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    tokio::time::timeout(Duration::from_secs(30), stack.stop())
+        .await
+        .context("the api did not stop within 30 s of its 60 s grace")?;
+
+    // Each stream ended with the shutdown notice and without [DONE].
+    for (what, resp) in [("events", events), ("chat stream", chat_stream)] {
+        let mut body = resp.bytes_stream();
+        let mut text = String::new();
+        while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), body.next()).await? {
+            match chunk {
+                Ok(bytes) => text.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(_) => break,
+            }
+        }
+        assert!(
+            text.contains("the api is shutting down"),
+            "{what} ended without the notice: {text:?}"
+        );
+        assert!(!text.contains("[DONE]"), "{what}: {text:?}");
+    }
+    let waited = tokio::time::timeout(Duration::from_secs(10), waiting).await???;
+    assert_eq!(waited.status(), 503);
+    let err: serde_json::Value = waited.json().await?;
+    assert_eq!(err["error"]["code"], "shutting_down", "{err}");
+    // The jobs themselves go on: nothing was cancelled.
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM jobs WHERE status = 'queued'").await,
+        3
+    );
+    Ok(())
+}

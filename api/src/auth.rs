@@ -10,12 +10,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use sluice_core::keys::{hash_key, KeyRecord};
 use sluice_core::{Secret, Store};
 use sluice_schemas::MASTER_OWNER;
 
 use crate::errors::ApiError;
+use crate::AppState;
 
 /// How long a found key is trusted without asking Postgres again.
 pub const POSITIVE_TTL: Duration = Duration::from_secs(5);
@@ -61,6 +64,35 @@ impl Caller {
         } else {
             Err(ApiError::forbidden("this endpoint needs the master key"))
         }
+    }
+}
+
+/// The caller as a handler argument: authenticates the request (master key or virtual
+/// key) before the handler runs, answering 401 otherwise.
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        state.caller(&parts.headers).await
+    }
+}
+
+/// A handler argument for endpoints only the master key may use: 401 for a wrong key,
+/// 403 for a virtual key.
+pub struct Master;
+
+impl FromRequestParts<Arc<AppState>> for Master {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        state.caller(&parts.headers).await?.require_master()?;
+        Ok(Master)
     }
 }
 

@@ -76,11 +76,12 @@ pub async fn run(state: Arc<AppState>, wake: Arc<Notify>, stop: CancellationToke
     let holder = format!("api-{}", Uuid::now_v7());
     let settings = state.config.batches.clone();
     let mut driving: JoinSet<String> = JoinSet::new();
-    let mut active: HashSet<String> = HashSet::new();
+    // The batch each driver task drives, so a task that panics frees only its own.
+    let mut active: HashMap<tokio::task::Id, String> = HashMap::new();
     loop {
         let room = settings.concurrent.saturating_sub(active.len());
         if room > 0 {
-            let skip: Vec<String> = active.iter().cloned().collect();
+            let skip: Vec<String> = active.values().cloned().collect();
             match state
                 .store
                 .claim_batches(&holder, settings.lease, &skip, room as i64)
@@ -88,20 +89,31 @@ pub async fn run(state: Arc<AppState>, wake: Arc<Notify>, stop: CancellationToke
             {
                 Ok(ids) => {
                     for id in ids {
-                        active.insert(id.clone());
-                        driving.spawn(drive(Arc::clone(&state), holder.clone(), id, stop.clone()));
+                        let task = driving.spawn(drive(
+                            Arc::clone(&state),
+                            holder.clone(),
+                            id.clone(),
+                            stop.clone(),
+                        ));
+                        active.insert(task.id(), id);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot look for batches to drive"),
             }
         }
         tokio::select! {
-            Some(done) = driving.join_next() => {
-                if let Ok(id) = done {
-                    active.remove(&id);
-                } else {
-                    // A driver panicked: forget every id; leases lapse and are retaken.
-                    active.clear();
+            Some(done) = driving.join_next_with_id() => {
+                let task = match &done {
+                    Ok((task, _)) => *task,
+                    Err(e) => e.id(),
+                };
+                if let (Some(id), Err(e)) = (active.remove(&task), &done) {
+                    // Only this batch loses its driver; its lease is given up so it is
+                    // driven again soon, here or elsewhere.
+                    tracing::error!(batch_id = %id, error = %e, "batch driver panicked");
+                    if let Err(e) = state.store.release_batch(&id, &holder).await {
+                        tracing::warn!(batch_id = %id, error = %e, "cannot release batch lease");
+                    }
                 }
             }
             _ = wake.notified() => {}

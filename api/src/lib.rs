@@ -81,6 +81,8 @@ pub struct AppState {
     pub batch_wake: Arc<tokio::sync::Notify>,
     /// Open event streams per key (`sluice.safety.max_streams_per_key`).
     pub streams: Arc<streams::StreamCounts>,
+    /// Cancelled when the api shuts down: long-lived streams end on it.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -115,7 +117,10 @@ impl Flush<NewJob> for JobsFlush {
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/jobs", post(routes::jobs::submit))
+        .route(
+            "/v1/jobs",
+            post(routes::jobs::submit).get(routes::job_list::list),
+        )
         .route("/v1/chat/completions", post(routes::chat::completions))
         .route("/v1/spend", get(routes::spend::report))
         .route("/v1/limits", get(routes::limits::report))
@@ -144,6 +149,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/keys/{id}", delete(routes::keys::delete))
         .route("/v1/queue", get(routes::queue::show))
+        .route("/v1/overview", get(routes::overview::show))
+        .route("/v1/me", get(routes::me::show))
+        .route("/ui", get(routes::ui::index))
+        .route("/ui/", get(routes::ui::index))
+        .route("/ui/{file}", get(routes::ui::asset))
         .route("/metrics", get(routes::metrics::metrics))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
@@ -223,6 +233,7 @@ pub async fn serve_on(
         workers,
         batch_wake: Arc::new(tokio::sync::Notify::new()),
         streams: Arc::default(),
+        shutdown: shutdown.clone(),
     });
     background.spawn(batches::run(
         Arc::clone(&state),
@@ -231,9 +242,18 @@ pub async fn serve_on(
     ));
     tracing::info!(%addr, "api listening");
     let app = router(state);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+    let grace = config.worker.drain;
+    let serving =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    // Streams end on the shutdown signal; a request still open after the grace period
+    // (the same `drain_secs` the worker gets) is cut off.
+    let served = tokio::select! {
+        served = serving => served,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "requests still open after the grace period; closing them");
+            Ok(())
+        }
+    };
     ops_stop.cancel();
     background.close();
     background.wait().await;

@@ -58,9 +58,9 @@ pub fn bounded<S>(
     events: S,
     permit: StreamPermit,
     max_bytes: u64,
-) -> impl Stream<Item = Result<Event, Infallible>>
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static
 where
-    S: Stream<Item = (Result<Event, Infallible>, usize)> + Send,
+    S: Stream<Item = (Result<Event, Infallible>, usize)> + Send + 'static,
 {
     let mut sent: u64 = 0;
     let mut over = false;

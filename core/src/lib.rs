@@ -14,6 +14,7 @@ pub mod cancel;
 pub mod config;
 pub mod files;
 pub mod group_commit;
+pub mod job_list;
 pub mod keys;
 pub mod metrics;
 pub mod nats;

@@ -1,5 +1,7 @@
 //! Operational wire types: the worker heartbeat and the queue view of `GET /v1/queue`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Tier;
@@ -17,6 +19,12 @@ pub struct WorkerHeartbeat {
     pub draining: bool,
     /// Unix milliseconds when this heartbeat was sent.
     pub sent_at_ms: i64,
+    /// Jobs this worker has recorded as finished since it started (any terminal status).
+    #[serde(default)]
+    pub finished: u64,
+    /// Jobs it handed back to wait for a limit or an outage since it started, by reason.
+    #[serde(default)]
+    pub deferrals: BTreeMap<String, u64>,
 }
 
 /// One tier's backlog, from its durable consumer's info.

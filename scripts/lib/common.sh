@@ -37,6 +37,15 @@ install_packages() {
   fi
 }
 
+# Debian's chromium, for the console's browser tests (tests/console.rs); scripts/test only,
+# so a quickstart does not download a browser.
+ensure_chromium() {
+  [ -x /usr/bin/chromium ] && return
+  say "installing Debian's chromium (the console's browser tests)"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+}
+
 # The Rust toolchain: cargo on PATH, or rustup's, or Debian's (if new enough).
 MIN_RUST=1.85
 ensure_rust() {
@@ -58,15 +67,21 @@ ensure_rust() {
   say "using $(cargo --version)"
 }
 
-# A project-local Python venv with the official OpenAI SDK, for the compatibility tests.
+# A project-local Python venv with the official OpenAI SDK (compatibility tests) and
+# Playwright (the console's browser tests). Playwright drives the system chromium; its own
+# browser download (`playwright install`) is never run.
 ensure_python_sdk() {
   local venv=.venv
   if [ ! -x "$venv/bin/python" ]; then
-    say "creating $venv (Python venv for the OpenAI SDK tests)"
+    say "creating $venv (Python venv for the OpenAI SDK and browser tests)"
     python3 -m venv "$venv"
   fi
   if ! "$venv/bin/python" -c 'import openai' 2>/dev/null; then
     say "installing the openai Python package into $venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check openai
+  fi
+  if ! "$venv/bin/python" -c 'import playwright' 2>/dev/null; then
+    say "installing the playwright Python package into $venv (uses /usr/bin/chromium)"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check playwright
   fi
 }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminState;
 use crate::scheduler::Slots;
+use crate::tally::Tally;
 
 /// How often a worker says it is alive.
 pub const INTERVAL: Duration = Duration::from_secs(5);
@@ -21,6 +22,7 @@ pub async fn run(
     worker: String,
     slots: Arc<Slots>,
     admin: Arc<AdminState>,
+    tally: Arc<Tally>,
     stop: CancellationToken,
 ) {
     let subject = admin.subjects.worker_heartbeat();
@@ -30,12 +32,15 @@ pub async fn run(
             _ = tick.tick() => false,
             _ = stop.cancelled() => true,
         };
+        let (finished, deferrals) = tally.snapshot();
         let beat = WorkerHeartbeat {
             worker: worker.clone(),
             capacity: slots.capacity(),
             in_flight: slots.in_use(),
             draining: admin.draining.load(Ordering::Relaxed),
             sent_at_ms: chrono::Utc::now().timestamp_millis(),
+            finished,
+            deferrals,
         };
         sluice_core::metrics::upkeep();
         match serde_json::to_vec(&beat) {

@@ -26,6 +26,7 @@ pub mod reconcile;
 pub mod retry;
 pub mod router;
 pub mod scheduler;
+pub mod tally;
 pub mod tokens;
 pub mod webhook;
 
@@ -98,6 +99,8 @@ pub(crate) struct Ctx {
     pub hard_stop: CancellationToken,
     /// Jobs running here, each with the token that cancels it.
     inflight: Mutex<HashMap<Uuid, CancellationToken>>,
+    /// Jobs finished and deferred here, for the heartbeat.
+    pub tally: Arc<tally::Tally>,
 }
 
 impl Ctx {
@@ -238,6 +241,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
             tracing::warn!(deployment = %d.id, model = %d.model, "no price known: its cost is recorded as NULL (pricing_missing)");
         }
     }
+    let tally = Arc::new(tally::Tally::default());
     let ctx = Arc::new(Ctx {
         prices,
         router: Router::new(&config),
@@ -255,6 +259,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         deliveries: Arc::new(tokio::sync::Notify::new()),
         settlements: TaskTracker::new(),
         inflight: Mutex::new(HashMap::new()),
+        tally: Arc::clone(&tally),
     });
     let slots = Slots::new(config.worker.capacity, DEFAULT_WEIGHTS);
     let ops = TaskTracker::new();
@@ -271,6 +276,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         worker_id.clone(),
         Arc::clone(&slots),
         Arc::clone(&admin_state),
+        tally,
         ops_stop.clone(),
     ));
     ops.spawn(cancellations(Arc::downgrade(&ctx), ops_stop.clone()));

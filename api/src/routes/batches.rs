@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Request};
+use axum::http::Request;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -63,9 +63,9 @@ pub fn parse_window(s: &str) -> Option<Duration> {
 
 pub async fn create(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     req: Request<Body>,
 ) -> Result<Json<Batch>, ApiError> {
-    let caller = state.caller(req.headers()).await?;
     let limit = state.config.max_body_bytes;
     let bytes = axum::body::to_bytes(req.into_body(), limit)
         .await
@@ -138,10 +138,9 @@ async fn with_counts(state: &AppState, row: BatchRow) -> Result<Batch, ApiError>
 
 pub async fn get(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Batch>, ApiError> {
-    let caller = state.caller(&headers).await?;
     let row = load(&state, &caller, &id).await?;
     Ok(Json(with_counts(&state, row).await?))
 }
@@ -154,10 +153,9 @@ pub struct ListQuery {
 
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<BatchList>, ApiError> {
-    let caller = state.caller(&headers).await?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     let owner = (!caller.is_master()).then_some(caller.owner.as_str());
     let mut rows = state
@@ -184,10 +182,9 @@ pub async fn list(
 /// batch that already ended answers 409.
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Batch>, ApiError> {
-    let caller = state.caller(&headers).await?;
     load(&state, &caller, &id).await?;
     let row = state
         .store

@@ -21,6 +21,7 @@ use serde_json::Value;
 use sluice_schemas::events::{HEADER_ATTEMPT, HEADER_EVENT};
 use sluice_schemas::{DoneEvent, ErrorClass, EventKind, JobStatus, Tier};
 
+use crate::auth::Caller;
 use crate::errors::ApiError;
 use crate::job_events;
 use crate::submit::{accept, parse_submit};
@@ -31,9 +32,9 @@ const MAX_WAIT: Duration = Duration::from_secs(15 * 60);
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(req.headers()).await?;
     let header_key = crate::guard::idempotency_header(req.headers())?;
     let priority = match req.headers().get("x-sluice-priority") {
         Some(v) => Some(v.to_str().ok().and_then(Tier::parse).ok_or_else(|| {
@@ -79,6 +80,7 @@ pub async fn completions(
             permit,
             state.config.safety.max_stream_bytes,
         );
+        let events = job_events::until_shutdown(events, &state.shutdown, id);
         let mut resp = Sse::new(events)
             .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
             .into_response();
@@ -86,8 +88,16 @@ pub async fn completions(
         return Ok(resp);
     }
 
-    let done = tokio::time::timeout(MAX_WAIT, terminal(messages))
-        .await
+    let waited = tokio::select! {
+        w = tokio::time::timeout(MAX_WAIT, terminal(messages)) => w,
+        _ = state.shutdown.cancelled() => {
+            return Err(ApiError::unavailable(format!(
+                "the api is shutting down; job {id} goes on, follow it at /v1/jobs/{id}"
+            ))
+            .code("shutting_down"));
+        }
+    };
+    let done = waited
         .map_err(|_| {
             ApiError::unavailable(format!(
                 "job {id} is still running; follow it at /v1/jobs/{id}"

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Multipart, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sluice_core::files::FileRow;
@@ -43,10 +43,9 @@ pub fn file_object(row: &FileRow) -> FileObject {
 
 pub async fn upload(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
     mut multipart: Multipart,
 ) -> Result<(StatusCode, Json<FileObject>), ApiError> {
-    let caller = state.caller(&headers).await?;
     let limits = &state.config.batches;
     let id = format!("file-{}", Uuid::now_v7().simple());
     let cleanup = crate::guard::UploadCleanup::new(state.store.clone(), id.clone());
@@ -157,10 +156,9 @@ pub async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<FileRow
 
 pub async fn get(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<FileObject>, ApiError> {
-    let caller = state.caller(&headers).await?;
     let row = load(&state, &caller, &id).await?;
     Ok(Json(file_object(&row)))
 }
@@ -168,10 +166,9 @@ pub async fn get(
 /// Streams the body chunk by chunk.
 pub async fn content(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(&headers).await?;
     let row = load(&state, &caller, &id).await?;
     let store = state.store.clone();
     let chunks = futures::stream::try_unfold(0i32, move |seq| {
@@ -198,10 +195,9 @@ pub async fn content(
 
 pub async fn delete(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<FileDeleted>, ApiError> {
-    let caller = state.caller(&headers).await?;
     let row = load(&state, &caller, &id).await?;
     if state
         .store

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::http::{Request, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -28,9 +28,9 @@ use crate::{job_events, submit};
 
 pub async fn submit(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(req.headers()).await?;
     let header_key = crate::guard::idempotency_header(req.headers())?;
     let limit = state.config.max_body_bytes;
     let bytes = axum::body::to_bytes(req.into_body(), limit)
@@ -180,10 +180,9 @@ fn job_view(row: JobRow, attempts: Vec<AttemptRow>) -> JobView {
 
 pub async fn get(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = state.caller(&headers).await?;
     let id = parse_id(&raw)?;
     let row = load_job(&state, &caller, id).await?;
     let attempts = state
@@ -201,10 +200,9 @@ pub async fn get(
 /// `data: [DONE]`.
 pub async fn events(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(raw): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let caller = state.caller(&headers).await?;
     let id = parse_id(&raw)?;
     let row = load_job(&state, &caller, id).await?;
     let finished = JobStatus::parse(&row.status).is_some_and(JobStatus::is_terminal);
@@ -219,6 +217,7 @@ pub async fn events(
         permit,
         state.config.safety.max_stream_bytes,
     );
+    let out = job_events::until_shutdown(out, &state.shutdown, id);
     Ok(Sse::new(out).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
@@ -318,10 +317,9 @@ fn terminal_from_row(row: &JobRow) -> Vec<Event> {
 /// that already finished answers 409; someone else's job answers 404.
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = state.caller(&headers).await?;
     let id = parse_id(&raw)?;
     let row = load_job(&state, &caller, id).await?;
     if JobStatus::parse(&row.status).is_some_and(JobStatus::is_terminal) {

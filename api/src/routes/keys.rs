@@ -8,12 +8,13 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
 use sluice_core::keys::{self, KeyRecord, KeySettings};
 
+use crate::auth::Master;
 use crate::errors::ApiError;
 use crate::AppState;
 
@@ -33,10 +34,9 @@ const MAX_MODELS: usize = 256;
 
 pub async fn create(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _master: Master,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    state.caller(&headers).await?.require_master()?;
     let settings: KeySettings = if body.iter().all(u8::is_ascii_whitespace) {
         KeySettings::default()
     } else {
@@ -111,9 +111,8 @@ fn validate(state: &AppState, s: &KeySettings) -> Result<(), ApiError> {
 
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _master: Master,
 ) -> Result<Json<Value>, ApiError> {
-    state.caller(&headers).await?.require_master()?;
     let data = state.store.api_keys().await.map_err(|e| {
         tracing::error!(error = %e, "cannot list API keys");
         ApiError::unavailable("cannot list keys right now")
@@ -123,10 +122,9 @@ pub async fn list(
 
 pub async fn delete(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _master: Master,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    state.caller(&headers).await?.require_master()?;
     let revoked = state.store.revoke_api_key(&id).await.map_err(|e| {
         tracing::error!(error = %e, "cannot revoke API key");
         ApiError::unavailable("cannot delete keys right now")

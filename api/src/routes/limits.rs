@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use deadpool_redis::redis;
 use serde_json::{json, Value};
 
+use crate::auth::Caller;
 use crate::errors::ApiError;
 use crate::AppState;
 
@@ -82,9 +82,8 @@ async fn usage(
 
 pub async fn report(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = state.caller(&headers).await?;
     if !caller.is_master() {
         return Err(ApiError::forbidden(
             "limits are visible to the master key only",

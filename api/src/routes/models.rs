@@ -3,18 +3,17 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use serde_json::{json, Value};
 
+use crate::auth::Caller;
 use crate::errors::ApiError;
 use crate::AppState;
 
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = state.caller(&headers).await?;
     let data: Vec<Value> = state
         .config
         .groups()

@@ -4,18 +4,17 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use sluice_schemas::ops::QueueView;
 
+use crate::auth::Master;
 use crate::errors::ApiError;
 use crate::AppState;
 
 pub async fn show(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _master: Master,
 ) -> Result<Json<QueueView>, ApiError> {
-    state.caller(&headers).await?.require_master()?;
     let tiers = sluice_core::queue::snapshot(&state.js, &state.subjects)
         .await
         .map_err(|e| {

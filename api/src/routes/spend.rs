@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use axum::Json;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use rust_decimal::Decimal;
@@ -12,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sluice_core::spend::GroupBy;
 
+use crate::auth::Caller;
 use crate::errors::ApiError;
 use crate::AppState;
 
@@ -41,10 +41,9 @@ fn parse_time(s: &str, param: &str) -> Result<DateTime<Utc>, ApiError> {
 
 pub async fn report(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(q): Query<SpendQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = state.caller(&headers).await?;
     let group_name = q.group_by.as_deref().unwrap_or("model");
     let group_by = GroupBy::parse(group_name).ok_or_else(|| {
         ApiError::bad_request("`group_by` must be model, key, provider or day").param("group_by")

@@ -308,6 +308,7 @@ pub(super) async fn conclude(
             .await;
         return;
     }
+    ctx.tally.finished();
     if let Err(e) = publisher.terminal(last_attempt, &done).await {
         tracing::warn!(error = %e, "terminal event not stored; redelivery will republish it");
         let _ = msg
@@ -337,6 +338,7 @@ pub(super) async fn defer(ctx: &Ctx, msg: &jetstream::Message, id: Uuid, d: Defe
     let delay = base + jitter;
     tracing::info!(reason = %d.reason, delay_ms = delay.as_millis() as u64, "job deferred");
     crate::metrics::deferral(d.cause);
+    ctx.tally.deferred(d.cause);
     if !d.attempts.is_empty() {
         if let Err(e) = ctx.ledger.write(LedgerEntry::Attempts(d.attempts)).await {
             tracing::warn!(error = %e, "attempts of a deferred job not recorded");

@@ -1,0 +1,27 @@
+//! `GET /v1/me`: who the presented key is — the master key or a virtual key (its id, name,
+//! allowed models and limits, never the key). The console calls it at sign-in to check
+//! the key and to know which pages to show; what a key may see is still decided by each
+//! endpoint.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::errors::ApiError;
+use crate::AppState;
+
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let caller = state.caller(&headers).await?;
+    Ok(Json(json!({
+        "object": "sluice.caller",
+        "key": caller.owner,
+        "master": caller.is_master(),
+        "record": caller.key.as_deref(),
+    })))
+}
