@@ -281,7 +281,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Migrate => {
             let config = load()?;
-            let store = sluice_core::Store::connect(&config.database_url, 2).await?;
+            let store =
+                sluice_core::Store::connect_with(&config.database_url, 2, &config.tls).await?;
             store.migrate().await?;
             println!("database migrated");
         }

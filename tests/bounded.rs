@@ -126,8 +126,8 @@ async fn a_job_waiting_longer_than_max_wait_fails_with_wait_exceeded() -> Result
 }
 
 /// Workers die on a job again and again (here: its call hangs and the worker is
-/// SIGKILLed each time). After `max_deliver` deliveries that were not its own deferrals,
-/// the job ends `failed` (row and terminal event) and its message is in the DLQ.
+/// SIGKILLed each time). Once `max_deliver` deliveries died mid-call, the next one ends
+/// the job `failed` (row and terminal event) and puts its message in the DLQ.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_exhausts_max_deliver_ends_its_job_and_goes_to_the_dlq() -> Result<()> {
     let sim = sim::start(

@@ -5,7 +5,10 @@
 //! - **lost**: accepted jobs with no row;
 //! - **stuck**: jobs not ended by the deadline;
 //! - **paid twice**: jobs with more than one successful (billed) call on the ledger;
-//! - **attempt rows / provider calls**: one row per call the simulator answered or saw;
+//! - **attempt rows / provider calls**: one row per call the simulator saw. A worker killed
+//!   between writing a call's row (before the call, by design) and the request reaching
+//!   the provider leaves a row without a call; such rows stay `started` (outcome
+//!   unknown), so the rows may exceed the calls by at most the rows cut short;
 //! - **deliveries lost**: webhooks never received (webhook scenario).
 //!
 //! `scripts/test` runs it small (about a hundred jobs each); `scripts/chaos` runs it at
@@ -62,6 +65,8 @@ struct Tally {
     paid_twice: i64,
     attempt_rows: i64,
     provider_calls: u64,
+    /// Rows of calls cut short by a kill (still `started`).
+    cut_short: i64,
     deliveries_lost: usize,
 }
 
@@ -69,7 +74,7 @@ impl Tally {
     /// Prints the row and asserts the promise.
     fn check(&self) {
         println!(
-            "CHAOS|{}|{}|{}|{}|{}|{}|{}|{}",
+            "\nCHAOS|{}|{}|{}|{}|{}|{}|{}|{}|{}",
             self.scenario,
             self.jobs,
             self.lost,
@@ -77,12 +82,22 @@ impl Tally {
             self.paid_twice,
             self.attempt_rows,
             self.provider_calls,
+            self.cut_short,
             self.deliveries_lost
         );
         assert_eq!(self.lost, 0, "{self:?}");
         assert_eq!(self.stuck, 0, "{self:?}");
         assert_eq!(self.paid_twice, 0, "{self:?}");
-        assert_eq!(self.attempt_rows as u64, self.provider_calls, "{self:?}");
+        // Every call has its row; a row without a call is one cut short before sending.
+        let rows = self.attempt_rows as u64;
+        assert!(
+            rows >= self.provider_calls,
+            "a call without a row: {self:?}"
+        );
+        assert!(
+            rows - self.provider_calls <= self.cut_short as u64,
+            "rows without calls that were not cut short: {self:?}"
+        );
         assert_eq!(self.deliveries_lost, 0, "{self:?}");
     }
 }
@@ -128,6 +143,12 @@ async fn tally(
             .bind(ids)
             .fetch_one(pool)
             .await?;
+    let cut_short: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_attempts WHERE job_id = ANY($1) AND status = 'started'",
+    )
+    .bind(ids)
+    .fetch_one(pool)
+    .await?;
     Ok(Tally {
         scenario,
         jobs: ids.len(),
@@ -136,6 +157,7 @@ async fn tally(
         paid_twice,
         attempt_rows,
         provider_calls: sim.requests(),
+        cut_short,
         deliveries_lost: 0,
     })
 }
@@ -572,13 +594,10 @@ async fn chaos_worker_killed_during_a_batch() -> Result<()> {
         .json()
         .await?;
     let batch_id = batch["id"].as_str().context("batch id")?.to_string();
-    eventually(Duration::from_secs(60), "lines running", || async {
-        let n = count(
-            store.pool(),
-            "SELECT count(*) FROM job_attempts WHERE status = 'started'",
-        )
-        .await;
-        (n > 0).then_some(())
+    // Killed mid-batch: lines done, lines in flight, lines queued.
+    let mid = (s.jobs / 5) as u64;
+    eventually(Duration::from_secs(120), "the batch half-way", || async {
+        (sim.requests() >= mid).then_some(())
     })
     .await?;
     worker.kill().await?;

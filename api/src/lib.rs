@@ -56,6 +56,10 @@ pub enum ServeError {
     },
     #[error("refusing to listen on non-loopback address {0} without SLUICE_MASTER_KEY")]
     NoMasterKey(SocketAddr),
+    #[error(
+        "refusing to listen on non-loopback address {0} with a master key published in Sluice's examples; set SLUICE_MASTER_KEY to a secret of your own"
+    )]
+    PublishedMasterKey(SocketAddr),
     #[error("server error: {0}")]
     Serve(std::io::Error),
 }
@@ -161,6 +165,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Master keys that appear in this repository's quickstart, examples and deploy files (and
+/// LiteLLM's documentation): anyone can read them, so they only ever serve loopback.
+const PUBLISHED_MASTER_KEYS: &[&str] = &[
+    "sk-sluice-quickstart",
+    "sk-1234",
+    "sk-master-change-me-0000",
+];
+
+fn is_published_master_key(key: &str) -> bool {
+    PUBLISHED_MASTER_KEYS.contains(&key)
+        || ["change-me", "replace-me", "changeme"]
+            .iter()
+            .any(|p| key.to_ascii_lowercase().contains(p))
+}
+
 /// Binds `config.api_addr` and serves until `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     let listener = TcpListener::bind(&config.api_addr)
@@ -179,22 +198,30 @@ pub async fn serve_on(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
-    if config.master_key.is_none() && !addr.ip().is_loopback() {
-        return Err(ServeError::NoMasterKey(addr));
+    if !addr.ip().is_loopback() {
+        match &config.master_key {
+            None => return Err(ServeError::NoMasterKey(addr)),
+            Some(k) if is_published_master_key(k.expose()) => {
+                return Err(ServeError::PublishedMasterKey(addr))
+            }
+            Some(_) => {}
+        }
     }
     let config = Arc::new(config);
-    let nats = sluice_core::nats::connect(&config.nats_url, "sluice-api").await?;
+    let nats = sluice_core::nats::connect(&config.nats_url, &config.tls, "sluice-api").await?;
     let js = jetstream::new(nats.clone());
     let subjects = Subjects::new(&config.subject_prefix);
-    sluice_core::nats::ensure_streams(&js, &subjects, config.events_max_age).await?;
-    let store = Store::connect_with(
+    sluice_core::nats::ensure_streams(&js, &subjects, config.events_max_age, config.nats_replicas)
+        .await?;
+    let store = Store::connect_bounded(
         &config.database_url,
         16,
+        &config.tls,
         Some(config.safety.statement_timeout),
     )
     .await?;
     store.check_migrated().await?;
-    let redis = sluice_core::redis::pool(&config.redis_url, 4)?;
+    let redis = sluice_core::redis::pool_with(&config.redis_url, 4, &config.tls)?;
     metrics::describe();
     let heartbeats = nats
         .subscribe(subjects.worker_heartbeat())
@@ -271,5 +298,24 @@ async fn upkeep(stop: CancellationToken) {
             _ = tick.tick() => sluice_core::metrics::upkeep(),
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_published_master_key;
+
+    #[test]
+    fn published_master_keys_are_recognised() {
+        for k in [
+            "sk-sluice-quickstart",
+            "sk-1234",
+            "sk-master-change-me-0000",
+            "replace-me",
+            "sk-CHANGEME-please",
+        ] {
+            assert!(is_published_master_key(k), "{k}");
+        }
+        assert!(!is_published_master_key("sk-master-3f9a0c1e5b7d2a4c"));
     }
 }

@@ -307,12 +307,18 @@ async fn enqueue(
     crate::outbox::fault_point("after_record");
 
     let published = async {
+        // Larger than a message may be: by reference (see `sluice_core::bodies`).
         let (headers, payload) = crate::bodies::job_message(state, id, payload).await?;
-        state
-            .js
-            .publish_with_headers(subject, headers, payload)
-            .await?
-            .await?;
+        // A short wait for a stream that is electing a leader (a NATS node lost); past it
+        // the outbox publishes the job.
+        sluice_core::nats::publish_acked(
+            &state.js,
+            subject,
+            headers,
+            payload,
+            sluice_core::nats::PUBLISH_PATIENCE,
+        )
+        .await?;
         Ok::<(), async_nats::Error>(())
     }
     .await;

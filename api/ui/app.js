@@ -96,6 +96,10 @@ function duration(secs) {
   return `${Math.floor(secs / 3600)} h ${Math.round((secs % 3600) / 60)} min`;
 }
 
+function chunks(n) {
+  return n === 1 ? '1 chunk' : `${n} chunks`;
+}
+
 function card(title, ...children) {
   return el('section', { class: 'card' }, title ? el('h2', {}, title) : null, ...children);
 }
@@ -357,41 +361,50 @@ async function jobsPage(main) {
   });
   const err = el('p', { class: 'error' });
   const body = el('tbody', { id: 'job-rows' });
-  const more = el('button', { type: 'button', id: 'older', hidden: true }, 'Older jobs');
+  const more = el('button', { type: 'button', id: 'older', class: 'more', hidden: true }, 'Older jobs');
   main.append(el('h1', {}, me.master ? 'Jobs' : 'Your jobs'), form, err,
     card(null, el('table', { id: 'jobs' },
       el('thead', {}, el('tr', {}, ['Job', 'Status', 'Model', 'Priority', 'Key', 'Attempts', 'Cost', 'Created', 'Error', '']
         .map((h) => el('th', { class: ['Attempts', 'Cost'].includes(h) ? 'num' : '' }, h)))),
       body), more));
 
-  let older = [];      // rows loaded with "Older jobs", kept below the live first page
-  let cursor = null;
-  const query = (after) => {
-    const q = new URLSearchParams({ limit: '25' });
+  // The newest `size` jobs are re-read every 2 s (at most 100, the API's page limit);
+  // "Older jobs" first widens that window, then appends pages read with the cursor.
+  let size = 25;
+  let first = { data: [], has_more: false, last_id: null };
+  let older = [];
+  let olderMore = false;
+  const query = (limit, after) => {
+    const q = new URLSearchParams({ limit: String(limit) });
     for (const [k, v] of Object.entries(filters)) if (v) q.set(k, v);
     if (after) q.set('after', after);
     return `/v1/jobs?${q}`;
   };
-  const draw = (first) => {
-    body.replaceChildren(...[...first.data, ...older].map(jobRow));
-    if (first.data.length === 0) body.append(el('tr', {}, el('td', { colspan: 10, class: 'empty' }, 'No jobs match.')));
+  const draw = () => {
+    const rows = [...first.data, ...older];
+    body.replaceChildren(...rows.map(jobRow));
+    if (rows.length === 0) body.append(el('tr', {}, el('td', { colspan: 10, class: 'empty' }, 'No jobs match.')));
+    more.hidden = older.length ? !olderMore : !first.has_more;
   };
-  let firstPage = null;
+  const refresh = async () => {
+    first = await api(query(size, null));
+    draw();
+  };
   more.addEventListener('click', async () => {
-    const next = await api(query(cursor));
-    older = older.concat(next.data);
-    cursor = next.last_id;
-    more.hidden = !next.has_more;
-    draw(firstPage);
+    try {
+      if (size < 100) {
+        size += 25;
+        await refresh();
+        return;
+      }
+      const after = older.length ? older[older.length - 1].id : first.last_id;
+      const next = await api(query(100, after));
+      older = older.concat(next.data);
+      olderMore = next.has_more;
+      draw();
+    } catch (x) { err.textContent = x.message; }
   });
-  await live(async () => {
-    firstPage = await api(query(null));
-    if (older.length === 0) {
-      cursor = firstPage.last_id;
-      more.hidden = !firstPage.has_more;
-    }
-    draw(firstPage);
-  }, 2000, err);
+  await live(refresh, 2000, err);
 }
 
 function readFilters() {
@@ -444,7 +457,7 @@ async function jobPage(main, [id]) {
         type: 'button', class: 'danger', id: 'job-cancel',
         onclick: async (e) => {
           e.target.disabled = true;
-          try { job = await cancelJob(job.id); drawJob(); } catch (x) { err.textContent = x.message; }
+          try { await cancelJob(job.id); await poll(); } catch (x) { err.textContent = x.message; }
         },
       }, 'Cancel job'));
     const fact = (k, v) => [el('dt', {}, k), el('dd', {}, v)];
@@ -490,7 +503,7 @@ async function jobPage(main, [id]) {
       abort.abort();
       if (job.status === 'succeeded') output.textContent = finalText();
       outNote.textContent = job.status === 'succeeded'
-        ? `Finished: ${received} chunks streamed live.` : `The job is ${job.status}.`;
+        ? `Finished: ${chunks(received)} streamed live.` : `The job is ${job.status}.`;
     }
   };
   // Tokens as they stream: the job's event stream, replayed from its start. The first
@@ -511,7 +524,7 @@ async function jobPage(main, [id]) {
     output.textContent += piece;
     received += 1;
     output.dataset.chunks = String(received);
-    outNote.textContent = `Streaming… ${received} chunks so far`;
+    outNote.textContent = `Streaming… ${chunks(received)} so far`;
   }, abort.signal).catch((e) => { if (!abort.signal.aborted) err.textContent = e.message; });
   await live(poll, 1000, err);
 }
@@ -587,6 +600,12 @@ async function spendPage(main) {
   const from = new Date(Date.now() - days * 86400000).toISOString();
   const groups = ['model', 'key', 'provider', 'day'];
   const reports = await Promise.all(groups.map((g) => api(`/v1/spend?group_by=${g}&from=${encodeURIComponent(from)}`)));
+  // The master key may list keys: label the by-key chart with their names.
+  const keyNames = new Map();
+  if (me.master) {
+    const keys = await api('/v1/keys').catch(() => ({ data: [] }));
+    keys.data.forEach((k) => { if (k.name) keyNames.set(k.id, k.name); });
+  }
   const r0 = reports[0];
   const calls = r0.data.reduce((s, r) => s + r.calls, 0);
   const tokens = r0.data.reduce((s, r) => s + r.prompt_tokens + r.completion_tokens, 0);
@@ -594,13 +613,13 @@ async function spendPage(main) {
     stat('Tokens', num(tokens), 'spend-tokens'), stat('Unpriced calls', num(r0.unpriced_calls), 'spend-unpriced'));
   groups.forEach((g, i) => {
     const rows = reports[i].data;
-    const chart = g === 'day' ? dayChart(rows, days) : barChart(rows);
+    const chart = g === 'day' ? dayChart(rows, days) : barChart(rows, g === 'key' ? keyNames : undefined);
     charts.append(el('section', { class: 'card', 'data-spend': g }, el('h2', {}, `By ${g}`), chart,
       el('p', { class: 'muted' }, `Total ${usd(reports[i].total_cost)}`)));
   });
 }
 
-function barChart(rows) {
+function barChart(rows, names = new Map()) {
   if (rows.length === 0) return el('p', { class: 'empty' }, 'Nothing spent in this range.');
   const sorted = [...rows].sort((a, b) => b.cost - a.cost).slice(0, 12);
   const most = Math.max(...sorted.map((r) => r.cost), 1e-12);
@@ -611,12 +630,13 @@ function barChart(rows) {
   const chart = svg('svg', { class: 'chart', viewBox: `0 0 ${w} ${sorted.length * rowH + 4}`, width: '100%', role: 'img' });
   sorted.forEach((r, i) => {
     const y = i * rowH + 4;
+    const label = names.get(r.group) || r.group;
     const len = ((w - labelW - valueW) * r.cost) / most;
     chart.append(
-      svg('text', { x: 0, y: y + 14 }, r.group.length > 19 ? `${r.group.slice(0, 18)}…` : r.group),
+      svg('text', { x: 0, y: y + 14 }, label.length > 17 ? `${label.slice(0, 16)}…` : label),
       svg('rect', { class: 'track', x: labelW, y: y + 3, width: w - labelW - valueW, height: 14, rx: 3 }),
-      svg('rect', { class: 'bar', x: labelW, y: y + 3, width: Math.max(1, len), height: 14, rx: 3 },
-        svg('title', {}, `${r.group}: ${usd(r.cost)}, ${r.calls} calls, ${r.jobs} jobs`)),
+      svg('rect', { class: 'val', x: labelW, y: y + 3, width: Math.max(1, len), height: 14, rx: 3 },
+        svg('title', {}, `${r.group}${label !== r.group ? ` (${label})` : ''}: ${usd(r.cost)}, ${r.calls} calls, ${r.jobs} jobs`)),
       svg('text', { x: w, y: y + 14, 'text-anchor': 'end' }, usd(r.cost)));
   });
   return chart;
@@ -637,7 +657,7 @@ function dayChart(rows, days) {
   const chart = svg('svg', { class: 'chart', viewBox: `0 0 ${w} ${h + 34}`, width: '100%', role: 'img' });
   list.forEach(([d, c], i) => {
     const bh = (h * c) / most;
-    chart.append(svg('rect', { class: c ? 'bar' : 'track', x: i * slot + 1, y: h - Math.max(bh, 1), width: Math.max(1, slot - 2), height: Math.max(bh, 1) },
+    chart.append(svg('rect', { class: c ? 'val' : 'track', x: i * slot + 1, y: h - Math.max(bh, 1), width: Math.max(1, slot - 2), height: Math.max(bh, 1) },
       svg('title', {}, `${d}: ${usd(c)}`)));
   });
   chart.append(

@@ -1,8 +1,11 @@
-//! Redis: the shared connection pool (flow control, cooldowns, readiness).
+//! Redis: the shared connection pool (flow control, cooldowns, readiness), over TLS for
+//! `rediss://` URLs.
 
 use std::time::Duration;
 
 pub use deadpool_redis::{redis, Pool};
+
+use crate::tls::{redact_url, TlsEnv};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
@@ -12,20 +15,50 @@ pub enum RedisError {
     Unavailable(String),
 }
 
-/// A pool of `max_size` connections to `url`. Connects lazily.
+/// A pool of `max_size` connections to `url` (`redis://` or `rediss://` for TLS, with
+/// `user:password@` for ACL users). Trusts `SSL_CERT_FILE` of the process environment
+/// besides the system roots. Connects lazily.
 pub fn pool(url: &str, max_size: usize) -> Result<Pool, RedisError> {
-    let mut cfg = deadpool_redis::Config::from_url(url);
-    cfg.pool = Some(deadpool_redis::PoolConfig {
-        max_size,
-        timeouts: deadpool_redis::Timeouts {
-            wait: Some(Duration::from_secs(5)),
-            create: Some(Duration::from_secs(5)),
-            recycle: Some(Duration::from_secs(5)),
-        },
-        ..Default::default()
-    });
-    cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .map_err(|e| RedisError::Config(e.to_string()))
+    let tls = crate::tls::TlsEnv::from_env(&crate::config::ProcessEnv);
+    pool_with(url, max_size, &tls)
+}
+
+/// [`pool`] with the TLS settings of a loaded config.
+pub fn pool_with(url: &str, max_size: usize, tls: &TlsEnv) -> Result<Pool, RedisError> {
+    use deadpool_redis::redis::IntoConnectionInfo;
+    crate::tls::install_provider();
+    let config_error = |e: String| RedisError::Config(format!("{}: {e}", redact_url(url)));
+    let info = url
+        .into_connection_info()
+        .map_err(|e| config_error(e.to_string()))?;
+    let info = match crate::tls::trusted_pem(tls, &[]).map_err(|e| config_error(e.to_string()))? {
+        Some(root_cert) if is_tls(url) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            },
+        )
+        .map_err(|e| config_error(e.to_string()))?
+        .get_connection_info()
+        .clone(),
+        _ => info,
+    };
+    let manager = deadpool_redis::Manager::new(info).map_err(|e| config_error(e.to_string()))?;
+    Pool::builder(manager)
+        .max_size(max_size)
+        .runtime(deadpool_redis::Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|e| config_error(e.to_string()))
+}
+
+/// Whether `url` asks for TLS (`rediss://`, or `valkeys://`).
+pub fn is_tls(url: &str) -> bool {
+    let scheme = url.split("://").next().unwrap_or_default();
+    scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
 }
 
 /// `PING`, for readiness checks.

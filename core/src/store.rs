@@ -313,9 +313,42 @@ pub struct JobProgress {
     pub calls: u32,
     /// Times the job handed its message back to wait for a limit.
     pub deferrals: u32,
+    /// Deliveries whose call was cut short: their worker died (or stalls) mid-call, its
+    /// attempt row still `started`.
+    pub cut_short: u32,
 }
 
 const TERMINAL: &str = "('succeeded','failed','cancelled','expired')";
+
+/// Parses a Postgres URL; with `SSL_CERT_FILE` set, the trusted roots become the system
+/// roots, `SSL_CERT_FILE` and the URL's `sslrootcert` together (sqlx alone would use
+/// `SSL_CERT_FILE` instead of the system roots).
+fn connect_options(
+    url: &str,
+    tls: &crate::tls::TlsEnv,
+) -> Result<sqlx::postgres::PgConnectOptions, StoreError> {
+    use std::str::FromStr;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Connect(format!("invalid DATABASE_URL: {e}")))?;
+    if tls.ssl_cert_file.is_none() {
+        return Ok(options);
+    }
+    let root_cert = url
+        .split_once('?')
+        .map(|(_, query)| query)
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| matches!(*k, "sslrootcert" | "ssl-root-cert" | "ssl-ca"))
+        .map(|(_, v)| std::path::PathBuf::from(v))
+        .or_else(|| std::env::var_os("PGSSLROOTCERT").map(Into::into));
+    let extra: Vec<&std::path::Path> = root_cert.iter().map(|p| p.as_path()).collect();
+    match crate::tls::trusted_pem(tls, &extra) {
+        Ok(Some(pem)) => Ok(options.ssl_root_cert_from_pem(pem)),
+        Ok(None) => Ok(options),
+        Err(e) => Err(StoreError::Connect(e.to_string())),
+    }
+}
 
 #[derive(Clone)]
 pub struct Store {
@@ -323,21 +356,33 @@ pub struct Store {
 }
 
 impl Store {
-    /// A pool without a statement timeout (`sluice migrate`, tests).
+    /// Connects to `url` (`sslmode`, `sslrootcert`, `sslcert`/`sslkey` as libpq reads
+    /// them). Trusts `SSL_CERT_FILE` of the process environment besides the system roots.
+    /// No statement timeout (`sluice migrate`, tests).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
-        Self::connect_with(url, max_connections, None).await
+        let tls = crate::tls::TlsEnv::from_env(&crate::config::ProcessEnv);
+        Store::connect_with(url, max_connections, &tls).await
     }
 
-    /// A pool whose every statement is cancelled by Postgres after `statement_timeout`,
-    /// so no query can hold a connection (and the requests queued behind it) for ever.
+    /// [`Store::connect`] with the TLS settings of a loaded config.
     pub async fn connect_with(
         url: &str,
         max_connections: u32,
+        tls: &crate::tls::TlsEnv,
+    ) -> Result<Store, StoreError> {
+        Store::connect_bounded(url, max_connections, tls, None).await
+    }
+
+    /// [`Store::connect_with`], every statement of the pool cancelled by Postgres after
+    /// `statement_timeout`, so no query can hold a connection (and the requests queued
+    /// behind it) for ever.
+    pub async fn connect_bounded(
+        url: &str,
+        max_connections: u32,
+        tls: &crate::tls::TlsEnv,
         statement_timeout: Option<Duration>,
     ) -> Result<Store, StoreError> {
-        let mut options: sqlx::postgres::PgConnectOptions = url
-            .parse()
-            .map_err(|e: sqlx::Error| StoreError::Connect(e.to_string()))?;
+        let mut options = connect_options(url, tls)?;
         if let Some(t) = statement_timeout {
             options = options.options([("statement_timeout", t.as_millis().max(1).to_string())]);
         }
@@ -348,6 +393,15 @@ impl Store {
             .await
             .map_err(|e| StoreError::Connect(e.to_string()))?;
         Ok(Store { pool })
+    }
+
+    /// Whether this pool's connections to Postgres are encrypted (asked of the server).
+    pub async fn is_encrypted(&self) -> Result<bool, StoreError> {
+        let ssl: Option<bool> =
+            sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(ssl.unwrap_or(false))
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -519,7 +573,9 @@ impl Store {
             "SELECT COALESCE(j.status IN {TERMINAL}, false) AS terminal,
                     GREATEST(COALESCE(j.calls, 0),
                              COALESCE((SELECT max(attempt) FROM job_attempts WHERE job_id = $1), 0)) AS calls,
-                    COALESCE(j.deferrals, 0) AS deferrals
+                    COALESCE(j.deferrals, 0) AS deferrals,
+                    (SELECT count(DISTINCT delivery)::int FROM job_attempts
+                      WHERE job_id = $1 AND status = 'started') AS cut_short
              FROM (SELECT 1) AS one LEFT JOIN jobs j ON j.id = $1"
         ))
         .bind(id)
@@ -529,6 +585,7 @@ impl Store {
             terminal: row.try_get("terminal")?,
             calls: u32::try_from(row.try_get::<i32, _>("calls")?).unwrap_or(0),
             deferrals: u32::try_from(row.try_get::<i32, _>("deferrals")?).unwrap_or(0),
+            cut_short: u32::try_from(row.try_get::<i32, _>("cut_short")?).unwrap_or(0),
         })
     }
 

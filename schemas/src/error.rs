@@ -24,8 +24,8 @@ pub enum ErrorClass {
     /// Not a provider failure: the job waited for limits, budget or a cooldown longer than
     /// its bound (`sluice.limits.max_wait_secs`).
     WaitExceeded,
-    /// Not a provider failure: the job's message was delivered more often than
-    /// `sluice.worker.max_deliver` without the job ending (workers died or stalled on it).
+    /// Not a provider failure: `sluice.worker.max_deliver` deliveries of the job died
+    /// mid-call (workers died or stalled on it).
     DeliveriesExhausted,
 }
 

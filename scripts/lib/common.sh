@@ -47,7 +47,7 @@ ensure_chromium() {
 }
 
 # The Rust toolchain: cargo on PATH, or rustup's, or Debian's (if new enough).
-MIN_RUST=1.85
+MIN_RUST=1.89
 ensure_rust() {
   [ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
   if ! command -v cargo >/dev/null; then
@@ -83,5 +83,21 @@ ensure_python_sdk() {
   if ! "$venv/bin/python" -c 'import playwright' 2>/dev/null; then
     say "installing the playwright Python package into $venv (uses /usr/bin/chromium)"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check playwright
+  fi
+}
+
+# Validators for the deploy files (scripts/check-deploy), from PyPI into .venv-deploy:
+# kubernetes-validate (Kubernetes' own OpenAPI schemas, offline), compose-spec (a strict
+# Compose Specification parser), cloudcoil's KEDA models (generated from KEDA's CRDs).
+DEPLOY_VALIDATORS=(kubernetes-validate==1.37.0 compose-spec==0.2.1 "cloudcoil.models.keda==2.16.1.0" pyyaml)
+ensure_deploy_validators() {
+  local venv=.venv-deploy
+  if [ ! -x "$venv/bin/python" ]; then
+    say "creating $venv (validators for the deploy files)"
+    python3 -m venv "$venv"
+  fi
+  if ! "$venv/bin/python" -c 'import kubernetes_validate, compose_spec, cloudcoil.models.keda, yaml' 2>/dev/null; then
+    say "installing deploy validators into $venv: ${DEPLOY_VALIDATORS[*]}"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${DEPLOY_VALIDATORS[@]}"
   fi
 }

@@ -142,7 +142,7 @@ def stream(page):
         return n >= 3 && status && status.dataset.status === 'running'
             ? {chunks: n, words: out.textContent.trim().split(/\\s+/).length} : null;
     }""")
-    assert seen["chunks"] < 60, seen
+    assert seen["chunks"] < 160, seen
     shot(page, "job-streaming")
     expect(page.locator("#job-status [data-status]")).to_have_attribute("data-status", "succeeded")
     expect(page.locator("#attempts tr[data-attempt='1']")).to_be_visible()
@@ -231,8 +231,9 @@ def keys(page):
     expect(page.locator(f"#keys tr[data-key='{made['team-a']['id']}']")).to_contain_text("$")
     shot(page, "keys")
     page.goto(BASE + "/ui#/spend")
-    expect(page.locator("[data-spend=model] svg rect.bar").first).to_be_visible()
-    expect(page.locator("[data-spend=key] svg rect.bar")).to_have_count(3)
+    expect(page.locator("[data-spend=model] svg rect.val").first).to_be_visible()
+    expect(page.locator("[data-spend=key] svg rect.val")).to_have_count(3)
+    expect(page.locator("[data-spend=key] svg")).to_contain_text("team-a")
     spend_total = text_of(page, "#stat-spend-total")
     shot(page, "spend")
     sign_out(page)

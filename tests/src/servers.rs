@@ -491,3 +491,470 @@ impl OwnPostgres {
         Ok(())
     }
 }
+
+/// A certificate authority with a server certificate (for `localhost` and `127.0.0.1`)
+/// and a client certificate, generated fresh with rcgen, as PEM files in `dir`.
+#[derive(Debug, Clone)]
+pub struct TestPki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TestPki {
+    /// `client_name` is the client certificate's common name (Postgres maps it to the
+    /// database user for `cert` authentication).
+    pub fn generate(dir: &Path, client_name: &str) -> Result<TestPki> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair, KeyUsagePurpose,
+        };
+        std::fs::create_dir_all(dir)?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "Sluice test CA");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+        let leaf = |names: Vec<String>,
+                    cn: &str,
+                    usage: ExtendedKeyUsagePurpose|
+         -> Result<(String, String)> {
+            let key = KeyPair::generate()?;
+            let mut p = CertificateParams::new(names)?;
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.extended_key_usages = vec![usage];
+            let cert = p.signed_by(&key, &ca)?;
+            Ok((cert.pem(), key.serialize_pem()))
+        };
+        let (server_cert, server_key) = leaf(
+            vec!["localhost".into(), "127.0.0.1".into()],
+            "localhost",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
+        let (client_cert, client_key) =
+            leaf(Vec::new(), client_name, ExtendedKeyUsagePurpose::ClientAuth)?;
+        let pki = TestPki {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        };
+        std::fs::write(&pki.ca, ca.pem())?;
+        std::fs::write(&pki.server_cert, server_cert)?;
+        std::fs::write(&pki.server_key, server_key)?;
+        std::fs::write(&pki.client_cert, client_cert)?;
+        std::fs::write(&pki.client_key, client_key)?;
+        Ok(pki)
+    }
+}
+
+/// NATS, Redis and Postgres that speak only TLS and want credentials: NATS with a user
+/// and password, Redis with an ACL user (the default user is off) and no plaintext port,
+/// Postgres whose `pg_hba.conf` accepts only `hostssl` with a password (plaintext TCP is
+/// rejected). All use the certificates of `pki`; stopped and removed when the test
+/// process ends.
+#[derive(Debug)]
+pub struct TlsServices {
+    pub pki: TestPki,
+    pub user: String,
+    pub password: String,
+    pub nats_port: u16,
+    pub redis_port: u16,
+    pub pg_port: u16,
+    pub root: PathBuf,
+}
+
+impl TlsServices {
+    pub fn start(user: &str, password: &str) -> Result<TlsServices> {
+        let root = tempfile::Builder::new()
+            .prefix("sluice-tls-test-")
+            .tempdir()
+            .context("creating temp dir")?
+            .keep();
+        let pki = TestPki::generate(&root.join("pki"), "postgres")?;
+        let q = |p: &Path| format!("{:?}", p.display().to_string());
+
+        let nats_port = free_port();
+        let nats_conf = root.join("nats.conf");
+        std::fs::write(
+            &nats_conf,
+            format!(
+                "listen: \"127.0.0.1:{nats_port}\"\nserver_name: tls_test\n\
+                 jetstream {{ store_dir: {store} }}\n\
+                 tls {{ cert_file: {cert}, key_file: {key}, ca_file: {ca}, timeout: 5 }}\n\
+                 authorization {{ users = [ {{ user: {user:?}, password: {password:?} }} ] }}\n",
+                store = q(&root.join("nats")),
+                cert = q(&pki.server_cert),
+                key = q(&pki.server_key),
+                ca = q(&pki.ca),
+            ),
+        )?;
+        supervise(
+            &[
+                &find(
+                    "nats-server",
+                    &["/usr/sbin/nats-server", "/usr/bin/nats-server"],
+                )?,
+                "-c",
+                &nats_conf.display().to_string(),
+            ],
+            &root.join("nats.log"),
+            None,
+            Some(&root),
+        )?;
+
+        let redis_port = free_port();
+        let redis_conf = root.join("redis.conf");
+        std::fs::write(
+            &redis_conf,
+            format!(
+                "bind 127.0.0.1\nport 0\ntls-port {redis_port}\n\
+                 tls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {ca}\n\
+                 tls-auth-clients no\nsave \"\"\nappendonly no\ndir {dir}\n\
+                 user default off\nuser {user} on >{password} ~* &* +@all\n",
+                cert = pki.server_cert.display(),
+                key = pki.server_key.display(),
+                ca = pki.ca.display(),
+                dir = root.display(),
+            ),
+        )?;
+        supervise(
+            &[
+                &find("redis-server", &["/usr/bin/redis-server"])?,
+                &redis_conf.display().to_string(),
+            ],
+            &root.join("redis.log"),
+            None,
+            None,
+        )?;
+
+        let pg_port = free_port();
+        let pg = root.join("pg");
+        std::fs::create_dir_all(&pg)?;
+        let pwfile = pg.join("pw");
+        std::fs::write(&pwfile, format!("{password}\n"))?;
+        // Postgres wants its key private to its own user.
+        std::fs::copy(&pki.server_cert, pg.join("server.pem"))?;
+        std::fs::copy(&pki.server_key, pg.join("server.key"))?;
+        std::fs::copy(&pki.ca, pg.join("ca.pem"))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                pg.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )?;
+            if is_root() {
+                std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
+                let ok = Command::new("chown")
+                    .args(["-R", "postgres:postgres", &pg.display().to_string()])
+                    .status()?
+                    .success();
+                if !ok {
+                    bail!("cannot hand {} to the postgres user", pg.display());
+                }
+            }
+        }
+        let bin = postgres_bin_dir()?;
+        let data = pg.join("data");
+        run_pg(&[
+            &bin.join("initdb").display().to_string(),
+            "-D",
+            &data.display().to_string(),
+            "-U",
+            user,
+            &format!("--pwfile={}", pwfile.display()),
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ])?;
+        let hba = "local all all trust\n\
+                   hostnossl all all all reject\n\
+                   hostssl all all 127.0.0.1/32 scram-sha-256\n\
+                   hostssl all all ::1/128 scram-sha-256\n";
+        let hba_path = data.join("pg_hba.conf");
+        run_pg(&[
+            "sh",
+            "-c",
+            &format!(
+                "printf '%s' {} > {}",
+                shell_quote(hba),
+                shell_quote(&hba_path.display().to_string())
+            ),
+        ])?;
+        let postgres = pg_command(&[
+            &bin.join("postgres").display().to_string(),
+            "-D",
+            &data.display().to_string(),
+            "-p",
+            &pg_port.to_string(),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            &format!("unix_socket_directories={}", pg.display()),
+            "-c",
+            "fsync=off",
+            "-c",
+            "ssl=on",
+            "-c",
+            &format!("ssl_cert_file={}", pg.join("server.pem").display()),
+            "-c",
+            &format!("ssl_key_file={}", pg.join("server.key").display()),
+            "-c",
+            &format!("ssl_ca_file={}", pg.join("ca.pem").display()),
+        ]);
+        let args: Vec<&str> = postgres.iter().map(String::as_str).collect();
+        supervise(
+            &args,
+            &root.join("postgres.log"),
+            Some(&data.join("postmaster.pid")),
+            None,
+        )?;
+        for (name, port) in [
+            ("nats", nats_port),
+            ("redis", redis_port),
+            ("postgres", pg_port),
+        ] {
+            wait_port(port, Duration::from_secs(60)).with_context(|| {
+                format!(
+                    "{name} did not start; see {}",
+                    root.join(format!("{name}.log")).display()
+                )
+            })?;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(TlsServices {
+            pki,
+            user: user.to_string(),
+            password: password.to_string(),
+            nats_port,
+            redis_port,
+            pg_port,
+            root,
+        })
+    }
+
+    /// `tls://user:password@localhost:port`.
+    pub fn nats_url(&self) -> String {
+        format!(
+            "tls://{}:{}@localhost:{}",
+            self.user, self.password, self.nats_port
+        )
+    }
+
+    /// `rediss://user:password@localhost:port`.
+    pub fn redis_url(&self) -> String {
+        format!(
+            "rediss://{}:{}@localhost:{}",
+            self.user, self.password, self.redis_port
+        )
+    }
+
+    /// Database `db` over verified TLS (`sslmode=verify-full` with the test CA).
+    pub fn database_url(&self, db: &str) -> String {
+        format!(
+            "postgres://{}:{}@localhost:{}/{db}?sslmode=verify-full&sslrootcert={}",
+            self.user,
+            self.password,
+            self.pg_port,
+            self.pki.ca.display()
+        )
+    }
+}
+
+fn pg_command(args: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    if is_root() {
+        v.extend(["runuser", "-u", "postgres", "--"].map(String::from));
+    }
+    v.extend(args.iter().map(|s| s.to_string()));
+    v
+}
+
+fn run_pg(args: &[&str]) -> Result<()> {
+    let cmd = pg_command(args);
+    let out = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", args[0]))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}{}",
+            args[0],
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A JetStream cluster of nats-server processes with routes on loopback. Any node can be
+/// SIGKILLed; the rest are stopped and removed when the test process ends.
+#[derive(Debug)]
+pub struct NatsCluster {
+    pub nodes: Vec<NatsNode>,
+    pub root: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct NatsNode {
+    /// The node's `server_name` (what JetStream reports as a stream's leader).
+    pub name: String,
+    pub port: u16,
+    pid_file: PathBuf,
+}
+
+impl NatsCluster {
+    pub fn start(size: usize) -> Result<NatsCluster> {
+        let root = tempfile::Builder::new()
+            .prefix("sluice-nats-cluster-")
+            .tempdir()
+            .context("creating temp dir")?
+            .keep();
+        let bin = find(
+            "nats-server",
+            &["/usr/sbin/nats-server", "/usr/bin/nats-server"],
+        )?;
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let routes = ports
+            .iter()
+            .map(|(_, r)| format!("nats://127.0.0.1:{r}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::new();
+        for (i, (port, route)) in ports.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let dir = root.join(&name);
+            std::fs::create_dir_all(&dir)?;
+            let pid_file = root.join(format!("{name}.pid"));
+            supervise(
+                &[
+                    &bin,
+                    "-js",
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-sd",
+                    &dir.display().to_string(),
+                    "--server_name",
+                    &name,
+                    "--cluster_name",
+                    "sluice-test",
+                    "--cluster",
+                    &format!("nats://127.0.0.1:{route}"),
+                    "--routes",
+                    &routes,
+                    "-P",
+                    &pid_file.display().to_string(),
+                ],
+                &root.join(format!("{name}.log")),
+                None,
+                // Not tied to one node: a killed node must not take the others' files.
+                None,
+            )?;
+            nodes.push(NatsNode {
+                name,
+                port: *port,
+                pid_file,
+            });
+        }
+        // Removes the directory once the test process is gone (and the nodes with it).
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while kill -0 {parent} 2>/dev/null; do sleep 0.3; done; sleep 6; rm -rf {dir}",
+                parent = std::process::id(),
+                dir = shell_quote(&root.display().to_string()),
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the cluster cleanup watchdog")?;
+        for n in &nodes {
+            wait_port(n.port, Duration::from_secs(60))
+                .with_context(|| format!("nats {} did not start", n.name))?;
+        }
+        Ok(NatsCluster { nodes, root })
+    }
+
+    /// Every node's client URL, comma-separated (as `NATS_URL` takes them).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until JetStream answers through every node (the meta group has a leader).
+    pub async fn wait_ready(&self, limit: Duration) -> Result<()> {
+        let limit = limit.max(Duration::from_secs(1));
+        let start = Instant::now();
+        for n in &self.nodes {
+            loop {
+                let ok = async {
+                    let c = async_nats::connect(format!("nats://127.0.0.1:{}", n.port))
+                        .await
+                        .ok()?;
+                    let r = c.request("$JS.API.INFO", "".into()).await.ok()?;
+                    let v: serde_json::Value = serde_json::from_slice(&r.payload).ok()?;
+                    v.get("error").is_none().then_some(())
+                };
+                if tokio::time::timeout(Duration::from_secs(5), ok)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+                {
+                    break;
+                }
+                if start.elapsed() > limit {
+                    let log = std::fs::read_to_string(self.root.join(format!("{}.log", n.name)))
+                        .unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                    bail!(
+                        "JetStream of cluster node {} not ready within {limit:?}; log tail:\n{}",
+                        n.name,
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs the node named `name` and waits until its port is closed.
+    pub fn kill(&self, name: &str) -> Result<()> {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .with_context(|| format!("no node {name}"))?;
+        let pid = std::fs::read_to_string(&node.pid_file)?.trim().to_string();
+        let ok = Command::new("kill").args(["-9", &pid]).status()?.success();
+        if !ok {
+            bail!("kill -9 {pid} failed");
+        }
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", node.port)).is_ok() {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("node {name} still answers after SIGKILL");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}

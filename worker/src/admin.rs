@@ -29,6 +29,8 @@ pub struct AdminState {
     pub store: Store,
     /// Set when the worker stops pulling.
     pub draining: AtomicBool,
+    /// Connection settings, for `/readyz`.
+    pub config: Arc<sluice_core::Config>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -65,7 +67,13 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    let mut r = sluice_core::readiness::check(&state.nats, &state.redis, &state.store).await;
+    let mut r = sluice_core::readiness::check(
+        &state.nats,
+        &state.redis,
+        &state.store,
+        state.config.as_ref().into(),
+    )
+    .await;
     let draining = state.draining.load(Ordering::Relaxed);
     r.draining = Some(draining);
     let ready = r.ready && !draining;

@@ -169,10 +169,11 @@ async fn cancellations(ctx: std::sync::Weak<Ctx>, stop: CancellationToken) {
 /// Runs a worker until `shutdown` is cancelled, then drains.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
     let config = Arc::new(config);
-    let nats = sluice_core::nats::connect(&config.nats_url, "sluice-worker").await?;
+    let nats = sluice_core::nats::connect(&config.nats_url, &config.tls, "sluice-worker").await?;
     let js = jetstream::new(nats.clone());
     let subjects = Subjects::new(&config.subject_prefix);
-    sluice_core::nats::ensure_streams(&js, &subjects, config.events_max_age).await?;
+    sluice_core::nats::ensure_streams(&js, &subjects, config.events_max_age, config.nats_replicas)
+        .await?;
     let consumers = sluice_core::nats::ensure_tier_consumers(
         &js,
         &subjects,
@@ -180,14 +181,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         MAX_ACK_PENDING,
     )
     .await?;
-    let store = Store::connect_with(
+    let store = Store::connect_bounded(
         &config.database_url,
         16,
+        &config.tls,
         Some(config.safety.statement_timeout),
     )
     .await?;
     store.check_migrated().await?;
-    let redis = sluice_core::redis::pool(&config.redis_url, 32)?;
+    let redis = sluice_core::redis::pool_with(&config.redis_url, 32, &config.tls)?;
     metrics::describe();
     metrics::capacity(config.worker.capacity);
     let admin_listener = tokio::net::TcpListener::bind(&config.metrics_addr)
@@ -215,6 +217,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         redis: redis.clone(),
         store: store.clone(),
         draining: Default::default(),
+        config: Arc::clone(&config),
     });
     let worker_id = worker_id();
     let strategy = match config.router.strategy {

@@ -16,7 +16,13 @@ pub async fn healthz() -> Json<Value> {
 }
 
 pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Readiness>) {
-    let r = sluice_core::readiness::check(&state.nats, &state.redis, &state.store).await;
+    let r = sluice_core::readiness::check(
+        &state.nats,
+        &state.redis,
+        &state.store,
+        state.config.as_ref().into(),
+    )
+    .await;
     let status = if r.ready {
         StatusCode::OK
     } else {

@@ -7,13 +7,13 @@
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use axum::Json;
 use serde::Serialize;
 use sluice_core::job_list::{JobFilter, JobSummary};
 use sluice_schemas::{JobStatus, Tier};
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::errors::ApiError;
 use crate::AppState;
 
@@ -138,10 +138,9 @@ fn parse_filter(params: Vec<(String, String)>) -> Result<JobFilter, ApiError> {
 
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<JobPage>, ApiError> {
-    let caller = state.caller(&headers).await?;
     let mut filter = parse_filter(params)?;
     if !caller.is_master() {
         if filter.owner.as_ref().is_some_and(|o| *o != caller.owner) {

@@ -3,25 +3,16 @@
 //! the key and to know which pages to show; what a key may see is still decided by each
 //! endpoint.
 
-use std::sync::Arc;
-
-use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::errors::ApiError;
-use crate::AppState;
+use crate::auth::Caller;
 
-pub async fn show(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let caller = state.caller(&headers).await?;
-    Ok(Json(json!({
+pub async fn show(caller: Caller) -> Json<Value> {
+    Json(json!({
         "object": "sluice.caller",
         "key": caller.owner,
         "master": caller.is_master(),
         "record": caller.key.as_deref(),
-    })))
+    }))
 }

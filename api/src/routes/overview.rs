@@ -6,11 +6,11 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use serde::Serialize;
 use sluice_schemas::ops::{TierQueue, WorkerSeen};
 
+use crate::auth::Master;
 use crate::errors::ApiError;
 use crate::workers::Activity;
 use crate::AppState;
@@ -26,9 +26,8 @@ pub struct Overview {
 
 pub async fn show(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _master: Master,
 ) -> Result<Json<Overview>, ApiError> {
-    state.caller(&headers).await?.require_master()?;
     let tiers = sluice_core::queue::snapshot(&state.js, &state.subjects)
         .await
         .map_err(|e| {

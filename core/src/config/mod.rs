@@ -59,8 +59,8 @@ pub mod defaults {
     pub const MAX_FALLBACKS: u32 = 5;
     pub const DEFAULT_MAX_TOKENS: u32 = 1024;
     pub const MAX_DEFER_SECS: u64 = 60;
-    /// Deliveries of one job message that were not hand-backs of the job's own (a worker
-    /// died or stalled with it) before the job ends `failed` and the message goes to the DLQ.
+    /// Deliveries of one job that may die mid-call (a worker died or stalled with it)
+    /// before the job ends `failed` and its message goes to the DLQ.
     pub const MAX_DELIVER: u32 = 10;
     /// Longest total wait of one job for limits or budget before it ends `failed`.
     pub const MAX_WAIT_SECS: u64 = 24 * 3600;
@@ -196,7 +196,7 @@ pub struct WorkerSettings {
     pub ack_wait: Duration,
     /// How long a worker finishes in-flight jobs after SIGTERM before NAKing them.
     pub drain: Duration,
-    /// Deliveries of a job's message beyond its own deferrals (`sluice.worker.max_deliver`).
+    /// Deliveries of a job that may die mid-call (`sluice.worker.max_deliver`).
     pub max_deliver: u32,
     /// Provider calls one job may make across all its deliveries
     /// (`sluice.worker.max_calls_per_job`); unset: see [`Config::max_calls_per_job`].
@@ -230,6 +230,10 @@ pub struct Config {
     pub webhook_secret: Option<Secret>,
     /// Keys present in the file that Sluice does not act on (yet).
     pub ignored_keys: Vec<String>,
+    /// Replicas of every stream Sluice creates (`sluice.nats.replicas`: 1, 3 or 5).
+    pub nats_replicas: usize,
+    /// `SSL_CERT_FILE` and the NATS credential variables (see `core/src/tls.rs`).
+    pub tls: crate::tls::TlsEnv,
 }
 
 /// The environment, as a lookup function, so tests can supply their own.
@@ -359,7 +363,16 @@ impl Config {
         if capacity == 0 {
             return Err(ctx.invalid("sluice.worker.capacity", "must be at least 1".into()));
         }
+        let nats_replicas = s.nats.replicas.unwrap_or(1);
+        if ![1, 3, 5].contains(&nats_replicas) {
+            return Err(ctx.invalid(
+                "sluice.nats.replicas",
+                format!("{nats_replicas} is not 1, 3 or 5"),
+            ));
+        }
         let config = Config {
+            nats_replicas,
+            tls: crate::tls::TlsEnv::from_env(env),
             file,
             deployments,
             nats_url: pick("NATS_URL", &s.nats_url, defaults::NATS_URL),

@@ -53,6 +53,14 @@ pub(super) struct RawSluice {
     pub(super) batches: crate::batch_settings::RawBatchSettings,
     #[serde(default)]
     pub(super) safety: crate::safety::RawSafetySettings,
+    #[serde(default)]
+    pub(super) nats: RawNats,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNats {
+    pub(super) replicas: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

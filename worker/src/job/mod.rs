@@ -88,14 +88,16 @@ async fn calls_so_far(
             let _ = msg.ack().await;
             None
         }
-        Ok(p) if delivery.saturating_sub(p.deferrals) > ctx.config.worker.max_deliver => {
-            // Deliveries the job did not hand back itself: workers died or stalled on it.
-            // It ends here, and its message goes to the dead-letter stream.
+        Ok(p) if p.cut_short >= ctx.config.worker.max_deliver => {
+            // Deliveries that died mid-call: workers died or stalled on this job. Counted
+            // from the ledger, not from JetStream's delivery count, which also counts the
+            // job's own waits (whose records a Postgres outage may have lost). The job
+            // ends here, and its message goes to the dead-letter stream.
             let error = JobError {
                 class: ErrorClass::DeliveriesExhausted,
                 message: format!(
-                    "delivered {delivery} times ({} of them waits for limits) without ending; sluice.worker.max_deliver is {}",
-                    p.deferrals, ctx.config.worker.max_deliver
+                    "{} deliveries died mid-call (delivery {delivery}, {} waits for limits); sluice.worker.max_deliver is {}",
+                    p.cut_short, p.deferrals, ctx.config.worker.max_deliver
                 ),
             };
             let base = outcome::outcome_base(envelope, tier, p.calls);
