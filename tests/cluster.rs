@@ -152,6 +152,17 @@ async fn jobs_survive_the_loss_of_the_jobs_stream_leader() -> Result<()> {
         sim.requests(),
         "one attempt row per provider call"
     );
+    // A start-up asking for one replica never lowers the streams' three.
+    let client = async_nats::connect(env.nats_url.split(',').collect::<Vec<_>>()).await?;
+    let js = jetstream::new(client);
+    sluice_core::nats::ensure_streams(&js, &subjects, Duration::from_secs(3600), 1).await?;
+    let info = js
+        .get_stream(subjects.jobs_stream())
+        .await?
+        .info()
+        .await?
+        .clone();
+    assert_eq!(info.config.num_replicas, 3);
     eprintln!(
         "accepted {} of 300 jobs; {} provider calls; killed {leader}",
         accepted.len(),

@@ -290,8 +290,17 @@ async fn a_virtual_key_signed_in_to_the_console_sees_only_its_own_jobs() -> Resu
     assert_eq!(direct["keys"], 403, "{out}");
     assert_eq!(direct["overview"], 403, "{out}");
     assert_eq!(direct["spend_groups"], serde_json::json!([team_a]), "{out}");
-    // The two jobs listed are the key's own, as the database records them.
+    assert_eq!(
+        direct["batches"], 0,
+        "the master's batch is not listed: {out}"
+    );
     let store = env.store().await?;
+    let master_batches: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM batches WHERE owner = 'master'")
+            .fetch_one(store.pool())
+            .await?;
+    assert_eq!(master_batches, 1, "there was a batch to hide");
+    // The two jobs listed are the key's own, as the database records them.
     let owners: Vec<String> =
         sqlx::query_scalar("SELECT owner FROM jobs WHERE id = ANY($1::uuid[]) ORDER BY owner")
             .bind(

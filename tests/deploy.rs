@@ -437,3 +437,119 @@ fn grafana_dashboard_queries_only_exported_metrics() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn k8s_pods_are_restricted_disruption_budgeted_and_drain_in_their_grace() -> Result<()> {
+    let (config, _) = config_env(&k8s_config_text()?, "configmap")?;
+    let pdbs: Vec<Value> = yaml_docs("k8s/pdb.yaml")?;
+    for file in ["k8s/api.yaml", "k8s/worker.yaml", "k8s/migrate-job.yaml"] {
+        for doc in yaml_docs(file)? {
+            if !matches!(s(&doc["kind"]), "Deployment" | "Job") {
+                continue;
+            }
+            let pod = &doc["spec"]["template"]["spec"];
+            // Pod Security "restricted": non-root, RuntimeDefault seccomp, no privilege
+            // escalation, every capability dropped.
+            assert_eq!(
+                pod["securityContext"]["runAsNonRoot"].as_bool(),
+                Some(true),
+                "{file}"
+            );
+            assert_eq!(
+                s(&pod["securityContext"]["seccompProfile"]["type"]),
+                "RuntimeDefault",
+                "{file}"
+            );
+            for c in pod["containers"].as_sequence().unwrap() {
+                let sc = &c["securityContext"];
+                assert_eq!(
+                    sc["allowPrivilegeEscalation"].as_bool(),
+                    Some(false),
+                    "{file}"
+                );
+                assert_eq!(s(&sc["capabilities"]["drop"][0]), "ALL", "{file}");
+            }
+            if s(&doc["kind"]) != "Deployment" {
+                continue;
+            }
+            let name = s(&doc["metadata"]["name"]);
+            let labels = &doc["spec"]["selector"]["matchLabels"];
+            assert!(
+                pdbs.iter()
+                    .any(|p| p["spec"]["selector"]["matchLabels"] == *labels),
+                "{file}: no PodDisruptionBudget selects {name}"
+            );
+            let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
+            let c = &pod["containers"][0];
+            let pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+                .as_u64()
+                .unwrap_or(0);
+            if name == "sluice-api" {
+                assert!(pre_stop > 0, "the api needs a preStop pause");
+            }
+            if name == "sluice-worker" {
+                assert!(grace >= pre_stop + config.worker.drain.as_secs(), "{file}");
+            }
+            assert!(
+                grace > pre_stop,
+                "{file}: grace {grace}s, preStop {pre_stop}s"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn keda_scales_on_the_sum_of_the_tiers() -> Result<()> {
+    let so = &yaml_docs("k8s/keda-scaledobject.yaml")?[0];
+    let names: BTreeSet<&str> = so["spec"]["triggers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|t| s(&t["name"]))
+        .collect();
+    assert_eq!(names.len(), 4, "one named trigger per tier");
+    let m = &so["spec"]["advanced"]["scalingModifiers"];
+    let terms: BTreeSet<&str> = s(&m["formula"]).split('+').map(str::trim).collect();
+    assert_eq!(terms, names, "the formula adds every tier's lag");
+    assert!(s(&m["target"]).parse::<u64>()? > 0);
+    Ok(())
+}
+
+#[test]
+fn compose_has_healthchecks_conditions_and_no_default_master_key() -> Result<()> {
+    let compose = &yaml_docs("docker-compose.yml")?[0];
+    for (name, svc) in compose["services"].as_mapping().unwrap() {
+        let name = s(name);
+        if name != "migrate" {
+            assert!(
+                svc["healthcheck"]["test"].is_sequence(),
+                "{name}: healthcheck"
+            );
+        }
+        if let Some(deps) = svc["depends_on"].as_mapping() {
+            for (dep, cond) in deps {
+                assert!(
+                    !s(&cond["condition"]).is_empty(),
+                    "{name} depends on {} without a condition",
+                    s(dep)
+                );
+            }
+        }
+    }
+    for role in ["api", "worker"] {
+        let deps = compose["services"][role]["depends_on"]
+            .as_mapping()
+            .unwrap();
+        for needed in ["nats", "redis"] {
+            assert_eq!(
+                s(&deps[&Value::from(needed)]["condition"]),
+                "service_healthy",
+                "{role} waits for {needed}"
+            );
+        }
+    }
+    let key = s(&compose["x-sluice-env"]["SLUICE_MASTER_KEY"]);
+    assert!(key.contains(":?"), "no default master key: {key}");
+    Ok(())
+}

@@ -126,3 +126,54 @@ async fn a_revoked_keys_queued_jobs_end_failed_with_class_auth() -> Result<()> {
     stack.stop().await;
     Ok(())
 }
+
+/// The drain's hard stop hands a job back while its call hangs: the call's concurrency
+/// lease (ten minutes here) is released then, so the job's next delivery runs at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_hard_stop_releases_the_lease_of_the_call_it_abandons() -> Result<()> {
+    let sim = sim::start(
+        "127.0.0.1:0",
+        SimConfig {
+            fail_first: 1,
+            fault: Some(Fault::Hang),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let env = TestEnv::new().await?;
+    let models = format!(
+        "model_list:
+  - model_name: fast
+    litellm_params: {{model: openai/sim, api_base: '{}', max_parallel_requests: 1, timeout: 600}}
+general_settings: {{master_key: {KEY}}}
+",
+        sim.api_base()
+    );
+    let extra =
+        "  worker:\n    drain_secs: 1\n    ack_wait_secs: 2\n  limits:\n    max_defer_secs: 1";
+    let path = env.write_config(&models, extra)?;
+    let stack = Stack::start(env.config(&models, extra)?, 0).await?;
+    let mut first = common::spawn_worker(&path)?;
+    let http = reqwest::Client::new();
+    let id = submit(&http, &stack.api_url, KEY).await?;
+    eventually(Duration::from_secs(30), "the call in flight", || async {
+        (sim.requests() == 1).then_some(())
+    })
+    .await?;
+    // SIGTERM: drain for a second, then the hard stop hands the job back.
+    let pid = first.id().context("worker pid")?;
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    assert!(term.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), first.wait()).await??;
+    assert!(
+        status.success(),
+        "the worker drained and exited: {status:?}"
+    );
+    let _second = common::spawn_worker(&path)?;
+    let job = wait_job(&http, &stack.api_url, &id, KEY).await?;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    stack.stop().await;
+    Ok(())
+}

@@ -218,6 +218,15 @@ def keys(page):
         secret = page.locator("#new-key")
         expect(page.locator(f"#keys tr td:nth-child(2)", has_text=name)).to_be_visible()
         made[name] = {"key": secret.inner_text().strip(), "id": secret.get_attribute("data-key-id")}
+    # A batch of the master's, which team-a must not see.
+    from openai import OpenAI
+
+    master_client = OpenAI(base_url=BASE + "/v1", api_key=MASTER, max_retries=0)
+    line = json.dumps({"custom_id": "only", "method": "POST", "url": "/v1/chat/completions",
+                       "body": {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}})
+    f = master_client.files.create(file=("one.jsonl", (line + "\n").encode()), purpose="batch")
+    master_batch = master_client.batches.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h").id
     mine = [submit(made["team-a"]["key"]) for _ in range(2)]
     others = [submit(MASTER), submit(made["team-b"]["key"])]
     for j in mine + others:
@@ -257,9 +266,14 @@ def keys(page):
         const keys = await fetch('/v1/keys', {headers: h});
         const overview = await fetch('/v1/overview', {headers: h});
         const spend = await (await fetch('/v1/spend?group_by=key', {headers: h})).json();
+        const batches = await (await fetch('/v1/batches', {headers: h})).json();
         return {master_jobs: list.data.length, other_job: other.status, keys: keys.status,
-                overview: overview.status, spend_groups: spend.data.map(r => r.group)};
+                overview: overview.status, spend_groups: spend.data.map(r => r.group),
+                batches: batches.data.length};
     }""", others)
+    page.goto(BASE + "/ui#/batches")
+    expect(page.locator("#batches")).to_contain_text("No batches yet")
+    expect(page.locator(f"tr[data-batch='{master_batch}']")).to_have_count(0)
     page.goto(BASE + "/ui#/keys")
     expect(page.locator("#main")).to_contain_text("needs the master key")
     sign_out(page)
