@@ -14,7 +14,7 @@ use serde_json::Value;
 use sluice_schemas::job::JobError;
 use sluice_schemas::{DoneEvent, ErrorClass, JobStatus};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
-use sqlx::types::Json;
+
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -32,6 +32,24 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("cannot encode rows: {0}")]
     Encode(#[from] serde_json::Error),
+}
+
+impl From<StoreError> for crate::group_commit::FlushError {
+    /// Data Postgres refuses (class 22, data exception; class 23, integrity; class 54,
+    /// program limit) or cannot encode is permanent: the same rows will be refused again.
+    fn from(e: StoreError) -> Self {
+        let permanent = match &e {
+            StoreError::Encode(_) => true,
+            StoreError::Query(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54")),
+            _ => false,
+        };
+        crate::group_commit::FlushError {
+            message: e.to_string(),
+            permanent,
+        }
+    }
 }
 
 /// A new job as the API records it before publishing.
@@ -222,6 +240,8 @@ pub struct JobRow {
     pub status: String,
     pub metadata: Option<Value>,
     pub result: Option<Value>,
+    /// The result when `jsonb` could not hold it (see [`crate::pgtext`]).
+    pub result_text: Option<String>,
     pub usage: Option<Value>,
     pub cost: Option<Decimal>,
     pub pricing_missing: bool,
@@ -338,6 +358,7 @@ pub struct Store {
 impl Store {
     /// Connects to `url` (`sslmode`, `sslrootcert`, `sslcert`/`sslkey` as libpq reads
     /// them). Trusts `SSL_CERT_FILE` of the process environment besides the system roots.
+    /// No statement timeout (`sluice migrate`, tests).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
         let tls = crate::tls::TlsEnv::from_env(&crate::config::ProcessEnv);
         Store::connect_with(url, max_connections, &tls).await
@@ -349,7 +370,22 @@ impl Store {
         max_connections: u32,
         tls: &crate::tls::TlsEnv,
     ) -> Result<Store, StoreError> {
-        let options = connect_options(url, tls)?;
+        Store::connect_bounded(url, max_connections, tls, None).await
+    }
+
+    /// [`Store::connect_with`], every statement of the pool cancelled by Postgres after
+    /// `statement_timeout`, so no query can hold a connection (and the requests queued
+    /// behind it) for ever.
+    pub async fn connect_bounded(
+        url: &str,
+        max_connections: u32,
+        tls: &crate::tls::TlsEnv,
+        statement_timeout: Option<Duration>,
+    ) -> Result<Store, StoreError> {
+        let mut options = connect_options(url, tls)?;
+        if let Some(t) = statement_timeout {
+            options = options.options([("statement_timeout", t.as_millis().max(1).to_string())]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
@@ -406,7 +442,7 @@ impl Store {
 
     /// Records new jobs; a repeated idempotency key yields the existing job instead.
     pub async fn record_new_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Recorded>, StoreError> {
-        let rows = serde_json::to_value(jobs)?;
+        let rows = crate::pgtext::rows_param(jobs, &[])?;
         // The job row and its outbox entry in one statement: a job is never recorded
         // without the envelope that lets a reconciler publish it.
         let inserted: Vec<Uuid> = sqlx::query_scalar(
@@ -537,9 +573,9 @@ impl Store {
                  attempts = GREATEST(attempts, calls)
              WHERE id = $1 AND status IN ('queued', 'running')
                AND COALESCE(stream_seq, batch_seq) = $2
-             RETURNING id, owner, model_group, tier, status, metadata, result, usage, cost, pricing_missing,
-                 attempts, error_class, error_message, not_before, created_at, started_at, finished_at,
-                 reply_subject",
+             RETURNING id, owner, model_group, tier, status, metadata, result, result_text, usage, cost,
+                 pricing_missing, attempts, error_class, error_message, not_before, created_at, started_at,
+                 finished_at, reply_subject",
         )
         .bind(id)
         .bind(seq)
@@ -613,13 +649,18 @@ impl Store {
 
     pub async fn job(&self, id: Uuid) -> Result<Option<JobRow>, StoreError> {
         Ok(sqlx::query_as::<_, JobRow>(
-            "SELECT id, owner, model_group, tier, status, metadata, result, usage, cost, pricing_missing,
-                    attempts, error_class, error_message, not_before, created_at, started_at, finished_at
+            "SELECT id, owner, model_group, tier, status, metadata, result, result_text, usage, cost,
+                    pricing_missing, attempts, error_class, error_message, not_before, created_at, started_at,
+                    finished_at
              FROM jobs WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
-        .await?)
+        .await?
+        .map(|mut row: JobRow| {
+            row.result = crate::pgtext::restore(row.result.take(), row.result_text.as_deref());
+            row
+        }))
     }
 
     pub async fn attempts(&self, job_id: Uuid) -> Result<Vec<AttemptRow>, StoreError> {
@@ -763,7 +804,7 @@ impl Store {
                  )
                  SELECT id, calls FROM claimed"
             ))
-            .bind(Json(&started))
+            .bind(crate::pgtext::rows_param(&started, &[])?)
             .fetch_all(&mut *conn)
             .await?;
             for (id, attempt) in claimed {
@@ -819,12 +860,13 @@ impl Store {
                     WHERE job_attempts.delivery = EXCLUDED.delivery AND job_attempts.worker = EXCLUDED.worker
                  ), results AS (
                     INSERT INTO jobs (id, owner, model_group, tier, reply_subject, created_at, status, result, usage, cost,
-                         pricing_missing, attempts, error_class, error_message, finished_at)
+                         pricing_missing, attempts, error_class, error_message, finished_at, result_text)
                     SELECT * FROM jsonb_to_recordset($2::jsonb) AS t(id uuid, owner text, model_group text, tier text,
                          reply_subject text, created_at timestamptz, status text, result jsonb, usage jsonb,
                          cost numeric, pricing_missing boolean, attempts int, error_class text, error_message text,
-                         finished_at timestamptz)
+                         finished_at timestamptz, result_text text)
                     ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, result = EXCLUDED.result,
+                         result_text = EXCLUDED.result_text,
                          usage = EXCLUDED.usage, cost = EXCLUDED.cost, pricing_missing = EXCLUDED.pricing_missing,
                          attempts = GREATEST(EXCLUDED.attempts, jobs.calls), error_class = EXCLUDED.error_class,
                          error_message = EXCLUDED.error_message, finished_at = EXCLUDED.finished_at,
@@ -837,12 +879,15 @@ impl Store {
                     FROM jsonb_to_recordset($3::jsonb) AS t(job_id uuid, kind text, target text, body text)
                     WHERE t.job_id IN (SELECT id FROM results)
                     ON CONFLICT (job_id, kind) DO NOTHING
+                 ), bodies AS (
+                    DELETE FROM job_bodies WHERE job_id IN
+                         (SELECT id FROM jsonb_to_recordset($2::jsonb) AS t(id uuid))
                  )
                  SELECT 1"
             ))
-            .bind(Json(&finished_attempts))
-            .bind(Json(&finished_jobs))
-            .bind(Json(&deliveries))
+            .bind(crate::pgtext::rows_param(&finished_attempts, &[])?)
+            .bind(crate::pgtext::rows_param(&finished_jobs, &["result"])?)
+            .bind(crate::pgtext::rows_param(&deliveries, &[])?)
             .execute(&mut *conn)
             .await?;
         }
@@ -857,7 +902,7 @@ impl Store {
                  FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, not_before timestamptz, calls_seen int)
                  WHERE jobs.id = t.id AND jobs.status NOT IN {TERMINAL}"
             ))
-            .bind(Json(&deferred))
+            .bind(crate::pgtext::rows_param(&deferred, &[])?)
             .execute(&mut *conn)
             .await?;
         }
@@ -867,7 +912,7 @@ impl Store {
                  FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, status text, attempts int)
                  WHERE jobs.id = t.id",
             )
-            .bind(Json(&webhooks))
+            .bind(crate::pgtext::rows_param(&webhooks, &[])?)
             .execute(&mut *conn)
             .await?;
         }

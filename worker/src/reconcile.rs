@@ -86,16 +86,19 @@ pub async fn round(js: &jetstream::Context, store: &Store) -> Result<usize, Stri
         .await
         .map_err(|e| e.to_string())?;
     let mut published = Vec::with_capacity(due.len());
+    let max_payload = js.client().server_info().max_payload;
     for row in due {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", row.job_id.to_string().as_str());
         let ack = async {
+            // Larger than a message may be: by reference (see `sluice_core::bodies`).
+            let (headers, payload) = sluice_core::bodies::job_message(
+                store,
+                max_payload,
+                row.job_id,
+                row.payload.into_bytes(),
+            )
+            .await?;
             let ack = js
-                .publish_with_headers(
-                    row.subject.clone(),
-                    headers,
-                    row.payload.into_bytes().into(),
-                )
+                .publish_with_headers(row.subject.clone(), headers, payload)
                 .await?
                 .await?;
             Ok::<u64, async_nats::Error>(ack.sequence)

@@ -22,7 +22,7 @@ const BACKOFF: [Duration; 6] = [
     Duration::from_secs(8),
     Duration::from_secs(16),
 ];
-const TIMEOUT: Duration = Duration::from_secs(10);
+pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `t=<unix>,v1=<hex>` for `body` at time `t`.
 pub fn signature(secret: &Secret, t: i64, body: &[u8]) -> String {

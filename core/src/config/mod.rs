@@ -229,6 +229,8 @@ pub struct Config {
     pub router: RouterSettings,
     pub limits: LimitSettings,
     pub batches: crate::batch_settings::BatchSettings,
+    /// Guards against hostile input (`sluice.safety`).
+    pub safety: crate::safety::SafetySettings,
     /// Prices in LiteLLM's `model_prices_and_context_window.json` format.
     pub pricing_file: Option<PathBuf>,
     /// Signs webhook deliveries (`SLUICE_WEBHOOK_SECRET` or `sluice.webhook_secret`).
@@ -452,6 +454,7 @@ impl Config {
                 provider_budgets: ctx.provider_budgets(&raw.router_settings)?,
             },
             batches: s.batches.resolve().map_err(|(k, m)| ctx.invalid(k, m))?,
+            safety: s.safety.resolve().map_err(|(k, m)| ctx.invalid(k, m))?,
             ignored_keys: ignored,
         };
         Ok(config)

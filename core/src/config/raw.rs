@@ -52,6 +52,8 @@ pub(super) struct RawSluice {
     #[serde(default)]
     pub(super) batches: crate::batch_settings::RawBatchSettings,
     #[serde(default)]
+    pub(super) safety: crate::safety::RawSafetySettings,
+    #[serde(default)]
     pub(super) nats: RawNats,
 }
 
