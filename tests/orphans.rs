@@ -24,7 +24,7 @@ async fn a_job_whose_message_was_deleted_ends_failed_and_the_rest_run() -> Resul
     let mut stack = Stack::start(config, 0).await?;
     let http = reqwest::Client::new();
     let nats = async_nats::connect(&env.nats_url).await?;
-    let reply_subject = format!("{}.test.lost-reply", env.prefix);
+    let reply_subject = format!("replies-{}.lost", env.prefix);
     let mut replies = nats.subscribe(reply_subject.clone()).await?;
     let lost: Value = http
         .post(format!("{}/v1/jobs", stack.api_url))

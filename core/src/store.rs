@@ -556,14 +556,16 @@ impl Store {
     }
 
     /// Ends a job whose queue message is gone: `failed` with `error`, if it is still
-    /// unfinished and still at stream sequence `seq`, and queues the delivery of its end
-    /// to its reply subject (a webhook URL lives only in the lost message). Returns the
-    /// ended row; `None` when the job moved on meanwhile.
+    /// unfinished and still at stream sequence `seq`, and, in the same transaction, queues
+    /// the delivery of its end to its reply subject if `reply_ok` allows that subject (a
+    /// webhook URL lives only in the lost message). Returns the ended row and whether a
+    /// delivery was queued; `None` when the job moved on meanwhile.
     pub async fn end_lost_job(
         &self,
         id: Uuid,
         seq: u64,
         error: &JobError,
+        reply_ok: impl Fn(&str) -> bool + Send,
     ) -> Result<Option<(JobRow, bool)>, StoreError> {
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         let mut tx = self.pool.begin().await?;
@@ -592,7 +594,7 @@ impl Store {
             return Ok(None);
         };
         let mut replies = false;
-        if let Some(subject) = reply {
+        if let Some(subject) = reply.filter(|s| reply_ok(s)) {
             let body = serde_json::to_string(&row.done_event())?;
             sqlx::query(
                 "INSERT INTO job_deliveries (job_id, kind, target, body) VALUES ($1, 'reply', $2, $3)

@@ -293,6 +293,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
             js: ctx.js.clone(),
             store: ctx.store.clone(),
             subjects: ctx.subjects.clone(),
+            prefix: config.subject_prefix.clone(),
+            safety: config.safety.clone(),
             lost_grace: config.worker.lost_message_grace,
             deliveries: Arc::clone(&ctx.deliveries),
         },

@@ -50,6 +50,10 @@ pub struct Reconciler {
     pub js: jetstream::Context,
     pub store: Store,
     pub subjects: Subjects,
+    /// The subject prefix and safety settings a reply subject is checked against
+    /// (`worker/src/destinations.rs`).
+    pub prefix: String,
+    pub safety: sluice_core::safety::SafetySettings,
     /// How long an unfinished job whose message is gone stays untouched before it ends.
     pub lost_grace: Duration,
     /// Rung when an ended job has deliveries (`worker/src/deliveries.rs`).
@@ -169,7 +173,9 @@ pub async fn lost_round(r: &Reconciler) -> Result<usize, String> {
         }
         let Some((row, replies)) = r
             .store
-            .end_lost_job(id, seq, &error)
+            .end_lost_job(id, seq, &error, |subject| {
+                crate::destinations::reply_subject(Some(subject), &r.prefix, &r.safety).is_some()
+            })
             .await
             .map_err(|e| e.to_string())?
         else {
