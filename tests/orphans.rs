@@ -14,6 +14,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use sluice_testkit::sim::{self, SimConfig};
 use sluice_testkit::{eventually, Stack, TestEnv};
+use sluice_worker::reconcile::{self, Reconciler};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_message_was_deleted_ends_failed_and_the_rest_run() -> Result<()> {
@@ -63,9 +64,33 @@ async fn a_job_whose_message_was_deleted_ends_failed_and_the_rest_run() -> Resul
     )
     .await?;
 
-    // An operator deletes that job's message.
+    // A long backlog is not a lost one: past the grace period, a reconciler round finds
+    // every message still queued and ends nothing.
     let js = jetstream::new(nats.clone());
     let subjects = sluice_schemas::Subjects::new(&env.prefix);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reconciler = Reconciler {
+        js: js.clone(),
+        store: store.clone(),
+        subjects: subjects.clone(),
+        prefix: env.prefix.clone(),
+        safety: Default::default(),
+        lost_grace: Duration::from_secs(1),
+        deliveries: Default::default(),
+    };
+    let ended = reconcile::lost_round(&reconciler)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(ended, 0, "no message is gone yet");
+    let (queued, checked): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'queued'),
+                count(*) FILTER (WHERE seq_checked_at IS NOT NULL) FROM jobs",
+    )
+    .fetch_one(store.pool())
+    .await?;
+    assert_eq!((queued, checked), (6, 6), "all looked up, all left queued");
+
+    // An operator deletes that job's message.
     let stream = js.get_stream(subjects.jobs_stream()).await?;
     let msg = stream.get_raw_message(seq as u64).await?;
     assert_eq!(
