@@ -83,6 +83,15 @@ async fn an_api_killed_between_record_and_publish_still_runs_the_job() -> Result
     let job = wait_job(&http, &stack.api_url, &id.to_string(), KEY).await?;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(sim.requests(), 1, "run once");
+    // The reconciler's publish recorded where the message sat in the jobs stream.
+    let seq: Option<i64> = sqlx::query_scalar("SELECT stream_seq FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(store.pool())
+        .await?;
+    assert!(
+        seq.is_some_and(|s| s > 0),
+        "stream sequence recorded: {seq:?}"
+    );
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM job_outbox")
         .fetch_one(store.pool())
         .await?;
@@ -117,6 +126,12 @@ async fn a_published_job_leaves_nothing_in_the_outbox() -> Result<()> {
     })
     .await?;
     assert_eq!(sim.requests(), ids.len() as u64, "each job called once");
+    // Each acknowledged publish recorded its own stream sequence.
+    let seqs: Vec<Option<i64>> = sqlx::query_scalar("SELECT stream_seq FROM jobs")
+        .fetch_all(store.pool())
+        .await?;
+    let distinct: std::collections::HashSet<i64> = seqs.iter().flatten().copied().collect();
+    assert_eq!(distinct.len(), ids.len(), "one sequence per job: {seqs:?}");
     stack.stop().await;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! TLS and credentials end to end: Postgres that rejects plaintext (hostssl-only
-//! `pg_hba.conf`, password), Redis on a TLS-only port with an ACL user, NATS over TLS with
-//! a user and password; certificates made by the test's own CA, trusted through
+//! `pg_hba.conf`, password and client certificate), Redis on a TLS-only port with an ACL
+//! user, NATS over TLS with a user and password and a client certificate (`NATS_CERT`,
+//! `NATS_KEY`); certificates made by the test's own CA, trusted through
 //! `SSL_CERT_FILE` (NATS, Redis) and `sslrootcert` with `sslmode=verify-full` (Postgres).
 //! A job runs through an in-process api and a worker process; `/readyz` says every
 //! connection is encrypted, and no log line of the worker carries a password.
@@ -32,6 +33,16 @@ async fn a_job_runs_over_tls_with_credentials_everywhere() -> Result<()> {
         sqlx::PgConnection::connect(&plain).await.is_err(),
         "Postgres must refuse plaintext"
     );
+    let no_client_cert = tls
+        .database_url("postgres")
+        .split("&sslcert=")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        sqlx::PgConnection::connect(&no_client_cert).await.is_err(),
+        "Postgres must want the client certificate"
+    );
     let mut admin = sqlx::PgConnection::connect(&tls.database_url("postgres"))
         .await
         .context("Postgres over verify-full TLS")?;
@@ -46,7 +57,14 @@ async fn a_job_runs_over_tls_with_credentials_everywhere() -> Result<()> {
         .await?;
 
     // Redis: no plaintext port; the TLS port wants the ACL user.
-    let env_ca = |name: &str| (name == "SSL_CERT_FILE").then(|| ca.clone());
+    let client_cert = tls.pki.client_cert.display().to_string();
+    let client_key = tls.pki.client_key.display().to_string();
+    let env_ca = |name: &str| match name {
+        "SSL_CERT_FILE" => Some(ca.clone()),
+        "NATS_CERT" => Some(client_cert.clone()),
+        "NATS_KEY" => Some(client_key.clone()),
+        _ => None,
+    };
     let tls_env = sluice_core::tls::TlsEnv::from_env(&env_ca);
     let plain_redis =
         sluice_core::redis::pool(&format!("redis://127.0.0.1:{}", tls.redis_port), 1)?;
@@ -60,8 +78,14 @@ async fn a_job_runs_over_tls_with_credentials_everywhere() -> Result<()> {
     let redis = sluice_core::redis::pool_with(&tls.redis_url(), 1, &tls_env)?;
     sluice_core::redis::ping(&redis).await?;
 
-    // NATS: a wrong password does not get in (the client keeps retrying in the
-    // background, so it never reaches the connected state).
+    // NATS: neither a wrong password nor a missing client certificate gets in (the client
+    // keeps retrying in the background, so it never reaches the connected state).
+    let no_cert = sluice_core::nats::connect(
+        &tls.nats_url(),
+        &sluice_core::tls::TlsEnv::from_env(&|n: &str| (n == "SSL_CERT_FILE").then(|| ca.clone())),
+        "no-cert",
+    )
+    .await?;
     let wrong = tls.nats_url().replace(PASSWORD, "wrong");
     let client = sluice_core::nats::connect(&wrong, &tls_env, "wrong").await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -70,7 +94,13 @@ async fn a_job_runs_over_tls_with_credentials_everywhere() -> Result<()> {
         async_nats::connection::State::Connected,
         "NATS accepted a wrong password"
     );
+    assert_ne!(
+        no_cert.connection_state(),
+        async_nats::connection::State::Connected,
+        "NATS accepted a client without a certificate"
+    );
     drop(client);
+    drop(no_cert);
 
     let sim = sim::start("127.0.0.1:0", SimConfig::default()).await?;
     let metrics_port = sluice_testkit::servers::free_port();
@@ -106,6 +136,8 @@ async fn a_job_runs_over_tls_with_credentials_everywhere() -> Result<()> {
         .arg(&path)
         .env("RUST_LOG", "debug")
         .env("SSL_CERT_FILE", &ca)
+        .env("NATS_CERT", &client_cert)
+        .env("NATS_KEY", &client_key)
         .env_remove("SLUICE_MASTER_KEY")
         .env_remove("NATS_URL")
         .env_remove("DATABASE_URL")

@@ -69,7 +69,10 @@ async fn the_result_is_posted_signed_retried_after_a_500_and_recorded() -> Resul
     let s = sim::start("127.0.0.1:0", SimConfig::default()).await?;
     let env = TestEnv::new().await?;
     let stack = Stack::start(
-        env.config(&common::models(&s), "  webhook_secret: whsec-test-123")?,
+        env.config(
+            &common::models(&s),
+            "  webhook_secret: whsec-test-123\n  safety:\n    webhook_allow_private: true",
+        )?,
         1,
     )
     .await?;
@@ -134,7 +137,10 @@ async fn a_virtual_keys_jobs_are_signed_with_that_keys_own_secret() -> Result<()
     let s = sim::start("127.0.0.1:0", SimConfig::default()).await?;
     let env = TestEnv::new().await?;
     let stack = Stack::start(
-        env.config(&common::models(&s), "  webhook_secret: whsec-server-456")?,
+        env.config(
+            &common::models(&s),
+            "  webhook_secret: whsec-server-456\n  safety:\n    webhook_allow_private: true",
+        )?,
         1,
     )
     .await?;

@@ -1,7 +1,8 @@
 //! Who is calling: the master key (`SLUICE_MASTER_KEY`, owner `master`) or a virtual key
 //! (owner = the key's id). A virtual key is looked up by its SHA-256 through a short-lived
 //! cache ([`KeyCache`]), so a submit does not pay an extra database round trip; a revoked
-//! key stops working on this instance at once and on others within [`POSITIVE_TTL`].
+//! key stops working on this instance at once and on others within [`POSITIVE_TTL`]; a
+//! key created on another instance works here within the negative TTL.
 //!
 //! Presented keys never reach a log line, a metric or an error message.
 
@@ -21,10 +22,8 @@ use crate::AppState;
 
 /// How long a found key is trusted without asking Postgres again.
 pub const POSITIVE_TTL: Duration = Duration::from_secs(5);
-/// How long an unknown key is remembered as unknown (short: a key made on another API
-/// instance must start working quickly).
-const NEGATIVE_TTL: Duration = Duration::from_secs(1);
-/// Entries kept at most; the cache is emptied when full.
+/// Entries kept at most, for found keys and for unknown ones each. Unknown keys (anyone
+/// can present millions) live in their own map, so they never push a good key out.
 const MAX_ENTRIES: usize = 10_000;
 
 /// The authenticated caller.
@@ -97,45 +96,84 @@ impl FromRequestParts<Arc<AppState>> for Master {
     }
 }
 
-/// When a key hash was resolved, and to what (`None`: no such live key).
-type Resolved = (Instant, Option<Arc<KeyRecord>>);
+/// When a key hash was resolved, and to what.
+type Resolved = (Instant, Arc<KeyRecord>);
 
-/// Recently resolved keys, by hash.
-#[derive(Default)]
+/// Recently resolved keys, by hash; and recently presented unknown keys, so repeating
+/// one costs no database query (`sluice.safety.negative_key_ttl_secs`).
 pub struct KeyCache {
-    entries: Mutex<HashMap<String, Resolved>>,
+    found: Mutex<HashMap<String, Resolved>>,
+    unknown: Mutex<HashMap<String, Instant>>,
+    negative_ttl: Duration,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(
+            sluice_core::safety::defaults::NEGATIVE_KEY_TTL_SECS,
+        ))
+    }
 }
 
 impl KeyCache {
+    pub fn new(negative_ttl: Duration) -> Self {
+        KeyCache {
+            found: Mutex::default(),
+            unknown: Mutex::default(),
+            negative_ttl,
+        }
+    }
+
     fn get(&self, hash: &str) -> Option<Option<Arc<KeyRecord>>> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let (at, record) = entries.get(hash)?;
-        let ttl = if record.is_some() {
-            POSITIVE_TTL
-        } else {
-            NEGATIVE_TTL
-        };
-        (at.elapsed() < ttl).then(|| record.clone())
+        {
+            let found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, record)) = found.get(hash) {
+                if at.elapsed() < POSITIVE_TTL {
+                    return Some(Some(Arc::clone(record)));
+                }
+            }
+        }
+        let unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+        let at = unknown.get(hash)?;
+        (at.elapsed() < self.negative_ttl).then_some(None)
     }
 
     fn put(&self, hash: String, record: Option<Arc<KeyRecord>>) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= MAX_ENTRIES {
-            entries.clear();
+        match record {
+            Some(record) => {
+                let mut found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+                if found.len() >= MAX_ENTRIES {
+                    found.retain(|_, (at, _)| at.elapsed() < POSITIVE_TTL);
+                    if found.len() >= MAX_ENTRIES {
+                        found.clear();
+                    }
+                }
+                found.insert(hash, (Instant::now(), record));
+            }
+            None => {
+                let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+                if unknown.len() >= MAX_ENTRIES {
+                    let ttl = self.negative_ttl;
+                    unknown.retain(|_, at| at.elapsed() < ttl);
+                    if unknown.len() >= MAX_ENTRIES {
+                        unknown.clear();
+                    }
+                }
+                unknown.insert(hash, Instant::now());
+            }
         }
-        entries.insert(hash, (Instant::now(), record));
     }
 
     /// Forgets every cached entry of key `id` (after it is revoked here).
     pub fn forget(&self, id: &str) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.retain(|_, (_, r)| r.as_ref().is_none_or(|r| r.id != id));
+        let mut found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+        found.retain(|_, (_, r)| r.id != id);
     }
 
     /// Forgets a cached "unknown" for a key just created here.
     pub fn forget_hash(&self, hash: &str) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.remove(hash);
+        let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+        unknown.remove(hash);
     }
 }
 

@@ -585,12 +585,12 @@ impl Driver {
         for envelope in envelopes.iter().filter(|e| fresh.contains(&e.id)) {
             let payload =
                 serde_json::to_vec(envelope).map_err(|e| DriveError::Publish(e.to_string()))?;
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", envelope.id.to_string().as_str());
+            let (headers, payload) =
+                crate::bodies::job_message(&self.state, envelope.id, payload).await?;
             let ack = self
                 .state
                 .js
-                .publish_with_headers(subject.clone(), headers, payload.into())
+                .publish_with_headers(subject.clone(), headers, payload)
                 .await
                 .map_err(|e| DriveError::Publish(e.to_string()))?;
             acks.push((envelope.id, &envelope.request.model, ack));

@@ -74,6 +74,16 @@ impl ApiError {
         .code("file_too_large")
     }
 
+    /// A key with as many event streams open as it may have.
+    pub fn too_many_streams(max: usize) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!("this key has {max} event streams open, the most it may; close one first"),
+        )
+        .code("too_many_streams")
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message).code("unavailable")
     }

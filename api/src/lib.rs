@@ -8,11 +8,14 @@
 
 pub mod auth;
 pub mod batches;
+pub mod bodies;
 pub mod errors;
+pub mod guard;
 mod job_events;
 pub mod metrics;
 pub mod outbox;
 pub mod routes;
+pub mod streams;
 mod submit;
 pub mod workers;
 
@@ -24,7 +27,7 @@ use axum::http::HeaderMap;
 use axum::routing::{delete, get, post};
 use axum::Router;
 use futures::future::BoxFuture;
-use sluice_core::group_commit::{Batcher, Flush};
+use sluice_core::group_commit::{Batcher, Flush, FlushError};
 use sluice_core::store::{NewJob, Recorded};
 use sluice_core::{Config, Store};
 use sluice_schemas::Subjects;
@@ -71,7 +74,7 @@ pub struct AppState {
     /// Group-committed job inserts.
     pub jobs: Batcher<NewJob, Recorded>,
     /// Group-committed removals of published jobs from the outbox.
-    pub outbox: Batcher<uuid::Uuid, ()>,
+    pub outbox: Batcher<(uuid::Uuid, u64), ()>,
     /// For readiness (and, later, flow control).
     pub redis: sluice_core::redis::Pool,
     /// Recently resolved virtual keys.
@@ -80,6 +83,8 @@ pub struct AppState {
     pub workers: Arc<Workers>,
     /// Tells the batch driver that a batch was created or cancelled.
     pub batch_wake: Arc<tokio::sync::Notify>,
+    /// Open event streams per key (`sluice.safety.max_streams_per_key`).
+    pub streams: Arc<streams::StreamCounts>,
     /// Cancelled when the api shuts down: long-lived streams end on it.
     pub shutdown: CancellationToken,
 }
@@ -101,12 +106,15 @@ struct JobsFlush(Store);
 
 impl Flush<NewJob> for JobsFlush {
     type Out = Recorded;
-    fn flush<'a>(&'a self, items: &'a [NewJob]) -> BoxFuture<'a, Result<Vec<Recorded>, String>> {
+    fn flush<'a>(
+        &'a self,
+        items: &'a [NewJob],
+    ) -> BoxFuture<'a, Result<Vec<Recorded>, FlushError>> {
         Box::pin(async move {
             self.0
                 .record_new_jobs(items)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(FlushError::from)
         })
     }
 }
@@ -205,7 +213,13 @@ pub async fn serve_on(
     let subjects = Subjects::new(&config.subject_prefix);
     sluice_core::nats::ensure_streams(&js, &subjects, config.events_max_age, config.nats_replicas)
         .await?;
-    let store = Store::connect_with(&config.database_url, 16, &config.tls).await?;
+    let store = Store::connect_bounded(
+        &config.database_url,
+        16,
+        &config.tls,
+        Some(config.safety.statement_timeout),
+    )
+    .await?;
     store.check_migrated().await?;
     let redis = sluice_core::redis::pool_with(&config.redis_url, 4, &config.tls)?;
     metrics::describe();
@@ -242,9 +256,10 @@ pub async fn serve_on(
         jobs,
         outbox,
         redis,
-        keys: KeyCache::default(),
+        keys: KeyCache::new(config.safety.negative_key_ttl),
         workers,
         batch_wake: Arc::new(tokio::sync::Notify::new()),
+        streams: Arc::default(),
         shutdown: shutdown.clone(),
     });
     background.spawn(batches::run(

@@ -6,21 +6,22 @@
 //! whose message may exist.
 
 use futures::future::BoxFuture;
-use sluice_core::group_commit::Flush;
+use sluice_core::group_commit::{Flush, FlushError};
 use sluice_core::Store;
 use uuid::Uuid;
 
-/// Drops the outbox entries of published jobs, many per statement.
+/// Drops the outbox entries of published jobs, many per statement, recording each job's
+/// stream sequence in the same statement (see `Store::outbox_published`).
 pub struct OutboxFlush(pub Store);
 
-impl Flush<Uuid> for OutboxFlush {
+impl Flush<(Uuid, u64)> for OutboxFlush {
     type Out = ();
-    fn flush<'a>(&'a self, items: &'a [Uuid]) -> BoxFuture<'a, Result<Vec<()>, String>> {
+    fn flush<'a>(&'a self, items: &'a [(Uuid, u64)]) -> BoxFuture<'a, Result<Vec<()>, FlushError>> {
         Box::pin(async move {
             self.0
                 .outbox_published(items)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(FlushError::from)?;
             Ok(vec![(); items.len()])
         })
     }

@@ -63,8 +63,6 @@ pub(crate) struct SubjectsView {
     events: String,
 }
 
-const MAX_IDEMPOTENCY_KEY: usize = 256;
-
 /// Validates a parsed submission for `caller` and enqueues it (see [`enqueue`]).
 pub(crate) async fn accept(
     state: &AppState,
@@ -90,23 +88,15 @@ pub(crate) async fn accept(
         .param("model")
         .code("model_not_allowed"));
     }
-    if let Some(url) = &body.webhook_url {
-        let ok = reqwest::Url::parse(url)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-        if !ok {
-            return Err(
-                ApiError::bad_request("`webhook_url` must be an http(s) URL").param("webhook_url"),
-            );
-        }
-    }
-    if let Some(k) = &idempotency_key {
-        if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY {
-            return Err(ApiError::bad_request(format!(
-                "idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
-            ))
-            .param("idempotency_key"));
-        }
-    }
+    crate::guard::submission(
+        &state.config,
+        &crate::guard::Destinations {
+            metadata: body.metadata.as_ref(),
+            idempotency_key: idempotency_key.as_deref(),
+            reply_subject: body.reply_subject.as_deref(),
+            webhook_url: body.webhook_url.as_deref(),
+        },
+    )?;
     enqueue(state, caller, body, idempotency_key).await
 }
 
@@ -315,22 +305,25 @@ async fn enqueue(
     }
     crate::outbox::fault_point("after_record");
 
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", id.to_string().as_str());
-    // A short wait for a stream that is electing a leader (a NATS node lost); past it
-    // the outbox publishes the job.
-    let published = sluice_core::nats::publish_acked(
-        &state.js,
-        subject,
-        headers,
-        payload.into(),
-        sluice_core::nats::PUBLISH_PATIENCE,
-    )
-    .await
-    .map(|_| ());
+    let published = async {
+        // Larger than a message may be: by reference (see `sluice_core::bodies`).
+        let (headers, payload) = crate::bodies::job_message(state, id, payload).await?;
+        // A short wait for a stream that is electing a leader (a NATS node lost); past it
+        // the outbox publishes the job.
+        let ack = sluice_core::nats::publish_acked(
+            &state.js,
+            subject,
+            headers,
+            payload,
+            sluice_core::nats::PUBLISH_PATIENCE,
+        )
+        .await?;
+        Ok::<u64, async_nats::Error>(ack.sequence)
+    }
+    .await;
     match published {
-        Ok(()) => {
-            let _ = state.outbox.send(id).await;
+        Ok(seq) => {
+            let _ = state.outbox.send((id, seq)).await;
         }
         Err(e) => {
             // The message may or may not be in the stream; the outbox entry stays, and a

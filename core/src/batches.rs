@@ -120,6 +120,8 @@ pub struct LineResult {
     pub custom_id: String,
     pub status: String,
     pub result: Option<Value>,
+    /// The result when `jsonb` could not hold it (see [`crate::pgtext`]).
+    pub result_text: Option<String>,
     pub error_class: Option<String>,
     pub error_message: Option<String>,
 }
@@ -412,7 +414,7 @@ impl Store {
                   custom_id text, error_class text, error_message text, finished_at timestamptz)
              ON CONFLICT DO NOTHING",
         )
-        .bind(serde_json::to_value(jobs)?)
+        .bind(crate::pgtext::rows_param(jobs, &[])?)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -475,14 +477,20 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<LineResult>, StoreError> {
         Ok(sqlx::query_as::<_, LineResult>(
-            "SELECT id, batch_line, custom_id, status, result, error_class, error_message
+            "SELECT id, batch_line, custom_id, status, result, result_text, error_class, error_message
              FROM jobs WHERE batch_id = $1 AND batch_line > $2 ORDER BY batch_line LIMIT $3",
         )
         .bind(batch_id)
         .bind(after)
         .bind(limit)
         .fetch_all(self.pool())
-        .await?)
+        .await?
+        .into_iter()
+        .map(|mut line: LineResult| {
+            line.result = crate::pgtext::restore(line.result.take(), line.result_text.as_deref());
+            line
+        })
+        .collect())
     }
 }
 

@@ -3,7 +3,9 @@
 //! A single task owns the writes. It takes whatever has queued up while the previous
 //! flush ran (up to `max_batch`), flushes it, and answers each caller. An idle system
 //! pays no delay; a busy one amortises one round trip over many rows. A failed flush is
-//! retried with backoff for a bounded time before its callers get the error.
+//! retried with backoff for a bounded time before its callers get the error. A batch the
+//! database refuses for what one row holds (a [`FlushError::permanent`] error) is written
+//! again row by row at once: the bad row fails alone and fast, the others succeed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,10 +25,29 @@ pub enum BatchError {
     },
 }
 
+/// Why a flush failed, and whether trying the same rows again could help.
+#[derive(Debug, Clone)]
+pub struct FlushError {
+    pub message: String,
+    /// The rows themselves were refused (bad data, a constraint): retrying them as they
+    /// are cannot succeed.
+    pub permanent: bool,
+}
+
+impl From<String> for FlushError {
+    /// A failure that may pass (connection, timeout): retried.
+    fn from(message: String) -> Self {
+        FlushError {
+            message,
+            permanent: false,
+        }
+    }
+}
+
 /// What a batch writer does with one batch: one output per input, in order.
 pub trait Flush<T>: Send + Sync + 'static {
     type Out: Send + 'static;
-    fn flush<'a>(&'a self, items: &'a [T]) -> BoxFuture<'a, Result<Vec<Self::Out>, String>>;
+    fn flush<'a>(&'a self, items: &'a [T]) -> BoxFuture<'a, Result<Vec<Self::Out>, FlushError>>;
 }
 
 struct Item<T, R> {
@@ -53,7 +74,7 @@ impl<T, R> Clone for Batcher<T, R> {
 /// How long a failing flush is retried before its callers are told.
 const RETRY_FOR: Duration = Duration::from_secs(30);
 
-impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
+impl<T: Send + Sync + 'static, R: Send + 'static> Batcher<T, R> {
     pub fn spawn<F: Flush<T, Out = R>>(
         name: &'static str,
         max_batch: usize,
@@ -87,7 +108,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     }
 }
 
-async fn run<T, F: Flush<T>>(
+async fn run<T: Send + Sync, F: Flush<T>>(
     name: &'static str,
     max_batch: usize,
     mut rx: mpsc::Receiver<Item<T, F::Out>>,
@@ -104,44 +125,83 @@ async fn run<T, F: Flush<T>>(
             values.push(item.value);
             replies.push(item.reply);
         }
-        let mut delay = Duration::from_millis(50);
-        let started = tokio::time::Instant::now();
-        let outcome = loop {
-            match flush.flush(&values).await {
-                Ok(out) if out.len() == values.len() => break Ok(out),
-                Ok(out) => {
-                    break Err(format!(
-                        "flush returned {} results for {} rows",
-                        out.len(),
-                        values.len()
-                    ))
-                }
-                Err(message) if started.elapsed() < RETRY_FOR => {
-                    tracing::warn!(writer = name, rows = values.len(), error = %message, "batch write failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                Err(message) => break Err(message),
-            }
-        };
-        values.clear();
+        let outcome = flush_retrying(name, &*flush, &values).await;
         match outcome {
-            Ok(outs) => {
-                for (reply, out) in replies.into_iter().zip(outs) {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Ok(out));
-                    }
+            Ok(outs) => answer(replies, outs.into_iter().map(Ok)),
+            Err(e) if e.permanent && values.len() > 1 => {
+                // One row spoiled the batch: write each alone, so only that row fails.
+                tracing::warn!(writer = name, rows = values.len(), error = %e.message, "batch refused; writing row by row");
+                let mut outs = Vec::with_capacity(values.len());
+                for value in values.chunks(1) {
+                    outs.push(
+                        flush_retrying(name, &*flush, value)
+                            .await
+                            .map(|mut out| out.remove(0)),
+                    );
                 }
+                answer(
+                    replies,
+                    outs.into_iter().map(|r| {
+                        r.map_err(|e| BatchError::Failed {
+                            writer: name,
+                            message: e.message,
+                        })
+                    }),
+                );
             }
-            Err(message) => {
-                tracing::error!(writer = name, error = %message, "batch write gave up");
-                for reply in replies.into_iter().flatten() {
-                    let _ = reply.send(Err(BatchError::Failed {
+            Err(e) => {
+                tracing::error!(writer = name, error = %e.message, "batch write gave up");
+                let failed = (0..replies.len()).map(|_| {
+                    Err(BatchError::Failed {
                         writer: name,
-                        message: message.clone(),
-                    }));
-                }
+                        message: e.message.clone(),
+                    })
+                });
+                answer(replies, failed.collect::<Vec<_>>());
             }
+        }
+        values.clear();
+    }
+}
+
+/// Sends each caller its answer.
+fn answer<R>(
+    replies: Vec<Option<oneshot::Sender<Result<R, BatchError>>>>,
+    outs: impl IntoIterator<Item = Result<R, BatchError>>,
+) {
+    for (reply, out) in replies.into_iter().zip(outs) {
+        if let Some(reply) = reply {
+            let _ = reply.send(out);
+        }
+    }
+}
+
+/// Flushes `values`, retrying a failure that may pass for up to [`RETRY_FOR`]; a permanent
+/// one comes back at once. On success there is exactly one output per value.
+async fn flush_retrying<T: Sync, F: Flush<T>>(
+    name: &'static str,
+    flush: &F,
+    values: &[T],
+) -> Result<Vec<F::Out>, FlushError> {
+    let mut delay = Duration::from_millis(50);
+    let started = tokio::time::Instant::now();
+    loop {
+        match flush.flush(values).await {
+            Ok(out) if out.len() == values.len() => return Ok(out),
+            Ok(out) => {
+                return Err(format!(
+                    "flush returned {} results for {} rows",
+                    out.len(),
+                    values.len()
+                )
+                .into())
+            }
+            Err(e) if !e.permanent && started.elapsed() < RETRY_FOR => {
+                tracing::warn!(writer = name, rows = values.len(), error = %e.message, "batch write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -158,11 +218,17 @@ mod tests {
 
     impl Flush<u32> for Doubler {
         type Out = u32;
-        fn flush<'a>(&'a self, items: &'a [u32]) -> BoxFuture<'a, Result<Vec<u32>, String>> {
+        fn flush<'a>(&'a self, items: &'a [u32]) -> BoxFuture<'a, Result<Vec<u32>, FlushError>> {
             Box::pin(async move {
                 let n = self.calls.fetch_add(1, Ordering::SeqCst);
                 if self.fail_first && n == 0 {
-                    return Err("boom".into());
+                    return Err(String::from("boom").into());
+                }
+                if items.contains(&1013) {
+                    return Err(FlushError {
+                        message: "1013 is refused".into(),
+                        permanent: true,
+                    });
                 }
                 Ok(items.iter().map(|x| x * 2).collect())
             })
@@ -215,5 +281,37 @@ mod tests {
         );
         assert_eq!(b.write(21).await.unwrap(), 42);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_row_fails_alone_at_once_and_the_rest_of_its_batch_is_written() {
+        let tracker = TaskTracker::new();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let b = Batcher::spawn(
+            "test",
+            64,
+            &tracker,
+            Doubler {
+                calls: calls.clone(),
+                fail_first: false,
+            },
+        );
+        let started = tokio::time::Instant::now();
+        let futs: Vec<_> = (1010..1020u32)
+            .map(|i| {
+                let b = b.clone();
+                async move { (i, b.write(i).await) }
+            })
+            .collect();
+        for (i, out) in futures::future::join_all(futs).await {
+            match out {
+                Ok(v) => assert_eq!(v, i * 2),
+                Err(e) => assert_eq!(i, 1013, "{e}"),
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a refused row was retried"
+        );
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod batch_settings;
 pub mod batches;
+pub mod bodies;
 pub mod budget_ledger;
 pub mod cancel;
 pub mod config;
@@ -17,9 +18,11 @@ pub mod job_list;
 pub mod keys;
 pub mod metrics;
 pub mod nats;
+pub mod pgtext;
 pub mod queue;
 pub mod readiness;
 pub mod redis;
+pub mod safety;
 pub mod secret;
 pub mod spend;
 pub mod store;

@@ -14,7 +14,7 @@ use serde_json::Value;
 use sluice_schemas::job::JobError;
 use sluice_schemas::{DoneEvent, ErrorClass, JobStatus, Tier};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
-use sqlx::types::Json;
+
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -32,6 +32,24 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("cannot encode rows: {0}")]
     Encode(#[from] serde_json::Error),
+}
+
+impl From<StoreError> for crate::group_commit::FlushError {
+    /// Data Postgres refuses (class 22, data exception; class 23, integrity; class 54,
+    /// program limit) or cannot encode is permanent: the same rows will be refused again.
+    fn from(e: StoreError) -> Self {
+        let permanent = match &e {
+            StoreError::Encode(_) => true,
+            StoreError::Query(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54")),
+            _ => false,
+        };
+        crate::group_commit::FlushError {
+            message: e.to_string(),
+            permanent,
+        }
+    }
 }
 
 /// A new job as the API records it before publishing.
@@ -222,6 +240,8 @@ pub struct JobRow {
     pub status: JobStatus,
     pub metadata: Option<Value>,
     pub result: Option<Value>,
+    /// The result when `jsonb` could not hold it (see [`crate::pgtext`]).
+    pub result_text: Option<String>,
     pub usage: Option<Value>,
     pub cost: Option<Decimal>,
     pub pricing_missing: bool,
@@ -338,6 +358,7 @@ pub struct Store {
 impl Store {
     /// Connects to `url` (`sslmode`, `sslrootcert`, `sslcert`/`sslkey` as libpq reads
     /// them). Trusts `SSL_CERT_FILE` of the process environment besides the system roots.
+    /// No statement timeout (`sluice migrate`, tests).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
         let tls = crate::tls::TlsEnv::from_env(&crate::config::ProcessEnv);
         Store::connect_with(url, max_connections, &tls).await
@@ -349,7 +370,22 @@ impl Store {
         max_connections: u32,
         tls: &crate::tls::TlsEnv,
     ) -> Result<Store, StoreError> {
-        let options = connect_options(url, tls)?;
+        Store::connect_bounded(url, max_connections, tls, None).await
+    }
+
+    /// [`Store::connect_with`], every statement of the pool cancelled by Postgres after
+    /// `statement_timeout`, so no query can hold a connection (and the requests queued
+    /// behind it) for ever.
+    pub async fn connect_bounded(
+        url: &str,
+        max_connections: u32,
+        tls: &crate::tls::TlsEnv,
+        statement_timeout: Option<Duration>,
+    ) -> Result<Store, StoreError> {
+        let mut options = connect_options(url, tls)?;
+        if let Some(t) = statement_timeout {
+            options = options.options([("statement_timeout", t.as_millis().max(1).to_string())]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
@@ -406,7 +442,7 @@ impl Store {
 
     /// Records new jobs; a repeated idempotency key yields the existing job instead.
     pub async fn record_new_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Recorded>, StoreError> {
-        let rows = serde_json::to_value(jobs)?;
+        let rows = crate::pgtext::rows_param(jobs, &[])?;
         // The job row and its outbox entry in one statement: a job is never recorded
         // without the envelope that lets a reconciler publish it.
         let inserted: Vec<Uuid> = sqlx::query_scalar(
@@ -456,13 +492,123 @@ impl Store {
         Ok(out)
     }
 
-    /// Drops the outbox entries of jobs whose publish JetStream acknowledged.
-    pub async fn outbox_published(&self, ids: &[Uuid]) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM job_outbox WHERE job_id = ANY($1)")
-            .bind(ids)
-            .execute(&self.pool)
-            .await?;
+    /// Drops the outbox entries of jobs whose publish JetStream acknowledged, and records
+    /// where each message sits in the jobs stream (its sequence), in one statement: the
+    /// reconciler (`worker/src/reconcile.rs`) ends jobs whose message is gone from there.
+    /// The job rows are locked in id order, so two of these never deadlock each other.
+    pub async fn outbox_published(&self, published: &[(Uuid, u64)]) -> Result<(), StoreError> {
+        if published.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = published.iter().map(|p| p.0).collect();
+        let seqs: Vec<i64> = published
+            .iter()
+            .map(|p| i64::try_from(p.1).unwrap_or(i64::MAX))
+            .collect();
+        sqlx::query(
+            "WITH input AS (
+                SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS t(id, seq)
+             ), gone AS (
+                DELETE FROM job_outbox WHERE job_id IN (SELECT id FROM input)
+             ), locked AS (
+                SELECT j.id FROM jobs j WHERE j.id IN (SELECT id FROM input) ORDER BY j.id FOR UPDATE
+             )
+             UPDATE jobs SET stream_seq = i.seq FROM input i, locked l
+             WHERE jobs.id = i.id AND l.id = i.id",
+        )
+        .bind(&ids)
+        .bind(&seqs)
+        .execute(&self.pool)
+        .await?;
         Ok(())
+    }
+
+    /// Unfinished jobs a reconciler should look for in the jobs stream: no outbox entry,
+    /// a known stream sequence, and neither updated nor looked at for `grace`; up to
+    /// `limit`, taken for this look (rows another worker is taking are skipped).
+    pub async fn lost_candidates(
+        &self,
+        grace: Duration,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, u64)>, StoreError> {
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "WITH due AS (
+                SELECT j.id FROM jobs j
+                WHERE j.status IN ('queued', 'running')
+                  AND COALESCE(j.stream_seq, j.batch_seq) IS NOT NULL
+                  AND j.updated_at < now() - make_interval(secs => $1)
+                  AND (j.seq_checked_at IS NULL OR j.seq_checked_at < now() - make_interval(secs => $1))
+                  AND NOT EXISTS (SELECT 1 FROM job_outbox o WHERE o.job_id = j.id)
+                ORDER BY j.updated_at LIMIT $2
+                FOR UPDATE SKIP LOCKED
+             )
+             UPDATE jobs SET seq_checked_at = now() FROM due WHERE jobs.id = due.id
+             RETURNING jobs.id, COALESCE(jobs.stream_seq, jobs.batch_seq)",
+        )
+        .bind(grace.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, seq)| Some((id, u64::try_from(seq).ok()?)))
+            .collect())
+    }
+
+    /// Ends a job whose queue message is gone: `failed` with `error`, if it is still
+    /// unfinished and still at stream sequence `seq`, and, in the same transaction, queues
+    /// the delivery of its end to its reply subject if `reply_ok` allows that subject (a
+    /// webhook URL lives only in the lost message). Returns the ended row and whether a
+    /// delivery was queued; `None` when the job moved on meanwhile.
+    pub async fn end_lost_job(
+        &self,
+        id: Uuid,
+        seq: u64,
+        error: &JobError,
+        reply_ok: impl Fn(&str) -> bool + Send,
+    ) -> Result<Option<(JobRow, bool)>, StoreError> {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        let mut tx = self.pool.begin().await?;
+        let ended: Option<(JobRow, Option<String>)> = sqlx::query(
+            "UPDATE jobs SET status = 'failed', error_class = $3, error_message = $4,
+                 finished_at = now(), not_before = NULL, updated_at = now(),
+                 attempts = GREATEST(attempts, calls)
+             WHERE id = $1 AND status IN ('queued', 'running')
+               AND COALESCE(stream_seq, batch_seq) = $2
+             RETURNING id, owner, model_group, tier, status, metadata, result, result_text, usage, cost,
+                 pricing_missing, attempts, error_class, error_message, not_before, created_at, started_at,
+                 finished_at, reply_subject",
+        )
+        .bind(id)
+        .bind(seq)
+        .bind(error.class.as_str())
+        .bind(&error.message)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| {
+            use sqlx::FromRow;
+            Ok::<_, sqlx::Error>((JobRow::from_row(&r)?, r.try_get("reply_subject")?))
+        })
+        .transpose()?;
+        let Some((row, reply)) = ended else {
+            return Ok(None);
+        };
+        let mut replies = false;
+        if let Some(subject) = reply.filter(|s| reply_ok(s)) {
+            let body = serde_json::to_string(&row.done_event())?;
+            sqlx::query(
+                "INSERT INTO job_deliveries (job_id, kind, target, body) VALUES ($1, 'reply', $2, $3)
+                 ON CONFLICT (job_id, kind) DO NOTHING",
+            )
+            .bind(id)
+            .bind(subject)
+            .bind(body)
+            .execute(&mut *tx)
+            .await?;
+            replies = true;
+        }
+        tx.commit().await?;
+        Ok(Some((row, replies)))
     }
 
     /// Outbox entries older than `age` (their api died or lost the ack): those whose job
@@ -505,13 +651,18 @@ impl Store {
 
     pub async fn job(&self, id: Uuid) -> Result<Option<JobRow>, StoreError> {
         Ok(sqlx::query_as::<_, JobRow>(
-            "SELECT id, owner, model_group, tier, status, metadata, result, usage, cost, pricing_missing,
-                    attempts, error_class, error_message, not_before, created_at, started_at, finished_at
+            "SELECT id, owner, model_group, tier, status, metadata, result, result_text, usage, cost,
+                    pricing_missing, attempts, error_class, error_message, not_before, created_at, started_at,
+                    finished_at
              FROM jobs WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
-        .await?)
+        .await?
+        .map(|mut row: JobRow| {
+            row.result = crate::pgtext::restore(row.result.take(), row.result_text.as_deref());
+            row
+        }))
     }
 
     pub async fn attempts(&self, job_id: Uuid) -> Result<Vec<AttemptRow>, StoreError> {
@@ -655,7 +806,7 @@ impl Store {
                  )
                  SELECT id, calls FROM claimed"
             ))
-            .bind(Json(&started))
+            .bind(crate::pgtext::rows_param(&started, &[])?)
             .fetch_all(&mut *conn)
             .await?;
             for (id, attempt) in claimed {
@@ -711,12 +862,13 @@ impl Store {
                     WHERE job_attempts.delivery = EXCLUDED.delivery AND job_attempts.worker = EXCLUDED.worker
                  ), results AS (
                     INSERT INTO jobs (id, owner, model_group, tier, reply_subject, created_at, status, result, usage, cost,
-                         pricing_missing, attempts, error_class, error_message, finished_at)
+                         pricing_missing, attempts, error_class, error_message, finished_at, result_text)
                     SELECT * FROM jsonb_to_recordset($2::jsonb) AS t(id uuid, owner text, model_group text, tier text,
                          reply_subject text, created_at timestamptz, status text, result jsonb, usage jsonb,
                          cost numeric, pricing_missing boolean, attempts int, error_class text, error_message text,
-                         finished_at timestamptz)
+                         finished_at timestamptz, result_text text)
                     ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, result = EXCLUDED.result,
+                         result_text = EXCLUDED.result_text,
                          usage = EXCLUDED.usage, cost = EXCLUDED.cost, pricing_missing = EXCLUDED.pricing_missing,
                          attempts = GREATEST(EXCLUDED.attempts, jobs.calls), error_class = EXCLUDED.error_class,
                          error_message = EXCLUDED.error_message, finished_at = EXCLUDED.finished_at,
@@ -729,12 +881,15 @@ impl Store {
                     FROM jsonb_to_recordset($3::jsonb) AS t(job_id uuid, kind text, target text, body text)
                     WHERE t.job_id IN (SELECT id FROM results)
                     ON CONFLICT (job_id, kind) DO NOTHING
+                 ), bodies AS (
+                    DELETE FROM job_bodies WHERE job_id IN
+                         (SELECT id FROM jsonb_to_recordset($2::jsonb) AS t(id uuid))
                  )
                  SELECT 1"
             ))
-            .bind(Json(&finished_attempts))
-            .bind(Json(&finished_jobs))
-            .bind(Json(&deliveries))
+            .bind(crate::pgtext::rows_param(&finished_attempts, &[])?)
+            .bind(crate::pgtext::rows_param(&finished_jobs, &["result"])?)
+            .bind(crate::pgtext::rows_param(&deliveries, &[])?)
             .execute(&mut *conn)
             .await?;
         }
@@ -749,7 +904,7 @@ impl Store {
                  FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, not_before timestamptz, calls_seen int)
                  WHERE jobs.id = t.id AND jobs.status NOT IN {TERMINAL}"
             ))
-            .bind(Json(&deferred))
+            .bind(crate::pgtext::rows_param(&deferred, &[])?)
             .execute(&mut *conn)
             .await?;
         }
@@ -759,7 +914,7 @@ impl Store {
                  FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, status text, attempts int)
                  WHERE jobs.id = t.id",
             )
-            .bind(Json(&webhooks))
+            .bind(crate::pgtext::rows_param(&webhooks, &[])?)
             .execute(&mut *conn)
             .await?;
         }

@@ -557,9 +557,9 @@ impl TestPki {
 }
 
 /// NATS, Redis and Postgres that speak only TLS and want credentials: NATS with a user
-/// and password, Redis with an ACL user (the default user is off) and no plaintext port,
-/// Postgres whose `pg_hba.conf` accepts only `hostssl` with a password (plaintext TCP is
-/// rejected). All use the certificates of `pki`; stopped and removed when the test
+/// and password and a client certificate (mutual TLS), Redis with an ACL user (the default user is off) and no plaintext port,
+/// Postgres whose `pg_hba.conf` accepts only `hostssl` with a password and a client
+/// certificate (plaintext TCP is rejected). All use the certificates of `pki`; stopped and removed when the test
 /// process ends.
 #[derive(Debug)]
 pub struct TlsServices {
@@ -579,7 +579,7 @@ impl TlsServices {
             .tempdir()
             .context("creating temp dir")?
             .keep();
-        let pki = TestPki::generate(&root.join("pki"), "postgres")?;
+        let pki = TestPki::generate(&root.join("pki"), user)?;
         let q = |p: &Path| format!("{:?}", p.display().to_string());
 
         let nats_port = free_port();
@@ -589,7 +589,7 @@ impl TlsServices {
             format!(
                 "listen: \"127.0.0.1:{nats_port}\"\nserver_name: tls_test\n\
                  jetstream {{ store_dir: {store} }}\n\
-                 tls {{ cert_file: {cert}, key_file: {key}, ca_file: {ca}, timeout: 5 }}\n\
+                 tls {{ cert_file: {cert}, key_file: {key}, ca_file: {ca}, verify: true, timeout: 5 }}\n\
                  authorization {{ users = [ {{ user: {user:?}, password: {password:?} }} ] }}\n",
                 store = q(&root.join("nats")),
                 cert = q(&pki.server_cert),
@@ -679,8 +679,8 @@ impl TlsServices {
         ])?;
         let hba = "local all all trust\n\
                    hostnossl all all all reject\n\
-                   hostssl all all 127.0.0.1/32 scram-sha-256\n\
-                   hostssl all all ::1/128 scram-sha-256\n";
+                   hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-full\n\
+                   hostssl all all ::1/128 scram-sha-256 clientcert=verify-full\n";
         let hba_path = data.join("pg_hba.conf");
         run_pg(&[
             "sh",
@@ -759,14 +759,17 @@ impl TlsServices {
         )
     }
 
-    /// Database `db` over verified TLS (`sslmode=verify-full` with the test CA).
+    /// Database `db` over verified TLS (`sslmode=verify-full` with the test CA) with the
+    /// client certificate.
     pub fn database_url(&self, db: &str) -> String {
         format!(
-            "postgres://{}:{}@localhost:{}/{db}?sslmode=verify-full&sslrootcert={}",
+            "postgres://{}:{}@localhost:{}/{db}?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
             self.user,
             self.password,
             self.pg_port,
-            self.pki.ca.display()
+            self.pki.ca.display(),
+            self.pki.client_cert.display(),
+            self.pki.client_key.display()
         )
     }
 }

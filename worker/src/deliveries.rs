@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use sluice_core::safety::DestinationError;
 use sluice_core::store::{DeliveryRow, NewDelivery};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -94,6 +95,7 @@ pub(crate) async fn run(ctx: std::sync::Weak<Ctx>, bell: Arc<Notify>, stop: Canc
 /// One try of one delivery, and its outcome recorded.
 async fn attempt(ctx: &Ctx, row: DeliveryRow) {
     let body = Bytes::from(row.body.clone().into_bytes());
+    let mut refused = false;
     let outcome = match row.kind.as_str() {
         "webhook" => {
             let secret = ctx
@@ -101,19 +103,48 @@ async fn attempt(ctx: &Ctx, row: DeliveryRow) {
                 .webhook_secret
                 .as_ref()
                 .map(|server| sluice_core::keys::webhook_secret(server, &row.owner));
-            crate::webhook::try_once(
-                ctx.providers.http(),
+            // Resolved and checked again at every try, connected to the vetted
+            // addresses only, no redirects (`destinations.rs`); refused: no more tries.
+            match crate::destinations::vetted_client(
                 &row.target,
-                body,
-                secret.as_ref(),
-                &row.job_id.to_string(),
+                &ctx.config.safety,
+                crate::webhook::TIMEOUT,
             )
             .await
+            {
+                Ok(http) => {
+                    crate::webhook::try_once(
+                        &http,
+                        &row.target,
+                        body,
+                        secret.as_ref(),
+                        &row.job_id.to_string(),
+                    )
+                    .await
+                }
+                Err(e @ DestinationError::Host(_)) => Err(e.to_string()),
+                Err(e) => {
+                    refused = true;
+                    Err(e.to_string())
+                }
+            }
         }
         "reply" => {
             async {
+                crate::destinations::reply_subject(
+                    Some(&row.target),
+                    &ctx.config.subject_prefix,
+                    &ctx.config.safety,
+                )
+                .ok_or_else(|| {
+                    refused = true;
+                    "the reply subject points inward".to_string()
+                })?;
+                // Larger than a message may be: by reference (see `sluice_core::bodies`).
+                let max_payload = ctx.nats.server_info().max_payload;
+                let (headers, body) = crate::events::reply_message(row.job_id, body, max_payload);
                 ctx.nats
-                    .publish(row.target.clone(), body)
+                    .publish_with_headers(row.target.clone(), headers, body)
                     .await
                     .map_err(|e| e.to_string())?;
                 ctx.nats.flush().await.map_err(|e| e.to_string())
@@ -124,6 +155,7 @@ async fn attempt(ctx: &Ctx, row: DeliveryRow) {
     };
     let retry = match &outcome {
         Ok(()) => None,
+        Err(_) if refused => None,
         Err(_) if row.attempts >= MAX_TRIES => None,
         Err(_) => Some(crate::retry::delivery_delay(row.attempts.max(1) as u32 - 1)),
     };

@@ -13,6 +13,7 @@
 use async_nats::jetstream::{self};
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use sluice_core::bodies::{fits, HEADER_BODY_REF};
 use sluice_schemas::events::{HEADER_ATTEMPT, HEADER_EVENT, HEADER_SEQ};
 use sluice_schemas::openai::ChatCompletionChunk;
 use sluice_schemas::{DoneEvent, EventKind, RetryEvent};
@@ -100,14 +101,54 @@ impl EventPublisher {
             kind: kind.as_str(),
             message: e,
         };
+        let sent = self.fitted(&mut headers, &body, done);
         self.js
-            .publish_with_headers(self.subject.clone(), headers, body.clone())
+            .publish_with_headers(self.subject.clone(), headers, sent)
             .await
             .map_err(|e| fail(e.to_string()))?
             .await
             .map_err(|e| fail(e.to_string()))?;
         Ok(body)
     }
+}
+
+impl EventPublisher {
+    /// `body` if it fits the server's `max_payload`; else the event without its result,
+    /// with `Sluice-Body-Ref` naming the job whose row holds the whole event (see
+    /// `sluice_core::bodies`).
+    fn fitted(&self, headers: &mut HeaderMap, body: &Bytes, done: &DoneEvent) -> Bytes {
+        if fits(body.len(), self.nats.server_info().max_payload) {
+            return body.clone();
+        }
+        headers.insert(HEADER_BODY_REF, self.job_id.to_string().as_str());
+        let slim = DoneEvent {
+            result: None,
+            ..done.clone()
+        };
+        Bytes::from(serde_json::to_vec(&slim).unwrap_or_default())
+    }
+}
+
+/// The message for a job's reply subject carrying its terminal event `body`: as is when
+/// it fits `max_payload`, else the event without its `result` and `Sluice-Body-Ref`
+/// naming the job whose row holds it whole (see `sluice_core::bodies`).
+pub fn reply_message(job_id: Uuid, body: Bytes, max_payload: usize) -> (HeaderMap, Bytes) {
+    let mut headers = HeaderMap::new();
+    let done = serde_json::from_slice::<DoneEvent>(&body).ok();
+    let kind = match &done {
+        Some(d) if d.status != sluice_schemas::JobStatus::Succeeded => EventKind::Error,
+        _ => EventKind::Done,
+    };
+    headers.insert(HEADER_EVENT, kind.as_str());
+    if fits(body.len(), max_payload) {
+        return (headers, body);
+    }
+    headers.insert(HEADER_BODY_REF, job_id.to_string().as_str());
+    let slim = done.map(|d| DoneEvent { result: None, ..d });
+    let slim = slim
+        .and_then(|d| serde_json::to_vec(&d).ok())
+        .unwrap_or_default();
+    (headers, Bytes::from(slim))
 }
 
 /// Forwards each chunk of one attempt as a `chunk` event.
@@ -125,6 +166,122 @@ impl ChunkSink for EventSink<'_> {
                 Err(_) => return,
             },
         };
-        self.publisher.chunk(self.attempt, body).await;
+        let max_payload = self.publisher.nats.server_info().max_payload;
+        if fits(body.len(), max_payload) {
+            self.publisher.chunk(self.attempt, body).await;
+            return;
+        }
+        // One chunk larger than a message may be: its text goes out in slices, each a
+        // chunk of its own, so streaming subscribers still see every character.
+        for piece in split_chunk(chunk, max_payload / 2) {
+            if let Ok(b) = serde_json::to_vec(&piece) {
+                self.publisher.chunk(self.attempt, Bytes::from(b)).await;
+            }
+        }
+    }
+}
+
+/// `chunk` as several chunks whose text fields (content, reasoning, refusal) are at most
+/// `piece` bytes each; the first keeps the role and tool calls, the last the finish
+/// reason and usage. Concatenating their deltas gives the original's.
+fn split_chunk(chunk: &ChatCompletionChunk, piece: usize) -> Vec<ChatCompletionChunk> {
+    use sluice_schemas::openai::{ChunkChoice, Delta};
+    let piece = piece.max(1024);
+    let mut out = Vec::new();
+    for c in &chunk.choices {
+        let head = Delta {
+            role: c.delta.role,
+            tool_calls: c.delta.tool_calls.clone(),
+            ..Delta::default()
+        };
+        let mut deltas = vec![head];
+        let texts: [(&Option<String>, SetText); 3] = [
+            (&c.delta.content, |d, t| d.content = Some(t)),
+            (&c.delta.reasoning_content, |d, t| {
+                d.reasoning_content = Some(t)
+            }),
+            (&c.delta.refusal, |d, t| d.refusal = Some(t)),
+        ];
+        for (text, set) in texts {
+            for slice in slices(text.as_deref().unwrap_or_default(), piece) {
+                let mut d = Delta::default();
+                set(&mut d, slice.to_string());
+                deltas.push(d);
+            }
+        }
+        let last = deltas.len() - 1;
+        for (i, delta) in deltas.into_iter().enumerate() {
+            out.push(ChatCompletionChunk {
+                choices: vec![ChunkChoice {
+                    index: c.index,
+                    delta,
+                    finish_reason: if i == last {
+                        c.finish_reason.clone()
+                    } else {
+                        None
+                    },
+                }],
+                usage: None,
+                id: chunk.id.clone(),
+                object: chunk.object.clone(),
+                created: chunk.created,
+                model: chunk.model.clone(),
+            });
+        }
+    }
+    if let Some(last) = out.last_mut() {
+        last.usage = chunk.usage;
+    }
+    out
+}
+
+/// Puts one text field into a delta.
+type SetText = fn(&mut sluice_schemas::openai::Delta, String);
+
+/// `s` in pieces of at most `n` bytes, cut at character boundaries.
+fn slices(s: &str, n: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let mut end = n.min(rest.len());
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (a, b) = rest.split_at(end);
+        out.push(a);
+        rest = b;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oversized_chunk_splits_into_slices_that_add_up_to_it() {
+        let text = "é".repeat(5000);
+        let chunk: ChatCompletionChunk = serde_json::from_value(serde_json::json!({
+            "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+        }))
+        .unwrap();
+        let parts = split_chunk(&chunk, 1024);
+        assert!(parts.len() > 5);
+        let joined: String = parts
+            .iter()
+            .filter_map(|p| p.choices[0].delta.content.clone())
+            .collect();
+        assert_eq!(joined, text);
+        assert!(parts
+            .iter()
+            .all(|p| serde_json::to_vec(p).unwrap().len() < 2048));
+        assert_eq!(
+            parts.last().unwrap().choices[0].finish_reason.as_deref(),
+            Some("stop")
+        );
+        assert!(parts.last().unwrap().usage.is_some());
+        assert!(parts[0].choices[0].delta.role.is_some());
     }
 }

@@ -2,7 +2,7 @@
 //! batches (one transaction per batch, see `Store::write_ledger`).
 
 use futures::future::BoxFuture;
-use sluice_core::group_commit::Flush;
+use sluice_core::group_commit::{Flush, FlushError};
 use sluice_core::store::{LedgerEntry, Written};
 use sluice_core::Store;
 use sluice_schemas::openai::{ChatRequest, Usage};
@@ -17,8 +17,8 @@ impl Flush<LedgerEntry> for LedgerFlush {
     fn flush<'a>(
         &'a self,
         items: &'a [LedgerEntry],
-    ) -> BoxFuture<'a, Result<Vec<Written>, String>> {
-        Box::pin(async move { self.0.write_ledger(items).await.map_err(|e| e.to_string()) })
+    ) -> BoxFuture<'a, Result<Vec<Written>, FlushError>> {
+        Box::pin(async move { self.0.write_ledger(items).await.map_err(FlushError::from) })
     }
 }
 

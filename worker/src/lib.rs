@@ -9,7 +9,9 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod bodies;
 mod deliveries;
+pub mod destinations;
 pub mod events;
 pub mod heartbeat;
 mod job;
@@ -17,6 +19,7 @@ pub mod keys;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;
+mod panics;
 pub mod pricing;
 pub mod providers;
 pub mod reconcile;
@@ -178,7 +181,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         MAX_ACK_PENDING,
     )
     .await?;
-    let store = Store::connect_with(&config.database_url, 16, &config.tls).await?;
+    let store = Store::connect_bounded(
+        &config.database_url,
+        16,
+        &config.tls,
+        Some(config.safety.statement_timeout),
+    )
+    .await?;
     store.check_migrated().await?;
     let redis = sluice_core::redis::pool_with(&config.redis_url, 32, &config.tls)?;
     metrics::describe();
@@ -280,8 +289,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         ops_stop.clone(),
     ));
     ops.spawn(reconcile::run(
-        ctx.js.clone(),
-        ctx.store.clone(),
+        reconcile::Reconciler {
+            js: ctx.js.clone(),
+            store: ctx.store.clone(),
+            subjects: ctx.subjects.clone(),
+            prefix: config.subject_prefix.clone(),
+            safety: config.safety.clone(),
+            lost_grace: config.worker.lost_message_grace,
+            deliveries: Arc::clone(&ctx.deliveries),
+        },
         ops_stop.clone(),
     ));
     ops.close();
@@ -465,7 +481,7 @@ fn spawn_job(
         .unwrap_or((None, 1));
     let in_flight = metrics::InFlight::start(tier, published, delivery);
     jobs.spawn(async move {
-        job::handle(ctx, msg, tier).await;
+        panics::guarded(ctx, msg, tier).await;
         drop(in_flight);
         drop(slot);
     });

@@ -77,6 +77,10 @@ pub fn describe() {
         "Jobs handed back to the queue to run later, by reason"
     );
     describe_gauge!("sluice_jobs_in_flight", "Jobs this worker is running now");
+    describe_counter!(
+        "sluice_job_panics_total",
+        "Job tasks that panicked (each job ended failed, class internal; the worker lived on)"
+    );
     describe_gauge!(
         "sluice_worker_capacity",
         "Concurrent jobs this worker runs at most"
@@ -102,6 +106,11 @@ pub fn cooldown(deployment: &str, reason: &'static str) {
 /// A job was handed back to run later (no budget, store unavailable, ...).
 pub fn deferral(reason: &'static str) {
     counter!("sluice_deferrals_total", "reason" => reason).increment(1);
+}
+
+/// A job task panicked and its job was ended.
+pub fn panicked() {
+    counter!("sluice_job_panics_total").increment(1);
 }
 
 /// Sets the capacity gauge.
@@ -158,7 +167,7 @@ impl<F: Flush<LedgerEntry>> Flush<LedgerEntry> for Observed<F> {
     fn flush<'a>(
         &'a self,
         items: &'a [LedgerEntry],
-    ) -> BoxFuture<'a, Result<Vec<Self::Out>, String>> {
+    ) -> BoxFuture<'a, Result<Vec<Self::Out>, sluice_core::group_commit::FlushError>> {
         Box::pin(async move {
             let out = self.inner.flush(items).await?;
             for entry in items {

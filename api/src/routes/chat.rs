@@ -35,6 +35,7 @@ pub async fn completions(
     caller: Caller,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
+    let header_key = crate::guard::idempotency_header(req.headers())?;
     let priority = match req.headers().get("x-sluice-priority") {
         Some(v) => Some(v.to_str().ok().and_then(Tier::parse).ok_or_else(|| {
             ApiError::bad_request("x-sluice-priority must be critical, high, normal, low or 0-3")
@@ -52,15 +53,34 @@ pub async fn completions(
     }
     let stream = body.request.stream.unwrap_or(false);
     let include_usage = body.request.stream_options.is_some_and(|o| o.include_usage);
-    let (submitted, _) = accept(&state, &caller, body, None).await?;
+    let idempotency_key = header_key.or(body.idempotency_key.clone());
+    let (submitted, replayed) = accept(&state, &caller, body, idempotency_key).await?;
     let id = submitted.id;
-    let messages = job_events::follow(&state, id).await?;
     let job_header =
         HeaderValue::from_str(&id.to_string()).map_err(|e| ApiError::internal(e.to_string()))?;
+    if replayed && !stream {
+        // A repeated Idempotency-Key: the job that key made answers, from its row once it
+        // has ended (its events may have aged out).
+        if let Ok(Some(row)) = state.store.job(id).await {
+            if row.status.is_terminal() {
+                let mut resp = answer(row.done_event());
+                resp.headers_mut().insert("x-sluice-job-id", job_header);
+                return Ok(resp);
+            }
+        }
+    }
+    let messages = job_events::follow(&state, id).await?;
 
     if stream {
-        let events =
-            job_events::until_shutdown(chunks(messages, include_usage), &state.shutdown, id);
+        let permit = state
+            .streams
+            .acquire(&caller.owner, state.config.safety.max_streams_per_key)?;
+        let events = crate::streams::bounded(
+            chunks(messages, include_usage).map(|e| (e, 0)),
+            permit,
+            state.config.safety.max_stream_bytes,
+        );
+        let events = job_events::until_shutdown(events, &state.shutdown, id);
         let mut resp = Sse::new(events)
             .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
             .into_response();
@@ -85,12 +105,25 @@ pub async fn completions(
             .code("timeout")
         })?
         .ok_or_else(|| ApiError::unavailable("the job's events ended without a result"))?;
-    let mut resp = match (done.status, done.result) {
-        (JobStatus::Succeeded, Some(result)) => Json(result).into_response(),
-        (_, _) => error_response(done.error.as_ref().map(|e| (e.class, e.message.as_str()))),
+    // A result too large for a message came by reference: the row has it.
+    let done = match (done.status, &done.result) {
+        (JobStatus::Succeeded, None) => match state.store.job(id).await {
+            Ok(Some(row)) => row.done_event(),
+            _ => done,
+        },
+        _ => done,
     };
+    let mut resp = answer(done);
     resp.headers_mut().insert("x-sluice-job-id", job_header);
     Ok(resp)
+}
+
+/// A finished job as the OpenAI answer: its completion, or the error for its class.
+fn answer(done: DoneEvent) -> Response {
+    match (done.status, done.result) {
+        (JobStatus::Succeeded, Some(result)) => Json(result).into_response(),
+        (_, _) => error_response(done.error.as_ref().map(|e| (e.class, e.message.as_str()))),
+    }
 }
 
 /// Waits for the job's terminal event.

@@ -48,6 +48,7 @@ pub async fn upload(
 ) -> Result<(StatusCode, Json<FileObject>), ApiError> {
     let limits = &state.config.batches;
     let id = format!("file-{}", Uuid::now_v7().simple());
+    let cleanup = crate::guard::UploadCleanup::new(state.store.clone(), id.clone());
     let mut purpose: Option<String> = None;
     let mut stored: Option<(String, sluice_core::files::FileWriter)> = None;
     let outcome: Result<(), ApiError> = async {
@@ -58,9 +59,12 @@ pub async fn upload(
         {
             match field.name() {
                 Some("purpose") => {
-                    let text = field.text().await.map_err(|e| {
-                        ApiError::bad_request(format!("invalid `purpose`: {e}")).param("purpose")
-                    })?;
+                    let text = crate::guard::small_field(
+                        &mut field,
+                        state.config.safety.max_form_field_bytes,
+                        "purpose",
+                    )
+                    .await?;
                     purpose = Some(text.trim().to_string());
                 }
                 Some("file") => {
@@ -73,6 +77,7 @@ pub async fn upload(
                         .file_name()
                         .unwrap_or("upload.jsonl")
                         .chars()
+                        .filter(|c| !c.is_control())
                         .take(255)
                         .collect::<String>();
                     state
@@ -127,6 +132,7 @@ pub async fn upload(
     if let Err(e) = writer.finish(&purpose).await {
         return fail(store_error(e)).await;
     }
+    cleanup.disarm();
     let row = load(&state, &caller, &id).await?;
     Ok((StatusCode::OK, Json(file_object(&row))))
 }

@@ -31,16 +31,7 @@ pub async fn submit(
     caller: Caller,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
-    let header_key = req
-        .headers()
-        .get("idempotency-key")
-        .map(|v| {
-            v.to_str().map(str::to_string).map_err(|_| {
-                ApiError::bad_request("Idempotency-Key must be visible ASCII")
-                    .param("Idempotency-Key")
-            })
-        })
-        .transpose()?;
+    let header_key = crate::guard::idempotency_header(req.headers())?;
     let limit = state.config.max_body_bytes;
     let bytes = axum::body::to_bytes(req.into_body(), limit)
         .await
@@ -216,10 +207,17 @@ pub async fn events(
     let row = load_job(&state, &caller, id).await?;
     let finished = row.status.is_terminal();
 
+    let permit = state
+        .streams
+        .acquire(&caller.owner, state.config.safety.max_streams_per_key)?;
     let messages = job_events::follow(&state, id).await?;
 
-    let out =
-        job_events::until_shutdown(event_stream(messages, finished, row), &state.shutdown, id);
+    let out = crate::streams::bounded(
+        event_stream(messages, finished, row, state.store.clone()),
+        permit,
+        state.config.safety.max_stream_bytes,
+    );
+    let out = job_events::until_shutdown(out, &state.shutdown, id);
     Ok(Sse::new(out).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
@@ -230,53 +228,75 @@ fn event_stream(
     messages: consumer::push::Ordered,
     finished: bool,
     row: JobRow,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures::stream::unfold(Some((messages, row)), move |state| async move {
-        let (mut messages, row) = state?;
-        loop {
-            let next = if finished {
-                tokio::time::timeout(Duration::from_millis(500), messages.next())
-                    .await
-                    .unwrap_or_default()
-            } else {
-                messages.next().await
-            };
-            let Some(Ok(msg)) = next else {
-                let events = if finished {
-                    terminal_from_row(&row)
+    store: sluice_core::Store,
+) -> impl Stream<Item = (Result<Event, Infallible>, usize)> {
+    futures::stream::unfold(Some((messages, row)), move |state| {
+        let store = store.clone();
+        async move {
+            let (mut messages, row) = state?;
+            loop {
+                let next = if finished {
+                    tokio::time::timeout(Duration::from_millis(500), messages.next())
+                        .await
+                        .unwrap_or_default()
                 } else {
-                    vec![Event::default().data("[DONE]")]
+                    messages.next().await
                 };
-                return Some((events, None));
-            };
-            let kind = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(HEADER_EVENT))
-                .and_then(|v| EventKind::parse(v.as_str()));
-            let data = String::from_utf8_lossy(&msg.payload).into_owned();
-            match kind {
-                Some(EventKind::Chunk) => {
-                    return Some((vec![Event::default().data(data)], Some((messages, row))))
+                let Some(Ok(msg)) = next else {
+                    let events = if finished {
+                        terminal_from_row(&row)
+                    } else {
+                        vec![Event::default().data("[DONE]")]
+                    };
+                    return Some(((events, 0), None));
+                };
+                let kind = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(HEADER_EVENT))
+                    .and_then(|v| EventKind::parse(v.as_str()));
+                let data = String::from_utf8_lossy(&msg.payload).into_owned();
+                let size = data.len();
+                match kind {
+                    Some(EventKind::Chunk) => {
+                        return Some((
+                            (vec![Event::default().data(data)], size),
+                            Some((messages, row)),
+                        ))
+                    }
+                    Some(EventKind::Retry) => {
+                        return Some((
+                            (vec![Event::default().event("retry").data(data)], size),
+                            Some((messages, row)),
+                        ))
+                    }
+                    Some(k) if k.is_terminal() => {
+                        // Too large for a message: the whole event is the job's row.
+                        let by_ref = msg
+                            .headers
+                            .as_ref()
+                            .is_some_and(|h| h.get(sluice_core::bodies::HEADER_BODY_REF).is_some());
+                        if by_ref {
+                            if let Ok(Some(fresh)) = store.job(row.id).await {
+                                return Some(((terminal_from_row(&fresh), 0), None));
+                            }
+                        }
+                        let events = vec![
+                            Event::default().event(k.as_str()).data(data),
+                            Event::default().data("[DONE]"),
+                        ];
+                        return Some(((events, 0), None));
+                    }
+                    _ => continue,
                 }
-                Some(EventKind::Retry) => {
-                    return Some((
-                        vec![Event::default().event("retry").data(data)],
-                        Some((messages, row)),
-                    ))
-                }
-                Some(k) if k.is_terminal() => {
-                    let events = vec![
-                        Event::default().event(k.as_str()).data(data),
-                        Event::default().data("[DONE]"),
-                    ];
-                    return Some((events, None));
-                }
-                _ => continue,
             }
         }
     })
-    .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok)))
+    .flat_map(|(events, size)| {
+        // The size counts once per message, on its first event.
+        let sizes = std::iter::once(size).chain(std::iter::repeat(0));
+        futures::stream::iter(events.into_iter().map(Ok).zip(sizes))
+    })
 }
 
 fn terminal_from_row(row: &JobRow) -> Vec<Event> {

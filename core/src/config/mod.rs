@@ -64,6 +64,9 @@ pub mod defaults {
     pub const MAX_DELIVER: u32 = 10;
     /// Longest total wait of one job for limits or budget before it ends `failed`.
     pub const MAX_WAIT_SECS: u64 = 24 * 3600;
+    /// How long an unfinished job with no message left in the jobs stream stays untouched
+    /// before a reconciler ends it `failed`.
+    pub const LOST_MESSAGE_GRACE_SECS: u64 = 300;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +204,10 @@ pub struct WorkerSettings {
     /// Provider calls one job may make across all its deliveries
     /// (`sluice.worker.max_calls_per_job`); unset: see [`Config::max_calls_per_job`].
     pub max_calls: Option<u32>,
+    /// How long an unfinished job, whose message is gone from the jobs stream, stays
+    /// without an update before a reconciler ends it `failed`
+    /// (`sluice.worker.lost_message_grace_secs`).
+    pub lost_message_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -222,6 +229,8 @@ pub struct Config {
     pub router: RouterSettings,
     pub limits: LimitSettings,
     pub batches: crate::batch_settings::BatchSettings,
+    /// Guards against hostile input (`sluice.safety`).
+    pub safety: crate::safety::SafetySettings,
     /// Prices in LiteLLM's `model_prices_and_context_window.json` format.
     pub pricing_file: Option<PathBuf>,
     /// Signs webhook deliveries (`SLUICE_WEBHOOK_SECRET` or `sluice.webhook_secret`).
@@ -400,6 +409,12 @@ impl Config {
                 drain: Duration::from_secs(s.worker.drain_secs.unwrap_or(defaults::DRAIN_SECS)),
                 max_deliver: s.worker.max_deliver.unwrap_or(defaults::MAX_DELIVER).max(1),
                 max_calls: s.worker.max_calls_per_job.map(|n| n.max(1)),
+                lost_message_grace: Duration::from_secs(
+                    s.worker
+                        .lost_message_grace_secs
+                        .unwrap_or(defaults::LOST_MESSAGE_GRACE_SECS)
+                        .max(1),
+                ),
             },
             router,
             pricing_file: s.pricing_file.clone(),
@@ -439,6 +454,7 @@ impl Config {
                 provider_budgets: ctx.provider_budgets(&raw.router_settings)?,
             },
             batches: s.batches.resolve().map_err(|(k, m)| ctx.invalid(k, m))?,
+            safety: s.safety.resolve().map_err(|(k, m)| ctx.invalid(k, m))?,
             ignored_keys: ignored,
         };
         Ok(config)

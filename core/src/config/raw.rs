@@ -52,6 +52,8 @@ pub(super) struct RawSluice {
     #[serde(default)]
     pub(super) batches: crate::batch_settings::RawBatchSettings,
     #[serde(default)]
+    pub(super) safety: crate::safety::RawSafetySettings,
+    #[serde(default)]
     pub(super) nats: RawNats,
 }
 
@@ -78,4 +80,5 @@ pub(super) struct RawWorker {
     pub(super) drain_secs: Option<u64>,
     pub(super) max_deliver: Option<u32>,
     pub(super) max_calls_per_job: Option<u32>,
+    pub(super) lost_message_grace_secs: Option<u64>,
 }

@@ -19,6 +19,10 @@
 //! `x-sim-fault` (a [`Fault`] name), `x-sim-latency-ms`, `x-sim-ttft-ms`, `x-sim-chunks`,
 //! `x-sim-chunk-interval-ms`, `x-sim-crlf: 1` (CRLF framing), `x-sim-keepalive: 1`
 //! (`: keep-alive` comments before and between events).
+//!
+//! Hostile faults (OpenAI protocol): NUL characters in the answer, absurd `Retry-After`
+//! and rate-limit values, a huge choice index, a redirect to another host, a 1.5 MB
+//! answer (see [`Fault`]).
 
 mod anthropic;
 mod gemini;
@@ -70,6 +74,8 @@ pub struct SimConfig {
     /// load generator can measure chunk lag end to end. Off by default: the wire stays
     /// exactly the provider's.
     pub stamp_chunks: bool,
+    /// Where [`Fault::Redirect`] points (a base URL such as `http://127.0.0.1:9`).
+    pub redirect_to: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -86,6 +92,7 @@ impl Default for SimConfig {
             crlf: false,
             keepalive: false,
             stamp_chunks: false,
+            redirect_to: None,
         }
     }
 }
@@ -124,6 +131,17 @@ pub enum Fault {
     Auth,
     /// 404 in the protocol's wording.
     NotFound,
+    /// OpenAI protocol: the answer's text holds NUL characters (`\u0000`).
+    NulContent,
+    /// OpenAI protocol: 429 with `Retry-After`, `retry-after-ms` and rate-limit resets
+    /// absurdly large (`1e300` seconds, `99999999999999h`).
+    HugeRetryAfter,
+    /// OpenAI protocol, streamed: chunks carry choice index 4294967295.
+    HugeIndex,
+    /// OpenAI protocol: 307 to [`SimConfig::redirect_to`] (another host).
+    Redirect,
+    /// OpenAI protocol: an answer of 1.5 MB (`0123456789` repeated), in one piece.
+    LargeAnswer,
 }
 
 impl Fault {

@@ -184,6 +184,25 @@ async fn handle(
             )
         }
         Some(Fault::Hang) => futures::future::pending::<()>().await,
+        Some(Fault::HugeRetryAfter) => {
+            let h = [
+                ("retry-after", "1e300"),
+                ("retry-after-ms", "1e300"),
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-reset-requests", "99999999999999h"),
+                ("x-ratelimit-reset-tokens", "99999999999999h"),
+            ];
+            return json_error(
+                429,
+                json!({"error": {"message": "Rate limit reached for requests", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}),
+                &h,
+            );
+        }
+        Some(Fault::Redirect) => {
+            let target = sim.config.redirect_to.clone().unwrap_or_else(|| "http://127.0.0.1:9".into());
+            let location = format!("{}/v1/chat/completions", target.trim_end_matches('/'));
+            return json_error(307, json!({"error": {"message": "moved"}}), &[("location", location.as_str())]);
+        }
         _ => {}
     }
 
@@ -215,6 +234,17 @@ async fn handle(
         },
         script.chunks,
     );
+    let mut plan = plan;
+    match script.fault {
+        Some(Fault::NulContent) => plan.words.insert(0, "nul\u{0000}in\u{0000}text ".into()),
+        Some(Fault::LargeAnswer) => plan.words = vec!["0123456789".repeat(150_000)],
+        _ => {}
+    }
+    let index: u64 = if script.fault == Some(Fault::HugeIndex) {
+        u64::from(u32::MAX)
+    } else {
+        0
+    };
     let refuse = script.fault == Some(Fault::ContentPolicy);
     let id = format!(
         "chatcmpl-sim{}",
@@ -276,7 +306,7 @@ async fn handle(
         frame(
             json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                "system_fingerprint": "fp_sim",
-               "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+               "choices": [{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}],
                "usage": null}),
         )
     };

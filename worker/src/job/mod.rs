@@ -33,9 +33,17 @@ use outcome::{Deferred, Ends, Halt};
 /// Handles one delivered message to the end (ack, nak or term).
 pub(crate) async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, tier: Tier) {
     let delivery = msg.info().map(|i| i.delivered).unwrap_or(1).max(1);
+    let payload = match crate::bodies::envelope(&ctx, &msg).await {
+        crate::bodies::Resolved::Body(b) => b,
+        crate::bodies::Resolved::Missing(reason) => {
+            Box::pin(outcome::dead_letter(&ctx, &msg, &reason)).await;
+            return;
+        }
+        crate::bodies::Resolved::Handled => return,
+    };
     // Boxed: the envelope (the whole chat request) lives as long as the job, and the job
     // task should hold only a pointer to it.
-    let envelope: Box<JobEnvelope> = match serde_json::from_slice(&msg.payload) {
+    let envelope: Box<JobEnvelope> = match serde_json::from_slice(&payload) {
         Ok(e) => e,
         Err(e) => {
             let reason = format!("unparseable job envelope: {e}");

@@ -281,14 +281,18 @@ pub(super) async fn conclude(
         last_attempt,
     } = finished;
     let id = outcome.id;
+    // A reply subject that points inward is dropped here (a trusted service may have
+    // published the envelope straight to NATS, past the api's check).
+    let reply_subject = crate::destinations::reply_subject(
+        reply_subject.as_deref(),
+        &ctx.config.subject_prefix,
+        &ctx.config.safety,
+    );
     let deliveries = if reply_subject.is_some() || webhook_url.is_some() {
         match serde_json::to_vec(&done) {
-            Ok(body) => crate::deliveries::for_job(
-                id,
-                reply_subject.as_deref(),
-                webhook_url.as_deref(),
-                &body,
-            ),
+            Ok(body) => {
+                crate::deliveries::for_job(id, reply_subject, webhook_url.as_deref(), &body)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode the job's end for its deliveries");
                 Vec::new()

@@ -1,4 +1,9 @@
 //! Builds the final `chat.completion` from streamed chunks.
+//!
+//! Indexes come from the provider's bytes, so they are bounded: a choice index of
+//! [`MAX_CHOICES`] or more, or more than [`MAX_TOOL_CALLS`] tool calls in one choice, is
+//! refused without allocating, and [`Accumulator::into_completion`] fails the attempt as
+//! a bad response.
 
 use sluice_schemas::openai::{
     ChatCompletion, ChatCompletionChunk, Choice, Content, FunctionCall, Message, Role, ToolCall,
@@ -24,6 +29,11 @@ struct ToolAcc {
     arguments: String,
 }
 
+/// Most choices one response may carry (OpenAI's `n` is at most 128).
+pub const MAX_CHOICES: usize = 128;
+/// Most tool calls one choice may carry.
+pub const MAX_TOOL_CALLS: usize = 1024;
+
 /// Folds chunks into one completion.
 #[derive(Debug, Default)]
 pub struct Accumulator {
@@ -33,6 +43,8 @@ pub struct Accumulator {
     choices: Vec<ChoiceAcc>,
     usage: Option<Usage>,
     chunks: usize,
+    /// Why a chunk was refused (an index out of bounds), if one was.
+    refused: Option<String>,
 }
 
 impl Accumulator {
@@ -68,6 +80,15 @@ impl Accumulator {
         }
         for c in &chunk.choices {
             let i = c.index as usize;
+            if i >= MAX_CHOICES {
+                self.refused.get_or_insert_with(|| {
+                    format!(
+                        "provider sent choice index {i}; at most {} choices are accepted",
+                        MAX_CHOICES
+                    )
+                });
+                continue;
+            }
             if self.choices.len() <= i {
                 self.choices.resize_with(i + 1, ChoiceAcc::default);
             }
@@ -88,6 +109,17 @@ impl Accumulator {
             for tc in d.tool_calls.iter().flatten() {
                 let p = match acc.tools.iter().position(|t| t.index == tc.index) {
                     Some(p) => p,
+                    None if acc.tools.len() >= MAX_TOOL_CALLS
+                        || tc.index as usize >= MAX_TOOL_CALLS =>
+                    {
+                        self.refused.get_or_insert_with(|| {
+                            format!(
+                                "provider sent tool call index {}; at most {MAX_TOOL_CALLS} tool calls are accepted",
+                                tc.index
+                            )
+                        });
+                        continue;
+                    }
                     None => {
                         acc.tools.push(ToolAcc {
                             index: tc.index,
@@ -115,6 +147,17 @@ impl Accumulator {
             if c.finish_reason.is_some() {
                 acc.finish_reason.clone_from(&c.finish_reason);
             }
+        }
+    }
+
+    /// The completion, or a bad-response error if a chunk was refused.
+    pub fn into_completion(self) -> Result<ChatCompletion, super::ProviderError> {
+        match &self.refused {
+            Some(why) => Err(super::ProviderError::new(
+                sluice_schemas::ErrorClass::Server,
+                format!("bad response: {why}"),
+            )),
+            None => Ok(self.finish()),
         }
     }
 
@@ -197,5 +240,24 @@ mod tests {
         assert_eq!(tc.function.arguments, "{\"a\":1}");
         assert_eq!(c.choices[0].finish_reason.as_deref(), Some("tool_calls"));
         assert_eq!(c.usage.unwrap().total_tokens, 12);
+    }
+
+    #[test]
+    fn a_huge_choice_or_tool_index_fails_the_attempt_without_allocating() {
+        let mut a = Accumulator::new();
+        a.push(&chunk(r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":4294967295,"delta":{"content":"x"},"finish_reason":null}]}"#));
+        assert!(a.choices.capacity() < MAX_CHOICES);
+        assert!(a
+            .into_completion()
+            .unwrap_err()
+            .message
+            .contains("choice index"));
+        let mut a = Accumulator::new();
+        a.push(&chunk(r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":4294967295,"function":{"name":"f"}}]},"finish_reason":null}]}"#));
+        assert!(a
+            .into_completion()
+            .unwrap_err()
+            .message
+            .contains("tool call index"));
     }
 }

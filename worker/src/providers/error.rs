@@ -100,18 +100,32 @@ pub fn class_of_status(status: Option<u16>) -> ErrorClass {
     }
 }
 
-/// `retry-after-ms`, then `retry-after` in seconds (HTTP dates are treated as absent).
+/// `retry-after-ms`, then `retry-after` in seconds (HTTP dates are treated as absent),
+/// clamped to `MAX_PROVIDER_WAIT`: these are the provider's bytes, not ours.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(ms) = get("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
+        if let Some(d) = provider_wait(ms / 1000.0) {
+            return Some(d);
         }
     }
     get("retry-after")
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+        .and_then(provider_wait)
+}
+
+/// A provider-given wait in seconds as a duration no longer than `MAX_PROVIDER_WAIT`;
+/// `None` for negative or non-finite values.
+pub fn provider_wait(secs: f64) -> Option<Duration> {
+    use sluice_core::safety::MAX_PROVIDER_WAIT;
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Some(if secs >= MAX_PROVIDER_WAIT.as_secs_f64() {
+        MAX_PROVIDER_WAIT
+    } else {
+        Duration::from_secs_f64(secs)
+    })
 }
 
 /// Keeps error messages bounded (bodies can be whole HTML pages).
@@ -158,6 +172,22 @@ mod tests {
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
         );
         assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn absurd_retry_after_is_clamped_not_a_panic() {
+        let max = sluice_core::safety::MAX_PROVIDER_WAIT;
+        for v in ["1e300", "99999999999999999999", "inf", "NaN", "-5"] {
+            let mut h = HeaderMap::new();
+            h.insert("retry-after", v.parse().unwrap());
+            assert!(retry_after(&h).is_none_or(|d| d <= max), "{v}");
+            let mut h = HeaderMap::new();
+            h.insert("retry-after-ms", v.parse().unwrap());
+            assert!(retry_after(&h).is_none_or(|d| d <= max), "{v}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "1e300".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(max));
     }
 
     #[test]

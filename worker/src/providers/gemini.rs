@@ -627,7 +627,7 @@ fn parse_completion(bytes: &[u8], model: &str) -> Result<ChatCompletion, Provide
     for e in &out {
         acc.push(&e.chunk);
     }
-    let mut c = acc.finish();
+    let mut c = acc.into_completion()?;
     c.id = meta.id;
     c.model = meta.model;
     c.created = meta.created;
@@ -793,14 +793,14 @@ fn retry_delay(details: &[Value]) -> Option<Duration> {
         })
         .find_map(|d| d.get("retryDelay").and_then(Value::as_str))
         .and_then(|s| s.trim().strip_suffix('s')?.parse::<f64>().ok())
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .and_then(super::provider_wait)
 }
 
 /// "… Please retry in 47.43s."
 fn retry_in_message(message: &str) -> Option<Duration> {
     let rest = &message[message.find("retry in ")? + "retry in ".len()..];
     let end = rest.find('s')?;
-    Duration::try_from_secs_f64(rest[..end].parse::<f64>().ok()?).ok()
+    super::provider_wait(rest[..end].parse::<f64>().ok()?)
 }
 
 /// Google Gemini (`generateContent`).

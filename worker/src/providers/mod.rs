@@ -40,7 +40,7 @@ use sluice_schemas::openai::{
 };
 use sluice_schemas::ErrorClass;
 
-pub use error::{retry_after, ProviderError};
+pub use error::{provider_wait, retry_after, ProviderError};
 pub use params::Params;
 pub use ratelimit::RateLimits;
 pub use stream::StreamDecoder;
@@ -108,7 +108,10 @@ pub struct Providers {
 impl Providers {
     pub fn new() -> Self {
         // HTTP/2 is negotiated by ALPN where the provider offers it (rustls).
+        // No redirects: a 3xx to another host would take the prompt (and a header key)
+        // along; it is an attempt error instead (see `stream::execute`).
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(1024)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
@@ -128,6 +131,7 @@ impl Providers {
         stream: bool,
         sink: &mut S,
     ) -> Result<CallOutput, ProviderError> {
+        crate::panics::debug_panic(request);
         let started = Instant::now();
         request.model.clone_from(&deployment.model);
         request.stream = Some(stream);

@@ -385,7 +385,7 @@ fn parse_completion(bytes: &[u8], model: &str) -> Result<ChatCompletion, Provide
     for e in &out {
         acc.push(&e.chunk);
     }
-    let mut c = acc.finish();
+    let mut c = acc.into_completion()?;
     c.object = "chat.completion".into();
     Ok(c)
 }

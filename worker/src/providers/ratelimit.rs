@@ -94,17 +94,16 @@ fn go_duration(s: &str) -> Option<Duration> {
         rest = &rest[unit_len..];
         total += value * scale;
     }
-    Duration::try_from_secs_f64(total).ok()
+    super::provider_wait(total)
 }
 
 /// An RFC 3339 reset time as the time left until it (zero if already past).
 fn until(v: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
     let at = chrono::DateTime::parse_from_rfc3339(v.trim()).ok()?;
-    Some(
-        (at.with_timezone(&chrono::Utc) - now)
-            .to_std()
-            .unwrap_or_default(),
-    )
+    let left = (at.with_timezone(&chrono::Utc) - now)
+        .to_std()
+        .unwrap_or_default();
+    Some(left.min(sluice_core::safety::MAX_PROVIDER_WAIT))
 }
 
 #[cfg(test)]
@@ -136,8 +135,13 @@ mod tests {
         assert_eq!(r.remaining_tokens, None, "Azure's -1 means unknown");
         assert_eq!(r.reset_tokens, Some(Duration::from_secs(360)));
         assert_eq!(
-            go_duration("1h2m3.5s"),
-            Some(Duration::from_secs_f64(3723.5))
+            go_duration("52m3.5s"),
+            Some(Duration::from_secs_f64(3123.5))
+        );
+        // Longer than an hour is the provider's bytes talking: clamped.
+        assert_eq!(
+            go_duration("99999999999999h"),
+            Some(sluice_core::safety::MAX_PROVIDER_WAIT)
         );
         assert_eq!(go_duration("soon"), None);
     }

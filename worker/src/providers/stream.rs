@@ -184,6 +184,9 @@ pub(crate) async fn execute<S: ChunkSink>(
         .map_err(|e| ProviderError::from_reqwest(&e))?;
     let status = resp.status().as_u16();
     let rate_limits = RateLimits::from_headers(resp.headers());
+    if resp.status().is_redirection() {
+        return Err(redirect_error(status, resp.headers()));
+    }
     if !resp.status().is_success() {
         let headers = resp.headers().clone();
         let text = resp.text().await.unwrap_or_default();
@@ -270,7 +273,7 @@ pub(crate) async fn execute<S: ChunkSink>(
         }
     }
     let usage = acc.usage();
-    let completion = acc.finish();
+    let completion = acc.into_completion().map_err(with_limits)?;
     if let Some(e) = refusal_error(&completion) {
         return Err(with_limits(e));
     }
@@ -282,6 +285,22 @@ pub(crate) async fn execute<S: ChunkSink>(
         dropped_params: Vec::new(),
         rate_limits,
     })
+}
+
+/// A provider's 3xx: not followed (it would carry the prompt, and a header key, to
+/// wherever it points); an attempt error naming the Location without its query string.
+fn redirect_error(status: u16, headers: &reqwest::header::HeaderMap) -> ProviderError {
+    let location = headers
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|l| l.split(['?', '#']).next().unwrap_or_default().to_string())
+        .unwrap_or_else(|| "(no Location)".into());
+    let mut e = ProviderError::new(
+        ErrorClass::Server,
+        format!("provider answered {status} redirecting to {location}; redirects are not followed"),
+    );
+    e.status = Some(status);
+    e
 }
 
 /// A chunk that carries something a user sees (not just the opening role).

@@ -1,0 +1,149 @@
+//! A job task that panics anyway (a bug, or provider bytes no guard foresaw) ends its job,
+//! not the worker: the job is recorded `failed` with class `internal`, its in-flight entry
+//! and slot are released (the slot by the spawning task, which lives on), its terminal
+//! event is published and its message acked. A reservation it held in Redis (rate, token
+//! and concurrency leases) is released as the unwinding drops it (`limits::Held`).
+//!
+//! Owns only the catching and the ending; the pipeline is `job.rs`'s.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use sluice_core::store::{JobOutcome, LedgerEntry};
+use sluice_schemas::job::JobError;
+use sluice_schemas::{DoneEvent, ErrorClass, JobEnvelope, JobStatus, Tier};
+
+use crate::events::EventPublisher;
+use crate::Ctx;
+
+/// Runs `job::handle` for `msg`, ending the job `failed` if it panics.
+pub(crate) async fn guarded(ctx: Arc<Ctx>, msg: jetstream::Message, tier: Tier) {
+    let copy = msg.clone();
+    let run = AssertUnwindSafe(Box::pin(crate::job::handle(Arc::clone(&ctx), msg, tier)));
+    let Err(panic) = run.catch_unwind().await else {
+        return;
+    };
+    let what = message(&*panic);
+    tracing::error!(panic = %what, "job task panicked; ending the job failed");
+    crate::metrics::panicked();
+    Box::pin(end_failed(&ctx, copy, tier, &what)).await;
+}
+
+/// Debug builds only (the end-to-end tests): a call whose request names the user
+/// `sluice-debug-panic` panics in its job task, after admission (a concurrency lease is
+/// held), so the path above is exercised for real. Release builds have no such switch.
+#[cfg(debug_assertions)]
+#[allow(clippy::panic)]
+pub(crate) fn debug_panic(request: &sluice_schemas::openai::ChatRequest) {
+    if request.user.as_deref() == Some("sluice-debug-panic") {
+        panic!("debug panic requested by the job's request");
+    }
+}
+
+#[cfg(not(debug_assertions))]
+pub(crate) fn debug_panic(_: &sluice_schemas::openai::ChatRequest) {}
+
+fn message(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+async fn end_failed(ctx: &Ctx, msg: jetstream::Message, tier: Tier, what: &str) {
+    let payload = match crate::bodies::envelope(ctx, &msg).await {
+        crate::bodies::Resolved::Body(b) => b,
+        _ => return,
+    };
+    let Ok(envelope) = serde_json::from_slice::<JobEnvelope>(&payload) else {
+        let _ = msg.ack_with(AckKind::Term).await;
+        return;
+    };
+    let id = envelope.id;
+    ctx.release(id);
+    let attempts = ctx
+        .store
+        .job_progress(id)
+        .await
+        .map(|p| p.calls)
+        .unwrap_or(0);
+    let error = JobError {
+        class: ErrorClass::Internal,
+        message: format!("the worker failed on this job: {what}")
+            .chars()
+            .take(2048)
+            .collect(),
+    };
+    let outcome = JobOutcome {
+        id,
+        owner: envelope
+            .owner
+            .unwrap_or_else(|| sluice_schemas::MASTER_OWNER.to_string()),
+        model_group: envelope.request.model.clone(),
+        tier,
+        reply_subject: envelope.reply_subject.clone(),
+        created_at: DateTime::<Utc>::from_timestamp_millis(envelope.submitted_at_ms)
+            .filter(|_| envelope.submitted_at_ms > 0)
+            .unwrap_or_else(Utc::now),
+        status: JobStatus::Failed,
+        result: None,
+        usage: None,
+        cost: None,
+        pricing_missing: false,
+        attempts,
+        error_class: Some(error.class),
+        error_message: Some(error.message.clone()),
+        finished_at: Utc::now(),
+    };
+    let done = DoneEvent {
+        job_id: id,
+        status: JobStatus::Failed,
+        result: None,
+        usage: None,
+        cost: None,
+        attempts,
+        error: Some(error),
+    };
+    // Its reply subject and webhook still hear of the end (see `deliveries.rs`).
+    let reply_subject = crate::destinations::reply_subject(
+        envelope.reply_subject.as_deref(),
+        &ctx.config.subject_prefix,
+        &ctx.config.safety,
+    );
+    let deliveries = match serde_json::to_vec(&done) {
+        Ok(body) => {
+            crate::deliveries::for_job(id, reply_subject, envelope.webhook_url.as_deref(), &body)
+        }
+        Err(_) => Vec::new(),
+    };
+    let deliver = !deliveries.is_empty();
+    if let Err(e) = ctx
+        .ledger
+        .write(LedgerEntry::Finished {
+            job: outcome,
+            attempts: Vec::new(),
+            deliveries,
+        })
+        .await
+    {
+        tracing::error!(error = %e, "panicked job not recorded; it will be redelivered");
+        let _ = msg
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+            .await;
+        return;
+    }
+    let mut publisher = EventPublisher::new(ctx.js.clone(), ctx.subjects.events(id), id);
+    if let Err(e) = publisher.terminal(attempts, &done).await {
+        tracing::warn!(error = %e, "terminal event of a panicked job not stored");
+    }
+    let _ = msg.ack().await;
+    if deliver {
+        ctx.deliveries.notify_one();
+    }
+}
