@@ -8,8 +8,8 @@
 //!   step.
 //! - [`delivery_delay`]: the wait before a durable delivery of a job's end (webhook,
 //!   reply subject) is tried again: the same doubling, up to five minutes;
-//! - [`webhook_delays`]: the waits of `webhook::deliver`'s in-process tries: 0.5, 1, 2,
-//!   4, 8, 16 s.
+//! - [`webhook_delays`]: a fixed schedule of six waits (0.5, 1, 2, 4, 8, 16 s); no caller
+//!   since deliveries became durable (`worker/src/deliveries.rs` uses [`delivery_delay`]).
 
 use std::time::Duration;
 

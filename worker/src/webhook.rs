@@ -29,12 +29,6 @@ pub fn signature(secret: &Secret, t: i64, body: &[u8]) -> String {
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Outcome {
-    pub delivered: bool,
-    pub attempts: u32,
-}
-
 /// One POST of `body` to `url`: `Ok` on a 2xx answer, else what went wrong. Retries
 /// are the caller's (`worker/src/deliveries.rs` keeps them durable).
 pub async fn try_once(
@@ -59,54 +53,6 @@ pub async fn try_once(
         Ok(r) if r.status().is_success() => Ok(()),
         Ok(r) => Err(format!("the receiver answered {}", r.status().as_u16())),
         Err(e) => Err(format!("the receiver is unreachable: {}", e.without_url())),
-    }
-}
-
-/// POSTs `body` to `url` until a 2xx answer or the tries run out.
-pub async fn deliver(
-    http: &reqwest::Client,
-    url: &str,
-    body: Bytes,
-    secret: Option<&Secret>,
-    job_id: &str,
-) -> Outcome {
-    let mut attempts = 0;
-    for delay in std::iter::once(Duration::ZERO).chain(crate::retry::webhook_delays()) {
-        tokio::time::sleep(delay).await;
-        attempts += 1;
-        let mut req = http
-            .post(url)
-            .timeout(TIMEOUT)
-            .header("content-type", "application/json")
-            .header("Sluice-Job-Id", job_id)
-            .body(body.clone());
-        if let Some(secret) = secret {
-            req = req.header(
-                "Sluice-Signature",
-                signature(secret, chrono::Utc::now().timestamp(), &body),
-            );
-        }
-        match req.send().await {
-            Ok(r) if r.status().is_success() => {
-                return Outcome {
-                    delivered: true,
-                    attempts,
-                }
-            }
-            Ok(r) => tracing::info!(
-                status = r.status().as_u16(),
-                attempts,
-                "webhook refused; retrying"
-            ),
-            Err(e) => {
-                tracing::info!(error = %e.without_url(), attempts, "webhook unreachable; retrying")
-            }
-        }
-    }
-    tracing::warn!(attempts, "webhook not delivered; giving up");
-    Outcome {
-        delivered: false,
-        attempts,
     }
 }
 
