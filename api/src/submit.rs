@@ -102,6 +102,13 @@ pub(crate) async fn accept(
 
 /// Parses the body, naming the offending field on error.
 pub(crate) fn parse_submit(bytes: &[u8]) -> Result<SubmitBody, ApiError> {
+    // A valid body parses in one pass; only one that fails (or lacks a model or messages)
+    // takes the slower walk below that names the offending field.
+    if let Ok(body) = serde_json::from_slice::<SubmitBody>(bytes) {
+        if !body.request.model.trim().is_empty() && !body.request.messages.is_empty() {
+            return Ok(body);
+        }
+    }
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
     let Value::Object(obj) = &value else {
@@ -132,7 +139,7 @@ pub(crate) fn parse_submit(bytes: &[u8]) -> Result<SubmitBody, ApiError> {
             return Err(ApiError::bad_request("`messages` must be an array").param("messages"))
         }
     }
-    match serde_json::from_value::<SubmitBody>(value.clone()) {
+    match SubmitBody::deserialize(&value) {
         Ok(body) => Ok(body),
         Err(e) => {
             Err(diagnose(obj)
@@ -323,7 +330,7 @@ async fn enqueue(
     .await;
     match published {
         Ok(seq) => {
-            let _ = state.outbox.send((id, seq)).await;
+            state.outbox.push(id, seq);
         }
         Err(e) => {
             // The message may or may not be in the stream; the outbox entry stays, and a

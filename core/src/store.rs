@@ -442,9 +442,24 @@ impl Store {
 
     /// Records new jobs; a repeated idempotency key yields the existing job instead.
     pub async fn record_new_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Recorded>, StoreError> {
+        self.record_new_jobs_and_published(jobs, &[]).await
+    }
+
+    /// [`Store::record_new_jobs`], and in the same statement what
+    /// [`Store::outbox_published`] does for `published` (earlier jobs whose publish was
+    /// acknowledged meanwhile): the api's outbox upkeep rides on the inserts it makes
+    /// anyway instead of taking a statement of its own per job (`api/src/outbox.rs`).
+    pub async fn record_new_jobs_and_published(
+        &self,
+        jobs: &[NewJob],
+        published: &[(Uuid, u64)],
+    ) -> Result<Vec<Recorded>, StoreError> {
         let rows = crate::pgtext::rows_param(jobs, &[])?;
+        let (ids, seqs) = published_params(published);
         // The job row and its outbox entry in one statement: a job is never recorded
-        // without the envelope that lets a reconciler publish it.
+        // without the envelope that lets a reconciler publish it. The published jobs are
+        // other rows (recorded by earlier statements), locked in id order as in
+        // `outbox_published`.
         let inserted: Vec<Uuid> = sqlx::query_scalar(
             "WITH input AS (
                 SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, owner text, idempotency_key text,
@@ -461,10 +476,21 @@ impl Store {
                 SELECT i.id, i.subject, i.payload FROM input i
                 WHERE i.subject IS NOT NULL AND i.payload IS NOT NULL AND i.id IN (SELECT id FROM inserted)
                 ON CONFLICT DO NOTHING
+             ), published AS (
+                SELECT * FROM unnest($2::uuid[], $3::bigint[]) AS p(id, seq)
+             ), gone AS (
+                DELETE FROM job_outbox WHERE job_id IN (SELECT id FROM published)
+             ), locked AS (
+                SELECT j.id FROM jobs j WHERE j.id IN (SELECT id FROM published) ORDER BY j.id FOR UPDATE
+             ), sequenced AS (
+                UPDATE jobs SET stream_seq = p.seq FROM published p, locked l
+                WHERE jobs.id = p.id AND l.id = p.id
              )
              SELECT id FROM inserted",
         )
         .bind(rows)
+        .bind(&ids)
+        .bind(&seqs)
         .fetch_all(&self.pool)
         .await?;
         let mut out = Vec::with_capacity(jobs.len());
@@ -500,11 +526,7 @@ impl Store {
         if published.is_empty() {
             return Ok(());
         }
-        let ids: Vec<Uuid> = published.iter().map(|p| p.0).collect();
-        let seqs: Vec<i64> = published
-            .iter()
-            .map(|p| i64::try_from(p.1).unwrap_or(i64::MAX))
-            .collect();
+        let (ids, seqs) = published_params(published);
         sqlx::query(
             "WITH input AS (
                 SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS t(id, seq)
@@ -882,14 +904,16 @@ impl Store {
                     WHERE t.job_id IN (SELECT id FROM results)
                     ON CONFLICT (job_id, kind) DO NOTHING
                  ), bodies AS (
-                    DELETE FROM job_bodies WHERE job_id IN
-                         (SELECT id FROM jsonb_to_recordset($2::jsonb) AS t(id uuid))
+                    DELETE FROM job_bodies WHERE job_id = ANY($4::uuid[])
                  )
                  SELECT 1"
             ))
             .bind(crate::pgtext::rows_param(&finished_attempts, &[])?)
             .bind(crate::pgtext::rows_param(&finished_jobs, &["result"])?)
             .bind(crate::pgtext::rows_param(&deliveries, &[])?)
+            // The ids again as an array: cheaper for Postgres than parsing the results
+            // (the largest parameter) a second time to find them.
+            .bind(finished_jobs.iter().map(|j| j.id).collect::<Vec<Uuid>>())
             .execute(&mut *conn)
             .await?;
         }
@@ -1002,6 +1026,14 @@ impl Store {
 }
 
 /// Keeps the last entry for each key, preserving order otherwise.
+/// `(job, stream sequence)` pairs as the two arrays the outbox statements bind.
+fn published_params(published: &[(Uuid, u64)]) -> (Vec<Uuid>, Vec<i64>) {
+    published
+        .iter()
+        .map(|&(id, seq)| (id, i64::try_from(seq).unwrap_or(i64::MAX)))
+        .unzip()
+}
+
 fn dedup_last<T, K: Eq + std::hash::Hash>(items: &mut Vec<T>, key: impl Fn(&T) -> K) {
     let mut seen = std::collections::HashSet::with_capacity(items.len());
     let mut keep: Vec<bool> = items.iter().rev().map(|x| seen.insert(key(x))).collect();
