@@ -6,6 +6,7 @@
 //! publishes the envelope to JetStream; it answers only when both are durable.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod auth;
 pub mod batches;
 pub mod bodies;
@@ -162,6 +163,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::from_fn(access::layer))
         .with_state(state)
 }
 

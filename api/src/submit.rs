@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use sluice_core::store::{NewJob, Recorded};
 use sluice_schemas::openai::{ChatRequest, Content};
 use sluice_schemas::{JobEnvelope, JobStatus, Tier};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -97,7 +98,11 @@ pub(crate) async fn accept(
             webhook_url: body.webhook_url.as_deref(),
         },
     )?;
-    enqueue(state, caller, body, idempotency_key).await
+    let span = tracing::info_span!(target: sluice_core::telemetry::TARGET, "enqueue",
+        otel.name = "send jobs", otel.kind = "producer", sluice.job_id = tracing::field::Empty);
+    enqueue(state, caller, body, idempotency_key)
+        .instrument(span)
+        .await
 }
 
 /// Parses the body, naming the offending field on error.
@@ -245,6 +250,7 @@ async fn enqueue(
     idempotency_key: Option<String>,
 ) -> Result<(Submitted, bool), ApiError> {
     let id = Uuid::now_v7();
+    tracing::Span::current().record("sluice.job_id", tracing::field::display(id));
     let now = Utc::now();
     let tier = body.priority.unwrap_or_default();
     let model = body.request.model.clone();
@@ -277,6 +283,7 @@ async fn enqueue(
             created_at: now,
             subject: Some(subject.clone()),
             payload: Some(String::from_utf8_lossy(&payload).into_owned()),
+            request_id: crate::access::request_id(),
         })
         .await
         .map_err(|e| {
@@ -331,7 +338,7 @@ async fn enqueue(
             tracing::warn!(job_id = %id, error = %e, "publish not acknowledged; the outbox will publish the job");
         }
     }
-    crate::metrics::submitted(tier, &model);
+    crate::metrics::submitted(tier, &model, &caller.owner);
     Ok((
         submitted(state, id, model, tier, JobStatus::Queued, now),
         false,

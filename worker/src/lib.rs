@@ -28,6 +28,7 @@ pub mod router;
 pub mod scheduler;
 pub mod tally;
 pub mod tokens;
+mod trace;
 pub mod webhook;
 
 use std::collections::HashMap;

@@ -12,6 +12,7 @@ use sluice_core::store::{AttemptRecord, JobDeferred, JobOutcome, LedgerEntry};
 use sluice_schemas::events::HEADER_DLQ_REASON;
 use sluice_schemas::job::JobError;
 use sluice_schemas::{DoneEvent, ErrorClass, JobEnvelope, JobStatus, Tier};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::attempt::record_usage;
@@ -303,6 +304,7 @@ pub(super) async fn conclude(
     };
     let deliver = !deliveries.is_empty();
     // Record, then publish, then ack.
+    crate::trace::finished(&outcome, &attempts);
     if let Err(e) = ctx
         .ledger
         .write(LedgerEntry::Finished {
@@ -310,6 +312,7 @@ pub(super) async fn conclude(
             attempts,
             deliveries,
         })
+        .instrument(crate::trace::record())
         .await
     {
         tracing::error!(error = %e, "result not recorded; the job will be redelivered");
@@ -319,7 +322,11 @@ pub(super) async fn conclude(
         return;
     }
     ctx.tally.finished();
-    if let Err(e) = publisher.terminal(last_attempt, &done).await {
+    if let Err(e) = publisher
+        .terminal(last_attempt, &done)
+        .instrument(crate::trace::publish())
+        .await
+    {
         tracing::warn!(error = %e, "terminal event not stored; redelivery will republish it");
         let _ = msg
             .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
