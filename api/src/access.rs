@@ -66,7 +66,7 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
         .scope(id.clone(), next.run(req).instrument(span.clone()))
         .await;
     let status = resp.status().as_u16();
-    span.record("http.response.status_code", status);
+    span.record("http.response.status_code", i64::from(status));
     drop(span);
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID, v);

@@ -229,6 +229,9 @@ pub async fn serve_on(
         .subscribe(subjects.worker_heartbeat())
         .await
         .map_err(|e| ServeError::Subscribe(e.to_string()))?;
+    if config.callbacks.otel && !sluice_core::telemetry::enabled() {
+        tracing::warn!("the otel callback is named but no OTEL_EXPORTER_OTLP_ENDPOINT is set: no traces are exported");
+    }
     if !config.ignored_keys.is_empty() {
         tracing::warn!(keys = ?config.ignored_keys, "config keys Sluice does not act on");
     }

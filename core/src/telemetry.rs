@@ -81,9 +81,11 @@ impl Settings {
         {
             None | Some("http/protobuf") => Protocol::HttpProtobuf,
             Some("grpc") => Protocol::Grpc,
-            Some(other) => return Err(format!(
+            Some(other) => {
+                return Err(format!(
                 "OTEL_EXPORTER_OTLP_PROTOCOL {other:?} is not supported; use http/protobuf or grpc"
-            )),
+            ))
+            }
         };
         Ok(Some(Settings {
             service_name: set("OTEL_SERVICE_NAME").unwrap_or_else(|| default_service.to_string()),
@@ -163,6 +165,9 @@ pub fn init(default_service: &str, json: bool) -> Guard {
     }
     if provider.is_some() {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        if let Some(p) = &provider {
+            opentelemetry::global::set_tracer_provider(p.clone());
+        }
         ENABLED.store(true, Ordering::Relaxed);
         tracing::info!(service = default_service, "exporting traces over OTLP");
     }

@@ -15,13 +15,22 @@ use tracing::field::Empty;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-/// Marks the job span: its job id, and its parent from the message's `traceparent`.
-pub(crate) fn job(span: &Span, job_id: uuid::Uuid, headers: Option<&async_nats::HeaderMap>) {
+/// The job's span (its log lines carry it too). Traced, it continues the trace in the
+/// message's headers and is on whatever `RUST_LOG` says.
+pub(crate) fn job(
+    job_id: uuid::Uuid,
+    tier: sluice_schemas::Tier,
+    delivery: i64,
+    headers: Option<&async_nats::HeaderMap>,
+) -> Span {
     if !enabled() {
-        return;
+        return tracing::info_span!("job", job_id = %job_id, tier = %tier, delivery);
     }
-    sluice_core::telemetry::continue_from_nats(span, headers);
+    let span = tracing::info_span!(target: TARGET, "job", job_id = %job_id, tier = %tier, delivery,
+        otel.kind = "consumer");
+    sluice_core::telemetry::continue_from_nats(&span, headers);
     span.set_attribute("sluice.job_id", job_id.to_string());
+    span
 }
 
 /// Records the job's wait in the queue, from its publish to now, as
