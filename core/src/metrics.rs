@@ -100,7 +100,7 @@ fn costs() -> &'static Costs {
     COSTS.get_or_init(Costs::default)
 }
 
-/// Adds `usd` to the `sluice_cost_usd_total` counter of `labels` (name, value pairs;
+/// Adds `usd` to the [`COST`] counter of `labels` (name, value pairs;
 /// bounded values only).
 pub fn add_cost(labels: &[(&str, &str)], usd: f64) {
     if !usd.is_finite() || usd <= 0.0 {
@@ -124,14 +124,19 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The fractional USD counter ([`add_cost`]).
+pub const COST: &str = "sluice_cost_usd_total";
+
 fn render_costs(out: &mut String) {
     let Ok(c) = costs().lock() else { return };
-    out.push_str("# HELP sluice_cost_usd_total USD spent, by model group, deployment and key\n");
-    out.push_str("# TYPE sluice_cost_usd_total counter\n");
+    let _ = writeln!(
+        out,
+        "# HELP {COST} USD spent, by model group, deployment and key\n# TYPE {COST} counter"
+    );
     let mut series: Vec<_> = c.iter().collect();
     series.sort_by(|a, b| a.0.cmp(b.0));
     for (labels, usd) in series {
-        let _ = writeln!(out, "sluice_cost_usd_total{{{labels}}} {usd}");
+        let _ = writeln!(out, "{COST}{{{labels}}} {usd}");
     }
 }
 
