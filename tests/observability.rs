@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -50,7 +51,10 @@ fn spawn(
         .arg(command)
         .arg("--config")
         .arg(config)
-        .env("RUST_LOG", "warn")
+        // JSON logs; the api's access lines are read by the test.
+        .arg("--log-json")
+        .env("RUST_LOG", "warn,sluice::access=info")
+        .stderr(std::process::Stdio::piped())
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.url)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .env("LANGFUSE_PUBLIC_KEY", LF_PUBLIC)
@@ -72,6 +76,8 @@ fn spawn(
 struct Running {
     api_url: String,
     env: TestEnv,
+    /// The api's log lines so far.
+    api_log: Arc<Mutex<Vec<String>>>,
     _api: tokio::process::Child,
     _worker: tokio::process::Child,
     _sim: sim::SimHandle,
@@ -89,8 +95,11 @@ async fn start(receiver: &Receiver) -> Result<Running> {
     let env = TestEnv::new().await?;
     let port = free_port();
     let config = env.write_config(&models(&sim), &format!("  api_addr: 127.0.0.1:{port}"))?;
-    let api = spawn("api", &config, receiver)?;
-    let worker = spawn("worker", &config, receiver)?;
+    let mut api = spawn("api", &config, receiver)?;
+    let mut worker = spawn("worker", &config, receiver)?;
+    let api_log = Arc::new(Mutex::new(Vec::new()));
+    collect(api.stderr.take(), Some(Arc::clone(&api_log)));
+    collect(worker.stderr.take(), None);
     let api_url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     eventually(Duration::from_secs(30), "api ready", || async {
@@ -101,10 +110,26 @@ async fn start(receiver: &Receiver) -> Result<Running> {
     Ok(Running {
         api_url,
         env,
+        api_log,
         _api: api,
         _worker: worker,
         _sim: sim,
     })
+}
+
+/// Reads a child's stderr to the end, echoing it, keeping its lines in `keep`.
+fn collect(stderr: Option<tokio::process::ChildStderr>, keep: Option<Arc<Mutex<Vec<String>>>>) {
+    let Some(stderr) = stderr else { return };
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("{line}");
+            if let Some(keep) = &keep {
+                keep.lock().unwrap().push(line);
+            }
+        }
+    });
 }
 
 /// Submits one job (with `headers`), waits for it; returns its id and the response's
@@ -298,6 +323,21 @@ async fn a_client_traceparent_and_request_id_are_continued() -> Result<()> {
     let http = one(&trace, "POST /v1/jobs");
     assert_eq!(http.parent_span_id, parent, "continues the client's span");
     assert_eq!(one(&trace, "job").service, "sluice-worker");
+
+    // The request's JSON access-log line carries its id and the trace and span ids.
+    let line = run
+        .api_log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["fields"]["request_id"] == "client-req-42")
+        .context("no access-log line for the request")?;
+    assert_eq!(line["target"], "sluice::access", "{line}");
+    assert_eq!(line["fields"]["status"], 202, "{line}");
+    assert_eq!(line["fields"]["route"], "/v1/jobs", "{line}");
+    assert_eq!(line["trace_id"], trace_id, "{line}");
+    assert_eq!(line["span_id"], http.span_id.as_str(), "{line}");
 
     // A malformed request id is replaced, not echoed.
     let resp = reqwest::Client::new()

@@ -67,21 +67,23 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
         .await;
     let status = resp.status().as_u16();
     span.record("http.response.status_code", i64::from(status));
-    drop(span);
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
     let elapsed = started.elapsed();
     crate::metrics::request(method.as_str(), &route, status, elapsed.as_secs_f64());
-    tracing::info!(
-        target: "sluice::access",
-        method = %method,
-        route = %route,
-        status,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        request_id = %id,
-        "request"
-    );
+    // Inside the request's span: traced, the line carries its trace and span ids.
+    span.in_scope(|| {
+        tracing::info!(
+            target: "sluice::access",
+            method = %method,
+            route = %route,
+            status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            request_id = %id,
+            "request"
+        )
+    });
     resp
 }
 
