@@ -274,7 +274,8 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Each cause once: errors that keep their source also show it.
+            eprintln!("error: {}", sluice_core::error::chain_messages(e.as_ref()));
             ExitCode::FAILURE
         }
     }
