@@ -193,6 +193,9 @@ pub struct RouterSettings {
     /// before it cools down, replacing `allowed_fails` (and the at-once cooldown of a 429
     /// or an overload) for those classes.
     pub allowed_fails_policy: Vec<(ErrorClass, u32)>,
+    /// Wildcard group names (`openai/*`, `*`), so names of plain groups resolve without
+    /// a scan when there are none.
+    pub wildcard_groups: Vec<String>,
 }
 
 impl RouterSettings {
@@ -556,13 +559,7 @@ impl Config {
     /// The wildcard group (`model_name` with a `*`) that `name` falls under, if `name` is
     /// no group of its own.
     pub fn wildcard_group(&self, name: &str) -> Option<&str> {
-        wildcard::best(
-            self.deployments
-                .iter()
-                .filter(|d| d.group.contains('*'))
-                .map(|d| d.group.as_str()),
-            name,
-        )
+        wildcard::best(self.router.wildcard_groups.iter().map(String::as_str), name)
     }
 
     /// A human-readable account of the resolved config (secrets masked), for
@@ -573,7 +570,10 @@ impl Config {
         if let Some(g) = self.router.aliases.get(name) {
             return g;
         }
-        if !name.contains('*') && !self.deployments.iter().any(|d| d.group == name) {
+        if !self.router.wildcard_groups.is_empty()
+            && !name.contains('*')
+            && !self.deployments.iter().any(|d| d.group == name)
+        {
             if let Some(g) = self.wildcard_group(name) {
                 return g;
             }
