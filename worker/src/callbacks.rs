@@ -330,11 +330,10 @@ mod tests {
             provider: "openai".into(),
             model: "gpt-x".into(),
             status: if error.is_some() {
-                "failed"
+                sluice_schemas::job::AttemptStatus::Failed
             } else {
-                "succeeded"
-            }
-            .into(),
+                sluice_schemas::job::AttemptStatus::Succeeded
+            },
             error_class: error,
             error_message: error.map(|_| "slow down".to_string()),
             prompt_tokens: Some(10),
