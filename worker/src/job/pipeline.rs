@@ -619,10 +619,7 @@ impl<'a> Run<'a> {
     ) -> Result<CallOutput, Failure> {
         let ctx = self.ctx;
         let record = attempt.record(ctx, &self.request, &result);
-        let answered = result.as_ref().ok().map(|o| match &o.result {
-            sluice_schemas::job::JobResult::Chat(c) => c.model.as_str(),
-            sluice_schemas::job::JobResult::Embeddings(e) => e.model.as_str(),
-        });
+        let answered = result.as_ref().ok().map(|o| o.result.model());
         crate::trace::attempt_ended(&tracing::Span::current(), &record, answered);
         let used = Actual {
             tokens: (record.prompt_tokens.unwrap_or(0) + record.completion_tokens.unwrap_or(0))
