@@ -89,7 +89,13 @@ pub(super) async fn run(
                 return Ok(run.end(JobStatus::Failed, error, made));
             }
         };
-        let span = crate::trace::attempt(&attempt.deployment, attempt.number, run.stream);
+        let operation = if run.embeddings.is_some() {
+            "embeddings"
+        } else {
+            "chat"
+        };
+        let span =
+            crate::trace::attempt(&attempt.deployment, attempt.number, operation, run.stream);
         let result = run.call(&attempt).instrument(span.clone()).await;
         let failure = match run.record(attempt, result).instrument(span).await {
             Ok(out) => return Ok(run.succeed(out)),
