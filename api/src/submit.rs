@@ -100,6 +100,10 @@ pub(crate) async fn accept(
     if let Some(e) = &body.embeddings {
         validate_embeddings(e)?;
     }
+    check_tags(
+        body.metadata.as_ref().and_then(|m| m.get("tags")),
+        "metadata.tags",
+    )?;
     for (i, g) in body.fallbacks.iter().flatten().enumerate() {
         if !state.config.has_group(g) {
             return Err(
@@ -330,6 +334,7 @@ pub(crate) fn validate(state: &AppState, request: &ChatRequest) -> Result<(), Ap
             }
         }
     }
+    check_tags(request.extra.get("tags"), "tags")?;
     if request.n.is_some_and(|n| n == 0) {
         return Err(ApiError::bad_request("`n` must be at least 1").param("n"));
     }
@@ -337,6 +342,17 @@ pub(crate) fn validate(state: &AppState, request: &ChatRequest) -> Result<(), Ap
         return Err(ApiError::bad_request("`max_tokens` must be at least 1").param("max_tokens"));
     }
     Ok(())
+}
+
+/// Tags for tag routing (`tags`, `metadata.tags`) are a list of strings.
+fn check_tags(tags: Option<&Value>, param: &str) -> Result<(), ApiError> {
+    match tags {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => Ok(()),
+        Some(_) => {
+            Err(ApiError::bad_request(format!("`{param}` must be a list of strings")).param(param))
+        }
+    }
 }
 
 /// Records the job, publishes it, and answers; a repeated idempotency key answers with

@@ -21,6 +21,11 @@ pub(super) const ROUTER_KEYS: &[&str] = &[
     "default_fallbacks",
     "max_fallbacks",
     "model_group_alias",
+    "enable_pre_call_checks",
+    "enable_tag_filtering",
+    "tag_filtering_match_any",
+    "model_group_retry_policy",
+    "allowed_fails_policy",
 ];
 pub(super) const LITELLM_KEYS: &[&str] = &[
     "request_timeout",
@@ -53,8 +58,9 @@ pub(super) const PARAM_KEYS: &[&str] = &[
     "cache_read_input_token_cost",
     "cache_creation_input_token_cost",
     "output_cost_per_reasoning_token",
+    "tags",
 ];
-pub(super) const INFO_KEYS: &[&str] = &["id", "base_model"];
+pub(super) const INFO_KEYS: &[&str] = &["id", "base_model", "max_input_tokens"];
 
 /// Top-level sections and section keys of `raw` that Sluice does not act on, as
 /// `section.key` paths (the per-deployment ones are added in `litellm.rs`).

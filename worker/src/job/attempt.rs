@@ -143,6 +143,13 @@ impl Attempt {
                 if r.disable_cooldowns {
                     return h;
                 }
+                // `allowed_fails_policy` names the class: its failures count against that
+                // class's own allowance (a 429 too, instead of cooling down at once).
+                if let Some(n) = r.allowed_fails_for(e.class).filter(|_| cools(e.class)) {
+                    h.counts_as_failure = true;
+                    h.allowed_fails = n;
+                    return h;
+                }
                 match e.class {
                     // 429 / overloaded: cool down at once, for the deployment's
                     // cooldown_time, else the provider's Retry-After, else the router's.
@@ -161,6 +168,22 @@ impl Attempt {
         }
         h
     }
+}
+
+/// Whether failures of `class` can cool a deployment down at all (a bad request or a
+/// content-policy refusal says nothing about the deployment).
+fn cools(class: ErrorClass) -> bool {
+    matches!(
+        class,
+        ErrorClass::RateLimit
+            | ErrorClass::Overloaded
+            | ErrorClass::Timeout
+            | ErrorClass::Server
+            | ErrorClass::Connection
+            | ErrorClass::TruncatedStream
+            | ErrorClass::Auth
+            | ErrorClass::NotFound
+    )
 }
 
 /// Fills the success fields of `r` from `out`.
@@ -187,7 +210,7 @@ fn succeeded(
     r.cache_creation_tokens = Some(usage.cache_creation_tokens() as i64);
     r.reasoning_tokens = Some(usage.reasoning_tokens() as i64);
     r.usage_estimated = estimated;
-    r.cost = ctx.prices.cost(&d.id, &usage);
+    r.cost = ctx.prices.of(d).map(|p| p.cost(&usage));
     r.pricing_missing = r.cost.is_none();
     r.ttft_ms = out.ttft.map(ms);
     r.latency_ms = Some(ms(out.latency));

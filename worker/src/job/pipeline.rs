@@ -5,9 +5,10 @@
 //!            └──────────────── retry / fall back ◀───────┘
 //! ```
 //!
-//! - **admit**: route (the group's candidates by order and strategy, minus those tried)
-//!   and reserve against every limit in one Redis round trip; the first candidate that
-//!   fits becomes an [`Attempt`];
+//! - **admit**: route (the deployments of the group the job may use — wildcard, tags and
+//!   context window checked once per group, `eligible.rs` — by order and strategy, minus
+//!   those tried) and reserve against every limit in one Redis round trip; the first
+//!   candidate that fits becomes an [`Attempt`];
 //! - **start**: the attempt goes on record before the call (and claims the job, so one
 //!   the api ended meanwhile is not called);
 //! - **call**: the provider call, its chunks published as they arrive;
@@ -31,6 +32,7 @@ use sluice_schemas::{ErrorClass, JobEnvelope, JobStatus, RetryEvent, Tier, MASTE
 use uuid::Uuid;
 
 use super::attempt::{Attempt, JobFields};
+use super::eligible;
 use super::embed;
 use super::outcome::{Deferred, Finished, Halt};
 use super::route::{Next, Route};
@@ -154,6 +156,8 @@ struct Run<'a> {
     route: Route<'a>,
     /// The limits of the job's key, beside each deployment's own.
     key_scopes: Arc<Vec<Scope>>,
+    /// The tags the job asked for (`tags`, `metadata.tags`), for tag routing.
+    tags: Vec<String>,
     /// Prompt estimates per tokenizer, computed once each.
     prompt_estimates: Vec<(tokens::Tokenizer, u64)>,
     /// Attempts this delivery made, for the ledger.
@@ -174,15 +178,22 @@ impl<'a> Run<'a> {
     ) -> Self {
         let JobEnvelope {
             id,
-            request,
+            mut request,
             embeddings,
             owner,
             reply_subject,
             submitted_at_ms,
             fallbacks,
             disable_fallbacks,
+            metadata,
             ..
         } = *envelope;
+        let mut embeddings = embeddings;
+        if let Some(t) = embeddings.as_mut().and_then(|e| e.extra.remove("tags")) {
+            // An embeddings job's `tags` are read like a chat job's (and not sent on).
+            request.extra.insert("tags".into(), t);
+        }
+        let tags = eligible::job_tags(&mut request, metadata.as_ref());
         let owner = owner.unwrap_or_else(|| MASTER_OWNER.to_string());
         let group = request.model.clone();
         let created_at = DateTime::<Utc>::from_timestamp_millis(submitted_at_ms)
@@ -221,6 +232,7 @@ impl<'a> Run<'a> {
             base,
             publisher: EventPublisher::new(ctx.js.clone(), ctx.subjects.events(id), id),
             key_scopes: Arc::default(),
+            tags,
             prompt_estimates: Vec::with_capacity(2),
             records: Vec::new(),
             attempt: calls,
@@ -294,7 +306,12 @@ impl<'a> Run<'a> {
     /// down and whose limits allow the call.
     async fn admit(&mut self) -> Result<Admit, Halt> {
         let ctx = self.ctx;
-        let candidates = ctx.router.candidates(self.route.group(), &self.route.tried);
+        if let Err(error) = self.pool() {
+            self.last_error = error;
+            return Ok(Admit::GiveUp);
+        }
+        let pool = self.route.pool.as_deref().unwrap_or_default();
+        let candidates = ctx.router.order(pool, &self.route.tried);
         if candidates.is_empty() {
             return Ok(Admit::GiveUp);
         }
@@ -351,6 +368,77 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The deployments of the current group this job may use, worked out once per group
+    /// (`eligible.rs`). A group with none moves the job on along its fallback chain (a
+    /// prompt too long for every deployment follows `context_window_fallbacks`); the error
+    /// when no group is left. Nothing here calls a provider.
+    fn pool(&mut self) -> Result<(), JobError> {
+        let ctx = self.ctx;
+        let router = &ctx.config.router;
+        while self.route.pool.is_none() {
+            let group = self.route.group().to_string();
+            let all = ctx.router.deployments(&group);
+            let all: Vec<Arc<Deployment>> = match self.route.captures() {
+                Some(caps) => all
+                    .iter()
+                    .map(|d| match d.is_wildcard() {
+                        true => Arc::new(d.for_model(&caps)),
+                        false => Arc::clone(d),
+                    })
+                    .collect(),
+                None => all.to_vec(),
+            };
+            let Some(mut pool) = eligible::by_tags(all, &self.tags, router) else {
+                let error = JobError {
+                    class: ErrorClass::BadRequest,
+                    message: format!(
+                        "no deployment of model group {group:?} has the tags {:?} (and none is tagged \"default\")",
+                        self.tags
+                    ),
+                };
+                if self.route.hop(None) {
+                    crate::metrics::fallback("tags");
+                    continue;
+                }
+                return Err(error);
+            };
+            if router.pre_call_checks {
+                let mut longest: Option<(u64, u64)> = None;
+                let mut kept = Vec::with_capacity(pool.len());
+                for d in pool {
+                    let prompt = self.prompt_estimate(tokens::Tokenizer::for_deployment(&d));
+                    match ctx.contexts.max_input_tokens(&d) {
+                        Some(limit) if prompt > limit => {
+                            if longest.is_none_or(|(l, _)| limit > l) {
+                                longest = Some((limit, prompt));
+                            }
+                        }
+                        _ => kept.push(d),
+                    }
+                }
+                pool = kept;
+                if pool.is_empty() {
+                    let (limit, prompt) = longest.unwrap_or_default();
+                    let error = JobError {
+                        class: ErrorClass::ContextWindow,
+                        message: format!(
+                            "no deployment of model group {group:?} has a context window large enough for this prompt (pre-call check): Max Input Tokens={limit}, Got={prompt}"
+                        ),
+                    };
+                    tracing::info!(job_id = %self.id, %group, limit, prompt, "prompt too long for every deployment of the group");
+                    if self.route.hop(Some(ErrorClass::ContextWindow)) {
+                        crate::metrics::fallback(ErrorClass::ContextWindow.as_str());
+                        self.last_error = error;
+                        continue;
+                    }
+                    return Err(error);
+                }
+            }
+            self.route.pool = Some(pool);
+        }
+        Ok(())
+    }
+
     /// The next attempt, on `deployment`, with what the limits hold for it.
     fn attempt_on(&self, deployment: &Arc<Deployment>, held: limits::Held) -> Box<Attempt> {
         Box::new(Attempt {
@@ -390,7 +478,7 @@ impl<'a> Run<'a> {
                 order: d.order,
                 cooldowns: !ctx.config.router.disable_cooldowns,
                 scopes,
-                estimate: limits::estimate(ctx.prices.get(&d.id), prompt_tokens, output_cap),
+                estimate: limits::estimate(ctx.prices.of(d).as_ref(), prompt_tokens, output_cap),
             });
         }
         admit

@@ -43,9 +43,12 @@ fn build(
     http: &reqwest::Client,
     d: &Deployment,
     request: &ChatRequest,
-    _params: &mut Params,
+    params: &mut Params,
 ) -> Result<reqwest::RequestBuilder, ProviderError> {
-    let mut req = http.post(url(d)).json(request);
+    // Reasoning deployments (o-series, gpt-5; told by `base_model` or the deployment
+    // name) follow OpenAI's rules.
+    let body = super::reasoning::adapt(d, request, params)?;
+    let mut req = http.post(url(d)).json(&*body);
     if let Some(key) = &d.api_key {
         req = req.header("api-key", key.expose());
     }

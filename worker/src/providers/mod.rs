@@ -3,7 +3,7 @@
 //! Owns the HTTP client and the call ([`Providers::call`]). The files, leaves first:
 //! - `error.rs`: [`ProviderError`], the one status → class table, `Retry-After`;
 //! - `chunk.rs`: the chunk types adapters emit; `params.rs`, `request.rs`: request mapping
-//!   helpers; `ratelimit.rs`: rate-limit headers; `accumulate.rs`: chunks → completion;
+//!   helpers; `reasoning.rs`: OpenAI's reasoning-model rules; `ratelimit.rs`: rate-limit headers; `accumulate.rs`: chunks → completion;
 //! - `wire.rs`: the `Wire` trait every protocol implements (request, completion,
 //!   stream, classify);
 //! - the adapters, one per protocol: [`openai`] and its compatible family, [`azure`],
@@ -27,6 +27,7 @@ pub mod ollama;
 pub mod openai;
 pub mod params;
 pub mod ratelimit;
+mod reasoning;
 mod request;
 pub mod stream;
 mod wire;
