@@ -35,6 +35,8 @@ pub(super) const LITELLM_KEYS: &[&str] = &[
     "context_window_fallbacks",
     "content_policy_fallbacks",
     "default_fallbacks",
+    "cache",
+    "cache_params",
 ];
 pub(super) const GENERAL_KEYS: &[&str] = &["master_key"];
 /// `litellm_params` keys acted on so far.

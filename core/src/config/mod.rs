@@ -23,6 +23,7 @@ use serde_yaml_ng::Value;
 use crate::secret::Secret;
 use sluice_schemas::ErrorClass;
 
+mod cache;
 mod coerce;
 mod describe;
 mod keys;
@@ -32,6 +33,8 @@ mod raw;
 #[cfg(test)]
 mod tests;
 pub mod wildcard;
+
+pub use cache::CacheSettings;
 
 pub use coerce::parse_period;
 pub use providers::{key_env, provider_defaults, Protocol};
@@ -286,6 +289,8 @@ pub struct Config {
     pub pricing_file: Option<PathBuf>,
     /// Signs webhook deliveries (`SLUICE_WEBHOOK_SECRET` or `sluice.webhook_secret`).
     pub webhook_secret: Option<Secret>,
+    /// The response cache (`litellm_settings.cache` + `cache_params`); `None`: off.
+    pub cache: Option<CacheSettings>,
     /// Keys present in the file that Sluice does not act on (yet).
     pub ignored_keys: Vec<String>,
     /// Replicas of every stream Sluice creates (`sluice.nats.replicas`: 1, 3 or 5).
@@ -428,7 +433,9 @@ impl Config {
                 format!("{nats_replicas} is not 1, 3 or 5"),
             ));
         }
+        let cache = ctx.cache_settings(&raw.litellm_settings, &mut ignored)?;
         let config = Config {
+            cache,
             nats_replicas,
             tls: crate::tls::TlsEnv::from_env(env),
             file,
