@@ -97,13 +97,13 @@ pub(crate) async fn accept(
     idempotency_key: Option<String>,
 ) -> Result<(Submitted, bool), ApiError> {
     validate(state, &body.request)?;
-    if let Some(e) = &body.embeddings {
-        validate_embeddings(e)?;
-    }
     check_tags(
         body.metadata.as_ref().and_then(|m| m.get("tags")),
         "metadata.tags",
     )?;
+    if let Some(e) = &body.embeddings {
+        validate_embeddings(e)?;
+    }
     for (i, g) in body.fallbacks.iter().flatten().enumerate() {
         if !state.config.has_group(g) {
             return Err(

@@ -36,7 +36,7 @@ use super::cached::{self, JobCache};
 use super::eligible;
 use super::embed;
 use super::outcome::{Deferred, Finished, Halt};
-use super::route::{Next, Route};
+use super::route::{Next, Pool, Route};
 use crate::events::{EventPublisher, EventSink};
 use crate::limits::{self, Actual, Admission, Candidate, Scope};
 use crate::providers::{CallOutput, ProviderError};
@@ -321,8 +321,12 @@ impl<'a> Run<'a> {
             self.last_error = error;
             return Ok(Admit::GiveUp);
         }
-        let pool = self.route.pool.as_deref().unwrap_or_default();
-        let candidates = ctx.router.order(pool, &self.route.tried);
+        let candidates = match &self.route.pool {
+            Pool::Only(pool) => ctx.router.order(pool, &self.route.tried),
+            Pool::All | Pool::Unknown => {
+                ctx.router.candidates(self.route.group(), &self.route.tried)
+            }
+        };
         if candidates.is_empty() {
             return Ok(Admit::GiveUp);
         }
@@ -386,10 +390,16 @@ impl<'a> Run<'a> {
     fn pool(&mut self) -> Result<(), JobError> {
         let ctx = self.ctx;
         let router = &ctx.config.router;
-        while self.route.pool.is_none() {
+        while matches!(self.route.pool, Pool::Unknown) {
+            let captures = self.route.captures();
+            if captures.is_none() && !router.tag_filtering && !router.pre_call_checks {
+                // The common case: nothing to work out, nothing copied.
+                self.route.pool = Pool::All;
+                break;
+            }
             let group = self.route.group().to_string();
             let all = ctx.router.deployments(&group);
-            let all: Vec<Arc<Deployment>> = match self.route.captures() {
+            let all: Vec<Arc<Deployment>> = match captures {
                 Some(caps) => all
                     .iter()
                     .map(|d| match d.is_wildcard() {
@@ -445,7 +455,7 @@ impl<'a> Run<'a> {
                     return Err(error);
                 }
             }
-            self.route.pool = Some(pool);
+            self.route.pool = Pool::Only(pool);
         }
         Ok(())
     }
