@@ -317,6 +317,8 @@ mod tests {
             error_class: None,
             error_message: None,
             finished_at: Utc::now(),
+            cache_hit: false,
+            cost_saved: None,
         }
     }
 

@@ -100,6 +100,8 @@ async fn end_failed(ctx: &Ctx, msg: jetstream::Message, tier: Tier, what: &str) 
         error_class: Some(error.class),
         error_message: Some(error.message.clone()),
         finished_at: Utc::now(),
+        cache_hit: false,
+        cost_saved: None,
     };
     let done = DoneEvent {
         job_id: id,

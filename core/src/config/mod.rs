@@ -24,6 +24,7 @@ use crate::secret::Secret;
 use sluice_schemas::ErrorClass;
 
 pub mod callbacks;
+mod cache;
 mod coerce;
 mod describe;
 mod keys;
@@ -33,6 +34,8 @@ mod raw;
 #[cfg(test)]
 mod tests;
 pub mod wildcard;
+
+pub use cache::CacheSettings;
 
 pub use coerce::parse_period;
 pub use providers::{key_env, provider_defaults, Protocol};
@@ -290,6 +293,8 @@ pub struct Config {
     pub pricing_file: Option<PathBuf>,
     /// Signs webhook deliveries (`SLUICE_WEBHOOK_SECRET` or `sluice.webhook_secret`).
     pub webhook_secret: Option<Secret>,
+    /// The response cache (`litellm_settings.cache` + `cache_params`); `None`: off.
+    pub cache: Option<CacheSettings>,
     /// Keys present in the file that Sluice does not act on (yet).
     pub ignored_keys: Vec<String>,
     /// LiteLLM's usage callbacks (`litellm_settings.success_callback`, ...).
@@ -435,7 +440,9 @@ impl Config {
                 format!("{nats_replicas} is not 1, 3 or 5"),
             ));
         }
+        let cache = ctx.cache_settings(&raw.litellm_settings, &mut ignored)?;
         let config = Config {
+            cache,
             nats_replicas,
             tls: crate::tls::TlsEnv::from_env(env),
             file,
