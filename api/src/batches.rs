@@ -39,8 +39,10 @@ use sluice_core::batches::{line_job_id, BatchJob, BatchRow, Ending, LineResult};
 use sluice_core::files::LineError;
 use sluice_core::keys::KeyRecord;
 use sluice_schemas::batch::{
-    BatchErrorItem, BatchLineError, BatchOutputLine, BatchResponse, CODE_CANCELLED, CODE_EXPIRED,
+    BatchErrorItem, BatchLineError, BatchOutputLine, BatchResponse, BatchStatus, CODE_CANCELLED,
+    CODE_EXPIRED,
 };
+use sluice_schemas::embeddings::EmbeddingsRequest;
 use sluice_schemas::openai::ChatRequest;
 use sluice_schemas::{ErrorClass, JobEnvelope, JobStatus, Tier, MASTER_OWNER};
 use tokio::sync::Notify;
@@ -162,6 +164,8 @@ enum Checked {
     Job {
         custom_id: String,
         request: Box<ChatRequest>,
+        /// An embeddings line's request (`request` then only names the group).
+        embeddings: Option<Box<EmbeddingsRequest>>,
     },
     /// The request would be refused: the line becomes a failed job.
     Refused {
@@ -239,7 +243,7 @@ impl Driver {
         if let Mode::End(ending) = mode {
             self.end_queued(ending).await?;
         }
-        if row.status != "finalizing" {
+        if row.status != BatchStatus::Finalizing {
             mode = self.ingest(&row, mode).await?;
             mode = self.wait(mode).await?;
         }
@@ -257,9 +261,9 @@ impl Driver {
     }
 
     fn mode_for(&self, row: &BatchRow) -> Mode {
-        if row.status == "cancelling" {
+        if row.status == BatchStatus::Cancelling {
             Mode::End(Ending::Cancelled)
-        } else if Utc::now() >= row.expires_at && row.status == "in_progress" {
+        } else if Utc::now() >= row.expires_at && row.status == BatchStatus::InProgress {
             Mode::End(Ending::Expired)
         } else {
             Mode::Publish
@@ -272,7 +276,7 @@ impl Driver {
         let now = self.mode_for(&row);
         if mode == Mode::Publish && now != Mode::Publish {
             if let Mode::End(ending) = now {
-                tracing::info!(batch_id = %self.id, status = ending.status(), "batch ending early");
+                tracing::info!(batch_id = %self.id, status = %ending.status(), "batch ending early");
                 self.end_queued(ending).await?;
             }
             return Ok(now);
@@ -289,14 +293,10 @@ impl Driver {
     /// there, never both, whatever the consumer has delivered. Deleting the messages only
     /// spares workers the deliveries they would refuse.
     async fn end_queued(&self, ending: Ending) -> Result<(), DriveError> {
-        let status = match ending {
-            Ending::Expired => JobStatus::Expired,
-            _ => JobStatus::Cancelled,
-        };
         let seqs = self
             .state
             .store
-            .end_queued_lines(&self.id, status.as_str())
+            .end_queued_lines(&self.id, ending.line_status())
             .await?;
         let published: Vec<u64> = seqs.iter().flatten().map(|s| *s as u64).collect();
         if !published.is_empty() {
@@ -409,7 +409,7 @@ impl Driver {
     /// Pass 2: turns lines after the cursor into jobs.
     async fn ingest(&self, row: &BatchRow, mut mode: Mode) -> Result<Mode, DriveError> {
         let settings = self.settings().clone();
-        let tier = Tier::parse(&row.tier).unwrap_or(Tier::Low);
+        let tier = row.tier;
         let batch_uuid = batch_uuid(&row.id);
         let mut lines = self
             .state
@@ -508,8 +508,8 @@ impl Driver {
                 id,
                 owner: row.owner.clone(),
                 model_group: model,
-                tier: tier.as_str().to_string(),
-                status: JobStatus::Queued.as_str().to_string(),
+                tier,
+                status: JobStatus::Queued,
                 metadata: Some(json!({"batch_id": row.id, "custom_id": custom_id})),
                 created_at: now,
                 batch_id: row.id.clone(),
@@ -520,7 +520,11 @@ impl Driver {
                 finished_at: None,
             };
             match self.check_request(bytes, *line_no, &row.endpoint) {
-                Checked::Job { custom_id, request } => {
+                Checked::Job {
+                    custom_id,
+                    request,
+                    embeddings,
+                } => {
                     let mut job = base(custom_id.clone(), request.model.clone());
                     match mode {
                         Mode::Publish => {
@@ -530,6 +534,7 @@ impl Driver {
                             envelopes.push(JobEnvelope {
                                 id,
                                 request: *request,
+                                embeddings,
                                 tier,
                                 owner: Some(row.owner.clone()),
                                 reply_subject: None,
@@ -541,12 +546,7 @@ impl Driver {
                             });
                         }
                         Mode::End(ending) => {
-                            job.status = match ending {
-                                Ending::Expired => JobStatus::Expired,
-                                _ => JobStatus::Cancelled,
-                            }
-                            .as_str()
-                            .to_string();
+                            job.status = ending.line_status();
                             job.finished_at = Some(now);
                         }
                     }
@@ -559,8 +559,8 @@ impl Driver {
                     message,
                 } => {
                     let mut job = base(custom_id, model);
-                    job.status = JobStatus::Failed.as_str().to_string();
-                    job.error_class = Some(class.as_str().to_string());
+                    job.status = JobStatus::Failed;
+                    job.error_class = Some(class);
                     job.error_message = Some(message);
                     job.finished_at = Some(now);
                     jobs.push(job);
@@ -634,12 +634,23 @@ impl Driver {
             Ok(b) => b,
             Err(e) => return refused(ErrorClass::BadRequest, e.to_string()),
         };
-        let submit = match crate::submit::parse_submit(&bytes) {
+        let parsed = if endpoint == sluice_schemas::batch::EMBEDDINGS {
+            crate::submit::parse_embeddings(&bytes)
+        } else {
+            crate::submit::parse_submit(&bytes)
+        };
+        let submit = match parsed {
             Ok(s) => s,
             Err(e) => return refused(ErrorClass::BadRequest, e.message),
         };
         let mut request = submit.request;
-        if let Err(e) = crate::submit::validate(&self.state, &request) {
+        let embeddings = submit.embeddings;
+        let valid = crate::submit::validate(&self.state, &request).and_then(|()| {
+            embeddings
+                .as_deref()
+                .map_or(Ok(()), crate::submit::validate_embeddings)
+        });
+        if let Err(e) = valid {
             let class = if e.code == Some("model_not_found") {
                 ErrorClass::NotFound
             } else {
@@ -669,6 +680,7 @@ impl Driver {
         Checked::Job {
             custom_id,
             request: Box::new(request),
+            embeddings,
         }
     }
 
@@ -761,7 +773,7 @@ impl Driver {
         {
             return Err(DriveError::LeaseLost);
         }
-        tracing::info!(batch_id = %self.id, status = ending.status(), output_lines = n_out, error_lines = n_err, "batch ended");
+        tracing::info!(batch_id = %self.id, status = %ending.status(), output_lines = n_out, error_lines = n_err, "batch ended");
         Ok(())
     }
 }
@@ -896,8 +908,8 @@ fn output_line(line: LineResult) -> (bool, BatchOutputLine) {
             message: message.into(),
         }),
     };
-    match line.status.as_str() {
-        "succeeded" => (
+    match line.status {
+        JobStatus::Succeeded => (
             true,
             BatchOutputLine {
                 id: id.clone(),
@@ -910,23 +922,19 @@ fn output_line(line: LineResult) -> (bool, BatchOutputLine) {
                 error: None,
             },
         ),
-        "cancelled" => (
+        JobStatus::Cancelled => (
             false,
             ended(
                 CODE_CANCELLED,
                 "the batch was cancelled before this request ran",
             ),
         ),
-        "expired" => (
+        JobStatus::Expired => (
             false,
             ended(CODE_EXPIRED, "the batch expired before this request ran"),
         ),
         _ => {
-            let class = line
-                .error_class
-                .as_deref()
-                .and_then(|c| serde_json::from_value::<ErrorClass>(Value::String(c.into())).ok())
-                .unwrap_or(ErrorClass::Internal);
+            let class = line.error_class.unwrap_or(ErrorClass::Internal);
             let message = line
                 .error_message
                 .clone()

@@ -5,8 +5,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// The one endpoint batches run.
+/// The chat endpoint (batches run it unless they name another).
 pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
+/// The embeddings endpoint, for batches whose lines embed.
+pub const EMBEDDINGS: &str = "/v1/embeddings";
 
 /// Error codes of output lines that never ran.
 pub const CODE_EXPIRED: &str = "batch_expired";
@@ -36,8 +38,11 @@ pub struct FileDeleted {
     pub deleted: bool,
 }
 
-/// Batch statuses, as OpenAI names them.
+/// Batch statuses, as OpenAI names them; the `batches.status` column (a `CHECK`
+/// constraint holds it to these).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::Type))]
+#[cfg_attr(feature = "sqlx", sqlx(type_name = "text", rename_all = "snake_case"))]
 #[serde(rename_all = "snake_case")]
 pub enum BatchStatus {
     Validating,

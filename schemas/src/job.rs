@@ -3,7 +3,35 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::embeddings::EmbeddingsResponse;
 use crate::error::ErrorClass;
+use crate::openai::ChatCompletion;
+
+/// How one provider call stands; the `job_attempts.status` column (a `CHECK` constraint
+/// holds it to these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::Type))]
+#[cfg_attr(feature = "sqlx", sqlx(type_name = "text", rename_all = "snake_case"))]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptStatus {
+    /// The call is being made (or its worker died making it).
+    Started,
+    /// The provider answered.
+    Succeeded,
+    /// The call failed; the attempt's error class says how.
+    Failed,
+}
+
+impl AttemptStatus {
+    /// The status as the column and the API spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptStatus::Started => "started",
+            AttemptStatus::Succeeded => "succeeded",
+            AttemptStatus::Failed => "failed",
+        }
+    }
+}
 
 /// A job's state; the `jobs.status` column (a `CHECK` constraint holds it to these).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -62,4 +90,23 @@ impl std::fmt::Display for JobStatus {
 pub struct JobError {
     pub class: ErrorClass,
     pub message: String,
+}
+
+/// What a successful job produced: a `chat.completion`, or an embeddings `list`.
+/// Serialized as the object itself (no tag), so it reads as OpenAI's answer.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum JobResult {
+    Chat(ChatCompletion),
+    Embeddings(EmbeddingsResponse),
+}
+
+impl JobResult {
+    /// The chat completion, for a chat job.
+    pub fn chat(&self) -> Option<&ChatCompletion> {
+        match self {
+            JobResult::Chat(c) => Some(c),
+            JobResult::Embeddings(_) => None,
+        }
+    }
 }

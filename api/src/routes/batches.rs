@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use sluice_core::batches::{BatchRow, LineCounts, NewBatch};
 use sluice_schemas::batch::{
     Batch, BatchErrors, BatchList, BatchProgress, BatchStatus, RequestCounts, CHAT_COMPLETIONS,
+    EMBEDDINGS,
 };
 use sluice_schemas::Tier;
 use uuid::Uuid;
@@ -79,9 +80,9 @@ pub async fn create(
             ApiError::bad_request("missing required field `input_file_id`").param("input_file_id")
         })?;
     let endpoint = body.endpoint.unwrap_or_else(|| CHAT_COMPLETIONS.into());
-    if endpoint != CHAT_COMPLETIONS {
+    if endpoint != CHAT_COMPLETIONS && endpoint != EMBEDDINGS {
         return Err(ApiError::bad_request(format!(
-            "endpoint {endpoint:?} is not supported; Sluice batches run {CHAT_COMPLETIONS}"
+            "endpoint {endpoint:?} is not supported; Sluice batches run {CHAT_COMPLETIONS} and {EMBEDDINGS}"
         ))
         .param("endpoint"));
     }
@@ -110,7 +111,7 @@ pub async fn create(
         endpoint,
         input_file_id,
         completion_window: window,
-        tier: body.priority.unwrap_or(Tier::Low).as_str().to_string(),
+        tier: body.priority.unwrap_or(Tier::Low),
         metadata: body.metadata.map(Value::Object),
         expires_at: now + chrono::Duration::from_std(window_len).unwrap_or_default(),
     };
@@ -192,8 +193,8 @@ pub async fn cancel(
         .await
         .map_err(store_error)?
         .ok_or_else(|| ApiError::not_found(format!("no such batch: {id}")))?;
-    match BatchStatus::parse(&row.status) {
-        Some(BatchStatus::Cancelling | BatchStatus::Cancelled) => {}
+    match row.status {
+        BatchStatus::Cancelling | BatchStatus::Cancelled => {}
         _ => {
             return Err(ApiError::conflict(format!(
                 "batch {id} cannot be cancelled: it is {}",
@@ -220,7 +221,7 @@ pub fn batch_object(row: &BatchRow, counts: LineCounts) -> Batch {
         errors,
         input_file_id: row.input_file_id.clone(),
         completion_window: row.completion_window.clone(),
-        status: BatchStatus::parse(&row.status).unwrap_or(BatchStatus::Failed),
+        status: row.status,
         output_file_id: row.output_file_id.clone(),
         error_file_id: row.error_file_id.clone(),
         created_at: row.created_at.timestamp(),
@@ -241,7 +242,7 @@ pub fn batch_object(row: &BatchRow, counts: LineCounts) -> Batch {
             Some(Value::Object(m)) => Some(m.clone()),
             _ => None,
         },
-        priority: Some(row.tier.clone()),
+        priority: Some(row.tier.as_str().to_string()),
         progress: Some(BatchProgress {
             ingested: n(i64::from(row.ingested)),
             queued: n(counts.queued),

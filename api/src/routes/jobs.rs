@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sluice_core::store::{AttemptRow, JobRow};
 use sluice_schemas::events::HEADER_EVENT;
-use sluice_schemas::{ErrorClass, EventKind, JobStatus, Tier};
+use sluice_schemas::{AttemptStatus, ErrorClass, EventKind, JobStatus, Tier};
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -36,7 +36,7 @@ pub async fn submit(
     let bytes = axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|_| ApiError::too_large(limit))?;
-    let body = submit::parse_submit(&bytes)?;
+    let body = submit::parse_job(&bytes)?;
     let idempotency_key = header_key.or(body.idempotency_key.clone());
     let (response, replayed) = submit::accept(&state, &caller, body, idempotency_key).await?;
     let mut resp = if replayed {
@@ -105,7 +105,7 @@ struct AttemptView {
     deployment: String,
     provider: String,
     model: String,
-    status: String,
+    status: AttemptStatus,
     error: Option<ErrorView>,
     prompt_tokens: Option<i64>,
     completion_tokens: Option<i64>,

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::Value;
-use sluice_schemas::{ErrorClass, JobStatus, Tier};
+use sluice_schemas::{AttemptStatus, ErrorClass, JobStatus, Tier};
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
@@ -61,7 +61,7 @@ pub struct AttemptRecord {
     pub deployment: String,
     pub provider: String,
     pub model: String,
-    pub status: String,
+    pub status: AttemptStatus,
     pub error_class: Option<ErrorClass>,
     pub error_message: Option<String>,
     pub prompt_tokens: Option<i64>,

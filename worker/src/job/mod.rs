@@ -14,6 +14,7 @@
 
 mod attempt;
 mod eligible;
+mod embed;
 mod outcome;
 pub(crate) mod pipeline;
 mod route;

@@ -25,6 +25,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::prelude::ToPrimitive;
 use sluice_core::config::Deployment;
 use sluice_core::store::{AttemptRecord, JobOutcome, LedgerEntry, Written};
+use sluice_schemas::embeddings::EmbeddingsRequest;
 use sluice_schemas::job::JobError;
 use sluice_schemas::openai::ChatRequest;
 use sluice_schemas::{ErrorClass, JobEnvelope, JobStatus, RetryEvent, Tier, MASTER_OWNER};
@@ -32,8 +33,9 @@ use uuid::Uuid;
 
 use super::attempt::{Attempt, JobFields};
 use super::eligible;
+use super::embed;
 use super::outcome::{Deferred, Finished, Halt};
-use super::route::{Next, Route};
+use super::route::{Next, Pool, Route};
 use crate::events::{EventPublisher, EventSink};
 use crate::limits::{self, Actual, Admission, Candidate, Scope};
 use crate::providers::{CallOutput, ProviderError};
@@ -146,6 +148,8 @@ struct Run<'a> {
     delivery: u32,
     stream: bool,
     request: ChatRequest,
+    /// An embeddings job's request (`request` then only names the group).
+    embeddings: Option<Box<EmbeddingsRequest>>,
     /// The job row as it will end; filled in by [`Run::end`] / [`Run::succeed`].
     base: JobOutcome,
     publisher: EventPublisher,
@@ -175,6 +179,7 @@ impl<'a> Run<'a> {
         let JobEnvelope {
             id,
             mut request,
+            embeddings,
             owner,
             reply_subject,
             submitted_at_ms,
@@ -218,6 +223,7 @@ impl<'a> Run<'a> {
             delivery,
             stream: request.stream.unwrap_or(false),
             request,
+            embeddings,
             base,
             publisher: EventPublisher::new(ctx.js.clone(), ctx.subjects.events(id), id),
             key_scopes: Arc::default(),
@@ -241,6 +247,8 @@ impl<'a> Run<'a> {
             .has_group(self.ctx.config.resolve_group(&self.group))
         {
             format!("unknown model group {:?}", self.group)
+        } else if let Some(e) = &self.embeddings {
+            e.input.invalid()?
         } else if self.request.messages.is_empty() {
             "`messages` must not be empty".to_string()
         } else {
@@ -297,8 +305,12 @@ impl<'a> Run<'a> {
             self.last_error = error;
             return Ok(Admit::GiveUp);
         }
-        let pool = self.route.pool.as_deref().unwrap_or_default();
-        let candidates = ctx.router.order(pool, &self.route.tried);
+        let candidates = match &self.route.pool {
+            Pool::Only(pool) => ctx.router.order(pool, &self.route.tried),
+            Pool::All | Pool::Unknown => {
+                ctx.router.candidates(self.route.group(), &self.route.tried)
+            }
+        };
         if candidates.is_empty() {
             return Ok(Admit::GiveUp);
         }
@@ -377,10 +389,16 @@ impl<'a> Run<'a> {
     fn pool(&mut self) -> Result<(), JobError> {
         let ctx = self.ctx;
         let router = &ctx.config.router;
-        while self.route.pool.is_none() {
+        while matches!(self.route.pool, Pool::Unknown) {
+            let captures = self.route.captures();
+            if captures.is_none() && !router.tag_filtering && !router.pre_call_checks {
+                // The common case: nothing to work out, nothing copied.
+                self.route.pool = Pool::All;
+                break;
+            }
             let group = self.route.group().to_string();
             let all = ctx.router.deployments(&group);
-            let all: Vec<Arc<Deployment>> = match self.route.captures() {
+            let all: Vec<Arc<Deployment>> = match captures {
                 Some(caps) => all
                     .iter()
                     .map(|d| match d.is_wildcard() {
@@ -443,7 +461,7 @@ impl<'a> Run<'a> {
                     return Err(error);
                 }
             }
-            self.route.pool = Some(pool);
+            self.route.pool = Pool::Only(pool);
         }
         Ok(())
     }
@@ -469,11 +487,15 @@ impl<'a> Run<'a> {
     /// cheaply from above).
     fn candidates(&mut self, candidates: &[Arc<Deployment>], exact: bool) -> Vec<Candidate> {
         let ctx = self.ctx;
-        let output_cap = u64::from(
-            self.request
-                .output_cap()
-                .unwrap_or(ctx.config.limits.default_max_tokens),
-        );
+        let output_cap = if self.embeddings.is_some() {
+            0
+        } else {
+            u64::from(
+                self.request
+                    .output_cap()
+                    .unwrap_or(ctx.config.limits.default_max_tokens),
+            )
+        };
         let mut admit = Vec::with_capacity(candidates.len());
         for d in candidates {
             let tokenizer = tokens::Tokenizer::for_deployment(d);
@@ -496,7 +518,10 @@ impl<'a> Run<'a> {
         if let Some((_, n)) = self.prompt_estimates.iter().find(|(t, _)| *t == tokenizer) {
             return *n;
         }
-        let n = tokens::prompt_with(tokenizer, &self.request);
+        let n = match &self.embeddings {
+            Some(e) => embed::estimate(tokenizer, e),
+            None => tokens::prompt_with(tokenizer, &self.request),
+        };
         self.prompt_estimates.push((tokenizer, n));
         n
     }
@@ -556,6 +581,12 @@ impl<'a> Run<'a> {
 
     /// The provider call; each chunk goes out as a `chunk` event as it arrives.
     async fn call(&mut self, attempt: &Attempt) -> Result<CallOutput, ProviderError> {
+        if let Some(e) = &self.embeddings {
+            let mut out = self.ctx.providers.embed(&attempt.deployment, e).await?;
+            let tokenizer = tokens::Tokenizer::for_deployment(&attempt.deployment);
+            embed::fill_usage(&mut out, self.prompt_estimate(tokenizer));
+            return Ok(out);
+        }
         let mut sink = EventSink {
             publisher: &mut self.publisher,
             attempt: attempt.number,
@@ -657,7 +688,10 @@ impl<'a> Run<'a> {
     }
 
     /// The job succeeded with the last attempt's output.
-    fn succeed(self, out: CallOutput) -> Finished {
+    fn succeed(self, mut out: CallOutput) -> Finished {
+        if let Some(e) = &self.embeddings {
+            embed::shape(&mut out.result, e);
+        }
         Finished::succeeded(self.base, self.records, out, self.publisher, self.attempt)
     }
 
