@@ -37,6 +37,10 @@ pub(super) const LITELLM_KEYS: &[&str] = &[
     "default_fallbacks",
     "cache",
     "cache_params",
+    // Their values are checked one by one in `callbacks.rs`.
+    "success_callback",
+    "failure_callback",
+    "callbacks",
 ];
 pub(super) const GENERAL_KEYS: &[&str] = &["master_key"];
 /// `litellm_params` keys acted on so far.
