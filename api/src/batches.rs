@@ -593,13 +593,14 @@ impl Driver {
                 .publish_with_headers(subject.clone(), headers, payload)
                 .await
                 .map_err(|e| DriveError::Publish(e.to_string()))?;
-            acks.push((envelope.id, &envelope.request.model, ack));
+            acks.push((envelope, ack));
         }
         let mut seqs = Vec::with_capacity(acks.len());
-        for (id, model, ack) in acks {
+        for (envelope, ack) in acks {
             let ack = ack.await.map_err(|e| DriveError::Publish(e.to_string()))?;
-            seqs.push((id, ack.sequence));
-            crate::metrics::submitted(tier, model);
+            seqs.push((envelope.id, ack.sequence));
+            let owner = envelope.owner.as_deref().unwrap_or_default();
+            crate::metrics::submitted(tier, &envelope.request.model, owner);
         }
         self.state.store.record_batch_seqs(&seqs).await?;
         Ok(seqs.len())
