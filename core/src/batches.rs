@@ -51,12 +51,14 @@ pub struct BatchRow {
     pub expired_at: Option<DateTime<Utc>>,
     pub cancelling_at: Option<DateTime<Utc>>,
     pub cancelled_at: Option<DateTime<Utc>>,
+    /// `live`, `native`, or `auto` until the driver settles it (`crate::native_batches`).
+    pub mode: String,
 }
 
 const BATCH_COLUMNS: &str =
     "id, owner, endpoint, input_file_id, completion_window, tier, status, metadata,
     errors, total, ingested, output_file_id, error_file_id, created_at, expires_at, in_progress_at,
-    finalizing_at, completed_at, failed_at, expired_at, cancelling_at, cancelled_at";
+    finalizing_at, completed_at, failed_at, expired_at, cancelling_at, cancelled_at, mode";
 
 /// A batch being created.
 #[derive(Debug, Clone)]
@@ -69,6 +71,7 @@ pub struct NewBatch {
     pub tier: String,
     pub metadata: Option<Value>,
     pub expires_at: DateTime<Utc>,
+    pub mode: crate::native_batches::BatchMode,
 }
 
 /// How a batch's lines stand, by job status.
@@ -148,8 +151,8 @@ impl Store {
     pub async fn insert_batch(&self, b: &NewBatch) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO batches (id, owner, endpoint, input_file_id, completion_window, tier, status,
-                 metadata, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, 'validating', $7, $8)",
+                 metadata, expires_at, mode)
+             VALUES ($1, $2, $3, $4, $5, $6, 'validating', $7, $8, $9)",
         )
         .bind(&b.id)
         .bind(&b.owner)
@@ -159,6 +162,7 @@ impl Store {
         .bind(&b.tier)
         .bind(&b.metadata)
         .bind(b.expires_at)
+        .bind(b.mode.as_str())
         .execute(self.pool())
         .await?;
         Ok(())

@@ -19,6 +19,7 @@ pub mod keys;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;
+pub mod native;
 mod panics;
 pub mod pricing;
 pub mod providers;

@@ -124,6 +124,9 @@ pub struct Deployment {
     pub output_cost_per_reasoning_token: Option<Decimal>,
     /// `model_info.base_model`: the model to price this deployment as.
     pub base_model: Option<String>,
+    /// Prices of the provider's batch API (`litellm_params` or `model_info`).
+    pub input_cost_per_token_batches: Option<Decimal>,
+    pub output_cost_per_token_batches: Option<Decimal>,
 }
 
 /// LiteLLM `routing_strategy`.
