@@ -282,7 +282,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let load = || Config::load(cli.config.as_deref()).context("invalid configuration");
     match cli.command {
         Command::Api => {
-            sluice_api::serve(load()?, shutdown_on_signal()).await?;
+            let config = load()?;
+            let native = sluice_worker::native::Backend::new(&config)
+                .context("cannot read the pricing file")?;
+            sluice_api::serve(config, shutdown_on_signal(), Some(std::sync::Arc::new(native)))
+                .await?;
         }
         Command::Worker => {
             Box::pin(sluice_worker::run(load()?, shutdown_on_signal())).await?;
