@@ -285,8 +285,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load()?;
             let native = sluice_worker::native::Backend::new(&config)
                 .context("cannot read the pricing file")?;
-            sluice_api::serve(config, shutdown_on_signal(), Some(std::sync::Arc::new(native)))
-                .await?;
+            sluice_api::serve(
+                config,
+                shutdown_on_signal(),
+                Some(std::sync::Arc::new(native)),
+            )
+            .await?;
         }
         Command::Worker => {
             Box::pin(sluice_worker::run(load()?, shutdown_on_signal())).await?;

@@ -31,8 +31,8 @@ use chrono::Utc;
 use serde_json::{json, Value};
 use sluice_core::batches::{line_job_id, BatchJob, BatchRow, Ending};
 use sluice_core::native_batches::{
-    BatchMode, GroupRow, GroupState, NativeBackend, NativeJob, NativeLine,
-    NativeResult, NewGroup, UpstreamEnd, WaitingLine, LIVE_GROUP, NATIVE_WORKER,
+    BatchMode, GroupRow, GroupState, NativeBackend, NativeJob, NativeLine, NativeResult, NewGroup,
+    UpstreamEnd, WaitingLine, LIVE_GROUP, NATIVE_WORKER,
 };
 use sluice_core::store::{AttemptRecord, JobOutcome, LedgerEntry};
 use sluice_schemas::{ErrorClass, JobStatus, Tier};
@@ -85,9 +85,7 @@ async fn plan(
     backend: &dyn NativeBackend,
     requested: BatchMode,
 ) -> Result<bool, DriveError> {
-    let window = (row.expires_at - row.created_at)
-        .to_std()
-        .unwrap_or_default();
+    let window = crate::routes::batches::parse_window(&row.completion_window).unwrap_or_default();
     let live = || async {
         d.state
             .store
@@ -261,7 +259,8 @@ impl<'a> Follow<'a> {
             None => s.native_poll,
             Some((_, w)) => (*w * 2).min(s.native_poll_max),
         };
-        self.due.insert(id.to_string(), (Instant::now() + wait, wait));
+        self.due
+            .insert(id.to_string(), (Instant::now() + wait, wait));
     }
 
     async fn run(mut self, mut groups: Vec<GroupRow>) -> Result<Mode, DriveError> {
@@ -377,10 +376,8 @@ impl<'a> Follow<'a> {
             return self.pending_ended(g).await;
         }
         let waiting = self.store().native_waiting(&g.id).await?;
-        let wanted: HashMap<u32, &WaitingLine> = waiting
-            .iter()
-            .map(|l| (l.batch_line as u32, l))
-            .collect();
+        let wanted: HashMap<u32, &WaitingLine> =
+            waiting.iter().map(|l| (l.batch_line as u32, l)).collect();
         let mut prepared: Vec<Value> = Vec::with_capacity(wanted.len());
         let mut refused: Vec<LedgerEntry> = Vec::new();
         let mut lines = self
@@ -415,11 +412,7 @@ impl<'a> Follow<'a> {
             self.store().native_ended(&g.id, "empty", None, 0).await?;
             return Ok(());
         }
-        match self
-            .backend
-            .submit(&g.deployment, &g.id, &prepared)
-            .await
-        {
+        match self.backend.submit(&g.deployment, &g.id, &prepared).await {
             Ok(s) => {
                 tracing::info!(batch_id = %self.d.id, group = %g.id, upstream = %s.upstream_id, lines = prepared.len(), "upstream batch submitted");
                 self.store().native_submitted(&g.id, &s).await?;
@@ -514,8 +507,8 @@ impl<'a> Follow<'a> {
             else {
                 continue;
             };
-            let attempt = |status: &str, class: Option<ErrorClass>, message: Option<String>| {
-                AttemptRecord {
+            let attempt =
+                |status: &str, class: Option<ErrorClass>, message: Option<String>| AttemptRecord {
                     job_id: job.id,
                     attempt: 1,
                     delivery: 1,
@@ -535,14 +528,11 @@ impl<'a> Follow<'a> {
                     cost: None,
                     pricing_missing: false,
                     ttft_ms: None,
-                    latency_ms: Some(
-                        (Utc::now() - started).num_milliseconds().max(0) as f64,
-                    ),
+                    latency_ms: Some((Utc::now() - started).num_milliseconds().max(0) as f64),
                     started_at: started,
                     finished_at: Utc::now(),
                     dropped_params: None,
-                }
-            };
+                };
             match r.outcome {
                 Ok(s) => {
                     ok += 1;
@@ -617,7 +607,10 @@ impl<'a> Follow<'a> {
             Ending::Cancelled => JobStatus::Cancelled,
             _ => JobStatus::Expired,
         };
-        Ok(self.store().end_native_lines(&g.id, status.as_str()).await?)
+        Ok(self
+            .store()
+            .end_native_lines(&g.id, status.as_str())
+            .await?)
     }
 
     async fn write(&self, entries: Vec<LedgerEntry>) -> Result<(), DriveError> {

@@ -287,7 +287,8 @@ pub struct WaitingLine {
     pub created_at: DateTime<Utc>,
 }
 
-const GROUP_COLUMNS: &str = "id, batch_id, seq, deployment, provider, protocol, lines, bytes, state,
+const GROUP_COLUMNS: &str =
+    "id, batch_id, seq, deployment, provider, protocol, lines, bytes, state,
     upstream_id, upstream_file_id, upstream_status, error, rerun_live, created_at, submitted_at,
     ended_at";
 
@@ -309,13 +310,12 @@ impl Store {
         holder: &str,
         mode: BatchMode,
     ) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("UPDATE batches SET mode = $3 WHERE id = $1 AND lease_owner = $2")
-                .bind(id)
-                .bind(holder)
-                .bind(mode.as_str())
-                .execute(self.pool())
-                .await?;
+        let done = sqlx::query("UPDATE batches SET mode = $3 WHERE id = $1 AND lease_owner = $2")
+            .bind(id)
+            .bind(holder)
+            .bind(mode.as_str())
+            .execute(self.pool())
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 

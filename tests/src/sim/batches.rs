@@ -96,7 +96,9 @@ impl Batches {
 fn openai_key_ok(sim: &Sim, kind: Kind, headers: &HeaderMap) -> bool {
     match kind {
         Kind::Azure => sim.key_ok(header_str(headers, "api-key")),
-        _ => sim.key_ok(header_str(headers, "authorization").and_then(|v| v.strip_prefix("Bearer "))),
+        _ => {
+            sim.key_ok(header_str(headers, "authorization").and_then(|v| v.strip_prefix("Bearer ")))
+        }
     }
 }
 
@@ -155,7 +157,11 @@ fn upload_any(sim: &Sim, kind: Kind, headers: &HeaderMap, body: &[u8]) -> Respon
         .and_then(|c| c.split("boundary=").nth(1))
         .map(|b| b.trim_matches('"').to_string())
     else {
-        return json_error(400, json!({"error": {"message": "expected multipart/form-data"}}), &[]);
+        return json_error(
+            400,
+            json!({"error": {"message": "expected multipart/form-data"}}),
+            &[],
+        );
     };
     let parts = multipart(body, &boundary);
     let purpose = parts
@@ -163,10 +169,18 @@ fn upload_any(sim: &Sim, kind: Kind, headers: &HeaderMap, body: &[u8]) -> Respon
         .find(|(n, _)| n == "purpose")
         .map(|(_, v)| String::from_utf8_lossy(v).to_string());
     let Some((_, file)) = parts.into_iter().find(|(n, _)| n == "file") else {
-        return json_error(400, json!({"error": {"message": "missing file", "param": "file"}}), &[]);
+        return json_error(
+            400,
+            json!({"error": {"message": "missing file", "param": "file"}}),
+            &[],
+        );
     };
     if purpose.as_deref() != Some("batch") {
-        return json_error(400, json!({"error": {"message": "purpose must be batch", "param": "purpose"}}), &[]);
+        return json_error(
+            400,
+            json!({"error": {"message": "purpose must be batch", "param": "purpose"}}),
+            &[],
+        );
     }
     let Ok(mut b) = sim.batches.lock() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -209,16 +223,16 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-pub(super) async fn file_content(
-    State(sim): State<Arc<Sim>>,
-    Path(id): Path<String>,
-) -> Response {
+pub(super) async fn file_content(State(sim): State<Arc<Sim>>, Path(id): Path<String>) -> Response {
     let Ok(b) = sim.batches.lock() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
     match b.files.get(&id) {
         Some(bytes) => (
-            [("content-type", HeaderValue::from_static("application/jsonl"))],
+            [(
+                "content-type",
+                HeaderValue::from_static("application/jsonl"),
+            )],
             bytes.clone(),
         )
             .into_response(),
@@ -247,10 +261,18 @@ fn create_any(sim: &Sim, kind: Kind, headers: &HeaderMap, body: &Value) -> Respo
         return unauthorized();
     }
     if body["completion_window"].as_str() != Some("24h") {
-        return json_error(400, json!({"error": {"message": "completion_window must be 24h", "param": "completion_window"}}), &[]);
+        return json_error(
+            400,
+            json!({"error": {"message": "completion_window must be 24h", "param": "completion_window"}}),
+            &[],
+        );
     }
     let Some(file_id) = body["input_file_id"].as_str() else {
-        return json_error(400, json!({"error": {"message": "missing input_file_id", "param": "input_file_id"}}), &[]);
+        return json_error(
+            400,
+            json!({"error": {"message": "missing input_file_id", "param": "input_file_id"}}),
+            &[],
+        );
     };
     let fault = next_fault(sim);
     let Ok(mut b) = sim.batches.lock() else {
@@ -265,10 +287,18 @@ fn create_any(sim: &Sim, kind: Kind, headers: &HeaderMap, body: &Value) -> Respo
             continue;
         }
         let Ok(v) = serde_json::from_slice::<Value>(l) else {
-            return json_error(400, json!({"error": {"message": "input line is not JSON"}}), &[]);
+            return json_error(
+                400,
+                json!({"error": {"message": "input line is not JSON"}}),
+                &[],
+            );
         };
         let (Some(id), Some(body)) = (v["custom_id"].as_str(), v.get("body")) else {
-            return json_error(400, json!({"error": {"message": "input line needs custom_id and body"}}), &[]);
+            return json_error(
+                400,
+                json!({"error": {"message": "input line needs custom_id and body"}}),
+                &[],
+            );
         };
         lines.push((id.to_string(), body.clone()));
     }
@@ -412,7 +442,10 @@ async fn advance(sim: &Arc<Sim>, id: &str) {
     let (kind, model, lines, fault) = {
         let Ok(b) = sim.batches.lock() else { return };
         let Some(j) = b.jobs.get(id) else { return };
-        if j.phase != Phase::Running || Instant::now() < j.ready_at || j.fault == Some(BatchFault::Slow) {
+        if j.phase != Phase::Running
+            || Instant::now() < j.ready_at
+            || j.fault == Some(BatchFault::Slow)
+        {
             return;
         }
         (j.kind, j.model.clone(), j.lines.clone(), j.fault)
@@ -432,7 +465,9 @@ async fn advance(sim: &Arc<Sim>, id: &str) {
             Phase::Completed
         }
     };
-    let Ok(mut b) = sim.batches.lock() else { return };
+    let Ok(mut b) = sim.batches.lock() else {
+        return;
+    };
     let (out, err) = if matches!(kind, Kind::OpenAi | Kind::Azure) {
         let (mut out, mut err) = (Vec::new(), Vec::new());
         for (custom_id, status, answer) in &results {
@@ -480,7 +515,10 @@ async fn render(sim: &Arc<Sim>, kind: Kind, model: &str, body: &Value) -> (u16, 
     let response = match kind {
         Kind::OpenAi | Kind::Azure => {
             if line_error {
-                return (400, json!({"error": {"message": "Invalid 'messages': rejected by the simulator.", "type": "invalid_request_error", "param": "messages", "code": null}}));
+                return (
+                    400,
+                    json!({"error": {"message": "Invalid 'messages': rejected by the simulator.", "type": "invalid_request_error", "param": "messages", "code": null}}),
+                );
             }
             if let Ok(v) = HeaderValue::from_str(&format!("Bearer {key}")) {
                 headers.insert("authorization", v);
@@ -489,16 +527,23 @@ async fn render(sim: &Arc<Sim>, kind: Kind, model: &str, body: &Value) -> (u16, 
         }
         Kind::Anthropic => {
             if line_error {
-                return (400, json!({"type": "error", "error": {"type": "invalid_request_error", "message": "messages: rejected by the simulator"}}));
+                return (
+                    400,
+                    json!({"type": "error", "error": {"type": "invalid_request_error", "message": "messages: rejected by the simulator"}}),
+                );
             }
             if let Ok(v) = HeaderValue::from_str(&key) {
                 headers.insert("x-api-key", v);
             }
+            headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
             super::anthropic::messages(State(Arc::clone(sim)), headers, bytes).await
         }
         Kind::Gemini => {
             if line_error {
-                return (400, json!({"code": 400, "message": "contents: rejected by the simulator", "status": "INVALID_ARGUMENT"}));
+                return (
+                    400,
+                    json!({"code": 400, "message": "contents: rejected by the simulator", "status": "INVALID_ARGUMENT"}),
+                );
             }
             if let Ok(v) = HeaderValue::from_str(&key) {
                 headers.insert("x-goog-api-key", v);
@@ -529,7 +574,11 @@ fn anthropic_key_ok(sim: &Sim, headers: &HeaderMap) -> bool {
 }
 
 fn anthropic_error(status: u16, kind: &str, message: &str) -> Response {
-    json_error(status, json!({"type": "error", "error": {"type": kind, "message": message}}), &[])
+    json_error(
+        status,
+        json!({"type": "error", "error": {"type": kind, "message": message}}),
+        &[],
+    )
 }
 
 fn rfc3339(unix: i64) -> String {
@@ -575,13 +624,21 @@ pub(super) async fn anthropic_create(
     let mut lines = Vec::new();
     for r in requests {
         let (Some(id), Some(params)) = (r["custom_id"].as_str(), r.get("params")) else {
-            return anthropic_error(400, "invalid_request_error", "each request needs custom_id and params");
+            return anthropic_error(
+                400,
+                "invalid_request_error",
+                "each request needs custom_id and params",
+            );
         };
         lines.push((id.to_string(), params.clone()));
     }
     let fault = next_fault(&sim);
     if fault == Some(BatchFault::Failed) {
-        return anthropic_error(400, "invalid_request_error", "the simulator refuses this batch");
+        return anthropic_error(
+            400,
+            "invalid_request_error",
+            "the simulator refuses this batch",
+        );
     }
     let Ok(mut b) = sim.batches.lock() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -642,7 +699,11 @@ pub(super) async fn anthropic_results(
         return anthropic_error(400, "invalid_request_error", "batch is still processing");
     }
     let mut out = String::new();
-    let done: HashMap<&str, (u16, &Value)> = j.results.iter().map(|(c, s, v)| (c.as_str(), (*s, v))).collect();
+    let done: HashMap<&str, (u16, &Value)> = j
+        .results
+        .iter()
+        .map(|(c, s, v)| (c.as_str(), (*s, v)))
+        .collect();
     for (custom_id, _) in &j.lines {
         let result = match (done.get(custom_id.as_str()), &j.phase) {
             (Some((200, m)), _) => json!({"type": "succeeded", "message": m}),
@@ -653,7 +714,14 @@ pub(super) async fn anthropic_results(
         out.push_str(&json!({"custom_id": custom_id, "result": result}).to_string());
         out.push('\n');
     }
-    ([("content-type", HeaderValue::from_static("application/x-jsonl"))], out).into_response()
+    (
+        [(
+            "content-type",
+            HeaderValue::from_static("application/x-jsonl"),
+        )],
+        out,
+    )
+        .into_response()
 }
 
 pub(super) async fn anthropic_cancel(
@@ -673,7 +741,11 @@ pub(super) async fn anthropic_cancel(
 // ---- Gemini ---------------------------------------------------------------------------
 
 fn gemini_error(code: u16, status: &str, message: &str) -> Response {
-    json_error(code, json!({"error": {"code": code, "message": message, "status": status}}), &[])
+    json_error(
+        code,
+        json!({"error": {"code": code, "message": message, "status": status}}),
+        &[],
+    )
 }
 
 fn gemini_view(id: &str, j: &Job) -> Value {
@@ -696,7 +768,8 @@ fn gemini_view(id: &str, j: &Job) -> Value {
                 "pendingRequestCount": if done { "0".to_string() } else { j.lines.len().to_string() }}},
     });
     if j.phase == Phase::Failed {
-        op["error"] = json!({"code": 8, "message": "Resource exhausted: the batch quota was reached."});
+        op["error"] =
+            json!({"code": 8, "message": "Resource exhausted: the batch quota was reached."});
     }
     if j.phase == Phase::Completed {
         let inlined: Vec<Value> = j
@@ -717,7 +790,12 @@ fn gemini_view(id: &str, j: &Job) -> Value {
 }
 
 /// `POST /v1beta/models/{model}:batchGenerateContent`.
-pub(super) async fn gemini_create(sim: Arc<Sim>, model: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+pub(super) async fn gemini_create(
+    sim: Arc<Sim>,
+    model: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
     if !sim.key_ok(header_str(headers, "x-goog-api-key")) {
         return gemini_error(401, "UNAUTHENTICATED", "API key not valid.");
     }
@@ -726,12 +804,20 @@ pub(super) async fn gemini_create(sim: Arc<Sim>, model: &str, headers: &HeaderMa
     };
     let batch = &body["batch"];
     let Some(requests) = batch["input_config"]["requests"]["requests"].as_array() else {
-        return gemini_error(400, "INVALID_ARGUMENT", "batch.input_config.requests is required");
+        return gemini_error(
+            400,
+            "INVALID_ARGUMENT",
+            "batch.input_config.requests is required",
+        );
     };
     let mut lines = Vec::new();
     for r in requests {
         let (Some(key), Some(req)) = (r["metadata"]["key"].as_str(), r.get("request")) else {
-            return gemini_error(400, "INVALID_ARGUMENT", "each request needs request and metadata.key");
+            return gemini_error(
+                400,
+                "INVALID_ARGUMENT",
+                "each request needs request and metadata.key",
+            );
         };
         lines.push((key.to_string(), req.clone()));
     }

@@ -265,7 +265,10 @@ pub fn app(config: SimConfig, stats: Arc<SimStats>) -> Router {
             post(batches::azure_create).get(batches::azure_list),
         )
         .route("/openai/v1/batches/{id}", get(batches::azure_get_batch))
-        .route("/openai/v1/batches/{id}/cancel", post(batches::azure_cancel))
+        .route(
+            "/openai/v1/batches/{id}/cancel",
+            post(batches::azure_cancel),
+        )
         .route("/v1/messages/batches", post(batches::anthropic_create))
         .route("/v1/messages/batches/{id}", get(batches::anthropic_get))
         .route(

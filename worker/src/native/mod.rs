@@ -155,7 +155,7 @@ impl Backend {
         let completion: ChatCompletion = providers::wire(d.protocol)
             .completion(body, &d.model)
             .map_err(|e| (e.class, e.message))?;
-        let usage = completion.usage.clone();
+        let usage = completion.usage;
         let cost = match (&usage, self.prices.get(&d.id).and_then(Option::as_ref)) {
             (Some(u), Some(p)) => Some(p.cost(u)),
             _ => None,
@@ -184,7 +184,11 @@ impl Backend {
 
 impl NativeBackend for Backend {
     fn place(&self, model_group: &str) -> Option<Placement> {
-        let d = self.router.candidates(model_group, &[]).into_iter().next()?;
+        let d = self
+            .router
+            .candidates(model_group, &[])
+            .into_iter()
+            .next()?;
         let api = Api::of(&d);
         let (lines, bytes) = api.map(Api::limits).unwrap_or((u32::MAX, u64::MAX));
         Some(Placement {
@@ -196,12 +200,10 @@ impl NativeBackend for Backend {
         })
     }
 
-    fn prepare(
-        &self,
-        deployment: &str,
-        line: &NativeLine,
-    ) -> Result<Value, (ErrorClass, String)> {
-        let (d, api) = self.deployment(deployment).map_err(|e| (e.class, e.message))?;
+    fn prepare(&self, deployment: &str, line: &NativeLine) -> Result<Value, (ErrorClass, String)> {
+        let (d, api) = self
+            .deployment(deployment)
+            .map_err(|e| (e.class, e.message))?;
         let body = self.body(d, line)?;
         Ok(wire::line(api, d, &line.custom_id, body))
     }

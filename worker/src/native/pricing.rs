@@ -57,7 +57,10 @@ pub fn load(path: &Path) -> Result<PriceFile, PricingError> {
 pub fn batch_price(d: &Deployment, file: &PriceFile) -> Option<Price> {
     let live = price_of(d, &file.live);
     let half = |p: Decimal| p / Decimal::TWO;
-    let listed = match (d.input_cost_per_token_batches, d.output_cost_per_token_batches) {
+    let listed = match (
+        d.input_cost_per_token_batches,
+        d.output_cost_per_token_batches,
+    ) {
         (Some(i), Some(o)) => Some((i, o)),
         _ => {
             let qualified = format!("{}/{}", d.provider, d.model);

@@ -200,12 +200,8 @@ pub(crate) async fn submit(
             let form = reqwest::multipart::Form::new()
                 .text("purpose", "batch")
                 .part("file", part);
-            let file = send_json(
-                d,
-                api,
-                http.post(format!("{base}/files")).multipart(form),
-            )
-            .await?;
+            let file =
+                send_json(d, api, http.post(format!("{base}/files")).multipart(form)).await?;
             let file_id = safe_id(str_field(&file, "id")?)?.to_string();
             let endpoint = if api == Api::Azure {
                 "/chat/completions"
@@ -297,7 +293,10 @@ pub(crate) async fn find(
 }
 
 fn openai_end(b: &Value) -> Option<UpstreamEnd> {
-    let status = b["status"].as_str().unwrap_or_default().to_ascii_lowercase();
+    let status = b["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     Some(match status.as_str() {
         "completed" => UpstreamEnd::Completed,
         "expired" => UpstreamEnd::Expired,
@@ -359,7 +358,10 @@ pub(crate) async fn poll(
             )
             .await?;
             Ok(UpstreamPoll {
-                status: b["status"].as_str().unwrap_or("unknown").to_ascii_lowercase(),
+                status: b["status"]
+                    .as_str()
+                    .unwrap_or("unknown")
+                    .to_ascii_lowercase(),
                 end: openai_end(&b),
             })
         }
@@ -540,7 +542,10 @@ mod tests {
     #[test]
     fn result_lines_map_by_custom_id_and_unrun_lines_are_left_out() {
         let ok = json!({"id": "r1", "custom_id": "a", "response": {"status_code": 200, "body": {"x": 1}}, "error": null});
-        assert!(matches!(openai_line(&ok).unwrap().outcome, RawOutcome::Body(_)));
+        assert!(matches!(
+            openai_line(&ok).unwrap().outcome,
+            RawOutcome::Body(_)
+        ));
         let bad = json!({"custom_id": "b", "response": {"status_code": 400, "body": {"error": {"message": "no"}}}, "error": null});
         assert!(matches!(
             openai_line(&bad).unwrap().outcome,
