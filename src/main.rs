@@ -635,7 +635,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let followed = client.follow(id, &mut stdout).await?;
     if !args.stream {
         if let Some(done) = &followed.done {
-            if let Some(result) = &done.result {
+            if let Some(result) = done.result.as_ref().and_then(|r| r.chat()) {
                 for c in &result.choices {
                     if let Some(sluice_schemas::openai::Content::Text(t)) = &c.message.content {
                         print!("{t}");

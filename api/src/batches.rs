@@ -41,6 +41,7 @@ use sluice_core::keys::KeyRecord;
 use sluice_schemas::batch::{
     BatchErrorItem, BatchLineError, BatchOutputLine, BatchResponse, CODE_CANCELLED, CODE_EXPIRED,
 };
+use sluice_schemas::embeddings::EmbeddingsRequest;
 use sluice_schemas::openai::ChatRequest;
 use sluice_schemas::{ErrorClass, JobEnvelope, JobStatus, Tier, MASTER_OWNER};
 use tokio::sync::Notify;
@@ -162,6 +163,8 @@ pub(crate) enum Checked {
     Job {
         custom_id: String,
         request: Box<ChatRequest>,
+        /// An embeddings line's request (`request` then only names the group).
+        embeddings: Option<Box<EmbeddingsRequest>>,
     },
     /// The request would be refused: the line becomes a failed job.
     Refused {
@@ -527,7 +530,11 @@ impl Driver {
                 finished_at: None,
             };
             match self.check_request(bytes, *line_no, &row.endpoint) {
-                Checked::Job { custom_id, request } => {
+                Checked::Job {
+                    custom_id,
+                    request,
+                    embeddings,
+                } => {
                     let mut job = base(custom_id.clone(), request.model.clone());
                     match mode {
                         Mode::Publish => {
@@ -537,6 +544,7 @@ impl Driver {
                             envelopes.push(JobEnvelope {
                                 id,
                                 request: *request,
+                                embeddings,
                                 tier,
                                 owner: Some(row.owner.clone()),
                                 reply_subject: None,
@@ -641,12 +649,23 @@ impl Driver {
             Ok(b) => b,
             Err(e) => return refused(ErrorClass::BadRequest, e.to_string()),
         };
-        let submit = match crate::submit::parse_submit(&bytes) {
+        let parsed = if endpoint == sluice_schemas::batch::EMBEDDINGS {
+            crate::submit::parse_embeddings(&bytes)
+        } else {
+            crate::submit::parse_submit(&bytes)
+        };
+        let submit = match parsed {
             Ok(s) => s,
             Err(e) => return refused(ErrorClass::BadRequest, e.message),
         };
         let mut request = submit.request;
-        if let Err(e) = crate::submit::validate(&self.state, &request) {
+        let embeddings = submit.embeddings;
+        let valid = crate::submit::validate(&self.state, &request).and_then(|()| {
+            embeddings
+                .as_deref()
+                .map_or(Ok(()), crate::submit::validate_embeddings)
+        });
+        if let Err(e) = valid {
             let class = if e.code == Some("model_not_found") {
                 ErrorClass::NotFound
             } else {
@@ -676,6 +695,7 @@ impl Driver {
         Checked::Job {
             custom_id,
             request: Box::new(request),
+            embeddings,
         }
     }
 

@@ -129,6 +129,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(routes::jobs::submit).get(routes::job_list::list),
         )
         .route("/v1/chat/completions", post(routes::chat::completions))
+        .route("/v1/embeddings", post(routes::embeddings::create))
         .route("/v1/spend", get(routes::spend::report))
         .route("/v1/limits", get(routes::limits::report))
         .route("/v1/jobs/{id}", get(routes::jobs::get))

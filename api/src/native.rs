@@ -32,9 +32,10 @@ use serde_json::{json, Value};
 use sluice_core::batches::{line_job_id, BatchJob, BatchRow, Ending};
 use sluice_core::native_batches::{
     BatchMode, GroupRow, GroupState, NativeBackend, NativeJob, NativeLine, NativeResult, NewGroup,
-    UpstreamEnd, WaitingLine, LIVE_GROUP, NATIVE_WORKER,
+    Placement, UpstreamEnd, WaitingLine, LIVE_GROUP, NATIVE_WORKER,
 };
 use sluice_core::store::{AttemptRecord, JobOutcome, LedgerEntry};
+use sluice_schemas::batch::CHAT_COMPLETIONS;
 use sluice_schemas::{ErrorClass, JobStatus, Tier};
 use uuid::Uuid;
 
@@ -93,6 +94,10 @@ async fn plan(
             .await
             .map(|_| false)
     };
+    if row.endpoint != CHAT_COMPLETIONS {
+        tracing::info!(batch_id = %d.id, endpoint = %row.endpoint, "native batches run chat completions only; running live");
+        return Ok(live().await?);
+    }
     if requested == BatchMode::Auto && window < PROVIDER_WINDOW {
         tracing::info!(batch_id = %d.id, "auto mode: the window is shorter than the providers' 24 h; running live");
         return Ok(live().await?);
@@ -154,14 +159,17 @@ async fn plan(
                     native_batch: None,
                 });
             }
-            Checked::Job { custom_id, request } => {
-                let Some(place) = backend.place(&request.model) else {
-                    // Validation knows the group; a config reload could drop it.
-                    return Err(DriveError::Read(format!(
-                        "model group {:?} has no deployment",
-                        request.model
-                    )));
-                };
+            Checked::Job {
+                custom_id, request, ..
+            } => {
+                // A group routing cannot place here (a wildcard group) runs live.
+                let place = backend.place(&request.model).unwrap_or(Placement {
+                    deployment: request.model.clone(),
+                    provider: String::new(),
+                    protocol: None,
+                    max_lines: u32::MAX,
+                    max_bytes: u64::MAX,
+                });
                 if place.protocol.is_none() && requested == BatchMode::Auto {
                     tracing::info!(batch_id = %d.id, deployment = %place.deployment, "auto mode: a deployment has no batch API; running live");
                     return Ok(live().await?);

@@ -10,6 +10,7 @@
 
 pub mod admin;
 mod bodies;
+pub mod context;
 mod deliveries;
 pub mod destinations;
 pub mod events;
@@ -90,6 +91,8 @@ pub(crate) struct Ctx {
     pub router: Router,
     pub limiter: limits::Limiter,
     pub prices: pricing::Prices,
+    /// Context windows, for the pre-call checks.
+    pub contexts: context::Contexts,
     pub key_limits: keys::KeyLimits,
     pub worker_id: String,
     /// Rung when a job with deliveries (webhook, reply) ended here.
@@ -170,6 +173,9 @@ async fn cancellations(ctx: std::sync::Weak<Ctx>, stop: CancellationToken) {
 /// Runs a worker until `shutdown` is cancelled, then drains.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
     let config = Arc::new(config);
+    if !config.ignored_keys.is_empty() {
+        tracing::warn!(keys = ?config.ignored_keys, "config keys Sluice does not act on");
+    }
     let nats = sluice_core::nats::connect(&config.nats_url, &config.tls, "sluice-worker").await?;
     let js = jetstream::new(nats.clone());
     let subjects = Subjects::new(&config.subject_prefix);
@@ -240,14 +246,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         None => Default::default(),
     };
     let prices = pricing::Prices::resolve(&config.deployments, &price_file);
+    let contexts = context::Contexts::resolve(
+        &config.deployments,
+        match &config.pricing_file {
+            Some(path) => context::load_file(path)?,
+            None => Default::default(),
+        },
+    );
     for d in &config.deployments {
-        if prices.get(&d.id).is_none() {
+        if prices.get(&d.id).is_none() && !d.is_wildcard() {
             tracing::warn!(deployment = %d.id, model = %d.model, "no price known: its cost is recorded as NULL (pricing_missing)");
         }
     }
     let tally = Arc::new(tally::Tally::default());
     let ctx = Arc::new(Ctx {
         prices,
+        contexts,
         router: Router::new(&config),
         limiter,
         key_limits: keys::KeyLimits::new(store.clone()),

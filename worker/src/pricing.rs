@@ -137,6 +137,11 @@ const BUILTIN: &[ListPrice] = &[
     ("deepseek-chat", 0.27, 1.10, Some(0.07), None),
     ("deepseek-reasoner", 0.55, 2.19, Some(0.14), None),
     ("mistral-large-latest", 2.00, 6.00, None, None),
+    // Embedding models: input only.
+    ("text-embedding-3-small", 0.02, 0.0, None, None),
+    ("text-embedding-3-large", 0.13, 0.0, None, None),
+    ("text-embedding-ada-002", 0.10, 0.0, None, None),
+    ("gemini-embedding-001", 0.15, 0.0, None, None),
 ];
 
 /// The built-in entry for a model name: the longest known prefix (so dated snapshots
@@ -161,6 +166,9 @@ pub fn builtin(model: &str) -> Option<Price> {
 /// Every deployment's price, resolved once.
 pub struct Prices {
     by_deployment: HashMap<String, Option<Price>>,
+    /// The pricing file, for wildcard deployments (`model: openai/*`), whose price
+    /// depends on the model each job names.
+    wildcard_file: Option<HashMap<String, Price>>,
 }
 
 impl Prices {
@@ -169,11 +177,29 @@ impl Prices {
             .iter()
             .map(|d| (d.id.clone(), price_of(d, file)))
             .collect();
-        Prices { by_deployment }
+        let wildcard_file = deployments
+            .iter()
+            .any(Deployment::is_wildcard)
+            .then(|| file.clone());
+        Prices {
+            by_deployment,
+            wildcard_file,
+        }
     }
 
     pub fn get(&self, deployment: &str) -> Option<&Price> {
         self.by_deployment.get(deployment).and_then(Option::as_ref)
+    }
+
+    /// The price of the call `d` makes: its resolved price, or for a deployment of a
+    /// wildcard group (its model filled in from the job) the price of that model.
+    pub fn of(&self, d: &Deployment) -> Option<Price> {
+        match (self.get(&d.id), &self.wildcard_file) {
+            (Some(p), _) => Some(*p),
+            // A wildcard template has no price of its own; the filled-in model may.
+            (None, Some(file)) => price_of(d, file),
+            (None, None) => None,
+        }
     }
 
     /// USD for `usage` on `deployment`; `None` when it has no price.

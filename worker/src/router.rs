@@ -43,13 +43,28 @@ impl Router {
         self.groups.get(group).map(Vec::len).unwrap_or(0)
     }
 
-    /// Deployments of `group` in the order to try them: untried ones first (all of them
-    /// once every one was tried), lower `order` first, and within one `order` a weighted
-    /// shuffle. Admission takes the first one whose limits allow the call.
+    /// Every deployment of `group`.
+    pub fn deployments(&self, group: &str) -> &[Arc<Deployment>] {
+        self.groups
+            .get(group)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// Deployments of `group` in the order to try them (see [`Router::order`]).
     pub fn candidates(&self, group: &str, tried: &[Arc<Deployment>]) -> Vec<Arc<Deployment>> {
-        let Some(all) = self.groups.get(group) else {
-            return Vec::new();
-        };
+        self.order(self.deployments(group), tried)
+    }
+
+    /// `all` (the deployments a job may use in one group) in the order to try them:
+    /// untried ones first (all of them once every one was tried), lower `order` first,
+    /// and within one `order` a weighted shuffle. Admission takes the first one whose
+    /// limits allow the call.
+    pub fn order(
+        &self,
+        all: &[Arc<Deployment>],
+        tried: &[Arc<Deployment>],
+    ) -> Vec<Arc<Deployment>> {
         let untried: Vec<&Arc<Deployment>> = all
             .iter()
             .filter(|d| !tried.iter().any(|t| t.id == d.id))

@@ -9,6 +9,7 @@
 //! thumb too, to keep tokenizing off the hot path's critical budget.
 
 use sluice_core::config::{Deployment, Protocol};
+use sluice_schemas::embeddings::InputItem;
 use sluice_schemas::openai::{ChatRequest, Content};
 
 /// Longest message text counted exactly.
@@ -103,6 +104,14 @@ pub fn prompt_with(tokenizer: Tokenizer, request: &ChatRequest) -> u64 {
         })
         .sum::<u64>()
         + 3
+}
+
+/// Tokens of one embeddings input with `tokenizer` (token ids count as themselves).
+pub fn embedding_input(tokenizer: Tokenizer, item: InputItem<'_>) -> u64 {
+    match item {
+        InputItem::Text(t) => tokenizer.count(t),
+        InputItem::Tokens(t) => t.len() as u64,
+    }
 }
 
 #[cfg(test)]

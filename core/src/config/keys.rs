@@ -21,6 +21,11 @@ pub(super) const ROUTER_KEYS: &[&str] = &[
     "default_fallbacks",
     "max_fallbacks",
     "model_group_alias",
+    "enable_pre_call_checks",
+    "enable_tag_filtering",
+    "tag_filtering_match_any",
+    "model_group_retry_policy",
+    "allowed_fails_policy",
 ];
 pub(super) const LITELLM_KEYS: &[&str] = &[
     "request_timeout",
@@ -55,10 +60,12 @@ pub(super) const PARAM_KEYS: &[&str] = &[
     "output_cost_per_reasoning_token",
     "input_cost_per_token_batches",
     "output_cost_per_token_batches",
+    "tags",
 ];
 pub(super) const INFO_KEYS: &[&str] = &[
     "id",
     "base_model",
+    "max_input_tokens",
     "input_cost_per_token_batches",
     "output_cost_per_token_batches",
 ];

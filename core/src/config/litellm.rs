@@ -8,7 +8,7 @@ use serde_yaml_ng::Value;
 
 use super::coerce::{parse_period, Ctx};
 use super::keys::{INFO_KEYS, PARAM_KEYS};
-use super::providers::{provider_defaults, split_provider, Protocol};
+use super::providers::{key_env, provider_defaults, split_provider, Protocol};
 use super::raw::{RawFile, RawModel};
 use super::{defaults, ConfigError, Deployment, ProviderBudget, RouterSettings, RoutingStrategy};
 use crate::secret::Secret;
@@ -100,7 +100,13 @@ impl Ctx<'_> {
             protocol,
             model: model.to_string(),
             api_base,
-            api_key: self.opt_str(p, &section, "api_key")?.map(Secret::new),
+            // No `api_key`: the provider's usual environment variable, as LiteLLM reads it.
+            api_key: match self.opt_str(p, &section, "api_key")? {
+                Some(k) => Some(Secret::new(k)),
+                None => key_env(provider)
+                    .and_then(|name| self.env.var(name))
+                    .map(Secret::new),
+            },
             weight: self
                 .opt_u64(p, &section, "weight")?
                 .unwrap_or(1)
@@ -175,7 +181,77 @@ impl Ctx<'_> {
                     "output_cost_per_token_batches",
                 )?,
             },
+            tags: self.tags(p, &section)?,
+            max_input_tokens: self.opt_u64(
+                &m.model_info,
+                &format!("model_list[{i}].model_info"),
+                "max_input_tokens",
+            )?,
         })
+    }
+
+    /// `tags: [a, b]` (a single string is one tag).
+    fn tags(&self, p: &BTreeMap<String, Value>, section: &str) -> Result<Vec<String>, ConfigError> {
+        let key = format!("{section}.tags");
+        match p.get("tags") {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Sequence(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| self.resolve(&format!("{key}[{i}]"), v))
+                .collect(),
+            Some(v) => Ok(vec![self.resolve(&key, v)?]),
+        }
+    }
+
+    /// A LiteLLM policy map (`{RateLimitErrorRetries: 3, ...}` or
+    /// `{RateLimitErrorAllowedFails: 100, ...}`): the count per error class. `suffix` is
+    /// `Retries` or `AllowedFails`.
+    fn class_policy(
+        &self,
+        key: &str,
+        v: &Value,
+        suffix: &str,
+    ) -> Result<Vec<(ErrorClass, u32)>, ConfigError> {
+        let map: BTreeMap<String, u32> = serde_yaml_ng::from_value(v.clone()).map_err(|e| {
+            self.invalid(key, format!("expected {{ErrorName{suffix}: count}}: {e}"))
+        })?;
+        let mut out = Vec::new();
+        for (name, n) in map {
+            let classes: &[ErrorClass] = match name.strip_suffix(suffix) {
+                Some("RateLimitError") => &[ErrorClass::RateLimit],
+                Some("TimeoutError") => &[ErrorClass::Timeout],
+                Some("InternalServerError") => &[
+                    ErrorClass::Server,
+                    ErrorClass::Overloaded,
+                    ErrorClass::Connection,
+                    ErrorClass::TruncatedStream,
+                ],
+                Some("ServiceUnavailableError") => &[ErrorClass::Overloaded],
+                Some("BadGatewayError") => &[ErrorClass::Server],
+                Some("AuthenticationError") => &[ErrorClass::Auth],
+                Some("BadRequestError") => &[ErrorClass::BadRequest],
+                Some("NotFoundError") => &[ErrorClass::NotFound],
+                Some("ContentPolicyViolationError") => &[ErrorClass::ContentPolicy],
+                _ => {
+                    return Err(self.invalid(
+                        &format!("{key}.{name}"),
+                        format!("unknown policy key; expected e.g. RateLimitError{suffix}"),
+                    ))
+                }
+            };
+            for c in classes {
+                // A specific name (ServiceUnavailable, BadGateway) wins over the broad
+                // InternalServerError one, whatever their order in the file.
+                let specific = !name.starts_with("InternalServerError");
+                match out.iter_mut().find(|(have, _)| have == c) {
+                    Some(entry) if specific => entry.1 = n.min(100),
+                    Some(_) => {}
+                    None => out.push((*c, n.min(100))),
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Routing, retry, cooldown and fallback rules; `router_settings` wins over
@@ -273,33 +349,31 @@ impl Ctx<'_> {
                 ));
             }
         }
-        let mut retry_policy = Vec::new();
-        if let Some(v) = r.get("retry_policy").filter(|v| !v.is_null()) {
-            let map: BTreeMap<String, u32> = serde_yaml_ng::from_value(v.clone())
-                .map_err(|e| self.invalid("router_settings.retry_policy", e.to_string()))?;
-            for (name, n) in map {
-                let classes: &[ErrorClass] = match name.as_str() {
-                    "RateLimitErrorRetries" => &[ErrorClass::RateLimit],
-                    "TimeoutErrorRetries" => &[ErrorClass::Timeout],
-                    "InternalServerErrorRetries" => &[
-                        ErrorClass::Server,
-                        ErrorClass::Overloaded,
-                        ErrorClass::Connection,
-                        ErrorClass::TruncatedStream,
-                    ],
-                    "AuthenticationErrorRetries" => &[ErrorClass::Auth],
-                    "BadRequestErrorRetries" => &[ErrorClass::BadRequest],
-                    "ContentPolicyViolationErrorRetries" => &[ErrorClass::ContentPolicy],
-                    other => {
-                        return Err(self.invalid(
-                            &format!("router_settings.retry_policy.{other}"),
-                            "unknown retry policy key".into(),
-                        ))
-                    }
-                };
-                retry_policy.extend(classes.iter().map(|c| (*c, n.min(100))));
+        let retry_policy = match r.get("retry_policy").filter(|v| !v.is_null()) {
+            Some(v) => self.class_policy("router_settings.retry_policy", v, "Retries")?,
+            None => Vec::new(),
+        };
+        let mut group_retry_policy = BTreeMap::new();
+        if let Some(v) = r.get("model_group_retry_policy").filter(|v| !v.is_null()) {
+            let key = "router_settings.model_group_retry_policy";
+            let map: BTreeMap<String, Value> =
+                serde_yaml_ng::from_value(v.clone()).map_err(|e| {
+                    self.invalid(key, format!("expected {{group: {{...Retries: n}}}}: {e}"))
+                })?;
+            for (group, policy) in map {
+                if !known(&group) {
+                    return Err(self.invalid(key, format!("model group {group:?} does not exist")));
+                }
+                let policy = self.class_policy(&format!("{key}.{group}"), &policy, "Retries")?;
+                group_retry_policy.insert(group, policy);
             }
         }
+        let allowed_fails_policy = match r.get("allowed_fails_policy").filter(|v| !v.is_null()) {
+            Some(v) => {
+                self.class_policy("router_settings.allowed_fails_policy", v, "AllowedFails")?
+            }
+            None => Vec::new(),
+        };
         Ok(RouterSettings {
             strategy,
             allowed_fails: self
@@ -327,6 +401,17 @@ impl Ctx<'_> {
                 .map(|n| n.min(100) as u32)
                 .unwrap_or(defaults::MAX_FALLBACKS),
             aliases,
+            pre_call_checks: self
+                .opt_bool(r, "router_settings", "enable_pre_call_checks")?
+                .unwrap_or(false),
+            tag_filtering: self
+                .opt_bool(r, "router_settings", "enable_tag_filtering")?
+                .unwrap_or(false),
+            tag_match_any: self
+                .opt_bool(r, "router_settings", "tag_filtering_match_any")?
+                .unwrap_or(true),
+            group_retry_policy,
+            allowed_fails_policy,
         })
     }
 

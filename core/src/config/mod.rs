@@ -31,9 +31,10 @@ mod providers;
 mod raw;
 #[cfg(test)]
 mod tests;
+pub mod wildcard;
 
 pub use coerce::parse_period;
-pub use providers::{provider_defaults, Protocol};
+pub use providers::{key_env, provider_defaults, Protocol};
 
 use coerce::Ctx;
 use litellm::DeploymentDefaults;
@@ -127,6 +128,28 @@ pub struct Deployment {
     /// Prices of the provider's batch API (`litellm_params` or `model_info`).
     pub input_cost_per_token_batches: Option<Decimal>,
     pub output_cost_per_token_batches: Option<Decimal>,
+    /// `litellm_params.tags`: requests with tags go to deployments sharing one
+    /// (`router_settings.enable_tag_filtering`); `default` takes untagged and unmatched ones.
+    pub tags: Vec<String>,
+    /// `model_info.max_input_tokens`: the prompt this deployment's context holds
+    /// (`router_settings.enable_pre_call_checks`).
+    pub max_input_tokens: Option<u64>,
+}
+
+impl Deployment {
+    /// Whether this deployment serves a wildcard group (`model: openai/*`): the model it
+    /// calls comes from the request ([`Deployment::for_model`]).
+    pub fn is_wildcard(&self) -> bool {
+        self.model.contains('*')
+    }
+
+    /// This deployment calling the model that `caps` (what a wildcard group's `*`s
+    /// matched) fill into its own `*`s.
+    pub fn for_model(&self, caps: &[&str]) -> Deployment {
+        let mut d = self.clone();
+        d.model = wildcard::fill(&self.model, caps);
+        d
+    }
 }
 
 /// LiteLLM `routing_strategy`.
@@ -159,17 +182,45 @@ pub struct RouterSettings {
     pub max_fallbacks: u32,
     /// `model_group_alias`: another name for a group.
     pub aliases: BTreeMap<String, String>,
+    /// `enable_pre_call_checks`: skip deployments whose context cannot hold the prompt.
+    pub pre_call_checks: bool,
+    /// `enable_tag_filtering`: route tagged requests by deployment `tags`.
+    pub tag_filtering: bool,
+    /// `tag_filtering_match_any` (default true): one shared tag is enough; false: every
+    /// request tag must be on the deployment.
+    pub tag_match_any: bool,
+    /// `model_group_retry_policy`: a group's own retry policy, replacing `retry_policy`.
+    pub group_retry_policy: BTreeMap<String, Vec<(ErrorClass, u32)>>,
+    /// `allowed_fails_policy`: failures per class a deployment tolerates within a minute
+    /// before it cools down, replacing `allowed_fails` (and the at-once cooldown of a 429
+    /// or an overload) for those classes.
+    pub allowed_fails_policy: Vec<(ErrorClass, u32)>,
 }
 
 impl RouterSettings {
     /// Retries allowed for a failure of `class`.
     pub fn retries_for(&self, class: ErrorClass, num_retries: u32) -> u32 {
-        self.retry_policy
-            .iter()
-            .find(|(c, _)| *c == class)
-            .map(|(_, n)| *n)
-            .unwrap_or(num_retries)
+        policy(&self.retry_policy, class).unwrap_or(num_retries)
     }
+
+    /// Retries allowed for a failure of `class` in `group`: the group's own policy when it
+    /// has one (`model_group_retry_policy`), else `retry_policy`, else `num_retries`.
+    pub fn retries_in(&self, group: &str, class: ErrorClass, num_retries: u32) -> u32 {
+        match self.group_retry_policy.get(group) {
+            Some(own) => policy(own, class).unwrap_or(num_retries),
+            None => self.retries_for(class, num_retries),
+        }
+    }
+
+    /// Failures of `class` a deployment tolerates before it cools down, if
+    /// `allowed_fails_policy` names the class.
+    pub fn allowed_fails_for(&self, class: ErrorClass) -> Option<u32> {
+        policy(&self.allowed_fails_policy, class)
+    }
+}
+
+fn policy(list: &[(ErrorClass, u32)], class: ErrorClass) -> Option<u32> {
+    list.iter().find(|(c, _)| *c == class).map(|(_, n)| *n)
 }
 
 /// A spend limit per provider (`router_settings.provider_budget_config`).
@@ -474,6 +525,7 @@ impl Config {
         let retries = r
             .retry_policy
             .iter()
+            .chain(r.group_retry_policy.values().flatten())
             .map(|(_, n)| *n)
             .chain([self.num_retries])
             .max()
@@ -491,19 +543,40 @@ impl Config {
         g
     }
 
+    /// Whether `group` names a model group: exactly, by alias, or by a wildcard group
+    /// (`openai/*`).
     pub fn has_group(&self, group: &str) -> bool {
-        self.deployments.iter().any(|d| d.group == group) || self.router.aliases.contains_key(group)
+        self.deployments.iter().any(|d| d.group == group)
+            || self.router.aliases.contains_key(group)
+            || self.wildcard_group(group).is_some()
+    }
+
+    /// The wildcard group (`model_name` with a `*`) that `name` falls under, if `name` is
+    /// no group of its own.
+    pub fn wildcard_group(&self, name: &str) -> Option<&str> {
+        wildcard::best(
+            self.deployments
+                .iter()
+                .filter(|d| d.group.contains('*'))
+                .map(|d| d.group.as_str()),
+            name,
+        )
     }
 
     /// A human-readable account of the resolved config (secrets masked), for
     /// `sluice config check`.
-    /// The group a name refers to (`model_group_alias` resolved).
+    /// The group a name refers to: `model_group_alias` resolved, else the name itself,
+    /// else the wildcard group it falls under.
     pub fn resolve_group<'a>(&'a self, name: &'a str) -> &'a str {
-        self.router
-            .aliases
-            .get(name)
-            .map(String::as_str)
-            .unwrap_or(name)
+        if let Some(g) = self.router.aliases.get(name) {
+            return g;
+        }
+        if !name.contains('*') && !self.deployments.iter().any(|d| d.group == name) {
+            if let Some(g) = self.wildcard_group(name) {
+                return g;
+            }
+        }
+        name
     }
 
     pub fn deployments_of<'a>(

@@ -59,3 +59,23 @@ pub fn provider_defaults(provider: &str) -> Option<(Protocol, Option<&'static st
         _ => return None,
     })
 }
+
+/// The environment variable holding the key of a LiteLLM provider prefix, used when a
+/// deployment has no `api_key` (as LiteLLM does).
+pub fn key_env(provider: &str) -> Option<&'static str> {
+    Some(match provider {
+        "openai" => "OPENAI_API_KEY",
+        "azure" => "AZURE_API_KEY",
+        "anthropic" => "ANTHROPIC_API_KEY",
+        "gemini" => "GEMINI_API_KEY",
+        "deepseek" => "DEEPSEEK_API_KEY",
+        "openrouter" => "OPENROUTER_API_KEY",
+        "dashscope" => "DASHSCOPE_API_KEY",
+        "mistral" => "MISTRAL_API_KEY",
+        "groq" => "GROQ_API_KEY",
+        "together_ai" => "TOGETHERAI_API_KEY",
+        "xai" => "XAI_API_KEY",
+        "hosted_vllm" => "HOSTED_VLLM_API_KEY",
+        _ => return None,
+    })
+}

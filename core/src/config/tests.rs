@@ -38,7 +38,8 @@ router_settings:
     assert!(c
         .ignored_keys
         .contains(&"model_list[0].litellm_params.max_retries".to_string()));
-    assert!(c
+    assert!(c.router.pre_call_checks);
+    assert!(!c
         .ignored_keys
         .contains(&"router_settings.enable_pre_call_checks".to_string()));
 }
@@ -225,14 +226,22 @@ fn the_litellm_docs_config_loads_unchanged_and_names_what_is_not_acted_on() {
         3
     );
     assert_eq!(c.router.retries_for(ErrorClass::Server, c.num_retries), 2);
-    for key in [
+    assert_eq!(c.router.allowed_fails_for(ErrorClass::RateLimit), Some(100));
+    assert_eq!(c.router.allowed_fails_for(ErrorClass::Server), None);
+    assert_eq!(azure.max_input_tokens, Some(128_000));
+    for acted_on in [
         "router_settings.allowed_fails_policy",
+        "router_settings.enable_pre_call_checks",
+        "model_list[0].model_info.max_input_tokens",
+    ] {
+        assert!(!c.ignored_keys.iter().any(|k| k == acted_on), "{acted_on}");
+    }
+    for key in [
         "router_settings.redis_host",
         "litellm_settings.cache",
         "litellm_settings.max_budget",
         "general_settings.database_url",
         "model_list[0].litellm_params.max_retries",
-        "model_list[0].model_info.max_input_tokens",
     ] {
         assert!(
             c.ignored_keys.iter().any(|k| k == key),
@@ -267,4 +276,83 @@ fn a_fallback_to_an_unknown_group_names_the_key() {
 fn unknown_sluice_key_is_an_error() {
     let yaml = "sluice:\n  natsurl: x\n";
     assert!(Config::from_yaml(yaml, None, &env).is_err());
+}
+
+#[test]
+fn tags_wildcards_policies_and_env_keys_resolve() {
+    let yaml = r#"
+model_list:
+  - model_name: chat
+    litellm_params: {model: openai/gpt-4o, tags: [eu, default]}
+    model_info: {id: eu, max_input_tokens: 8000}
+  - model_name: chat
+    litellm_params: {model: anthropic/claude-sonnet-4-5, tags: us}
+    model_info: {id: us}
+  - model_name: "openai/*"
+    litellm_params: {model: "openai/*"}
+  - model_name: "*"
+    litellm_params: {model: "deepseek/*"}
+router_settings:
+  enable_tag_filtering: true
+  tag_filtering_match_any: false
+  retry_policy: {RateLimitErrorRetries: 1}
+  model_group_retry_policy:
+    chat: {TimeoutErrorRetries: 4}
+  allowed_fails_policy: {TimeoutErrorAllowedFails: 7, InternalServerErrorAllowedFails: 2, ServiceUnavailableErrorAllowedFails: 9}
+"#;
+    let env = |name: &str| match name {
+        "OPENAI_API_KEY" => Some("sk-openai-from-env".to_string()),
+        "ANTHROPIC_API_KEY" => Some("sk-ant-from-env".to_string()),
+        _ => None,
+    };
+    let c = Config::from_yaml(yaml, None, &env).unwrap();
+    assert!(c.ignored_keys.is_empty(), "{:?}", c.ignored_keys);
+    assert_eq!(c.deployments[0].tags, ["eu", "default"]);
+    assert_eq!(c.deployments[1].tags, ["us"]);
+    assert_eq!(c.deployments[0].max_input_tokens, Some(8000));
+    assert_eq!(
+        c.deployments[0].api_key.as_ref().unwrap().expose(),
+        "sk-openai-from-env"
+    );
+    assert_eq!(
+        c.deployments[1].api_key.as_ref().unwrap().expose(),
+        "sk-ant-from-env"
+    );
+    assert!(
+        c.deployments[3].api_key.is_none(),
+        "DEEPSEEK_API_KEY is not set"
+    );
+    assert!(c.router.tag_filtering && !c.router.tag_match_any);
+    // The group's own policy replaces retry_policy; unnamed classes get num_retries.
+    assert_eq!(c.router.retries_in("chat", ErrorClass::Timeout, 2), 4);
+    assert_eq!(c.router.retries_in("chat", ErrorClass::RateLimit, 2), 2);
+    assert_eq!(c.router.retries_in("openai/*", ErrorClass::RateLimit, 2), 1);
+    assert_eq!(c.router.allowed_fails_for(ErrorClass::Timeout), Some(7));
+    assert_eq!(c.router.allowed_fails_for(ErrorClass::Server), Some(2));
+    assert_eq!(c.router.allowed_fails_for(ErrorClass::Overloaded), Some(9));
+    assert_eq!(c.router.allowed_fails_for(ErrorClass::RateLimit), None);
+    // Wildcards: exact groups first, then the most specific pattern.
+    assert!(c.has_group("openai/gpt-4o-mini") && c.has_group("mistral-large"));
+    assert_eq!(c.resolve_group("chat"), "chat");
+    assert_eq!(c.resolve_group("openai/o3"), "openai/*");
+    assert_eq!(c.resolve_group("something-else"), "*");
+    let d = c.deployments[2].for_model(&["o3"]);
+    assert_eq!((d.provider.as_str(), d.model.as_str()), ("openai", "o3"));
+
+    let bad = "model_list:\n  - {model_name: a, litellm_params: {model: openai/x}}\nrouter_settings:\n  allowed_fails_policy: {SlowErrorAllowedFails: 1}\n";
+    let err = Config::from_yaml(bad, Some("s.yaml".into()), &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("allowed_fails_policy.SlowErrorAllowedFails"),
+        "{err}"
+    );
+    let bad = "model_list:\n  - {model_name: a, litellm_params: {model: openai/x}}\nrouter_settings:\n  model_group_retry_policy: {nope: {RateLimitErrorRetries: 1}}\n";
+    let err = Config::from_yaml(bad, Some("s.yaml".into()), &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model_group_retry_policy") && err.contains("nope"),
+        "{err}"
+    );
 }

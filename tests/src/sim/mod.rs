@@ -9,6 +9,8 @@
 //! | Gemini | `/v1beta/models/{m}:generateContent`, `…:streamGenerateContent?alt=sse` | SSE `data:`, ends after `finishReason` |
 //! | Ollama | `/api/chat` | NDJSON, `done:true` |
 //!
+//! Embeddings on each protocol's path are in [`embeddings`].
+//!
 //! Answers are deterministic (the same request and seed give the same words), with a tool
 //! call when tools are given (and the last turn is not a tool result) and reasoning output
 //! for reasoning models (a model name containing `reason` or `think`, or a request asking
@@ -26,6 +28,7 @@
 
 mod anthropic;
 mod batches;
+pub mod embeddings;
 mod gemini;
 mod ollama;
 mod openai;
@@ -284,6 +287,14 @@ pub fn app(config: SimConfig, stats: Arc<SimStats>) -> Router {
             get(batches::gemini_get).post(batches::gemini_cancel),
         )
         .route("/api/chat", post(ollama::chat))
+        .route("/v1/embeddings", post(embeddings::openai))
+        .route("/embeddings", post(embeddings::openai))
+        .route(
+            "/openai/deployments/{deployment}/embeddings",
+            post(embeddings::azure_deployment),
+        )
+        .route("/openai/v1/embeddings", post(embeddings::azure_v1))
+        .route("/api/embed", post(embeddings::ollama))
         .route("/sim/stats", get(stats_route))
         .with_state(sim)
 }

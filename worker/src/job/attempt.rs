@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sluice_core::config::Deployment;
 use sluice_core::store::{AttemptRecord, AttemptStarted};
+use sluice_schemas::job::JobResult;
 use sluice_schemas::openai::{ChatCompletion, ChatRequest, Content, Usage};
 use sluice_schemas::{ErrorClass, Tier};
 use uuid::Uuid;
@@ -142,6 +143,13 @@ impl Attempt {
                 if r.disable_cooldowns {
                     return h;
                 }
+                // `allowed_fails_policy` names the class: its failures count against that
+                // class's own allowance (a 429 too, instead of cooling down at once).
+                if let Some(n) = r.allowed_fails_for(e.class).filter(|_| cools(e.class)) {
+                    h.counts_as_failure = true;
+                    h.allowed_fails = n;
+                    return h;
+                }
                 match e.class {
                     // 429 / overloaded: cool down at once, for the deployment's
                     // cooldown_time, else the provider's Retry-After, else the router's.
@@ -162,6 +170,22 @@ impl Attempt {
     }
 }
 
+/// Whether failures of `class` can cool a deployment down at all (a bad request or a
+/// content-policy refusal says nothing about the deployment).
+fn cools(class: ErrorClass) -> bool {
+    matches!(
+        class,
+        ErrorClass::RateLimit
+            | ErrorClass::Overloaded
+            | ErrorClass::Timeout
+            | ErrorClass::Server
+            | ErrorClass::Connection
+            | ErrorClass::TruncatedStream
+            | ErrorClass::Auth
+            | ErrorClass::NotFound
+    )
+}
+
 /// Fills the success fields of `r` from `out`.
 fn succeeded(
     ctx: &Ctx,
@@ -173,10 +197,11 @@ fn succeeded(
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let (usage, estimated) = match out.usage {
         Some(u) => (u, false),
-        None => (
-            ledger::estimate_usage(request, &completion_text(&out.completion)),
-            true,
-        ),
+        None => match &out.result {
+            JobResult::Chat(c) => (ledger::estimate_usage(request, &completion_text(c)), true),
+            // Filled with the input estimate (`job/embed.rs`).
+            JobResult::Embeddings(e) => (Usage::new(e.usage.prompt_tokens, 0), true),
+        },
     };
     r.status = "succeeded".into();
     r.prompt_tokens = Some(usage.prompt_tokens as i64);
@@ -185,7 +210,7 @@ fn succeeded(
     r.cache_creation_tokens = Some(usage.cache_creation_tokens() as i64);
     r.reasoning_tokens = Some(usage.reasoning_tokens() as i64);
     r.usage_estimated = estimated;
-    r.cost = ctx.prices.cost(&d.id, &usage);
+    r.cost = ctx.prices.of(d).map(|p| p.cost(&usage));
     r.pricing_missing = r.cost.is_none();
     r.ttft_ms = out.ttft.map(ms);
     r.latency_ms = Some(ms(out.latency));

@@ -13,6 +13,8 @@
 //! durable in Postgres and its terminal event is stored in JetStream.
 
 mod attempt;
+mod eligible;
+mod embed;
 mod outcome;
 pub(crate) mod pipeline;
 mod route;

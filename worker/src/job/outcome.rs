@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sluice_core::store::{AttemptRecord, JobDeferred, JobOutcome, LedgerEntry};
 use sluice_schemas::events::HEADER_DLQ_REASON;
-use sluice_schemas::job::JobError;
+use sluice_schemas::job::{JobError, JobResult};
+use sluice_schemas::openai::Usage;
 use sluice_schemas::{DoneEvent, ErrorClass, JobEnvelope, JobStatus, Tier};
 use uuid::Uuid;
 
@@ -148,17 +149,26 @@ impl Finished {
         let usage = last.map(record_usage).unwrap_or_default();
         let cost = last.and_then(|r| r.cost);
         let pricing_missing = last.is_some_and(|r| r.pricing_missing);
-        let mut completion = out.completion;
-        // Report the usage we billed (estimated when the provider sent none).
-        completion.usage = Some(out.usage.unwrap_or(usage));
+        let (result, usage) = match out.result {
+            JobResult::Chat(mut completion) => {
+                // Report the usage we billed (estimated when the provider sent none).
+                completion.usage = Some(out.usage.unwrap_or(usage));
+                let usage = completion.usage;
+                (JobResult::Chat(completion), usage)
+            }
+            JobResult::Embeddings(e) => {
+                let usage = Some(Usage::new(e.usage.prompt_tokens, 0));
+                (JobResult::Embeddings(e), usage)
+            }
+        };
         let job_cost = if pricing_missing {
             None
         } else {
             total_cost(&records).or(cost)
         };
         base.status = JobStatus::Succeeded;
-        base.result = serde_json::to_value(&completion).ok();
-        base.usage = serde_json::to_value(completion.usage).ok();
+        base.result = serde_json::to_value(&result).ok();
+        base.usage = serde_json::to_value(usage).ok();
         base.cost = job_cost;
         base.pricing_missing = pricing_missing;
         base.attempts = attempt;
@@ -166,8 +176,8 @@ impl Finished {
         let done = DoneEvent {
             job_id: base.id,
             status: JobStatus::Succeeded,
-            usage: completion.usage,
-            result: Some(completion),
+            usage,
+            result: Some(result),
             cost: job_cost,
             attempts: attempt,
             error: None,

@@ -5,9 +5,10 @@
 //!            └──────────────── retry / fall back ◀───────┘
 //! ```
 //!
-//! - **admit**: route (the group's candidates by order and strategy, minus those tried)
-//!   and reserve against every limit in one Redis round trip; the first candidate that
-//!   fits becomes an [`Attempt`];
+//! - **admit**: route (the deployments of the group the job may use — wildcard, tags and
+//!   context window checked once per group, `eligible.rs` — by order and strategy, minus
+//!   those tried) and reserve against every limit in one Redis round trip; the first
+//!   candidate that fits becomes an [`Attempt`];
 //! - **start**: the attempt goes on record before the call (and claims the job, so one
 //!   the api ended meanwhile is not called);
 //! - **call**: the provider call, its chunks published as they arrive;
@@ -24,12 +25,15 @@ use chrono::{DateTime, Utc};
 use rust_decimal::prelude::ToPrimitive;
 use sluice_core::config::Deployment;
 use sluice_core::store::{AttemptRecord, JobOutcome, LedgerEntry, Written};
+use sluice_schemas::embeddings::EmbeddingsRequest;
 use sluice_schemas::job::JobError;
 use sluice_schemas::openai::ChatRequest;
 use sluice_schemas::{ErrorClass, JobEnvelope, JobStatus, RetryEvent, Tier, MASTER_OWNER};
 use uuid::Uuid;
 
 use super::attempt::{Attempt, JobFields};
+use super::eligible;
+use super::embed;
 use super::outcome::{Deferred, Finished, Halt};
 use super::route::{Next, Route};
 use crate::events::{EventPublisher, EventSink};
@@ -144,12 +148,16 @@ struct Run<'a> {
     delivery: u32,
     stream: bool,
     request: ChatRequest,
+    /// An embeddings job's request (`request` then only names the group).
+    embeddings: Option<Box<EmbeddingsRequest>>,
     /// The job row as it will end; filled in by [`Run::end`] / [`Run::succeed`].
     base: JobOutcome,
     publisher: EventPublisher,
     route: Route<'a>,
     /// The limits of the job's key, beside each deployment's own.
     key_scopes: Arc<Vec<Scope>>,
+    /// The tags the job asked for (`tags`, `metadata.tags`), for tag routing.
+    tags: Vec<String>,
     /// Prompt estimates per tokenizer, computed once each.
     prompt_estimates: Vec<(tokens::Tokenizer, u64)>,
     /// Attempts this delivery made, for the ledger.
@@ -170,14 +178,17 @@ impl<'a> Run<'a> {
     ) -> Self {
         let JobEnvelope {
             id,
-            request,
+            mut request,
+            embeddings,
             owner,
             reply_subject,
             submitted_at_ms,
             fallbacks,
             disable_fallbacks,
+            metadata,
             ..
         } = *envelope;
+        let tags = eligible::job_tags(&mut request, metadata.as_ref());
         let owner = owner.unwrap_or_else(|| MASTER_OWNER.to_string());
         let group = request.model.clone();
         let created_at = DateTime::<Utc>::from_timestamp_millis(submitted_at_ms)
@@ -212,9 +223,11 @@ impl<'a> Run<'a> {
             delivery,
             stream: request.stream.unwrap_or(false),
             request,
+            embeddings,
             base,
             publisher: EventPublisher::new(ctx.js.clone(), ctx.subjects.events(id), id),
             key_scopes: Arc::default(),
+            tags,
             prompt_estimates: Vec::with_capacity(2),
             records: Vec::new(),
             attempt: calls,
@@ -234,6 +247,8 @@ impl<'a> Run<'a> {
             .has_group(self.ctx.config.resolve_group(&self.group))
         {
             format!("unknown model group {:?}", self.group)
+        } else if let Some(e) = &self.embeddings {
+            e.input.invalid()?
         } else if self.request.messages.is_empty() {
             "`messages` must not be empty".to_string()
         } else {
@@ -286,7 +301,12 @@ impl<'a> Run<'a> {
     /// down and whose limits allow the call.
     async fn admit(&mut self) -> Result<Admit, Halt> {
         let ctx = self.ctx;
-        let candidates = ctx.router.candidates(self.route.group(), &self.route.tried);
+        if let Err(error) = self.pool() {
+            self.last_error = error;
+            return Ok(Admit::GiveUp);
+        }
+        let pool = self.route.pool.as_deref().unwrap_or_default();
+        let candidates = ctx.router.order(pool, &self.route.tried);
         if candidates.is_empty() {
             return Ok(Admit::GiveUp);
         }
@@ -343,6 +363,77 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The deployments of the current group this job may use, worked out once per group
+    /// (`eligible.rs`). A group with none moves the job on along its fallback chain (a
+    /// prompt too long for every deployment follows `context_window_fallbacks`); the error
+    /// when no group is left. Nothing here calls a provider.
+    fn pool(&mut self) -> Result<(), JobError> {
+        let ctx = self.ctx;
+        let router = &ctx.config.router;
+        while self.route.pool.is_none() {
+            let group = self.route.group().to_string();
+            let all = ctx.router.deployments(&group);
+            let all: Vec<Arc<Deployment>> = match self.route.captures() {
+                Some(caps) => all
+                    .iter()
+                    .map(|d| match d.is_wildcard() {
+                        true => Arc::new(d.for_model(&caps)),
+                        false => Arc::clone(d),
+                    })
+                    .collect(),
+                None => all.to_vec(),
+            };
+            let Some(mut pool) = eligible::by_tags(all, &self.tags, router) else {
+                let error = JobError {
+                    class: ErrorClass::BadRequest,
+                    message: format!(
+                        "no deployment of model group {group:?} has the tags {:?} (and none is tagged \"default\")",
+                        self.tags
+                    ),
+                };
+                if self.route.hop(None) {
+                    crate::metrics::fallback("tags");
+                    continue;
+                }
+                return Err(error);
+            };
+            if router.pre_call_checks {
+                let mut longest: Option<(u64, u64)> = None;
+                let mut kept = Vec::with_capacity(pool.len());
+                for d in pool {
+                    let prompt = self.prompt_estimate(tokens::Tokenizer::for_deployment(&d));
+                    match ctx.contexts.max_input_tokens(&d) {
+                        Some(limit) if prompt > limit => {
+                            if longest.is_none_or(|(l, _)| limit > l) {
+                                longest = Some((limit, prompt));
+                            }
+                        }
+                        _ => kept.push(d),
+                    }
+                }
+                pool = kept;
+                if pool.is_empty() {
+                    let (limit, prompt) = longest.unwrap_or_default();
+                    let error = JobError {
+                        class: ErrorClass::ContextWindow,
+                        message: format!(
+                            "no deployment of model group {group:?} has a context window large enough for this prompt (pre-call check): Max Input Tokens={limit}, Got={prompt}"
+                        ),
+                    };
+                    tracing::info!(job_id = %self.id, %group, limit, prompt, "prompt too long for every deployment of the group");
+                    if self.route.hop(Some(ErrorClass::ContextWindow)) {
+                        crate::metrics::fallback(ErrorClass::ContextWindow.as_str());
+                        self.last_error = error;
+                        continue;
+                    }
+                    return Err(error);
+                }
+            }
+            self.route.pool = Some(pool);
+        }
+        Ok(())
+    }
+
     /// The next attempt, on `deployment`, with what the limits hold for it.
     fn attempt_on(&self, deployment: &Arc<Deployment>, held: limits::Held) -> Box<Attempt> {
         Box::new(Attempt {
@@ -363,11 +454,15 @@ impl<'a> Run<'a> {
     /// estimated tokens and cost of the call.
     fn candidates(&mut self, candidates: &[Arc<Deployment>]) -> Vec<Candidate> {
         let ctx = self.ctx;
-        let output_cap = u64::from(
-            self.request
-                .output_cap()
-                .unwrap_or(ctx.config.limits.default_max_tokens),
-        );
+        let output_cap = if self.embeddings.is_some() {
+            0
+        } else {
+            u64::from(
+                self.request
+                    .output_cap()
+                    .unwrap_or(ctx.config.limits.default_max_tokens),
+            )
+        };
         let mut admit = Vec::with_capacity(candidates.len());
         for d in candidates {
             let prompt_tokens = self.prompt_estimate(tokens::Tokenizer::for_deployment(d));
@@ -378,7 +473,7 @@ impl<'a> Run<'a> {
                 order: d.order,
                 cooldowns: !ctx.config.router.disable_cooldowns,
                 scopes,
-                estimate: limits::estimate(ctx.prices.get(&d.id), prompt_tokens, output_cap),
+                estimate: limits::estimate(ctx.prices.of(d).as_ref(), prompt_tokens, output_cap),
             });
         }
         admit
@@ -388,7 +483,10 @@ impl<'a> Run<'a> {
         if let Some((_, n)) = self.prompt_estimates.iter().find(|(t, _)| *t == tokenizer) {
             return *n;
         }
-        let n = tokens::prompt_with(tokenizer, &self.request);
+        let n = match &self.embeddings {
+            Some(e) => embed::estimate(tokenizer, e),
+            None => tokens::prompt_with(tokenizer, &self.request),
+        };
         self.prompt_estimates.push((tokenizer, n));
         n
     }
@@ -448,6 +546,12 @@ impl<'a> Run<'a> {
 
     /// The provider call; each chunk goes out as a `chunk` event as it arrives.
     async fn call(&mut self, attempt: &Attempt) -> Result<CallOutput, ProviderError> {
+        if let Some(e) = &self.embeddings {
+            let mut out = self.ctx.providers.embed(&attempt.deployment, e).await?;
+            let tokenizer = tokens::Tokenizer::for_deployment(&attempt.deployment);
+            embed::fill_usage(&mut out, self.prompt_estimate(tokenizer));
+            return Ok(out);
+        }
         let mut sink = EventSink {
             publisher: &mut self.publisher,
             attempt: attempt.number,
@@ -549,7 +653,10 @@ impl<'a> Run<'a> {
     }
 
     /// The job succeeded with the last attempt's output.
-    fn succeed(self, out: CallOutput) -> Finished {
+    fn succeed(self, mut out: CallOutput) -> Finished {
+        if let Some(e) = &self.embeddings {
+            embed::shape(&mut out.result, e);
+        }
         Finished::succeeded(self.base, self.records, out, self.publisher, self.attempt)
     }
 

@@ -31,6 +31,11 @@ pub(super) struct Route<'a> {
     /// The job's own fallbacks (`fallbacks` in the request), if any.
     own: Option<Vec<String>>,
     disabled: bool,
+    /// The model name the job asked for (a wildcard group fills it into its deployments).
+    requested: String,
+    /// The deployments of the current group this job may use (`job/eligible.rs`), once
+    /// worked out for the group.
+    pub(super) pool: Option<Vec<Arc<Deployment>>>,
     /// Deployments of the current group tried so far.
     pub(super) tried: Vec<Arc<Deployment>>,
     /// Retries in the current group.
@@ -46,6 +51,8 @@ impl<'a> Route<'a> {
             visited: vec![ctx.config.resolve_group(group).to_string()],
             own,
             disabled,
+            requested: group.to_string(),
+            pool: None,
             tried: Vec::new(),
             retries: 0,
             schedule: Schedule::new(),
@@ -54,6 +61,16 @@ impl<'a> Route<'a> {
 
     pub(super) fn group(&self) -> &str {
         self.visited.last().map(String::as_str).unwrap_or_default()
+    }
+
+    /// What the `*`s of the current group stand for, when it is the wildcard group the
+    /// job's model name fell under (`openai/*` for `openai/gpt-4o`: `["gpt-4o"]`).
+    pub(super) fn captures(&self) -> Option<Vec<&str>> {
+        let group = self.group();
+        if self.visited.len() != 1 || !group.contains('*') {
+            return None;
+        }
+        sluice_core::config::wildcard::captures(group, &self.requested)
     }
 
     /// Moves to the next fallback group for a failure of `class` (None: the group is
@@ -99,6 +116,7 @@ impl<'a> Route<'a> {
             Some(g) => {
                 tracing::info!(from = %current, to = %g, "falling back");
                 self.visited.push(g);
+                self.pool = None;
                 self.tried.clear();
                 self.retries = 0;
                 self.schedule = Schedule::new();
@@ -112,14 +130,19 @@ impl<'a> Route<'a> {
     /// retries last), or hop to a fallback group.
     pub(super) fn next(&self, class: ErrorClass) -> Next {
         let config = &self.ctx.config;
-        let group_size = self.ctx.router.size(self.group());
+        let group_size = self.size();
         match class {
             // The request itself is wrong: no other deployment or group can help.
             ErrorClass::BadRequest | ErrorClass::NotFound | ErrorClass::Internal => Next::Stop,
             ErrorClass::Auth if group_size <= 1 => Next::Stop,
             // A bigger context or a different policy lives in another group.
             ErrorClass::ContextWindow | ErrorClass::ContentPolicy => Next::Hop,
-            class if self.retries < config.router.retries_for(class, config.num_retries) => {
+            class
+                if self.retries
+                    < config
+                        .router
+                        .retries_in(self.group(), class, config.num_retries) =>
+            {
                 Next::Retry
             }
             _ => Next::Hop,
@@ -128,6 +151,14 @@ impl<'a> Route<'a> {
 
     /// Whether a deployment of the current group is still untried.
     pub(super) fn other_left(&self) -> bool {
-        self.tried.len() < self.ctx.router.size(self.group())
+        self.tried.len() < self.size()
+    }
+
+    /// Deployments of the current group this job may use.
+    fn size(&self) -> usize {
+        match &self.pool {
+            Some(pool) => pool.len(),
+            None => self.ctx.router.size(self.group()),
+        }
     }
 }

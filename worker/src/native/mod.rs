@@ -42,6 +42,9 @@ impl Api {
     /// The batch API of a deployment, if its provider has one Sluice speaks. The
     /// OpenAI-compatible family (DeepSeek, Groq, vLLM…) has none.
     fn of(d: &Deployment) -> Option<Api> {
+        if d.is_wildcard() {
+            return None;
+        }
         match d.protocol {
             Protocol::OpenAi if d.provider == "openai" => Some(Api::OpenAi),
             Protocol::Azure => Some(Api::Azure),

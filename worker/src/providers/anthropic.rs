@@ -1,7 +1,8 @@
 //! Anthropic Messages API.
 //!
 //! `POST {api_base}/v1/messages`, `x-api-key` + `anthropic-version`. The request mapping
-//! lifts system/developer messages to the top-level `system`, turns content parts, tool
+//! lifts system/developer messages to the top-level `system` (parts keep their
+//! `cache_control`, as user parts do), turns content parts, tool
 //! calls and tool results into content blocks (consecutive same-role turns merged, as the
 //! API requires), maps `tool_choice`/`parallel_tool_calls`, `stop`, `user`, and
 //! `reasoning_effort`/`thinking` to `thinking`. Responses and the named-event SSE stream
@@ -16,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_core::config::Deployment;
 use sluice_schemas::openai::{
-    ChatCompletion, ChatRequest, Choice, Content, Delta, FunctionCall, FunctionCallDelta, Message,
-    PromptTokensDetails, Role, ToolCall, ToolCallDelta, Usage,
+    ChatCompletion, ChatRequest, Choice, Content, ContentPart, Delta, FunctionCall,
+    FunctionCallDelta, Message, PromptTokensDetails, Role, ToolCall, ToolCallDelta, Usage,
 };
 use sluice_schemas::sse::SseEvent;
 use sluice_schemas::ErrorClass;
@@ -75,9 +76,14 @@ struct WireMessage {
 enum Block {
     Text {
         text: String,
+        /// Prompt caching: the caller's `cache_control` on the part, passed through.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<Value>,
     },
     Image {
         source: ImageSource,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<Value>,
     },
     ToolUse {
         id: String,
@@ -145,9 +151,23 @@ pub(crate) fn body<'a>(
     for m in &r.messages {
         let (role, blocks) = match m.role {
             Role::System | Role::Developer => {
-                let text = request::text(&m.content);
-                if !text.is_empty() {
-                    system.push(Block::Text { text });
+                match &m.content {
+                    // Parts stay blocks of their own, each with its `cache_control`.
+                    Some(Content::Parts(parts)) => system.extend(
+                        parts
+                            .iter()
+                            .filter(|p| p.text.as_deref().is_some_and(|t| !t.is_empty()))
+                            .map(|p| Block::Text {
+                                text: p.text.clone().unwrap_or_default(),
+                                cache_control: cache_control(p),
+                            }),
+                    ),
+                    _ => {
+                        let text = request::text(&m.content);
+                        if !text.is_empty() {
+                            system.push(text_block(text));
+                        }
+                    }
                 }
                 continue;
             }
@@ -156,7 +176,7 @@ pub(crate) fn body<'a>(
                 let mut blocks = Vec::new();
                 let text = request::text(&m.content);
                 if !text.is_empty() {
-                    blocks.push(Block::Text { text });
+                    blocks.push(text_block(text));
                 }
                 for tc in m.tool_calls.iter().flatten() {
                     blocks.push(Block::ToolUse {
@@ -286,16 +306,33 @@ fn choice(kind: &'static str, name: Option<String>) -> WireToolChoice {
     }
 }
 
+fn text_block(text: String) -> Block {
+    Block::Text {
+        text,
+        cache_control: None,
+    }
+}
+
+/// A content part's `cache_control` (`{"type": "ephemeral"}`, optionally with `ttl`), as
+/// the caller wrote it.
+fn cache_control(part: &ContentPart) -> Option<Value> {
+    part.extra
+        .get("cache_control")
+        .filter(|v| v.is_object())
+        .cloned()
+}
+
 fn content_blocks(content: &Option<Content>) -> Result<Vec<Block>, ProviderError> {
     match content {
         None => Ok(Vec::new()),
         Some(Content::Text(t)) if t.is_empty() => Ok(Vec::new()),
-        Some(Content::Text(t)) => Ok(vec![Block::Text { text: t.clone() }]),
+        Some(Content::Text(t)) => Ok(vec![text_block(t.clone())]),
         Some(Content::Parts(parts)) => parts
             .iter()
             .map(|p| match p.kind.as_str() {
                 "text" => Ok(Block::Text {
                     text: p.text.clone().unwrap_or_default(),
+                    cache_control: cache_control(p),
                 }),
                 "image_url" => {
                     let url = request::image_url(p)
@@ -310,6 +347,7 @@ fn content_blocks(content: &Option<Content>) -> Result<Vec<Block>, ProviderError
                                 url: url.to_string(),
                             },
                         },
+                        cache_control: cache_control(p),
                     })
                 }
                 other => Err(bad_request(format!(
@@ -965,5 +1003,38 @@ event: message_stop\r\ndata: {\"type\":\"message_stop\"}\r\n\r\n";
         assert!(b.get("seed").is_none());
         assert_eq!(p.dropped(), ["seed", "logprobs"]);
         assert_eq!(b["max_tokens"], DEFAULT_MAX_TOKENS);
+    }
+
+    #[test]
+    fn cache_control_on_parts_is_passed_through_in_system_and_user_blocks() {
+        let r: ChatRequest = serde_json::from_value(serde_json::json!({
+            "model": "c",
+            "messages": [
+                {"role": "system", "content": [
+                    {"type": "text", "text": "You are terse."},
+                    {"type": "text", "text": "A long manual ...", "cache_control": {"type": "ephemeral"}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "Question", "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+                ]}
+            ]
+        }))
+        .unwrap();
+        let body = serde_json::to_value(
+            body("c", &r, false, &mut Params::with("anthropic", false)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            body["system"][0],
+            serde_json::json!({"type": "text", "text": "You are terse."})
+        );
+        assert_eq!(
+            body["system"][1]["cache_control"],
+            serde_json::json!({"type": "ephemeral"})
+        );
+        assert_eq!(
+            body["messages"][0]["content"][0]["cache_control"],
+            serde_json::json!({"type": "ephemeral", "ttl": "1h"})
+        );
     }
 }

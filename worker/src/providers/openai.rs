@@ -2,7 +2,8 @@
 //! Mistral, Groq, Together, xAI, vLLM, ...).
 //!
 //! `POST {api_base}/chat/completions`, bearer auth, SSE with `data: [DONE]`. The request
-//! goes out as the caller wrote it (the family takes OpenAI's parameters). Owns the quirks
+//! goes out as the caller wrote it (the family takes OpenAI's parameters), except for
+//! reasoning models (`reasoning.rs`). Owns the quirks
 //! of the family on the way back: `reasoning` (OpenRouter, Ollama's `/v1`) becomes
 //! `reasoning_content`, DeepSeek's `prompt_cache_hit_tokens` becomes `cached_tokens`, Azure's
 //! empty prompt-filter chunks are skipped, and errors inside a 200 stream (OpenAI's bare
@@ -25,11 +26,12 @@ fn build(
     http: &reqwest::Client,
     d: &Deployment,
     request: &ChatRequest,
-    _params: &mut Params,
+    params: &mut Params,
 ) -> Result<reqwest::RequestBuilder, ProviderError> {
+    let body = super::reasoning::adapt(d, request, params)?;
     let mut req = http
         .post(format!("{}/chat/completions", d.api_base))
-        .json(request);
+        .json(&*body);
     if let Some(key) = &d.api_key {
         req = req.bearer_auth(key.expose());
     }

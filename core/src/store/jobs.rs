@@ -1,0 +1,220 @@
+//! Recording new jobs and reading them back: `GET /v1/jobs/{id}`, a redelivered job's
+//! progress, cancelling.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::Value;
+use sluice_schemas::job::JobError;
+use sluice_schemas::{DoneEvent, ErrorClass, JobStatus, Tier};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{Store, StoreError, TERMINAL};
+
+/// A new job as the API records it before publishing.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewJob {
+    pub id: Uuid,
+    pub owner: String,
+    pub idempotency_key: Option<String>,
+    pub model_group: String,
+    pub tier: Tier,
+    pub reply_subject: Option<String>,
+    pub metadata: Option<Value>,
+    pub created_at: DateTime<Utc>,
+    /// Where the job's envelope is published, and the envelope: kept in the outbox until
+    /// the publish is acknowledged (see [`Store::outbox_due`]).
+    pub subject: Option<String>,
+    pub payload: Option<String>,
+}
+
+/// What recording a new job found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Recorded now.
+    New,
+    /// The owner already submitted this idempotency key: here is that job.
+    Existing(Uuid),
+}
+
+/// A job as `GET /v1/jobs/{id}` shows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: Uuid,
+    pub owner: String,
+    pub model_group: String,
+    pub tier: Tier,
+    pub status: JobStatus,
+    pub metadata: Option<Value>,
+    pub result: Option<Value>,
+    /// The result when `jsonb` could not hold it (see [`crate::pgtext`]).
+    pub result_text: Option<String>,
+    pub usage: Option<Value>,
+    pub cost: Option<Decimal>,
+    pub pricing_missing: bool,
+    /// Attempts made so far (attempt numbers are `u32` everywhere; the column is `int`).
+    #[sqlx(try_from = "i32")]
+    pub attempts: u32,
+    pub error_class: Option<ErrorClass>,
+    pub error_message: Option<String>,
+    pub not_before: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl JobRow {
+    /// The job's terminal event, rebuilt from its row.
+    pub fn done_event(&self) -> DoneEvent {
+        let error = self.error_class.map(|class| JobError {
+            class,
+            message: self.error_message.clone().unwrap_or_default(),
+        });
+        DoneEvent {
+            job_id: self.id,
+            status: self.status,
+            result: self
+                .result
+                .clone()
+                .and_then(|v| serde_json::from_value(v).ok()),
+            usage: self
+                .usage
+                .clone()
+                .and_then(|v| serde_json::from_value(v).ok()),
+            cost: self.cost,
+            attempts: self.attempts,
+            error,
+        }
+    }
+}
+
+/// Where a redelivered job stands.
+#[derive(Debug, Clone, Copy)]
+pub struct JobProgress {
+    pub terminal: bool,
+    /// Provider calls so far (the last attempt number allocated).
+    pub calls: u32,
+    /// Times the job handed its message back to wait for a limit.
+    pub deferrals: u32,
+    /// Deliveries whose call was cut short: their worker died (or stalls) mid-call, its
+    /// attempt row still `started`.
+    pub cut_short: u32,
+}
+
+impl Store {
+    /// Records new jobs; a repeated idempotency key yields the existing job instead.
+    pub async fn record_new_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Recorded>, StoreError> {
+        let rows = crate::pgtext::rows_param(jobs, &[])?;
+        // The job row and its outbox entry in one statement: a job is never recorded
+        // without the envelope that lets a reconciler publish it.
+        let inserted: Vec<Uuid> = sqlx::query_scalar(
+            "WITH input AS (
+                SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, owner text, idempotency_key text,
+                     model_group text, tier text, reply_subject text, metadata jsonb, created_at timestamptz,
+                     subject text, payload text)
+             ), inserted AS (
+                INSERT INTO jobs (id, owner, idempotency_key, model_group, tier, status, reply_subject, metadata, created_at)
+                SELECT id, owner, idempotency_key, model_group, tier, 'queued', reply_subject, metadata, created_at
+                FROM input
+                ON CONFLICT DO NOTHING
+                RETURNING id
+             ), outbox AS (
+                INSERT INTO job_outbox (job_id, subject, payload)
+                SELECT i.id, i.subject, i.payload FROM input i
+                WHERE i.subject IS NOT NULL AND i.payload IS NOT NULL AND i.id IN (SELECT id FROM inserted)
+                ON CONFLICT DO NOTHING
+             )
+             SELECT id FROM inserted",
+        )
+        .bind(rows)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if inserted.contains(&job.id) {
+                out.push(Recorded::New);
+                continue;
+            }
+            let Some(key) = &job.idempotency_key else {
+                // Same id already recorded: nothing new to do.
+                out.push(Recorded::Existing(job.id));
+                continue;
+            };
+            let existing: Option<Uuid> =
+                sqlx::query_scalar("SELECT id FROM jobs WHERE owner = $1 AND idempotency_key = $2")
+                    .bind(&job.owner)
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            out.push(match existing {
+                Some(id) if id != job.id => Recorded::Existing(id),
+                _ => Recorded::New,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The class and message of the job's last failed call, if any.
+    pub async fn last_error(&self, id: Uuid) -> Result<Option<(String, String)>, StoreError> {
+        Ok(sqlx::query_as::<_, (String, String)>(
+            "SELECT error_class, COALESCE(error_message, '') FROM job_attempts
+             WHERE job_id = $1 AND error_class IS NOT NULL ORDER BY attempt DESC LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// A job as `GET /v1/jobs/{id}` shows it, its result restored from text if `jsonb`
+    /// could not hold it.
+    pub async fn job(&self, id: Uuid) -> Result<Option<JobRow>, StoreError> {
+        Ok(sqlx::query_as::<_, JobRow>(
+            "SELECT id, owner, model_group, tier, status, metadata, result, result_text, usage, cost,
+                    pricing_missing, attempts, error_class, error_message, not_before, created_at, started_at,
+                    finished_at
+             FROM jobs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|mut row: JobRow| {
+            row.result = crate::pgtext::restore(row.result.take(), row.result_text.as_deref());
+            row
+        }))
+    }
+
+    /// For a redelivered job: is it already finished, and how many attempts are on record?
+    pub async fn job_progress(&self, id: Uuid) -> Result<JobProgress, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT COALESCE(j.status IN {TERMINAL}, false) AS terminal,
+                    GREATEST(COALESCE(j.calls, 0),
+                             COALESCE((SELECT max(attempt) FROM job_attempts WHERE job_id = $1), 0)) AS calls,
+                    COALESCE(j.deferrals, 0) AS deferrals,
+                    (SELECT count(DISTINCT delivery)::int FROM job_attempts
+                      WHERE job_id = $1 AND status = 'started') AS cut_short
+             FROM (SELECT 1) AS one LEFT JOIN jobs j ON j.id = $1"
+        ))
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(JobProgress {
+            terminal: row.try_get("terminal")?,
+            calls: u32::try_from(row.try_get::<i32, _>("calls")?).unwrap_or(0),
+            deferrals: u32::try_from(row.try_get::<i32, _>("deferrals")?).unwrap_or(0),
+            cut_short: u32::try_from(row.try_get::<i32, _>("cut_short")?).unwrap_or(0),
+        })
+    }
+
+    /// Marks a job that has not finished as cancelled; `false` if it already finished.
+    pub async fn cancel_job(&self, id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query(&format!(
+            "UPDATE jobs SET status = 'cancelled', finished_at = now(), updated_at = now()
+             WHERE id = $1 AND status NOT IN {TERMINAL}"
+        ))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}

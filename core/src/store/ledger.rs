@@ -1,0 +1,446 @@
+//! The worker's ledger: attempt claims, finished attempts and results, deferrals and
+//! webhook outcomes, written a batch at a time by [`crate::group_commit`].
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::Value;
+use sluice_schemas::{ErrorClass, JobStatus, Tier};
+use sqlx::postgres::PgConnection;
+use uuid::Uuid;
+
+use super::{NewDelivery, Store, StoreError, TERMINAL};
+
+/// The worker's note that an attempt is starting: the job is running, a call is being made.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptStarted {
+    pub job_id: Uuid,
+    pub owner: String,
+    pub model_group: String,
+    pub tier: Tier,
+    pub reply_subject: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub delivery: u32,
+    pub worker: String,
+    pub deployment: String,
+    pub provider: String,
+    pub model: String,
+    pub started_at: DateTime<Utc>,
+    /// Calls the job may make across all its deliveries; the claim is refused beyond.
+    pub max_calls: u32,
+    /// USD this call reserved against budgets (re-reserved from the ledger if Redis
+    /// loses its counters while the call is in flight).
+    pub reserved_cost: Option<f64>,
+}
+
+/// The ledger's answer to one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Durably written.
+    Done,
+    /// A `Started` entry claimed the job; the call's attempt number, unique for the job
+    /// across every delivery (allocated by the job row).
+    Claimed(u32),
+    /// The job had already ended (cancelled, expired, finished): not claimed, not called.
+    Ended,
+    /// The job made every call it may: not claimed, not called.
+    CallsSpent,
+    /// Another `Started` entry of the same job was in the same batch: try again.
+    Busy,
+}
+
+/// One provider call, finished.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    pub job_id: Uuid,
+    pub attempt: u32,
+    pub delivery: u32,
+    pub worker: String,
+    pub deployment: String,
+    pub provider: String,
+    pub model: String,
+    pub status: String,
+    pub error_class: Option<ErrorClass>,
+    pub error_message: Option<String>,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub cached_tokens: Option<i64>,
+    pub cache_creation_tokens: Option<i64>,
+    pub reasoning_tokens: Option<i64>,
+    pub usage_estimated: bool,
+    pub cost: Option<Decimal>,
+    pub pricing_missing: bool,
+    pub ttft_ms: Option<f64>,
+    pub latency_ms: Option<f64>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    /// Parameters dropped because the provider cannot take them (`drop_params: true`).
+    pub dropped_params: Option<Vec<String>>,
+}
+
+/// A job's terminal state.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobOutcome {
+    pub id: Uuid,
+    pub owner: String,
+    pub model_group: String,
+    pub tier: Tier,
+    pub reply_subject: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub status: JobStatus,
+    pub result: Option<Value>,
+    pub usage: Option<Value>,
+    pub cost: Option<Decimal>,
+    pub pricing_missing: bool,
+    pub attempts: u32,
+    pub error_class: Option<ErrorClass>,
+    pub error_message: Option<String>,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// One entry of the worker's ledger.
+#[derive(Debug, Clone)]
+pub enum LedgerEntry {
+    /// A call is starting: claim the job and number the call.
+    Started(AttemptStarted),
+    /// Attempts that ended without ending the job (it was deferred).
+    Attempts(Vec<AttemptRecord>),
+    /// The job waits for a limit: back to `queued` until `not_before`.
+    Deferred(JobDeferred),
+    /// How the job's webhook delivery ended.
+    Webhook(WebhookOutcome),
+    /// The job ended: its result, its last attempts and the deliveries of its end.
+    Finished {
+        /// The job's terminal state.
+        job: JobOutcome,
+        /// Calls of this delivery not yet on record.
+        attempts: Vec<AttemptRecord>,
+        /// Deliveries of the job's end (webhook, reply subject), recorded with it.
+        deliveries: Vec<NewDelivery>,
+    },
+}
+
+/// How a job's webhook delivery ended, shown on the job.
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhookOutcome {
+    pub id: Uuid,
+    pub status: String,
+    pub attempts: u32,
+}
+
+/// A job handing its message back to wait for a limit.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobDeferred {
+    pub id: Uuid,
+    pub not_before: DateTime<Utc>,
+    /// The job's call count as this delivery last knew it: a larger count means another
+    /// delivery started a call since, and the row it runs is left alone.
+    pub calls_seen: u32,
+}
+
+/// A batch of ledger entries sorted by the statement that writes them.
+#[derive(Default)]
+struct Sorted<'a> {
+    started: Vec<&'a AttemptStarted>,
+    finished_jobs: Vec<&'a JobOutcome>,
+    finished_attempts: Vec<&'a AttemptRecord>,
+    deferred: Vec<&'a JobDeferred>,
+    webhooks: Vec<&'a WebhookOutcome>,
+    deliveries: Vec<&'a NewDelivery>,
+}
+
+impl<'a> Sorted<'a> {
+    /// Sorts `entries`; a second `Started` entry of a job is answered `Busy` in `answers`
+    /// (one claim per job per statement: it waits for the next batch).
+    fn sort(entries: &'a [LedgerEntry], answers: &mut [Written]) -> Sorted<'a> {
+        let mut sorted = Sorted::default();
+        let mut started_jobs: HashSet<Uuid> = HashSet::new();
+        for (entry, answer) in entries.iter().zip(answers.iter_mut()) {
+            match entry {
+                LedgerEntry::Started(s) => {
+                    if started_jobs.insert(s.job_id) {
+                        sorted.started.push(s);
+                    } else {
+                        *answer = Written::Busy;
+                    }
+                }
+                LedgerEntry::Attempts(a) => sorted.finished_attempts.extend(a.iter()),
+                LedgerEntry::Deferred(d) => sorted.deferred.push(d),
+                LedgerEntry::Webhook(w) => sorted.webhooks.push(w),
+                LedgerEntry::Finished {
+                    job,
+                    attempts,
+                    deliveries,
+                } => {
+                    sorted.finished_jobs.push(job);
+                    sorted.finished_attempts.extend(attempts.iter());
+                    sorted.deliveries.extend(deliveries.iter());
+                }
+            }
+        }
+        // One row per key per statement: ON CONFLICT DO UPDATE cannot touch a row twice.
+        dedup_last(&mut sorted.finished_jobs, |j| (j.id, 0));
+        dedup_last(&mut sorted.finished_attempts, |a| (a.job_id, a.attempt));
+        dedup_last(&mut sorted.deferred, |d| (d.id, 0));
+        sorted
+    }
+
+    /// Whether finished attempts or results are to be written (one statement for both).
+    fn finished(&self) -> bool {
+        !self.finished_jobs.is_empty() || !self.finished_attempts.is_empty()
+    }
+
+    /// How many statements the batch takes.
+    fn statements(&self) -> usize {
+        [
+            !self.started.is_empty(),
+            self.finished(),
+            !self.deferred.is_empty(),
+            !self.webhooks.is_empty(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count()
+    }
+}
+
+impl Store {
+    /// Writes a batch of ledger entries in one transaction, four statements at most.
+    /// Answers each `Started` entry: whether it claimed its job, and the attempt number
+    /// the job row allocated for the call (see [`Written`]). Other entries are `Done`.
+    pub async fn write_ledger(&self, entries: &[LedgerEntry]) -> Result<Vec<Written>, StoreError> {
+        let mut answers = vec![Written::Done; entries.len()];
+        let batch = Sorted::sort(entries, &mut answers);
+        // One statement runs on its own (one round trip); more share a transaction.
+        let mut tx = None;
+        let mut solo = None;
+        let conn: &mut PgConnection = if batch.statements() > 1 {
+            &mut *tx.insert(self.pool.begin().await?)
+        } else {
+            &mut *solo.insert(self.pool.acquire().await?)
+        };
+        let claims = claim_started(conn, &batch.started).await?;
+        if batch.finished() {
+            write_finished(conn, &batch).await?;
+        }
+        write_deferred(conn, &batch.deferred).await?;
+        write_webhooks(conn, &batch.webhooks).await?;
+        if let Some(tx) = tx {
+            tx.commit().await?;
+        }
+        for (answer, entry) in answers.iter_mut().zip(entries) {
+            if let (Written::Done, LedgerEntry::Started(s)) = (*answer, entry) {
+                // A job row that vanished under the claim (none should): do not call.
+                *answer = claims.get(&s.job_id).copied().unwrap_or(Written::Ended);
+            }
+        }
+        Ok(answers)
+    }
+}
+
+/// Claims the jobs of `started` and writes an attempt row for each claim; answers each job
+/// `Claimed` with its attempt number, or why it was refused.
+///
+/// The job row is the arbiter between deliveries of a job and the api ending it (cancel,
+/// batch expiry): a job already ended, or one that made all the calls it may, is not
+/// claimed and no attempt row is written for it. The row also numbers the calls: each
+/// claim takes the next number under the row lock, so concurrent deliveries never share one.
+async fn claim_started(
+    conn: &mut PgConnection,
+    started: &[&AttemptStarted],
+) -> Result<HashMap<Uuid, Written>, StoreError> {
+    let mut claims: HashMap<Uuid, Written> = HashMap::new();
+    if started.is_empty() {
+        return Ok(claims);
+    }
+    let claimed: Vec<(Uuid, i32)> = sqlx::query_as(&format!(
+        "WITH input AS (
+            SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(job_id uuid, owner text, model_group text,
+                 tier text, reply_subject text, created_at timestamptz, started_at timestamptz,
+                 delivery int, worker text, deployment text, provider text, model text, max_calls int,
+                 reserved_cost numeric)
+         ), claimed AS (
+            INSERT INTO jobs (id, owner, model_group, tier, status, reply_subject, created_at, started_at,
+                 attempts, calls)
+            SELECT job_id, owner, model_group, tier, 'running', reply_subject, created_at, started_at, 1, 1
+            FROM input
+            ON CONFLICT (id) DO UPDATE SET status = 'running',
+                 started_at = COALESCE(jobs.started_at, EXCLUDED.started_at),
+                 calls = jobs.calls + 1,
+                 attempts = GREATEST(jobs.attempts, jobs.calls + 1),
+                 not_before = NULL, updated_at = now()
+            WHERE jobs.status NOT IN {TERMINAL}
+              AND jobs.calls < (SELECT i.max_calls FROM input i WHERE i.job_id = jobs.id)
+            RETURNING id, calls
+         ), attempts AS (
+            INSERT INTO job_attempts (job_id, attempt, delivery, worker, deployment, provider, model, status,
+                 started_at, reserved_cost)
+            SELECT i.job_id, c.calls, i.delivery, i.worker, i.deployment, i.provider, i.model, 'started',
+                 i.started_at, i.reserved_cost
+            FROM input i JOIN claimed c ON c.id = i.job_id
+            ON CONFLICT (job_id, attempt) DO NOTHING
+         )
+         SELECT id, calls FROM claimed"
+    ))
+    .bind(crate::pgtext::rows_param(started, &[])?)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (id, attempt) in claimed {
+        claims.insert(id, Written::Claimed(u32::try_from(attempt).unwrap_or(0)));
+    }
+    let refused: Vec<Uuid> = started
+        .iter()
+        .map(|s| s.job_id)
+        .filter(|id| !claims.contains_key(id))
+        .collect();
+    if !refused.is_empty() {
+        claims.extend(why_refused(conn, &refused).await?);
+    }
+    Ok(claims)
+}
+
+/// Why each of the `refused` claims was refused: the job had ended, or spent its calls.
+async fn why_refused(
+    conn: &mut PgConnection,
+    refused: &[Uuid],
+) -> Result<impl Iterator<Item = (Uuid, Written)>, StoreError> {
+    let ended: Vec<(Uuid, bool)> = sqlx::query_as(&format!(
+        "SELECT id, status IN {TERMINAL} FROM jobs WHERE id = ANY($1)"
+    ))
+    .bind(refused)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(ended.into_iter().map(|(id, terminal)| {
+        let answer = if terminal {
+            Written::Ended
+        } else {
+            Written::CallsSpent
+        };
+        (id, answer)
+    }))
+}
+
+/// Attempts (of finished and of deferred jobs), results and the deliveries of each end:
+/// one statement, three tables, no row touched twice. A job that had already ended keeps
+/// its result and gets no deliveries.
+async fn write_finished(conn: &mut PgConnection, batch: &Sorted<'_>) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "WITH attempts AS (
+            INSERT INTO job_attempts (job_id, attempt, delivery, worker, deployment, provider, model, status,
+                 error_class, error_message, prompt_tokens, completion_tokens, cached_tokens,
+                 cache_creation_tokens, reasoning_tokens, usage_estimated, cost, pricing_missing, ttft_ms,
+                 latency_ms, started_at, finished_at, dropped_params)
+            SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(job_id uuid, attempt int, delivery int, worker text,
+                 deployment text, provider text, model text, status text, error_class text, error_message text,
+                 prompt_tokens bigint, completion_tokens bigint, cached_tokens bigint,
+                 cache_creation_tokens bigint, reasoning_tokens bigint, usage_estimated boolean,
+                 cost numeric, pricing_missing boolean, ttft_ms double precision, latency_ms double precision,
+                 started_at timestamptz, finished_at timestamptz, dropped_params jsonb)
+            ON CONFLICT (job_id, attempt) DO UPDATE SET status = EXCLUDED.status,
+                 error_class = EXCLUDED.error_class, error_message = EXCLUDED.error_message,
+                 prompt_tokens = EXCLUDED.prompt_tokens, completion_tokens = EXCLUDED.completion_tokens,
+                 cached_tokens = EXCLUDED.cached_tokens, cache_creation_tokens = EXCLUDED.cache_creation_tokens,
+                 reasoning_tokens = EXCLUDED.reasoning_tokens, usage_estimated = EXCLUDED.usage_estimated,
+                 cost = EXCLUDED.cost, pricing_missing = EXCLUDED.pricing_missing, ttft_ms = EXCLUDED.ttft_ms,
+                 latency_ms = EXCLUDED.latency_ms, finished_at = EXCLUDED.finished_at,
+                 dropped_params = EXCLUDED.dropped_params
+            WHERE job_attempts.delivery = EXCLUDED.delivery AND job_attempts.worker = EXCLUDED.worker
+         ), results AS (
+            INSERT INTO jobs (id, owner, model_group, tier, reply_subject, created_at, status, result, usage, cost,
+                 pricing_missing, attempts, error_class, error_message, finished_at, result_text)
+            SELECT * FROM jsonb_to_recordset($2::jsonb) AS t(id uuid, owner text, model_group text, tier text,
+                 reply_subject text, created_at timestamptz, status text, result jsonb, usage jsonb,
+                 cost numeric, pricing_missing boolean, attempts int, error_class text, error_message text,
+                 finished_at timestamptz, result_text text)
+            ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, result = EXCLUDED.result,
+                 result_text = EXCLUDED.result_text,
+                 usage = EXCLUDED.usage, cost = EXCLUDED.cost, pricing_missing = EXCLUDED.pricing_missing,
+                 attempts = GREATEST(EXCLUDED.attempts, jobs.calls), error_class = EXCLUDED.error_class,
+                 error_message = EXCLUDED.error_message, finished_at = EXCLUDED.finished_at,
+                 not_before = NULL, updated_at = now()
+            WHERE jobs.status NOT IN {TERMINAL}
+            RETURNING id
+         ), deliveries AS (
+            INSERT INTO job_deliveries (job_id, kind, target, body)
+            SELECT t.job_id, t.kind, t.target, t.body
+            FROM jsonb_to_recordset($3::jsonb) AS t(job_id uuid, kind text, target text, body text)
+            WHERE t.job_id IN (SELECT id FROM results)
+            ON CONFLICT (job_id, kind) DO NOTHING
+         ), bodies AS (
+            DELETE FROM job_bodies WHERE job_id IN
+                 (SELECT id FROM jsonb_to_recordset($2::jsonb) AS t(id uuid))
+         )
+         SELECT 1"
+    ))
+    .bind(crate::pgtext::rows_param(&batch.finished_attempts, &[])?)
+    .bind(crate::pgtext::rows_param(&batch.finished_jobs, &["result"])?)
+    .bind(crate::pgtext::rows_param(&batch.deliveries, &[])?)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Deferred jobs go back to `queued` only if no other delivery started a call since this
+/// one last looked: that delivery's `running` row is left alone.
+async fn write_deferred(
+    conn: &mut PgConnection,
+    deferred: &[&JobDeferred],
+) -> Result<(), StoreError> {
+    if deferred.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(&format!(
+        "UPDATE jobs SET deferrals = jobs.deferrals + 1,
+             status = CASE WHEN jobs.calls <= t.calls_seen THEN 'queued' ELSE jobs.status END,
+             not_before = CASE WHEN jobs.calls <= t.calls_seen THEN t.not_before ELSE jobs.not_before END,
+             updated_at = now()
+         FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, not_before timestamptz, calls_seen int)
+         WHERE jobs.id = t.id AND jobs.status NOT IN {TERMINAL}"
+    ))
+    .bind(crate::pgtext::rows_param(deferred, &[])?)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// How each job's webhook delivery ended, shown on the job.
+async fn write_webhooks(
+    conn: &mut PgConnection,
+    webhooks: &[&WebhookOutcome],
+) -> Result<(), StoreError> {
+    if webhooks.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE jobs SET webhook_status = t.status, webhook_attempts = t.attempts, updated_at = now()
+         FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, status text, attempts int)
+         WHERE jobs.id = t.id",
+    )
+    .bind(crate::pgtext::rows_param(webhooks, &[])?)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Keeps the last entry for each key, preserving order otherwise.
+fn dedup_last<T, K: Eq + std::hash::Hash>(items: &mut Vec<T>, key: impl Fn(&T) -> K) {
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    let mut keep: Vec<bool> = items.iter().rev().map(|x| seen.insert(key(x))).collect();
+    keep.reverse();
+    let mut keep = keep.into_iter();
+    items.retain(|_| keep.next().unwrap_or(true));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dedup_last;
+
+    #[test]
+    fn dedup_keeps_last_of_each_key() {
+        let mut v = vec![(1, 'a'), (2, 'b'), (1, 'c'), (3, 'd'), (2, 'e')];
+        dedup_last(&mut v, |x| x.0);
+        assert_eq!(v, vec![(1, 'c'), (3, 'd'), (2, 'e')]);
+    }
+}

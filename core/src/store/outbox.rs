@@ -1,0 +1,76 @@
+//! The outbox: a job's envelope kept beside its row until JetStream acknowledges the
+//! publish, so an api that dies between the two loses no job.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::{Store, StoreError, TERMINAL};
+
+/// A job envelope recorded but not known to be published.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub job_id: Uuid,
+    pub subject: String,
+    pub payload: String,
+}
+
+impl Store {
+    /// Drops the outbox entries of jobs whose publish JetStream acknowledged, and records
+    /// where each message sits in the jobs stream (its sequence), in one statement: the
+    /// reconciler (`worker/src/reconcile.rs`) ends jobs whose message is gone from there.
+    /// The job rows are locked in id order, so two of these never deadlock each other.
+    pub async fn outbox_published(&self, published: &[(Uuid, u64)]) -> Result<(), StoreError> {
+        if published.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = published.iter().map(|p| p.0).collect();
+        let seqs: Vec<i64> = published
+            .iter()
+            .map(|p| i64::try_from(p.1).unwrap_or(i64::MAX))
+            .collect();
+        sqlx::query(
+            "WITH input AS (
+                SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS t(id, seq)
+             ), gone AS (
+                DELETE FROM job_outbox WHERE job_id IN (SELECT id FROM input)
+             ), locked AS (
+                SELECT j.id FROM jobs j WHERE j.id IN (SELECT id FROM input) ORDER BY j.id FOR UPDATE
+             )
+             UPDATE jobs SET stream_seq = i.seq FROM input i, locked l
+             WHERE jobs.id = i.id AND l.id = i.id",
+        )
+        .bind(&ids)
+        .bind(&seqs)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Outbox entries older than `age` (their api died or lost the ack): those whose job
+    /// is still queued and never called, up to `limit`. Entries of jobs that moved on are
+    /// dropped.
+    pub async fn outbox_due(
+        &self,
+        age: Duration,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let age = age.as_secs_f64();
+        sqlx::query(&format!(
+            "DELETE FROM job_outbox o USING jobs j
+             WHERE o.job_id = j.id AND (j.status IN {TERMINAL} OR j.calls > 0)"
+        ))
+        .execute(&self.pool)
+        .await?;
+        Ok(sqlx::query_as::<_, OutboxRow>(
+            "SELECT o.job_id, o.subject, o.payload FROM job_outbox o JOIN jobs j ON j.id = o.job_id
+             WHERE j.status = 'queued' AND j.calls = 0
+               AND o.created_at < now() - make_interval(secs => $1)
+             ORDER BY o.created_at LIMIT $2",
+        )
+        .bind(age)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
