@@ -95,7 +95,7 @@ enum Command {
     },
     /// What was spent, from the ledger (a virtual key sees only its own).
     Spend {
-        /// model, key, provider or day.
+        /// model, key, provider, day or mode.
         #[arg(long, default_value = "model")]
         group_by: String,
         /// Start (2026-11-01 or RFC 3339); default 30 days before --to.
