@@ -396,6 +396,9 @@ impl<'a> Follow<'a> {
             .await
             .map_err(|e| DriveError::Read(e.to_string()))?
         {
+            if line_no.is_multiple_of(10_000) {
+                self.d.renew().await?;
+            }
             let Some(job) = wanted.get(&line_no) else {
                 continue;
             };
