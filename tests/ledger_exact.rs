@@ -6,6 +6,7 @@
 use anyhow::Result;
 use chrono::Utc;
 use sluice_core::store::{AttemptRecord, AttemptStarted, JobDeferred, LedgerEntry, Store, Written};
+use sluice_schemas::AttemptStatus;
 use sluice_testkit::TestEnv;
 use uuid::Uuid;
 
@@ -37,7 +38,7 @@ fn finished_attempt(job_id: Uuid, attempt: u32, delivery: u32, worker: &str) -> 
         deployment: "fast-0".into(),
         provider: "openai".into(),
         model: "gpt-4o-mini".into(),
-        status: "succeeded".into(),
+        status: AttemptStatus::Succeeded,
         error_class: None,
         error_message: None,
         prompt_tokens: Some(10),
@@ -192,5 +193,83 @@ async fn calls_across_deliveries_stop_at_the_jobs_budget() -> Result<()> {
         .fetch_one(store.pool())
         .await?;
     assert_eq!(rows, 3, "no row for a refused call");
+    Ok(())
+}
+
+/// Statuses are closed sets end to end: every `BatchStatus` and `AttemptStatus` value is
+/// written and read back typed, and Postgres refuses a value no enum knows (check_violation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_and_attempt_statuses_are_closed_sets() -> Result<()> {
+    use sluice_schemas::batch::BatchStatus;
+    let env = TestEnv::new().await?;
+    let store = env.store().await?;
+    let insert_batch = |id: String, status: &'static str, tier: &'static str| {
+        let pool = store.pool().clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO batches (id, owner, endpoint, input_file_id, completion_window, tier,
+                     status, expires_at)
+                 VALUES ($1, 'master', '/v1/chat/completions', 'file-x', '24h', $2, $3, now())",
+            )
+            .bind(id)
+            .bind(tier)
+            .bind(status)
+            .execute(&pool)
+            .await
+        }
+    };
+    for status in [
+        BatchStatus::Validating,
+        BatchStatus::Failed,
+        BatchStatus::InProgress,
+        BatchStatus::Finalizing,
+        BatchStatus::Completed,
+        BatchStatus::Expired,
+        BatchStatus::Cancelling,
+        BatchStatus::Cancelled,
+    ] {
+        let id = format!("batch_{}", status.as_str());
+        insert_batch(id.clone(), status.as_str(), "low").await?;
+        let row = store
+            .batch(&id)
+            .await?
+            .ok_or(anyhow::anyhow!("no batch {id}"))?;
+        assert_eq!((row.status, row.tier), (status, sluice_schemas::Tier::Low));
+    }
+    let refused = |e: sqlx::Error| match e {
+        sqlx::Error::Database(db) => db.code().as_deref() == Some("23514"),
+        _ => false,
+    };
+    let bad_status = insert_batch("batch_bad_status".into(), "paused", "low").await;
+    assert!(
+        bad_status.is_err_and(refused),
+        "unknown batch status refused"
+    );
+    let bad_tier = insert_batch("batch_bad_tier".into(), "validating", "urgent").await;
+    assert!(bad_tier.is_err_and(refused), "unknown batch tier refused");
+
+    let job = Uuid::now_v7();
+    assert_eq!(
+        claim(&store, started(job, 1, "a", 10)).await?,
+        Written::Claimed(1)
+    );
+    let mut record = finished_attempt(job, 1, 1, "a");
+    record.status = AttemptStatus::Failed;
+    store
+        .write_ledger(&[LedgerEntry::Attempts(vec![record])])
+        .await?;
+    let rows = store.attempts(job).await?;
+    assert_eq!(
+        rows.iter().map(|a| a.status).collect::<Vec<_>>(),
+        vec![AttemptStatus::Failed]
+    );
+    let bad_attempt = sqlx::query("UPDATE job_attempts SET status = 'retrying' WHERE job_id = $1")
+        .bind(job)
+        .execute(store.pool())
+        .await;
+    assert!(
+        bad_attempt.is_err_and(refused),
+        "unknown attempt status refused"
+    );
     Ok(())
 }

@@ -39,7 +39,8 @@ use sluice_core::batches::{line_job_id, BatchJob, BatchRow, Ending, LineResult};
 use sluice_core::files::LineError;
 use sluice_core::keys::KeyRecord;
 use sluice_schemas::batch::{
-    BatchErrorItem, BatchLineError, BatchOutputLine, BatchResponse, CODE_CANCELLED, CODE_EXPIRED,
+    BatchErrorItem, BatchLineError, BatchOutputLine, BatchResponse, BatchStatus, CODE_CANCELLED,
+    CODE_EXPIRED,
 };
 use sluice_schemas::embeddings::EmbeddingsRequest;
 use sluice_schemas::openai::ChatRequest;
@@ -246,7 +247,7 @@ impl Driver {
                 if let Mode::End(ending) = mode {
                     self.end_queued(ending).await?;
                 }
-                if row.status != "finalizing" {
+                if row.status != BatchStatus::Finalizing {
                     mode = self.ingest(&row, mode).await?;
                     mode = self.wait(mode).await?;
                 }
@@ -267,9 +268,9 @@ impl Driver {
     }
 
     fn mode_for(&self, row: &BatchRow) -> Mode {
-        if row.status == "cancelling" {
+        if row.status == BatchStatus::Cancelling {
             Mode::End(Ending::Cancelled)
-        } else if Utc::now() >= row.expires_at && row.status == "in_progress" {
+        } else if Utc::now() >= row.expires_at && row.status == BatchStatus::InProgress {
             Mode::End(Ending::Expired)
         } else {
             Mode::Publish
@@ -282,7 +283,7 @@ impl Driver {
         let now = self.mode_for(&row);
         if mode == Mode::Publish && now != Mode::Publish {
             if let Mode::End(ending) = now {
-                tracing::info!(batch_id = %self.id, status = ending.status(), "batch ending early");
+                tracing::info!(batch_id = %self.id, status = %ending.status(), "batch ending early");
                 self.end_queued(ending).await?;
             }
             return Ok(now);
@@ -299,14 +300,10 @@ impl Driver {
     /// there, never both, whatever the consumer has delivered. Deleting the messages only
     /// spares workers the deliveries they would refuse.
     pub(crate) async fn end_queued(&self, ending: Ending) -> Result<(), DriveError> {
-        let status = match ending {
-            Ending::Expired => JobStatus::Expired,
-            _ => JobStatus::Cancelled,
-        };
         let seqs = self
             .state
             .store
-            .end_queued_lines(&self.id, status.as_str())
+            .end_queued_lines(&self.id, ending.line_status())
             .await?;
         let published: Vec<u64> = seqs.iter().flatten().map(|s| *s as u64).collect();
         if !published.is_empty() {
@@ -419,7 +416,7 @@ impl Driver {
     /// Pass 2: turns lines after the cursor into jobs.
     async fn ingest(&self, row: &BatchRow, mut mode: Mode) -> Result<Mode, DriveError> {
         let settings = self.settings().clone();
-        let tier = Tier::parse(&row.tier).unwrap_or(Tier::Low);
+        let tier = row.tier;
         let batch_uuid = batch_uuid(&row.id);
         let mut lines = self
             .state
@@ -518,8 +515,8 @@ impl Driver {
                 id,
                 owner: row.owner.clone(),
                 model_group: model,
-                tier: tier.as_str().to_string(),
-                status: JobStatus::Queued.as_str().to_string(),
+                tier,
+                status: JobStatus::Queued,
                 metadata: Some(json!({"batch_id": row.id, "custom_id": custom_id})),
                 created_at: now,
                 batch_id: row.id.clone(),
@@ -556,12 +553,7 @@ impl Driver {
                             });
                         }
                         Mode::End(ending) => {
-                            job.status = match ending {
-                                Ending::Expired => JobStatus::Expired,
-                                _ => JobStatus::Cancelled,
-                            }
-                            .as_str()
-                            .to_string();
+                            job.status = ending.line_status();
                             job.finished_at = Some(now);
                         }
                     }
@@ -574,8 +566,8 @@ impl Driver {
                     message,
                 } => {
                     let mut job = base(custom_id, model);
-                    job.status = JobStatus::Failed.as_str().to_string();
-                    job.error_class = Some(class.as_str().to_string());
+                    job.status = JobStatus::Failed;
+                    job.error_class = Some(class);
                     job.error_message = Some(message);
                     job.finished_at = Some(now);
                     jobs.push(job);
@@ -788,7 +780,7 @@ impl Driver {
         {
             return Err(DriveError::LeaseLost);
         }
-        tracing::info!(batch_id = %self.id, status = ending.status(), output_lines = n_out, error_lines = n_err, "batch ended");
+        tracing::info!(batch_id = %self.id, status = %ending.status(), output_lines = n_out, error_lines = n_err, "batch ended");
         Ok(())
     }
 }
@@ -923,8 +915,8 @@ fn output_line(line: LineResult) -> (bool, BatchOutputLine) {
             message: message.into(),
         }),
     };
-    match line.status.as_str() {
-        "succeeded" => (
+    match line.status {
+        JobStatus::Succeeded => (
             true,
             BatchOutputLine {
                 id: id.clone(),
@@ -937,23 +929,19 @@ fn output_line(line: LineResult) -> (bool, BatchOutputLine) {
                 error: None,
             },
         ),
-        "cancelled" => (
+        JobStatus::Cancelled => (
             false,
             ended(
                 CODE_CANCELLED,
                 "the batch was cancelled before this request ran",
             ),
         ),
-        "expired" => (
+        JobStatus::Expired => (
             false,
             ended(CODE_EXPIRED, "the batch expired before this request ran"),
         ),
         _ => {
-            let class = line
-                .error_class
-                .as_deref()
-                .and_then(|c| serde_json::from_value::<ErrorClass>(Value::String(c.into())).ok())
-                .unwrap_or(ErrorClass::Internal);
+            let class = line.error_class.unwrap_or(ErrorClass::Internal);
             let message = line
                 .error_message
                 .clone()

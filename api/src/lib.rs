@@ -74,8 +74,8 @@ pub struct AppState {
     pub store: Store,
     /// Group-committed job inserts.
     pub jobs: Batcher<NewJob, Recorded>,
-    /// Group-committed removals of published jobs from the outbox.
-    pub outbox: Batcher<(uuid::Uuid, u64), ()>,
+    /// Published jobs whose outbox entries the next job insert drops (`outbox.rs`).
+    pub outbox: Arc<outbox::Published>,
     /// For readiness (and, later, flow control).
     pub redis: sluice_core::redis::Pool,
     /// Recently resolved virtual keys.
@@ -105,7 +105,8 @@ impl AppState {
     }
 }
 
-struct JobsFlush(Store);
+/// Writes job inserts, and with them the outbox upkeep of jobs published meanwhile.
+struct JobsFlush(Store, Arc<outbox::Published>);
 
 impl Flush<NewJob> for JobsFlush {
     type Out = Recorded;
@@ -114,10 +115,15 @@ impl Flush<NewJob> for JobsFlush {
         items: &'a [NewJob],
     ) -> BoxFuture<'a, Result<Vec<Recorded>, FlushError>> {
         Box::pin(async move {
-            self.0
-                .record_new_jobs(items)
-                .await
-                .map_err(FlushError::from)
+            let published = self.1.take().unwrap_or_default();
+            let written = self
+                .0
+                .record_new_jobs_and_published(items, &outbox::pairs(&published))
+                .await;
+            if written.is_err() {
+                self.1.restore(published);
+            }
+            written.map_err(FlushError::from)
         })
     }
 }
@@ -253,12 +259,12 @@ pub async fn serve_with(
     }
 
     let background = TaskTracker::new();
-    let jobs = Batcher::spawn("jobs", 512, &background, JobsFlush(store.clone()));
-    let outbox = Batcher::spawn(
-        "outbox",
+    let outbox = Arc::new(outbox::Published::default());
+    let jobs = Batcher::spawn(
+        "jobs",
         512,
         &background,
-        outbox::OutboxFlush(store.clone()),
+        JobsFlush(store.clone(), Arc::clone(&outbox)),
     );
     let workers = Arc::new(Workers::default());
     let ops_stop = CancellationToken::new();
@@ -268,6 +274,11 @@ pub async fn serve_with(
         ops_stop.clone(),
     ));
     background.spawn(upkeep(ops_stop.clone()));
+    background.spawn(outbox::run(
+        store.clone(),
+        Arc::clone(&outbox),
+        ops_stop.clone(),
+    ));
     let state = Arc::new(AppState {
         config: Arc::clone(&config),
         nats: nats.clone(),

@@ -35,7 +35,8 @@ use sluice_core::native_batches::{
     Placement, UpstreamEnd, WaitingLine, LIVE_GROUP, NATIVE_WORKER,
 };
 use sluice_core::store::{AttemptRecord, JobOutcome, LedgerEntry};
-use sluice_schemas::batch::CHAT_COMPLETIONS;
+use sluice_schemas::batch::{BatchStatus, CHAT_COMPLETIONS};
+use sluice_schemas::job::AttemptStatus;
 use sluice_schemas::{ErrorClass, JobStatus, Tier};
 use uuid::Uuid;
 
@@ -58,7 +59,8 @@ pub(crate) async fn drive(d: &Driver, row: &BatchRow) -> Result<Option<Mode>, Dr
     if groups.is_empty() {
         let requested = BatchMode::parse(&row.mode).unwrap_or_default();
         // Live, or a plan already recorded (lines ingested) with nothing to send upstream.
-        if requested == BatchMode::Live || row.ingested > 0 || row.status != "in_progress" {
+        if requested == BatchMode::Live || row.ingested > 0 || row.status != BatchStatus::InProgress
+        {
             return Ok(None);
         }
         if !plan(d, row, &*backend, requested).await? {
@@ -102,7 +104,7 @@ async fn plan(
         tracing::info!(batch_id = %d.id, "auto mode: the window is shorter than the providers' 24 h; running live");
         return Ok(live().await?);
     }
-    let tier = Tier::parse(&row.tier).unwrap_or(Tier::Low);
+    let tier = row.tier;
     let batch = batch_uuid(&row.id);
     let now = Utc::now();
     let mut groups: Vec<Planned> = Vec::new();
@@ -131,8 +133,8 @@ async fn plan(
             id,
             owner: row.owner.clone(),
             model_group: model,
-            tier: tier.as_str().to_string(),
-            status: JobStatus::Queued.as_str().to_string(),
+            tier,
+            status: JobStatus::Queued,
             metadata: Some(json!({"batch_id": row.id, "custom_id": custom_id})),
             created_at: now,
             batch_id: row.id.clone(),
@@ -150,8 +152,8 @@ async fn plan(
                 message,
             } => {
                 let mut job = base(custom_id, model);
-                job.status = JobStatus::Failed.as_str().to_string();
-                job.error_class = Some(class.as_str().to_string());
+                job.status = JobStatus::Failed;
+                job.error_class = Some(class);
                 job.error_message = Some(message);
                 job.finished_at = Some(now);
                 jobs.push(NativeJob {
@@ -275,13 +277,13 @@ impl<'a> Follow<'a> {
         loop {
             let now = self.d.renew().await?;
             if self.stopping.is_none() {
-                if now.status == "cancelling" {
+                if now.status == BatchStatus::Cancelling {
                     self.stopping = Some(Ending::Cancelled);
                 } else if Utc::now() >= now.expires_at {
                     self.stopping = Some(Ending::Expired);
                 }
                 if let Some(e) = self.stopping {
-                    tracing::info!(batch_id = %self.d.id, status = e.status(), "native batch ending early");
+                    tracing::info!(batch_id = %self.d.id, status = e.status().as_str(), "native batch ending early");
                 }
             }
             let mut open = 0;
@@ -518,36 +520,37 @@ impl<'a> Follow<'a> {
             else {
                 continue;
             };
-            let attempt =
-                |status: &str, class: Option<ErrorClass>, message: Option<String>| AttemptRecord {
-                    job_id: job.id,
-                    attempt: 1,
-                    delivery: 1,
-                    worker: NATIVE_WORKER.to_string(),
-                    deployment: g.deployment.clone(),
-                    provider: g.provider.clone(),
-                    model: g.deployment.clone(),
-                    status: status.to_string(),
-                    error_class: class,
-                    error_message: message,
-                    prompt_tokens: None,
-                    completion_tokens: None,
-                    cached_tokens: None,
-                    cache_creation_tokens: None,
-                    reasoning_tokens: None,
-                    usage_estimated: false,
-                    cost: None,
-                    pricing_missing: false,
-                    ttft_ms: None,
-                    latency_ms: Some((Utc::now() - started).num_milliseconds().max(0) as f64),
-                    started_at: started,
-                    finished_at: Utc::now(),
-                    dropped_params: None,
-                };
+            let attempt = |status: AttemptStatus,
+                           class: Option<ErrorClass>,
+                           message: Option<String>| AttemptRecord {
+                job_id: job.id,
+                attempt: 1,
+                delivery: 1,
+                worker: NATIVE_WORKER.to_string(),
+                deployment: g.deployment.clone(),
+                provider: g.provider.clone(),
+                model: g.deployment.clone(),
+                status,
+                error_class: class,
+                error_message: message,
+                prompt_tokens: None,
+                completion_tokens: None,
+                cached_tokens: None,
+                cache_creation_tokens: None,
+                reasoning_tokens: None,
+                usage_estimated: false,
+                cost: None,
+                pricing_missing: false,
+                ttft_ms: None,
+                latency_ms: Some((Utc::now() - started).num_milliseconds().max(0) as f64),
+                started_at: started,
+                finished_at: Utc::now(),
+                dropped_params: None,
+            };
             match r.outcome {
                 Ok(s) => {
                     ok += 1;
-                    let mut a = attempt("succeeded", None, None);
+                    let mut a = attempt(AttemptStatus::Succeeded, None, None);
                     a.model = s.model.clone();
                     if let Some(u) = &s.usage {
                         a.prompt_tokens = Some(u.prompt_tokens as i64);
@@ -582,7 +585,7 @@ impl<'a> Follow<'a> {
                 }
                 Err((class, message)) => {
                     errored += 1;
-                    let a = attempt("failed", Some(class), Some(message.clone()));
+                    let a = attempt(AttemptStatus::Failed, Some(class), Some(message.clone()));
                     entries.push(failed(job, class, message, Some(a)));
                 }
             }
@@ -638,7 +641,7 @@ impl<'a> Follow<'a> {
             return Ok(0);
         }
         let wanted: HashSet<u32> = lines.iter().map(|l| *l as u32).collect();
-        let tier = Tier::parse(&self.row.tier).unwrap_or(Tier::Low);
+        let tier = self.row.tier;
         let batch = batch_uuid(&self.row.id);
         let mut file = self
             .store()

@@ -136,6 +136,9 @@ pub(crate) async fn accept(
 /// Parses a `POST /v1/jobs` body: an embeddings job when it has `input` and no
 /// `messages`, else a chat job.
 pub(crate) fn parse_job(bytes: &[u8]) -> Result<SubmitBody, ApiError> {
+    if let Some(body) = parse_chat_fast(bytes) {
+        return Ok(body);
+    }
     let value = parse_object(bytes)?;
     let embeddings = value.get("input").is_some() && value.get("messages").is_none();
     if embeddings {
@@ -208,7 +211,17 @@ pub(crate) fn validate_embeddings(e: &EmbeddingsRequest) -> Result<(), ApiError>
 
 /// Parses a chat body, naming the offending field on error.
 pub(crate) fn parse_submit(bytes: &[u8]) -> Result<SubmitBody, ApiError> {
+    if let Some(body) = parse_chat_fast(bytes) {
+        return Ok(body);
+    }
     chat_body(parse_object(bytes)?)
+}
+
+/// A valid chat body parses in one pass; only one that fails (or lacks a model or
+/// messages) takes the slower walk that names the offending field.
+fn parse_chat_fast(bytes: &[u8]) -> Option<SubmitBody> {
+    let body = serde_json::from_slice::<SubmitBody>(bytes).ok()?;
+    (!body.request.model.trim().is_empty() && !body.request.messages.is_empty()).then_some(body)
 }
 
 fn chat_body(value: Value) -> Result<SubmitBody, ApiError> {
@@ -230,7 +243,7 @@ fn chat_body(value: Value) -> Result<SubmitBody, ApiError> {
             return Err(ApiError::bad_request("`messages` must be an array").param("messages"))
         }
     }
-    match serde_json::from_value::<SubmitBody>(value.clone()) {
+    match SubmitBody::deserialize(&value) {
         Ok(body) => Ok(body),
         Err(e) => {
             Err(diagnose(obj)
@@ -443,7 +456,7 @@ async fn enqueue(
     .await;
     match published {
         Ok(seq) => {
-            let _ = state.outbox.send((id, seq)).await;
+            state.outbox.push(id, seq);
         }
         Err(e) => {
             // The message may or may not be in the stream; the outbox entry stays, and a

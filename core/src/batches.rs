@@ -8,6 +8,8 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
+use sluice_schemas::batch::BatchStatus;
+use sluice_schemas::{ErrorClass, JobStatus, Tier};
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -34,8 +36,8 @@ pub struct BatchRow {
     pub endpoint: String,
     pub input_file_id: String,
     pub completion_window: String,
-    pub tier: String,
-    pub status: String,
+    pub tier: Tier,
+    pub status: BatchStatus,
     pub metadata: Option<Value>,
     pub errors: Option<Value>,
     pub total: i32,
@@ -68,7 +70,7 @@ pub struct NewBatch {
     pub endpoint: String,
     pub input_file_id: String,
     pub completion_window: String,
-    pub tier: String,
+    pub tier: Tier,
     pub metadata: Option<Value>,
     pub expires_at: DateTime<Utc>,
     pub mode: crate::native_batches::BatchMode,
@@ -103,14 +105,14 @@ pub struct BatchJob {
     pub id: Uuid,
     pub owner: String,
     pub model_group: String,
-    pub tier: String,
-    pub status: String,
+    pub tier: Tier,
+    pub status: JobStatus,
     pub metadata: Option<Value>,
     pub created_at: DateTime<Utc>,
     pub batch_id: String,
     pub batch_line: i32,
     pub custom_id: String,
-    pub error_class: Option<String>,
+    pub error_class: Option<ErrorClass>,
     pub error_message: Option<String>,
     pub finished_at: Option<DateTime<Utc>>,
 }
@@ -121,11 +123,11 @@ pub struct LineResult {
     pub id: Uuid,
     pub batch_line: i32,
     pub custom_id: String,
-    pub status: String,
+    pub status: JobStatus,
     pub result: Option<Value>,
     /// The result when `jsonb` could not hold it (see [`crate::pgtext`]).
     pub result_text: Option<String>,
-    pub error_class: Option<String>,
+    pub error_class: Option<ErrorClass>,
     pub error_message: Option<String>,
 }
 
@@ -138,11 +140,20 @@ pub enum Ending {
 }
 
 impl Ending {
-    pub fn status(self) -> &'static str {
+    /// The batch's status once it ended so.
+    pub fn status(self) -> BatchStatus {
         match self {
-            Ending::Completed => "completed",
-            Ending::Cancelled => "cancelled",
-            Ending::Expired => "expired",
+            Ending::Completed => BatchStatus::Completed,
+            Ending::Cancelled => BatchStatus::Cancelled,
+            Ending::Expired => BatchStatus::Expired,
+        }
+    }
+
+    /// The status of the lines it ends before they ran.
+    pub fn line_status(self) -> JobStatus {
+        match self {
+            Ending::Expired => JobStatus::Expired,
+            Ending::Completed | Ending::Cancelled => JobStatus::Cancelled,
         }
     }
 }
@@ -159,7 +170,7 @@ impl Store {
         .bind(&b.endpoint)
         .bind(&b.input_file_id)
         .bind(&b.completion_window)
-        .bind(&b.tier)
+        .bind(b.tier)
         .bind(&b.metadata)
         .bind(b.expires_at)
         .bind(b.mode.as_str())
@@ -207,16 +218,16 @@ impl Store {
         .await?;
         let mut c = LineCounts::default();
         for row in rows {
-            let status: String = row.try_get("status")?;
+            let status: JobStatus = row.try_get("status")?;
             let n: i64 = row.try_get("n")?;
-            match status.as_str() {
-                "queued" => c.queued += n,
-                "running" => c.running += n,
-                "succeeded" => c.succeeded += n,
-                "cancelled" => c.cancelled += n,
-                "expired" => c.expired += n,
-                _ => c.failed += n,
-            }
+            *match status {
+                JobStatus::Queued => &mut c.queued,
+                JobStatus::Running => &mut c.running,
+                JobStatus::Succeeded => &mut c.succeeded,
+                JobStatus::Failed => &mut c.failed,
+                JobStatus::Cancelled => &mut c.cancelled,
+                JobStatus::Expired => &mut c.expired,
+            } += n;
         }
         Ok(c)
     }
@@ -460,7 +471,7 @@ impl Store {
     pub async fn end_queued_lines(
         &self,
         batch_id: &str,
-        status: &str,
+        status: JobStatus,
     ) -> Result<Vec<Option<i64>>, StoreError> {
         Ok(sqlx::query_scalar(
             "UPDATE jobs SET status = $2, finished_at = now(), not_before = NULL, updated_at = now()

@@ -38,8 +38,11 @@ pub struct FileDeleted {
     pub deleted: bool,
 }
 
-/// Batch statuses, as OpenAI names them.
+/// Batch statuses, as OpenAI names them; the `batches.status` column (a `CHECK`
+/// constraint holds it to these).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::Type))]
+#[cfg_attr(feature = "sqlx", sqlx(type_name = "text", rename_all = "snake_case"))]
 #[serde(rename_all = "snake_case")]
 pub enum BatchStatus {
     Validating,

@@ -7,6 +7,32 @@ use crate::embeddings::EmbeddingsResponse;
 use crate::error::ErrorClass;
 use crate::openai::ChatCompletion;
 
+/// How one provider call stands; the `job_attempts.status` column (a `CHECK` constraint
+/// holds it to these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::Type))]
+#[cfg_attr(feature = "sqlx", sqlx(type_name = "text", rename_all = "snake_case"))]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptStatus {
+    /// The call is being made (or its worker died making it).
+    Started,
+    /// The provider answered.
+    Succeeded,
+    /// The call failed; the attempt's error class says how.
+    Failed,
+}
+
+impl AttemptStatus {
+    /// The status as the column and the API spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptStatus::Started => "started",
+            AttemptStatus::Succeeded => "succeeded",
+            AttemptStatus::Failed => "failed",
+        }
+    }
+}
+
 /// A job's state; the `jobs.status` column (a `CHECK` constraint holds it to these).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[cfg_attr(feature = "sqlx", derive(sqlx::Type))]

@@ -19,7 +19,7 @@ pub mod subjects;
 pub use envelope::{is_master_owner, JobEnvelope, Tier, MASTER_OWNER};
 pub use error::{ApiErrorBody, ErrorClass};
 pub use events::{DoneEvent, EventKind, RetryEvent};
-pub use job::JobStatus;
+pub use job::{AttemptStatus, JobStatus};
 pub use subjects::Subjects;
 
 /// JSON Schema of the job envelope, for services that publish jobs straight to NATS.

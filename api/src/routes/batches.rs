@@ -123,7 +123,7 @@ pub async fn create(
         endpoint,
         input_file_id,
         completion_window: window,
-        tier: body.priority.unwrap_or(Tier::Low).as_str().to_string(),
+        tier: body.priority.unwrap_or(Tier::Low),
         metadata: body.metadata.map(Value::Object),
         expires_at: now + chrono::Duration::from_std(window_len).unwrap_or_default(),
         mode,
@@ -215,8 +215,8 @@ pub async fn cancel(
         .await
         .map_err(store_error)?
         .ok_or_else(|| ApiError::not_found(format!("no such batch: {id}")))?;
-    match BatchStatus::parse(&row.status) {
-        Some(BatchStatus::Cancelling | BatchStatus::Cancelled) => {}
+    match row.status {
+        BatchStatus::Cancelling | BatchStatus::Cancelled => {}
         _ => {
             return Err(ApiError::conflict(format!(
                 "batch {id} cannot be cancelled: it is {}",
@@ -244,7 +244,7 @@ pub fn batch_object(row: &BatchRow, counts: LineCounts, groups: &[GroupRow]) -> 
         errors,
         input_file_id: row.input_file_id.clone(),
         completion_window: row.completion_window.clone(),
-        status: BatchStatus::parse(&row.status).unwrap_or(BatchStatus::Failed),
+        status: row.status,
         output_file_id: row.output_file_id.clone(),
         error_file_id: row.error_file_id.clone(),
         created_at: row.created_at.timestamp(),
@@ -265,7 +265,7 @@ pub fn batch_object(row: &BatchRow, counts: LineCounts, groups: &[GroupRow]) -> 
             Some(Value::Object(m)) => Some(m.clone()),
             _ => None,
         },
-        priority: Some(row.tier.clone()),
+        priority: Some(row.tier.as_str().to_string()),
         progress: Some(BatchProgress {
             ingested: n(i64::from(row.ingested)),
             queued: n(counts.queued),

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sluice_core::store::{AttemptRow, JobRow};
 use sluice_schemas::events::HEADER_EVENT;
-use sluice_schemas::{ErrorClass, EventKind, JobStatus, Tier};
+use sluice_schemas::{AttemptStatus, ErrorClass, EventKind, JobStatus, Tier};
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -105,7 +105,7 @@ struct AttemptView {
     deployment: String,
     provider: String,
     model: String,
-    status: String,
+    status: AttemptStatus,
     error: Option<ErrorView>,
     prompt_tokens: Option<i64>,
     completion_tokens: Option<i64>,

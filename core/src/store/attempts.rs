@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use sluice_schemas::ErrorClass;
+use sluice_schemas::{AttemptStatus, ErrorClass};
 use uuid::Uuid;
 
 use super::{Store, StoreError};
@@ -15,7 +15,7 @@ pub struct AttemptRow {
     pub deployment: String,
     pub provider: String,
     pub model: String,
-    pub status: String,
+    pub status: AttemptStatus,
     pub error_class: Option<ErrorClass>,
     pub error_message: Option<String>,
     pub prompt_tokens: Option<i64>,

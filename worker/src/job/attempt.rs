@@ -11,7 +11,7 @@ use sluice_core::config::Deployment;
 use sluice_core::store::{AttemptRecord, AttemptStarted};
 use sluice_schemas::job::JobResult;
 use sluice_schemas::openai::{ChatCompletion, ChatRequest, Content, Usage};
-use sluice_schemas::{ErrorClass, Tier};
+use sluice_schemas::{AttemptStatus, ErrorClass, Tier};
 use uuid::Uuid;
 
 use crate::limits::{Health, Held};
@@ -87,7 +87,7 @@ impl Attempt {
             deployment: d.id.clone(),
             provider: d.provider.clone(),
             model: d.model.clone(),
-            status: "failed".into(),
+            status: AttemptStatus::Failed,
             error_class: None,
             error_message: None,
             prompt_tokens: None,
@@ -203,7 +203,7 @@ fn succeeded(
             JobResult::Embeddings(e) => (Usage::new(e.usage.prompt_tokens, 0), true),
         },
     };
-    r.status = "succeeded".into();
+    r.status = AttemptStatus::Succeeded;
     r.prompt_tokens = Some(usage.prompt_tokens as i64);
     r.completion_tokens = Some(usage.completion_tokens as i64);
     r.cached_tokens = Some(usage.cached_tokens() as i64);

@@ -35,7 +35,7 @@ use super::attempt::{Attempt, JobFields};
 use super::eligible;
 use super::embed;
 use super::outcome::{Deferred, Finished, Halt};
-use super::route::{Next, Route};
+use super::route::{Next, Pool, Route};
 use crate::events::{EventPublisher, EventSink};
 use crate::limits::{self, Actual, Admission, Candidate, Scope};
 use crate::providers::{CallOutput, ProviderError};
@@ -158,7 +158,7 @@ struct Run<'a> {
     key_scopes: Arc<Vec<Scope>>,
     /// The tags the job asked for (`tags`, `metadata.tags`), for tag routing.
     tags: Vec<String>,
-    /// Prompt estimates per tokenizer, computed once each.
+    /// Prompt estimates per tokenizer (the cheap bound among them), computed once each.
     prompt_estimates: Vec<(tokens::Tokenizer, u64)>,
     /// Attempts this delivery made, for the ledger.
     records: Vec<AttemptRecord>,
@@ -305,19 +305,38 @@ impl<'a> Run<'a> {
             self.last_error = error;
             return Ok(Admit::GiveUp);
         }
-        let pool = self.route.pool.as_deref().unwrap_or_default();
-        let candidates = ctx.router.order(pool, &self.route.tried);
+        let candidates = match &self.route.pool {
+            Pool::Only(pool) => ctx.router.order(pool, &self.route.tried),
+            Pool::All | Pool::Unknown => {
+                ctx.router.candidates(self.route.group(), &self.route.tried)
+            }
+        };
         if candidates.is_empty() {
             return Ok(Admit::GiveUp);
         }
-        let admit = self.candidates(&candidates);
         let lease = candidates
             .iter()
             .map(|d| d.timeout)
             .max()
             .unwrap_or_default()
             + LEASE_MARGIN;
-        match ctx.limiter.admit(Some(self.id), &admit, lease).await {
+        // First with the prompt's cheap upper bound (see `worker/src/tokens.rs`); only if
+        // that does not fit, and an exact count could be smaller, once more with it.
+        let mut admit = self.candidates(&candidates, false);
+        let mut admission = ctx.limiter.admit(Some(self.id), &admit, lease).await;
+        let bounded = candidates.iter().any(|d| {
+            tokens::Tokenizer::for_deployment(d).cheap() != tokens::Tokenizer::for_deployment(d)
+        });
+        if bounded
+            && matches!(
+                admission,
+                Admission::Wait { cooling: false, .. } | Admission::TooLarge { .. }
+            )
+        {
+            admit = self.candidates(&candidates, true);
+            admission = ctx.limiter.admit(Some(self.id), &admit, lease).await;
+        }
+        match admission {
             Admission::Admitted { index, reservation } => {
                 // Settled when the call ends, or by itself if the job lets go of it.
                 let held = limits::Held::new(
@@ -370,10 +389,16 @@ impl<'a> Run<'a> {
     fn pool(&mut self) -> Result<(), JobError> {
         let ctx = self.ctx;
         let router = &ctx.config.router;
-        while self.route.pool.is_none() {
+        while matches!(self.route.pool, Pool::Unknown) {
+            let captures = self.route.captures();
+            if captures.is_none() && !router.tag_filtering && !router.pre_call_checks {
+                // The common case: nothing to work out, nothing copied.
+                self.route.pool = Pool::All;
+                break;
+            }
             let group = self.route.group().to_string();
             let all = ctx.router.deployments(&group);
-            let all: Vec<Arc<Deployment>> = match self.route.captures() {
+            let all: Vec<Arc<Deployment>> = match captures {
                 Some(caps) => all
                     .iter()
                     .map(|d| match d.is_wildcard() {
@@ -401,8 +426,15 @@ impl<'a> Run<'a> {
                 let mut longest: Option<(u64, u64)> = None;
                 let mut kept = Vec::with_capacity(pool.len());
                 for d in pool {
-                    let prompt = self.prompt_estimate(tokens::Tokenizer::for_deployment(&d));
-                    match ctx.contexts.max_input_tokens(&d) {
+                    let limit = ctx.contexts.max_input_tokens(&d);
+                    // The cheap upper bound settles most prompts; count exactly only
+                    // when it does not fit (see `worker/src/tokens.rs`).
+                    let tokenizer = tokens::Tokenizer::for_deployment(&d);
+                    let mut prompt = self.prompt_estimate(tokenizer.cheap());
+                    if limit.is_some_and(|limit| prompt > limit) {
+                        prompt = self.prompt_estimate(tokenizer);
+                    }
+                    match limit {
                         Some(limit) if prompt > limit => {
                             if longest.is_none_or(|(l, _)| limit > l) {
                                 longest = Some((limit, prompt));
@@ -429,7 +461,7 @@ impl<'a> Run<'a> {
                     return Err(error);
                 }
             }
-            self.route.pool = Some(pool);
+            self.route.pool = Pool::Only(pool);
         }
         Ok(())
     }
@@ -451,8 +483,9 @@ impl<'a> Run<'a> {
     }
 
     /// What admission checks for each candidate: its limits and the key's, and the
-    /// estimated tokens and cost of the call.
-    fn candidates(&mut self, candidates: &[Arc<Deployment>]) -> Vec<Candidate> {
+    /// estimated tokens and cost of the call (the prompt counted `exact`ly, or bounded
+    /// cheaply from above).
+    fn candidates(&mut self, candidates: &[Arc<Deployment>], exact: bool) -> Vec<Candidate> {
         let ctx = self.ctx;
         let output_cap = if self.embeddings.is_some() {
             0
@@ -465,7 +498,9 @@ impl<'a> Run<'a> {
         };
         let mut admit = Vec::with_capacity(candidates.len());
         for d in candidates {
-            let prompt_tokens = self.prompt_estimate(tokens::Tokenizer::for_deployment(d));
+            let tokenizer = tokens::Tokenizer::for_deployment(d);
+            let prompt_tokens =
+                self.prompt_estimate(if exact { tokenizer } else { tokenizer.cheap() });
             let mut scopes = limits::deployment_scopes(d, &ctx.config.limits.provider_budgets);
             scopes.extend(self.key_scopes.iter().cloned());
             admit.push(Candidate {

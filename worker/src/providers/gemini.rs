@@ -648,6 +648,7 @@ fn parse_completion(bytes: &[u8], model: &str) -> Result<ChatCompletion, Provide
                 tool_call_id: None,
                 refusal: None,
                 reasoning_content: None,
+                thinking_blocks: None,
             },
             finish_reason: Some("stop".into()),
         });
