@@ -95,7 +95,7 @@ enum Command {
     },
     /// What was spent, from the ledger (a virtual key sees only its own).
     Spend {
-        /// model, key, provider or day.
+        /// model, key, provider, day or mode.
         #[arg(long, default_value = "model")]
         group_by: String,
         /// Start (2026-11-01 or RFC 3339); default 30 days before --to.
@@ -299,7 +299,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let load = || Config::load(cli.config.as_deref()).context("invalid configuration");
     match cli.command {
         Command::Api => {
-            sluice_api::serve(load()?, shutdown_on_signal()).await?;
+            let config = load()?;
+            let native = sluice_worker::native::Backend::new(&config)
+                .context("cannot read the pricing file")?;
+            sluice_api::serve(
+                config,
+                shutdown_on_signal(),
+                Some(std::sync::Arc::new(native)),
+            )
+            .await?;
         }
         Command::Worker => {
             Box::pin(sluice_worker::run(load()?, shutdown_on_signal())).await?;

@@ -54,7 +54,7 @@ use uuid::Uuid;
 use crate::AppState;
 
 /// Lines recorded and published together.
-const CHUNK_LINES: usize = 256;
+pub(crate) const CHUNK_LINES: usize = 256;
 /// File-level errors reported at most.
 const MAX_ERRORS: usize = 100;
 /// Output lines read from Postgres per query while finalizing.
@@ -154,14 +154,14 @@ async fn drive(
 
 /// What happens to lines from now on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     Publish,
     /// Lines end as `cancelled` or `expired` without running.
     End(Ending),
 }
 
 /// One request line, checked.
-enum Checked {
+pub(crate) enum Checked {
     Job {
         custom_id: String,
         request: Box<ChatRequest>,
@@ -178,11 +178,11 @@ enum Checked {
     },
 }
 
-struct Driver {
-    state: Arc<AppState>,
-    holder: String,
-    id: String,
-    stop: CancellationToken,
+pub(crate) struct Driver {
+    pub(crate) state: Arc<AppState>,
+    pub(crate) holder: String,
+    pub(crate) id: String,
+    pub(crate) stop: CancellationToken,
     /// The batch owner's virtual key (`None`: the master key), for model permissions.
     owner_key: Option<Option<Arc<KeyRecord>>>,
     /// The batch owner is a key that was revoked: its lines are refused, never run as
@@ -191,11 +191,11 @@ struct Driver {
 }
 
 impl Driver {
-    fn settings(&self) -> &sluice_core::batch_settings::BatchSettings {
+    pub(crate) fn settings(&self) -> &sluice_core::batch_settings::BatchSettings {
         &self.state.config.batches
     }
 
-    async fn renew(&self) -> Result<BatchRow, DriveError> {
+    pub(crate) async fn renew(&self) -> Result<BatchRow, DriveError> {
         if self.stop.is_cancelled() {
             return Err(DriveError::Stopped);
         }
@@ -240,14 +240,21 @@ impl Driver {
             }
             row = self.renew().await?;
         }
-        let mut mode = self.mode_for(&row);
-        if let Mode::End(ending) = mode {
-            self.end_queued(ending).await?;
-        }
-        if row.status != BatchStatus::Finalizing {
-            mode = self.ingest(&row, mode).await?;
-            mode = self.wait(mode).await?;
-        }
+        let mode = match crate::native::drive(self, &row).await? {
+            // Native mode followed its upstream batches and live lines to the end.
+            Some(mode) => mode,
+            None => {
+                let mut mode = self.mode_for(&row);
+                if let Mode::End(ending) = mode {
+                    self.end_queued(ending).await?;
+                }
+                if row.status != BatchStatus::Finalizing {
+                    mode = self.ingest(&row, mode).await?;
+                    mode = self.wait(mode).await?;
+                }
+                mode
+            }
+        };
         let ending = match mode {
             Mode::Publish => {
                 self.state
@@ -293,7 +300,7 @@ impl Driver {
     /// rows still `queued`; Postgres orders the two. So a line either ends here or runs
     /// there, never both, whatever the consumer has delivered. Deleting the messages only
     /// spares workers the deliveries they would refuse.
-    async fn end_queued(&self, ending: Ending) -> Result<(), DriveError> {
+    pub(crate) async fn end_queued(&self, ending: Ending) -> Result<(), DriveError> {
         let seqs = self
             .state
             .store
@@ -493,7 +500,7 @@ impl Driver {
 
     /// Records one chunk's jobs and publishes those not yet published. Returns how many
     /// were published.
-    async fn ingest_chunk(
+    pub(crate) async fn ingest_chunk(
         &self,
         row: &BatchRow,
         batch_uuid: Uuid,
@@ -609,7 +616,7 @@ impl Driver {
     }
 
     /// A request line, checked as `POST /v1/jobs` would check its body.
-    fn check_request(&self, bytes: &[u8], line_no: u32, endpoint: &str) -> Checked {
+    pub(crate) fn check_request(&self, bytes: &[u8], line_no: u32, endpoint: &str) -> Checked {
         let (custom_id, body) = match parse_line(bytes, line_no, endpoint) {
             Ok(parsed) => parsed,
             // Validation passed, so this does not happen; keep the line on record anyway.
@@ -688,7 +695,7 @@ impl Driver {
     }
 
     /// Waits until no line is queued or running, following cancel and expiry.
-    async fn wait(&self, mut mode: Mode) -> Result<Mode, DriveError> {
+    pub(crate) async fn wait(&self, mut mode: Mode) -> Result<Mode, DriveError> {
         loop {
             mode = self.check(mode).await?;
             let mut counts = self.state.store.line_counts(&self.id).await?;
@@ -790,7 +797,7 @@ pub fn batch_uuid(id: &str) -> Uuid {
         .unwrap_or_else(|| Uuid::from_u128(stable_hash("sluice-batch-id:", id)))
 }
 
-fn is_blank(bytes: &[u8]) -> bool {
+pub(crate) fn is_blank(bytes: &[u8]) -> bool {
     bytes.iter().all(u8::is_ascii_whitespace)
 }
 

@@ -14,6 +14,7 @@ pub mod errors;
 pub mod guard;
 mod job_events;
 pub mod metrics;
+pub mod native;
 pub mod outbox;
 pub mod routes;
 pub mod streams;
@@ -88,6 +89,8 @@ pub struct AppState {
     pub streams: Arc<streams::StreamCounts>,
     /// Cancelled when the api shuts down: long-lived streams end on it.
     pub shutdown: CancellationToken,
+    /// The providers' batch APIs, for native batches (`None`: batches run live).
+    pub native: Option<Arc<dyn sluice_core::native_batches::NativeBackend>>,
 }
 
 impl AppState {
@@ -189,22 +192,39 @@ fn is_published_master_key(key: &str) -> bool {
             .any(|p| key.to_ascii_lowercase().contains(p))
 }
 
-/// Binds `config.api_addr` and serves until `shutdown` is cancelled.
-pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+/// Binds `config.api_addr` and serves until `shutdown` is cancelled; `native` as in
+/// [`serve_with`].
+pub async fn serve(
+    config: Config,
+    shutdown: CancellationToken,
+    native: Option<Arc<dyn sluice_core::native_batches::NativeBackend>>,
+) -> Result<(), ServeError> {
     let listener = TcpListener::bind(&config.api_addr)
         .await
         .map_err(|source| ServeError::Bind {
             addr: config.api_addr.clone(),
             source,
         })?;
-    Box::pin(serve_on(listener, config, shutdown)).await
+    Box::pin(serve_with(listener, config, shutdown, native)).await
 }
 
-/// Serves on an already bound listener (tests bind port 0).
+/// Serves on an already bound listener (tests bind port 0), with every batch running live.
 pub async fn serve_on(
     listener: TcpListener,
     config: Config,
     shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    Box::pin(serve_with(listener, config, shutdown, None)).await
+}
+
+/// Serves on an already bound listener; `native` speaks the providers' batch APIs
+/// (`sluice_worker::native::Backend`, handed in by the binary: the api does not depend
+/// on the worker crate).
+pub async fn serve_with(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+    native: Option<Arc<dyn sluice_core::native_batches::NativeBackend>>,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
     if !addr.ip().is_loopback() {
@@ -278,6 +298,7 @@ pub async fn serve_on(
         batch_wake: Arc::new(tokio::sync::Notify::new()),
         streams: Arc::default(),
         shutdown: shutdown.clone(),
+        native,
     });
     background.spawn(batches::run(
         Arc::clone(&state),

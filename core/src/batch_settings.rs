@@ -18,6 +18,9 @@ pub mod defaults {
     pub const POLL_MS: u64 = 500;
     /// Batches one API instance drives at once.
     pub const CONCURRENT: usize = 4;
+    /// First wait between polls of an upstream batch; it doubles up to `NATIVE_POLL_MAX_MS`.
+    pub const NATIVE_POLL_MS: u64 = 5_000;
+    pub const NATIVE_POLL_MAX_MS: u64 = 60_000;
 }
 
 /// `sluice.batches` as written in the file.
@@ -31,6 +34,12 @@ pub struct RawBatchSettings {
     lease_secs: Option<f64>,
     poll_ms: Option<u64>,
     concurrent: Option<usize>,
+    default_mode: Option<String>,
+    native_poll_ms: Option<u64>,
+    native_poll_max_ms: Option<u64>,
+    native_rerun_live: Option<bool>,
+    native_max_lines: Option<u32>,
+    native_max_bytes: Option<u64>,
 }
 
 /// The Batch API's limits and pacing.
@@ -52,6 +61,17 @@ pub struct BatchSettings {
     pub poll: Duration,
     /// Batches one API instance drives at once.
     pub concurrent: usize,
+    /// How a batch runs when its `metadata.sluice_mode` does not say.
+    pub default_mode: crate::native_batches::BatchMode,
+    /// First and longest wait between polls of an upstream batch (backoff doubles).
+    pub native_poll: Duration,
+    pub native_poll_max: Duration,
+    /// Lines of an upstream batch that failed or expired run live while the batch's
+    /// window is open (else they end `expired`).
+    pub native_rerun_live: bool,
+    /// Caps below the providers' own limits per upstream batch (`None`: the provider's).
+    pub native_max_lines: Option<u32>,
+    pub native_max_bytes: Option<u64>,
 }
 
 impl Default for BatchSettings {
@@ -64,6 +84,12 @@ impl Default for BatchSettings {
             lease: Duration::from_secs(defaults::LEASE_SECS),
             poll: Duration::from_millis(defaults::POLL_MS),
             concurrent: defaults::CONCURRENT,
+            default_mode: crate::native_batches::BatchMode::Live,
+            native_poll: Duration::from_millis(defaults::NATIVE_POLL_MS),
+            native_poll_max: Duration::from_millis(defaults::NATIVE_POLL_MAX_MS),
+            native_rerun_live: true,
+            native_max_lines: None,
+            native_max_bytes: None,
         }
     }
 }
@@ -86,6 +112,24 @@ impl RawBatchSettings {
             Some(s) => Duration::from_secs_f64(s),
             None => Duration::from_secs(defaults::LEASE_SECS),
         };
+        let default_mode = match self.default_mode.as_deref() {
+            None => crate::native_batches::BatchMode::Live,
+            Some(m) => crate::native_batches::BatchMode::parse(m).ok_or((
+                "sluice.batches.default_mode",
+                format!("{m:?} is not a mode: use live, native or auto"),
+            ))?,
+        };
+        let native_poll = positive(
+            "sluice.batches.native_poll_ms",
+            self.native_poll_ms,
+            defaults::NATIVE_POLL_MS,
+        )?;
+        let native_poll_max = positive(
+            "sluice.batches.native_poll_max_ms",
+            self.native_poll_max_ms,
+            defaults::NATIVE_POLL_MAX_MS.max(native_poll),
+        )?
+        .max(native_poll);
         Ok(BatchSettings {
             max_file_bytes: positive(
                 "sluice.batches.max_file_bytes",
@@ -119,6 +163,28 @@ impl RawBatchSettings {
                 self.concurrent.map(|c| c as u64),
                 defaults::CONCURRENT as u64,
             )? as usize,
+            default_mode,
+            native_poll: Duration::from_millis(native_poll),
+            native_poll_max: Duration::from_millis(native_poll_max),
+            native_rerun_live: self.native_rerun_live.unwrap_or(true),
+            native_max_lines: match self.native_max_lines {
+                Some(0) => {
+                    return Err((
+                        "sluice.batches.native_max_lines",
+                        "must be at least 1".into(),
+                    ))
+                }
+                v => v,
+            },
+            native_max_bytes: match self.native_max_bytes {
+                Some(0) => {
+                    return Err((
+                        "sluice.batches.native_max_bytes",
+                        "must be at least 1".into(),
+                    ))
+                }
+                v => v,
+            },
         })
     }
 }
@@ -134,5 +200,20 @@ mod tests {
         assert_eq!(s.max_file_bytes, 200 * 1024 * 1024);
         let raw: RawBatchSettings = serde_yaml_ng::from_str("publish_rate: 0").unwrap();
         assert_eq!(raw.resolve().unwrap_err().0, "sluice.batches.publish_rate");
+    }
+
+    #[test]
+    fn default_mode_is_live_and_an_unknown_mode_names_the_key() {
+        assert_eq!(
+            BatchSettings::default().default_mode,
+            crate::native_batches::BatchMode::Live
+        );
+        let raw: RawBatchSettings = serde_yaml_ng::from_str("default_mode: auto").unwrap();
+        assert_eq!(
+            raw.resolve().unwrap().default_mode,
+            crate::native_batches::BatchMode::Auto
+        );
+        let raw: RawBatchSettings = serde_yaml_ng::from_str("default_mode: cheap").unwrap();
+        assert_eq!(raw.resolve().unwrap_err().0, "sluice.batches.default_mode");
     }
 }

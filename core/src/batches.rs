@@ -55,12 +55,14 @@ pub struct BatchRow {
     pub cancelled_at: Option<DateTime<Utc>>,
     /// The creating request's trace context, continued by the jobs of its lines.
     pub traceparent: Option<String>,
+    /// `live`, `native`, or `auto` until the driver settles it (`crate::native_batches`).
+    pub mode: String,
 }
 
 const BATCH_COLUMNS: &str =
     "id, owner, endpoint, input_file_id, completion_window, tier, status, metadata,
     errors, total, ingested, output_file_id, error_file_id, created_at, expires_at, in_progress_at,
-    finalizing_at, completed_at, failed_at, expired_at, cancelling_at, cancelled_at, traceparent";
+    finalizing_at, completed_at, failed_at, expired_at, cancelling_at, cancelled_at, traceparent, mode";
 
 /// A batch being created.
 #[derive(Debug, Clone)]
@@ -75,6 +77,7 @@ pub struct NewBatch {
     pub expires_at: DateTime<Utc>,
     /// The creating request's `traceparent` (when traces are on).
     pub traceparent: Option<String>,
+    pub mode: crate::native_batches::BatchMode,
 }
 
 /// How a batch's lines stand, by job status.
@@ -163,8 +166,8 @@ impl Store {
     pub async fn insert_batch(&self, b: &NewBatch) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO batches (id, owner, endpoint, input_file_id, completion_window, tier, status,
-                 metadata, expires_at, traceparent)
-             VALUES ($1, $2, $3, $4, $5, $6, 'validating', $7, $8, $9)",
+                 metadata, expires_at, traceparent, mode)
+             VALUES ($1, $2, $3, $4, $5, $6, 'validating', $7, $8, $9, $10)",
         )
         .bind(&b.id)
         .bind(&b.owner)
@@ -175,6 +178,7 @@ impl Store {
         .bind(&b.metadata)
         .bind(b.expires_at)
         .bind(&b.traceparent)
+        .bind(b.mode.as_str())
         .execute(self.pool())
         .await?;
         Ok(())

@@ -18,6 +18,7 @@ pub mod group_commit;
 pub mod job_list;
 pub mod keys;
 pub mod metrics;
+pub mod native_batches;
 pub mod nats;
 pub mod pgtext;
 pub mod queue;

@@ -13,6 +13,8 @@ pub enum GroupBy {
     Key,
     Provider,
     Day,
+    /// `native` (the providers' batch APIs, at batch prices) or `live`.
+    Mode,
 }
 
 impl GroupBy {
@@ -22,6 +24,7 @@ impl GroupBy {
             "key" => GroupBy::Key,
             "provider" => GroupBy::Provider,
             "day" => GroupBy::Day,
+            "mode" => GroupBy::Mode,
             _ => return None,
         })
     }
@@ -34,6 +37,8 @@ impl GroupBy {
             GroupBy::Day => {
                 "to_char(date_trunc('day', a.started_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD')"
             }
+            // Native attempts carry `crate::native_batches::NATIVE_WORKER`.
+            GroupBy::Mode => "CASE WHEN a.worker = 'native-batch' THEN 'native' ELSE 'live' END",
         }
     }
 }

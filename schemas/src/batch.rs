@@ -170,6 +170,13 @@ pub struct Batch {
     /// Sluice: lines by state.
     #[serde(default)]
     pub progress: Option<BatchProgress>,
+    /// Sluice: `live`, `native` (the providers' batch APIs), or `auto` until decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Sluice: the upstream batches of a native batch (provider, upstream batch and file
+    /// ids, state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Vec<Value>>,
 }
 
 /// `GET /v1/batches`: a page, newest first.

@@ -10,6 +10,7 @@ pub mod servers;
 pub mod sim;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -110,7 +111,10 @@ impl Stack {
         let t = token.clone();
         let c = config.clone();
         let handle = tokio::spawn(async move {
-            if let Err(e) = sluice_api::serve_on(listener, c, t).await {
+            let native = sluice_worker::native::Backend::new(&c)
+                .ok()
+                .map(|b| Arc::new(b) as Arc<dyn sluice_core::native_batches::NativeBackend>);
+            if let Err(e) = sluice_api::serve_with(listener, c, t, native).await {
                 eprintln!("api stopped with error: {e}");
             }
         });
@@ -154,7 +158,10 @@ impl Stack {
         let t = token.clone();
         let c = self.config.clone();
         let handle = tokio::spawn(async move {
-            if let Err(e) = sluice_api::serve_on(listener, c, t).await {
+            let native = sluice_worker::native::Backend::new(&c)
+                .ok()
+                .map(|b| Arc::new(b) as Arc<dyn sluice_core::native_batches::NativeBackend>);
+            if let Err(e) = sluice_api::serve_with(listener, c, t, native).await {
                 eprintln!("api stopped with error: {e}");
             }
         });

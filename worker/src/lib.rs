@@ -10,8 +10,8 @@
 
 pub mod admin;
 mod bodies;
-pub mod callbacks;
 pub mod cache;
+pub mod callbacks;
 pub mod context;
 mod deliveries;
 pub mod destinations;
@@ -22,6 +22,7 @@ pub mod keys;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;
+pub mod native;
 mod panics;
 pub mod pricing;
 pub mod providers;

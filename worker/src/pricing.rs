@@ -208,7 +208,8 @@ impl Prices {
     }
 }
 
-fn price_of(d: &Deployment, file: &HashMap<String, Price>) -> Option<Price> {
+/// The live price of `d`: its own prices, else the pricing file, else the built-in table.
+pub fn price_of(d: &Deployment, file: &HashMap<String, Price>) -> Option<Price> {
     if let (Some(input), Some(output)) = (d.input_cost_per_token, d.output_cost_per_token) {
         return Some(Price {
             input,

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sluice_core::batches::{BatchRow, LineCounts, NewBatch};
+use sluice_core::native_batches::{BatchMode, GroupRow};
 use sluice_schemas::batch::{
     Batch, BatchErrors, BatchList, BatchProgress, BatchStatus, RequestCounts, CHAT_COMPLETIONS,
     EMBEDDINGS,
@@ -29,6 +30,8 @@ use crate::AppState;
 const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 const DEFAULT_PAGE: i64 = 20;
 const MAX_PAGE: i64 = 100;
+/// The `metadata` key that picks a batch's mode (`live`, `native`, `auto`).
+const MODE_KEY: &str = "sluice_mode";
 
 #[derive(Debug, Deserialize)]
 struct CreateBody {
@@ -103,6 +106,15 @@ pub async fn create(
         ))
         .param("input_file_id"));
     }
+    let mode = match body.metadata.as_ref().and_then(|m| m.get(MODE_KEY)) {
+        None => state.config.batches.default_mode,
+        Some(v) => v.as_str().and_then(BatchMode::parse).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "metadata.{MODE_KEY} must be \"live\", \"native\" or \"auto\", not {v}"
+            ))
+            .param(format!("metadata.{MODE_KEY}"))
+        })?,
+    };
     let uuid = Uuid::now_v7();
     let now = Utc::now();
     let new = NewBatch {
@@ -115,11 +127,12 @@ pub async fn create(
         metadata: body.metadata.map(Value::Object),
         expires_at: now + chrono::Duration::from_std(window_len).unwrap_or_default(),
         traceparent: sluice_core::telemetry::current_traceparent(),
+        mode,
     };
     state.store.insert_batch(&new).await.map_err(store_error)?;
     let row = load(&state, &caller, &new.id).await?;
     state.batch_wake.notify_one();
-    Ok(Json(batch_object(&row, LineCounts::default())))
+    Ok(Json(batch_object(&row, LineCounts::default(), &[])))
 }
 
 async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<BatchRow, ApiError> {
@@ -135,7 +148,16 @@ async fn with_counts(state: &AppState, row: BatchRow) -> Result<Batch, ApiError>
         .line_counts(&row.id)
         .await
         .map_err(store_error)?;
-    Ok(batch_object(&row, counts))
+    let groups = if row.mode == BatchMode::Live.as_str() {
+        Vec::new()
+    } else {
+        state
+            .store
+            .native_groups(&row.id)
+            .await
+            .map_err(store_error)?
+    };
+    Ok(batch_object(&row, counts, &groups))
 }
 
 pub async fn get(
@@ -207,8 +229,9 @@ pub async fn cancel(
     Ok(Json(with_counts(&state, row).await?))
 }
 
-/// The OpenAI batch object, with live counts.
-pub fn batch_object(row: &BatchRow, counts: LineCounts) -> Batch {
+/// The OpenAI batch object, with live counts and, for a native batch, its upstream
+/// batches.
+pub fn batch_object(row: &BatchRow, counts: LineCounts, groups: &[GroupRow]) -> Batch {
     let ts = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp());
     let errors = row
         .errors
@@ -251,6 +274,8 @@ pub fn batch_object(row: &BatchRow, counts: LineCounts) -> Batch {
             cancelled: n(counts.cancelled),
             expired: n(counts.expired),
         }),
+        mode: Some(row.mode.clone()),
+        upstream: (!groups.is_empty()).then(|| crate::native::upstream_view(groups)),
     }
 }
 

@@ -1,4 +1,4 @@
-//! `GET /v1/spend?group_by=model|key|provider|day&from=&to=`: what the ledger says was
+//! `GET /v1/spend?group_by=model|key|provider|day|mode&from=&to=`: what the ledger says was
 //! spent. A virtual key sees only its own spend.
 
 use std::sync::Arc;
@@ -46,7 +46,8 @@ pub async fn report(
 ) -> Result<Json<Value>, ApiError> {
     let group_name = q.group_by.as_deref().unwrap_or("model");
     let group_by = GroupBy::parse(group_name).ok_or_else(|| {
-        ApiError::bad_request("`group_by` must be model, key, provider or day").param("group_by")
+        ApiError::bad_request("`group_by` must be model, key, provider, day or mode")
+            .param("group_by")
     })?;
     let to = match &q.to {
         Some(t) => parse_time(t, "to")?,

@@ -64,9 +64,17 @@ pub(super) const PARAM_KEYS: &[&str] = &[
     "cache_read_input_token_cost",
     "cache_creation_input_token_cost",
     "output_cost_per_reasoning_token",
+    "input_cost_per_token_batches",
+    "output_cost_per_token_batches",
     "tags",
 ];
-pub(super) const INFO_KEYS: &[&str] = &["id", "base_model", "max_input_tokens"];
+pub(super) const INFO_KEYS: &[&str] = &[
+    "id",
+    "base_model",
+    "max_input_tokens",
+    "input_cost_per_token_batches",
+    "output_cost_per_token_batches",
+];
 
 /// Top-level sections and section keys of `raw` that Sluice does not act on, as
 /// `section.key` paths (the per-deployment ones are added in `litellm.rs`).

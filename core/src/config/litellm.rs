@@ -157,6 +157,30 @@ impl Ctx<'_> {
                 &format!("model_list[{i}].model_info"),
                 "base_model",
             )?,
+            input_cost_per_token_batches: match self.opt_decimal(
+                p,
+                &section,
+                "input_cost_per_token_batches",
+            )? {
+                Some(d) => Some(d),
+                None => self.opt_decimal(
+                    &m.model_info,
+                    &format!("model_list[{i}].model_info"),
+                    "input_cost_per_token_batches",
+                )?,
+            },
+            output_cost_per_token_batches: match self.opt_decimal(
+                p,
+                &section,
+                "output_cost_per_token_batches",
+            )? {
+                Some(d) => Some(d),
+                None => self.opt_decimal(
+                    &m.model_info,
+                    &format!("model_list[{i}].model_info"),
+                    "output_cost_per_token_batches",
+                )?,
+            },
             tags: self.tags(p, &section)?,
             max_input_tokens: self.opt_u64(
                 &m.model_info,

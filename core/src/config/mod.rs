@@ -23,8 +23,8 @@ use serde_yaml_ng::Value;
 use crate::secret::Secret;
 use sluice_schemas::ErrorClass;
 
-pub mod callbacks;
 mod cache;
+pub mod callbacks;
 mod coerce;
 mod describe;
 mod keys;
@@ -129,6 +129,9 @@ pub struct Deployment {
     pub output_cost_per_reasoning_token: Option<Decimal>,
     /// `model_info.base_model`: the model to price this deployment as.
     pub base_model: Option<String>,
+    /// Prices of the provider's batch API (`litellm_params` or `model_info`).
+    pub input_cost_per_token_batches: Option<Decimal>,
+    pub output_cost_per_token_batches: Option<Decimal>,
     /// `litellm_params.tags`: requests with tags go to deployments sharing one
     /// (`router_settings.enable_tag_filtering`); `default` takes untagged and unmatched ones.
     pub tags: Vec<String>,

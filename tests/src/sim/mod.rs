@@ -27,6 +27,7 @@
 //! answer (see [`Fault`]).
 
 mod anthropic;
+mod batches;
 pub mod embeddings;
 mod gemini;
 mod ollama;
@@ -49,6 +50,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+pub use batches::{BatchFault, LINE_ERROR};
 pub use plan::Plan;
 
 /// How the simulator behaves unless a request says otherwise.
@@ -79,6 +81,11 @@ pub struct SimConfig {
     pub stamp_chunks: bool,
     /// Where [`Fault::Redirect`] points (a base URL such as `http://127.0.0.1:9`).
     pub redirect_to: Option<String>,
+    /// Batch APIs: time from create until a batch has its results.
+    pub batch_delay_ms: u64,
+    /// Batch APIs: a whole-batch fault for the first `batch_fault_first` batches.
+    pub batch_fault: Option<BatchFault>,
+    pub batch_fault_first: u64,
 }
 
 impl Default for SimConfig {
@@ -96,6 +103,9 @@ impl Default for SimConfig {
             keepalive: false,
             stamp_chunks: false,
             redirect_to: None,
+            batch_delay_ms: 0,
+            batch_fault: None,
+            batch_fault_first: 0,
         }
     }
 }
@@ -160,11 +170,16 @@ pub struct SimStats {
     pub faults: AtomicU64,
     /// The last request: path (with query) and JSON body.
     pub last: Mutex<Option<(String, Value)>>,
+    /// Batch APIs: batches created (every protocol), cancelled, and lines answered.
+    pub batch_creates: AtomicU64,
+    pub batch_cancels: AtomicU64,
+    pub batch_lines: AtomicU64,
 }
 
 struct Sim {
     config: SimConfig,
     stats: Arc<SimStats>,
+    batches: Mutex<batches::Batches>,
 }
 
 /// A running simulator; stops when dropped.
@@ -187,6 +202,15 @@ impl SimHandle {
 
     pub fn requests(&self) -> u64 {
         self.stats.requests.load(Ordering::SeqCst)
+    }
+
+    /// Upstream batches created so far (every batch API).
+    pub fn batch_creates(&self) -> u64 {
+        self.stats.batch_creates.load(Ordering::SeqCst)
+    }
+
+    pub fn batch_cancels(&self) -> u64 {
+        self.stats.batch_cancels.load(Ordering::SeqCst)
     }
 
     /// The path and JSON body of the last request.
@@ -217,7 +241,11 @@ pub async fn start(addr: &str, config: SimConfig) -> std::io::Result<SimHandle> 
 }
 
 pub fn app(config: SimConfig, stats: Arc<SimStats>) -> Router {
-    let sim = Arc::new(Sim { config, stats });
+    let sim = Arc::new(Sim {
+        config,
+        stats,
+        batches: Mutex::default(),
+    });
     Router::new()
         .route("/v1/chat/completions", post(openai::chat))
         .route("/chat/completions", post(openai::chat))
@@ -227,7 +255,37 @@ pub fn app(config: SimConfig, stats: Arc<SimStats>) -> Router {
         )
         .route("/openai/v1/chat/completions", post(openai::azure_v1))
         .route("/v1/messages", post(anthropic::messages))
-        .route("/v1beta/models/{call}", post(gemini::generate))
+        .route("/v1beta/models/{call}", post(gemini_models))
+        .route("/v1/files", post(batches::upload))
+        .route("/v1/files/{id}/content", get(batches::file_content))
+        .route("/v1/batches", post(batches::create).get(batches::list))
+        .route("/v1/batches/{id}", get(batches::get_batch))
+        .route("/v1/batches/{id}/cancel", post(batches::cancel))
+        .route("/openai/v1/files", post(batches::azure_upload))
+        .route("/openai/v1/files/{id}/content", get(batches::file_content))
+        .route(
+            "/openai/v1/batches",
+            post(batches::azure_create).get(batches::azure_list),
+        )
+        .route("/openai/v1/batches/{id}", get(batches::azure_get_batch))
+        .route(
+            "/openai/v1/batches/{id}/cancel",
+            post(batches::azure_cancel),
+        )
+        .route("/v1/messages/batches", post(batches::anthropic_create))
+        .route("/v1/messages/batches/{id}", get(batches::anthropic_get))
+        .route(
+            "/v1/messages/batches/{id}/results",
+            get(batches::anthropic_results),
+        )
+        .route(
+            "/v1/messages/batches/{id}/cancel",
+            post(batches::anthropic_cancel),
+        )
+        .route(
+            "/v1beta/batches/{id}",
+            get(batches::gemini_get).post(batches::gemini_cancel),
+        )
         .route("/api/chat", post(ollama::chat))
         .route("/v1/embeddings", post(embeddings::openai))
         .route("/embeddings", post(embeddings::openai))
@@ -239,6 +297,20 @@ pub fn app(config: SimConfig, stats: Arc<SimStats>) -> Router {
         .route("/api/embed", post(embeddings::ollama))
         .route("/sim/stats", get(stats_route))
         .with_state(sim)
+}
+
+/// `…:generateContent` and `…:streamGenerateContent` live; `…:batchGenerateContent` a batch.
+async fn gemini_models(
+    state: State<Arc<Sim>>,
+    call: axum::extract::Path<String>,
+    query: axum::extract::Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match call.0.strip_suffix(":batchGenerateContent") {
+        Some(model) => batches::gemini_create(state.0, model, &headers, &body).await,
+        None => gemini::generate(state, call, query, headers, body).await,
+    }
 }
 
 async fn stats_route(State(sim): State<Arc<Sim>>) -> Json<Value> {

@@ -1,0 +1,734 @@
+//! Native mode of the batch driver ([`crate::batches`]): a batch's lines go through the
+//! providers' own batch APIs (half price, within 24 h) instead of running as live jobs.
+//! The provider side is `sluice_core::native_batches::NativeBackend`; the records are in
+//! `core/src/native_batches.rs`.
+//!
+//! 1. **Plan** (once): every request line is checked as in live mode, routing picks its
+//!    deployment, and the lines are grouped per deployment into upstream batches cut at the
+//!    provider's limits (requests and bytes). The line jobs (each naming its upstream
+//!    batch) and the upstream batches (`pending`) are recorded in one transaction. A
+//!    deployment without a batch API gets a `live` group whose lines run as live jobs.
+//!    `auto` settles on live unless every line's deployment has a batch API and the
+//!    window is at least the providers' 24 h.
+//! 2. **Submit**: `submitting` is recorded before the create call, `submitted` with the
+//!    upstream ids right after. A restart finds a `submitting` group upstream by its
+//!    marker where the protocol keeps one (OpenAI, Azure), so it is not submitted twice.
+//! 3. **Poll** each upstream batch with backoff (`native_poll_ms`, doubling up to
+//!    `native_poll_max_ms`). When it ends, its result lines are written to the line jobs
+//!    through the ledger (one attempt each, at batch prices), per-line errors included.
+//! 4. Lines left without a result (the upstream batch failed or expired) run live while
+//!    the batch's window is open and `native_rerun_live` allows it, else end `expired`.
+//!    Cancel and the batch's own expiry cancel the upstream batches, keep the results
+//!    that came back, and end the rest.
+//!
+//! Then the driver waits for live lines as in live mode and writes the output files.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{json, Value};
+use sluice_core::batches::{line_job_id, BatchJob, BatchRow, Ending};
+use sluice_core::native_batches::{
+    BatchMode, GroupRow, GroupState, NativeBackend, NativeJob, NativeLine, NativeResult, NewGroup,
+    Placement, UpstreamEnd, WaitingLine, LIVE_GROUP, NATIVE_WORKER,
+};
+use sluice_core::store::{AttemptRecord, JobOutcome, LedgerEntry};
+use sluice_schemas::batch::{BatchStatus, CHAT_COMPLETIONS};
+use sluice_schemas::job::AttemptStatus;
+use sluice_schemas::{ErrorClass, JobStatus, Tier};
+use uuid::Uuid;
+
+use crate::batches::{batch_uuid, is_blank, Checked, DriveError, Driver, Mode, CHUNK_LINES};
+
+/// The providers' completion window: `auto` goes native only when the batch allows this.
+const PROVIDER_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Planning leaves this share of a provider's byte limit for the wrapping of each line.
+const BYTES_HEADROOM: f64 = 0.9;
+/// Ledger entries written per statement.
+const LEDGER_CHUNK: usize = 500;
+
+/// Runs the batch natively if it is (or, for `auto`, can be) a native batch. `None`: it
+/// runs live, and the live driver goes on.
+pub(crate) async fn drive(d: &Driver, row: &BatchRow) -> Result<Option<Mode>, DriveError> {
+    let Some(backend) = d.state.native.clone() else {
+        return Ok(None);
+    };
+    let mut groups = d.state.store.native_groups(&d.id).await?;
+    if groups.is_empty() {
+        let requested = BatchMode::parse(&row.mode).unwrap_or_default();
+        // Live, or a plan already recorded (lines ingested) with nothing to send upstream.
+        if requested == BatchMode::Live || row.ingested > 0 || row.status != BatchStatus::InProgress
+        {
+            return Ok(None);
+        }
+        if !plan(d, row, &*backend, requested).await? {
+            return Ok(None);
+        }
+        groups = d.state.store.native_groups(&d.id).await?;
+        if groups.is_empty() {
+            return Ok(None);
+        }
+    }
+    Follow::new(d, row, backend).run(groups).await.map(Some)
+}
+
+/// A group being planned.
+struct Planned {
+    group: NewGroup,
+    max_lines: u32,
+    max_bytes: u64,
+}
+
+/// Plans the batch; `false` when it runs live after all (`auto` that cannot go native).
+async fn plan(
+    d: &Driver,
+    row: &BatchRow,
+    backend: &dyn NativeBackend,
+    requested: BatchMode,
+) -> Result<bool, DriveError> {
+    let window = crate::routes::batches::parse_window(&row.completion_window).unwrap_or_default();
+    let live = || async {
+        d.state
+            .store
+            .set_batch_mode(&d.id, &d.holder, BatchMode::Live)
+            .await
+            .map(|_| false)
+    };
+    if row.endpoint != CHAT_COMPLETIONS {
+        tracing::info!(batch_id = %d.id, endpoint = %row.endpoint, "native batches run chat completions only; running live");
+        return Ok(live().await?);
+    }
+    if requested == BatchMode::Auto && window < PROVIDER_WINDOW {
+        tracing::info!(batch_id = %d.id, "auto mode: the window is shorter than the providers' 24 h; running live");
+        return Ok(live().await?);
+    }
+    let tier = row.tier;
+    let batch = batch_uuid(&row.id);
+    let now = Utc::now();
+    let mut groups: Vec<Planned> = Vec::new();
+    // The open group of each deployment.
+    let mut open: HashMap<String, usize> = HashMap::new();
+    let mut jobs: Vec<NativeJob> = Vec::with_capacity(row.total.max(0) as usize);
+    let mut lines = d
+        .state
+        .store
+        .file_lines(&row.input_file_id, d.state.config.max_body_bytes);
+    let mut total: u32 = 0;
+    while let Some((line_no, bytes)) = lines
+        .next_line()
+        .await
+        .map_err(|e| DriveError::Read(e.to_string()))?
+    {
+        if is_blank(&bytes) {
+            continue;
+        }
+        total += 1;
+        if total.is_multiple_of(10_000) {
+            d.renew().await?;
+        }
+        let id = line_job_id(batch, line_no);
+        let base = |custom_id: String, model: String| BatchJob {
+            id,
+            owner: row.owner.clone(),
+            model_group: model,
+            tier,
+            status: JobStatus::Queued,
+            metadata: Some(json!({"batch_id": row.id, "custom_id": custom_id})),
+            created_at: now,
+            batch_id: row.id.clone(),
+            batch_line: line_no as i32,
+            custom_id,
+            error_class: None,
+            error_message: None,
+            finished_at: None,
+        };
+        match d.check_request(&bytes, line_no, &row.endpoint) {
+            Checked::Refused {
+                custom_id,
+                model,
+                class,
+                message,
+            } => {
+                let mut job = base(custom_id, model);
+                job.status = JobStatus::Failed;
+                job.error_class = Some(class);
+                job.error_message = Some(message);
+                job.finished_at = Some(now);
+                jobs.push(NativeJob {
+                    job,
+                    native_batch: None,
+                });
+            }
+            Checked::Job {
+                custom_id, request, ..
+            } => {
+                // A group routing cannot place here (a wildcard group) runs live.
+                let place = backend.place(&request.model).unwrap_or(Placement {
+                    deployment: request.model.clone(),
+                    provider: String::new(),
+                    protocol: None,
+                    max_lines: u32::MAX,
+                    max_bytes: u64::MAX,
+                });
+                if place.protocol.is_none() && requested == BatchMode::Auto {
+                    tracing::info!(batch_id = %d.id, deployment = %place.deployment, "auto mode: a deployment has no batch API; running live");
+                    return Ok(live().await?);
+                }
+                let (key, protocol) = match place.protocol {
+                    Some(p) => (place.deployment.clone(), p),
+                    None => (format!("{LIVE_GROUP}:{}", place.deployment), LIVE_GROUP),
+                };
+                let size = bytes.len() as u64;
+                let fits = |g: &Planned| {
+                    (g.group.lines as u32) < g.max_lines
+                        && (g.group.bytes as u64 + size)
+                            <= ((g.max_bytes as f64) * BYTES_HEADROOM) as u64
+                };
+                let index = match open.get(&key) {
+                    Some(&i) if fits(&groups[i]) || groups[i].group.lines == 0 => i,
+                    _ => {
+                        let seq = groups.len() as i32;
+                        groups.push(Planned {
+                            group: NewGroup {
+                                id: format!("nb_{}", Uuid::now_v7().simple()),
+                                batch_id: row.id.clone(),
+                                seq,
+                                deployment: place.deployment.clone(),
+                                provider: place.provider.clone(),
+                                protocol: protocol.to_string(),
+                                lines: 0,
+                                bytes: 0,
+                            },
+                            max_lines: place.max_lines.max(1),
+                            max_bytes: place.max_bytes,
+                        });
+                        open.insert(key, groups.len() - 1);
+                        groups.len() - 1
+                    }
+                };
+                let g = &mut groups[index].group;
+                g.lines += 1;
+                g.bytes += size as i64;
+                jobs.push(NativeJob {
+                    job: base(custom_id, request.model.clone()),
+                    native_batch: Some(g.id.clone()),
+                });
+            }
+        }
+    }
+    let groups: Vec<NewGroup> = groups.into_iter().map(|p| p.group).collect();
+    if !d
+        .state
+        .store
+        .record_native_plan(&d.id, &d.holder, total, &groups, &jobs)
+        .await?
+    {
+        return Err(DriveError::LeaseLost);
+    }
+    tracing::info!(batch_id = %d.id, lines = total, upstream_batches = groups.len(), "native batch planned");
+    Ok(true)
+}
+
+/// Following the upstream batches of one batch.
+struct Follow<'a> {
+    d: &'a Driver,
+    row: &'a BatchRow,
+    backend: Arc<dyn NativeBackend>,
+    /// Per group: when to look next, and the wait after that.
+    due: HashMap<String, (Instant, Duration)>,
+    cancel_sent: HashSet<String>,
+    stopping: Option<Ending>,
+}
+
+impl<'a> Follow<'a> {
+    fn new(d: &'a Driver, row: &'a BatchRow, backend: Arc<dyn NativeBackend>) -> Self {
+        Follow {
+            d,
+            row,
+            backend,
+            due: HashMap::new(),
+            cancel_sent: HashSet::new(),
+            stopping: None,
+        }
+    }
+
+    fn store(&self) -> &sluice_core::Store {
+        &self.d.state.store
+    }
+
+    fn is_due(&self, id: &str) -> bool {
+        self.due.get(id).is_none_or(|(at, _)| Instant::now() >= *at)
+    }
+
+    /// Waits longer before the next look at `id` (doubling, up to `native_poll_max`).
+    fn back_off(&mut self, id: &str) {
+        let s = self.d.settings();
+        let wait = match self.due.get(id) {
+            None => s.native_poll,
+            Some((_, w)) => (*w * 2).min(s.native_poll_max),
+        };
+        self.due
+            .insert(id.to_string(), (Instant::now() + wait, wait));
+    }
+
+    async fn run(mut self, mut groups: Vec<GroupRow>) -> Result<Mode, DriveError> {
+        loop {
+            let now = self.d.renew().await?;
+            if self.stopping.is_none() {
+                if now.status == BatchStatus::Cancelling {
+                    self.stopping = Some(Ending::Cancelled);
+                } else if Utc::now() >= now.expires_at {
+                    self.stopping = Some(Ending::Expired);
+                }
+                if let Some(e) = self.stopping {
+                    tracing::info!(batch_id = %self.d.id, status = e.status().as_str(), "native batch ending early");
+                }
+            }
+            let mut open = 0;
+            for g in &groups {
+                match g.state() {
+                    GroupState::Ended => {}
+                    GroupState::Pending => {
+                        open += 1;
+                        self.pending(g).await?;
+                    }
+                    GroupState::Submitting => {
+                        open += 1;
+                        self.submitting(g).await?;
+                    }
+                    GroupState::Submitted => {
+                        open += 1;
+                        self.submitted(g).await?;
+                    }
+                }
+            }
+            if open == 0 {
+                break;
+            }
+            let nap = self
+                .d
+                .settings()
+                .poll
+                .min(self.d.settings().native_poll)
+                .max(Duration::from_millis(10));
+            tokio::select! {
+                _ = tokio::time::sleep(nap) => {}
+                _ = self.d.stop.cancelled() => return Err(DriveError::Stopped),
+            }
+            groups = self.store().native_groups(&self.d.id).await?;
+        }
+        // Live lines (deployments without a batch API, re-runs) finish as in live mode.
+        let mut mode = match self.stopping {
+            Some(e) => Mode::End(e),
+            None => Mode::Publish,
+        };
+        if let Mode::End(e) = mode {
+            self.d.end_queued(e).await?;
+        }
+        mode = self.d.wait(mode).await?;
+        Ok(mode)
+    }
+
+    async fn pending(&mut self, g: &GroupRow) -> Result<(), DriveError> {
+        if let Some(ending) = self.stopping {
+            let n = self.end_lines(g, ending).await?;
+            tracing::info!(batch_id = %self.d.id, group = %g.id, lines = n, "upstream batch not submitted: the batch ended");
+            self.store()
+                .native_ended(&g.id, "not_submitted", None, 0)
+                .await?;
+            return Ok(());
+        }
+        if g.protocol == LIVE_GROUP {
+            let lines: Vec<i32> = self
+                .store()
+                .native_waiting(&g.id)
+                .await?
+                .iter()
+                .map(|l| l.batch_line)
+                .collect();
+            let n = self.publish_live(&lines).await?;
+            self.store().native_ended(&g.id, "live", None, n).await?;
+            return Ok(());
+        }
+        self.store().native_submitting(&g.id).await?;
+        self.submit(g).await
+    }
+
+    /// A create call may have reached the provider: look for the batch it made first.
+    async fn submitting(&mut self, g: &GroupRow) -> Result<(), DriveError> {
+        if !self.is_due(&g.id) {
+            return Ok(());
+        }
+        match self.backend.find(&g.deployment, &g.id).await {
+            Ok(Some(found)) => {
+                tracing::info!(batch_id = %self.d.id, group = %g.id, upstream = %found.upstream_id, "found the upstream batch of an interrupted submit");
+                self.store().native_submitted(&g.id, &found).await?;
+                Ok(())
+            }
+            Ok(None) => self.submit(g).await,
+            Err(e) if e.class == ErrorClass::BadRequest => {
+                tracing::warn!(batch_id = %self.d.id, group = %g.id, "an interrupted submit cannot be looked up on this provider; submitting again");
+                self.submit(g).await
+            }
+            Err(e) => {
+                tracing::warn!(batch_id = %self.d.id, group = %g.id, error = %e, "cannot look up the upstream batch; will retry");
+                self.back_off(&g.id);
+                Ok(())
+            }
+        }
+    }
+
+    async fn submit(&mut self, g: &GroupRow) -> Result<(), DriveError> {
+        if self.stopping.is_some() {
+            // Nothing reached the provider that we know of; end the lines.
+            return self.pending_ended(g).await;
+        }
+        let waiting = self.store().native_waiting(&g.id).await?;
+        let wanted: HashMap<u32, &WaitingLine> =
+            waiting.iter().map(|l| (l.batch_line as u32, l)).collect();
+        let mut prepared: Vec<Value> = Vec::with_capacity(wanted.len());
+        let mut refused: Vec<LedgerEntry> = Vec::new();
+        let mut lines = self
+            .store()
+            .file_lines(&self.row.input_file_id, self.d.state.config.max_body_bytes);
+        while let Some((line_no, bytes)) = lines
+            .next_line()
+            .await
+            .map_err(|e| DriveError::Read(e.to_string()))?
+        {
+            if line_no.is_multiple_of(10_000) {
+                self.d.renew().await?;
+            }
+            let Some(job) = wanted.get(&line_no) else {
+                continue;
+            };
+            let request = match self.d.check_request(&bytes, line_no, &self.row.endpoint) {
+                Checked::Job { request, .. } => *request,
+                Checked::Refused { class, message, .. } => {
+                    refused.push(failed(job, class, message, None));
+                    continue;
+                }
+            };
+            let line = NativeLine {
+                custom_id: job.id.to_string(),
+                request,
+            };
+            match self.backend.prepare(&g.deployment, &line) {
+                Ok(v) => prepared.push(v),
+                Err((class, message)) => refused.push(failed(job, class, message, None)),
+            }
+        }
+        self.write(refused).await?;
+        if prepared.is_empty() {
+            self.store().native_ended(&g.id, "empty", None, 0).await?;
+            return Ok(());
+        }
+        match self.backend.submit(&g.deployment, &g.id, &prepared).await {
+            Ok(s) => {
+                tracing::info!(batch_id = %self.d.id, group = %g.id, upstream = %s.upstream_id, lines = prepared.len(), "upstream batch submitted");
+                self.store().native_submitted(&g.id, &s).await?;
+                self.due.remove(&g.id);
+                self.back_off(&g.id);
+                Ok(())
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(batch_id = %self.d.id, group = %g.id, error = %e, "cannot submit the upstream batch; will retry");
+                self.back_off(&g.id);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(batch_id = %self.d.id, group = %g.id, error = %e, "the provider refused the upstream batch");
+                self.finish(g, &UpstreamEnd::Failed(e.message.clone()), Vec::new())
+                    .await
+            }
+        }
+    }
+
+    async fn pending_ended(&mut self, g: &GroupRow) -> Result<(), DriveError> {
+        let ending = self.stopping.unwrap_or(Ending::Expired);
+        self.end_lines(g, ending).await?;
+        self.store()
+            .native_ended(&g.id, "not_submitted", None, 0)
+            .await?;
+        Ok(())
+    }
+
+    async fn submitted(&mut self, g: &GroupRow) -> Result<(), DriveError> {
+        let Some(upstream) = g.upstream_id.as_deref() else {
+            return Ok(());
+        };
+        if self.stopping.is_some() && self.cancel_sent.insert(g.id.clone()) {
+            match self.backend.cancel(&g.deployment, upstream).await {
+                Ok(()) => {
+                    tracing::info!(batch_id = %self.d.id, group = %g.id, upstream, "upstream batch cancel sent")
+                }
+                Err(e) => {
+                    tracing::warn!(batch_id = %self.d.id, group = %g.id, error = %e, "cannot cancel the upstream batch")
+                }
+            }
+            self.due.remove(&g.id);
+        }
+        if !self.is_due(&g.id) {
+            return Ok(());
+        }
+        let poll = match self.backend.poll(&g.deployment, upstream).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(batch_id = %self.d.id, group = %g.id, error = %e, "cannot poll the upstream batch; will retry");
+                self.back_off(&g.id);
+                return Ok(());
+            }
+        };
+        self.store().native_status(&g.id, &poll.status).await?;
+        let Some(end) = poll.end else {
+            self.back_off(&g.id);
+            return Ok(());
+        };
+        let results = match self.backend.results(&g.deployment, upstream).await {
+            Ok(r) => r,
+            Err(e) if matches!(end, UpstreamEnd::Completed) || e.is_transient() => {
+                tracing::warn!(batch_id = %self.d.id, group = %g.id, error = %e, "cannot read the upstream results; will retry");
+                self.back_off(&g.id);
+                return Ok(());
+            }
+            // A failed batch has no results to read.
+            Err(_) => Vec::new(),
+        };
+        self.finish(g, &end, results).await
+    }
+
+    /// Writes an ended upstream batch's results to its lines and settles the lines
+    /// without one.
+    async fn finish(
+        &mut self,
+        g: &GroupRow,
+        end: &UpstreamEnd,
+        results: Vec<NativeResult>,
+    ) -> Result<(), DriveError> {
+        let waiting = self.store().native_waiting(&g.id).await?;
+        let mut by_id: HashMap<Uuid, &WaitingLine> = waiting.iter().map(|l| (l.id, l)).collect();
+        let started = g.submitted_at.unwrap_or(g.created_at);
+        let mut entries = Vec::with_capacity(results.len());
+        let (mut ok, mut errored) = (0u32, 0u32);
+        for r in results {
+            // Lines not of this group (or already written) are ignored.
+            let Some(job) = Uuid::parse_str(&r.custom_id)
+                .ok()
+                .and_then(|id| by_id.remove(&id))
+            else {
+                continue;
+            };
+            let attempt = |status: AttemptStatus,
+                           class: Option<ErrorClass>,
+                           message: Option<String>| AttemptRecord {
+                job_id: job.id,
+                attempt: 1,
+                delivery: 1,
+                worker: NATIVE_WORKER.to_string(),
+                deployment: g.deployment.clone(),
+                provider: g.provider.clone(),
+                model: g.deployment.clone(),
+                status,
+                error_class: class,
+                error_message: message,
+                prompt_tokens: None,
+                completion_tokens: None,
+                cached_tokens: None,
+                cache_creation_tokens: None,
+                reasoning_tokens: None,
+                usage_estimated: false,
+                cost: None,
+                pricing_missing: false,
+                ttft_ms: None,
+                latency_ms: Some((Utc::now() - started).num_milliseconds().max(0) as f64),
+                started_at: started,
+                finished_at: Utc::now(),
+                dropped_params: None,
+            };
+            match r.outcome {
+                Ok(s) => {
+                    ok += 1;
+                    let mut a = attempt(AttemptStatus::Succeeded, None, None);
+                    a.model = s.model.clone();
+                    if let Some(u) = &s.usage {
+                        a.prompt_tokens = Some(u.prompt_tokens as i64);
+                        a.completion_tokens = Some(u.completion_tokens as i64);
+                        a.cached_tokens = Some(u.cached_tokens() as i64);
+                        a.cache_creation_tokens = Some(u.cache_creation_tokens() as i64);
+                        a.reasoning_tokens = Some(u.reasoning_tokens() as i64);
+                    }
+                    a.cost = s.cost;
+                    a.pricing_missing = s.cost.is_none();
+                    entries.push(LedgerEntry::Finished {
+                        job: JobOutcome {
+                            id: job.id,
+                            owner: job.owner.clone(),
+                            model_group: job.model_group.clone(),
+                            tier: Tier::parse(&job.tier).unwrap_or(Tier::Low),
+                            reply_subject: None,
+                            created_at: job.created_at,
+                            status: JobStatus::Succeeded,
+                            result: Some(s.completion),
+                            usage: s.usage.as_ref().and_then(|u| serde_json::to_value(u).ok()),
+                            cost: s.cost,
+                            pricing_missing: s.cost.is_none(),
+                            attempts: 1,
+                            error_class: None,
+                            error_message: None,
+                            finished_at: Utc::now(),
+                            cache_hit: false,
+                            cost_saved: None,
+                        },
+                        attempts: vec![a],
+                        deliveries: Vec::new(),
+                    });
+                }
+                Err((class, message)) => {
+                    errored += 1;
+                    let a = attempt(AttemptStatus::Failed, Some(class), Some(message.clone()));
+                    entries.push(failed(job, class, message, Some(a)));
+                }
+            }
+        }
+        self.write(entries).await?;
+        let rest: Vec<i32> = by_id.values().map(|l| l.batch_line).collect();
+        let (status, error) = match end {
+            UpstreamEnd::Completed => ("completed", None),
+            UpstreamEnd::Failed(m) => ("failed", Some(m.as_str())),
+            UpstreamEnd::Expired => ("expired", None),
+            UpstreamEnd::Cancelled => ("cancelled", None),
+        };
+        let mut rerun = 0;
+        if !rest.is_empty() {
+            let window_open = Utc::now() < self.row.expires_at;
+            if let Some(ending) = self.stopping {
+                self.end_lines(g, ending).await?;
+            } else if self.d.settings().native_rerun_live && window_open {
+                rerun = self.publish_live(&rest).await?;
+            } else {
+                self.end_lines(g, Ending::Expired).await?;
+            }
+        }
+        self.store()
+            .native_ended(&g.id, status, error, rerun)
+            .await?;
+        tracing::info!(batch_id = %self.d.id, group = %g.id, status, succeeded = ok, errored, without_result = rest.len(), rerun_live = rerun, "upstream batch ended");
+        Ok(())
+    }
+
+    async fn end_lines(&self, g: &GroupRow, ending: Ending) -> Result<u64, DriveError> {
+        let status = match ending {
+            Ending::Cancelled => JobStatus::Cancelled,
+            _ => JobStatus::Expired,
+        };
+        Ok(self
+            .store()
+            .end_native_lines(&g.id, status.as_str())
+            .await?)
+    }
+
+    async fn write(&self, entries: Vec<LedgerEntry>) -> Result<(), DriveError> {
+        for chunk in entries.chunks(LEDGER_CHUNK) {
+            self.store().write_ledger(chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `lines` (line numbers) as live jobs, as the live driver does. Returns
+    /// how many were published.
+    async fn publish_live(&self, lines: &[i32]) -> Result<u32, DriveError> {
+        if lines.is_empty() {
+            return Ok(0);
+        }
+        let wanted: HashSet<u32> = lines.iter().map(|l| *l as u32).collect();
+        let tier = self.row.tier;
+        let batch = batch_uuid(&self.row.id);
+        let mut file = self
+            .store()
+            .file_lines(&self.row.input_file_id, self.d.state.config.max_body_bytes);
+        let mut chunk: Vec<(u32, Vec<u8>)> = Vec::with_capacity(CHUNK_LINES);
+        let mut published = 0usize;
+        while let Some((line_no, bytes)) = file
+            .next_line()
+            .await
+            .map_err(|e| DriveError::Read(e.to_string()))?
+        {
+            if !wanted.contains(&line_no) {
+                continue;
+            }
+            chunk.push((line_no, bytes));
+            if chunk.len() == CHUNK_LINES {
+                published += self
+                    .d
+                    .ingest_chunk(self.row, batch, tier, Mode::Publish, &chunk)
+                    .await?;
+                chunk.clear();
+                self.d.renew().await?;
+            }
+        }
+        if !chunk.is_empty() {
+            published += self
+                .d
+                .ingest_chunk(self.row, batch, tier, Mode::Publish, &chunk)
+                .await?;
+        }
+        tracing::info!(batch_id = %self.d.id, lines = published, "lines running live");
+        Ok(published as u32)
+    }
+}
+
+/// A line that ended failed, with its attempt if a call was made.
+fn failed(
+    job: &WaitingLine,
+    class: ErrorClass,
+    message: String,
+    attempt: Option<AttemptRecord>,
+) -> LedgerEntry {
+    LedgerEntry::Finished {
+        job: JobOutcome {
+            id: job.id,
+            owner: job.owner.clone(),
+            model_group: job.model_group.clone(),
+            tier: Tier::parse(&job.tier).unwrap_or(Tier::Low),
+            reply_subject: None,
+            created_at: job.created_at,
+            status: JobStatus::Failed,
+            result: None,
+            usage: None,
+            cost: None,
+            pricing_missing: false,
+            attempts: u32::from(attempt.is_some()),
+            error_class: Some(class),
+            error_message: Some(message),
+            finished_at: Utc::now(),
+            cache_hit: false,
+            cost_saved: None,
+        },
+        attempts: attempt.into_iter().collect(),
+        deliveries: Vec::new(),
+    }
+}
+
+/// The upstream batches of a batch, for its batch object.
+pub fn upstream_view(groups: &[GroupRow]) -> Vec<Value> {
+    groups
+        .iter()
+        .map(|g| {
+            json!({
+                "id": g.id,
+                "provider": g.provider,
+                "protocol": g.protocol,
+                "deployment": g.deployment,
+                "upstream_batch_id": g.upstream_id,
+                "upstream_file_id": g.upstream_file_id,
+                "state": g.state,
+                "upstream_status": g.upstream_status,
+                "lines": g.lines,
+                "rerun_live": g.rerun_live,
+                "error": g.error,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,648 @@
+//! Native batches end to end: a Sluice batch whose lines go through the providers' own
+//! batch APIs (the simulator serves OpenAI, Azure, Anthropic and Gemini on their real
+//! paths), with real NATS, Postgres and Redis. Output files, per-line errors, costs at
+//! batch prices in the ledger, an api restart while upstream batches run, an upstream
+//! batch that fails or expires, cancel reaching upstream.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use common::KEY;
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use sluice_testkit::sim::{self, BatchFault, SimConfig, SimHandle, LINE_ERROR};
+use sluice_testkit::{eventually, Stack, TestEnv};
+
+const SIM_KEY: &str = "sk-sim-native-0001";
+/// Live prices of every deployment here; batch prices are half unless listed.
+const LIVE_IN: &str = "0.000002";
+const LIVE_OUT: &str = "0.000008";
+const SETTINGS: &str =
+    "  batches:\n    poll_ms: 50\n    native_poll_ms: 50\n    native_poll_max_ms: 200\n";
+
+/// A deployment of group `group` speaking `protocol` to the simulator.
+fn deployment(sim: &SimHandle, group: &str, protocol: &str, extra: &str) -> String {
+    let (model, base) = match protocol {
+        "openai" => ("openai/gpt-4o".to_string(), sim.api_base()),
+        "azure" => (
+            "azure/gpt-4o-batch".to_string(),
+            format!("{}/openai/v1", sim.base()),
+        ),
+        "anthropic" => ("anthropic/claude-sonnet-4".to_string(), sim.base()),
+        "gemini" => ("gemini/gemini-2.5-flash".to_string(), sim.base()),
+        "ollama" => ("ollama/llama3.2".to_string(), sim.base()),
+        other => panic!("no protocol {other}"),
+    };
+    format!(
+        "  - model_name: {group}
+    litellm_params:
+      model: {model}
+      api_base: {base}
+      api_key: {SIM_KEY}
+      input_cost_per_token: {LIVE_IN}
+      output_cost_per_token: {LIVE_OUT}
+{extra}    model_info:
+      id: {group}-{protocol}
+"
+    )
+}
+
+fn models(deployments: &[String]) -> String {
+    format!(
+        "model_list:\n{}general_settings:\n  master_key: {KEY}\n",
+        deployments.concat()
+    )
+}
+
+fn sim_config() -> SimConfig {
+    SimConfig {
+        api_key: Some(SIM_KEY.into()),
+        ..SimConfig::default()
+    }
+}
+
+fn line(custom_id: &str, model: &str, text: &str) -> String {
+    let v = json!({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": model, "max_tokens": 16,
+                 "messages": [{"role": "user", "content": format!("{text} ({custom_id})")}]}});
+    format!("{v}\n")
+}
+
+async fn upload(http: &reqwest::Client, api: &str, body: String) -> Result<String> {
+    let form = reqwest::multipart::Form::new()
+        .text("purpose", "batch")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(body.into_bytes()).file_name("input.jsonl"),
+        );
+    let v: Value = http
+        .post(format!("{api}/v1/files"))
+        .bearer_auth(KEY)
+        .multipart(form)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(v["id"].as_str().context("file id")?.to_string())
+}
+
+/// Uploads `input` and creates a batch with `metadata`; returns the batch object.
+async fn create(
+    http: &reqwest::Client,
+    api: &str,
+    input: String,
+    metadata: Value,
+) -> Result<Value> {
+    let file = upload(http, api, input).await?;
+    let r = http
+        .post(format!("{api}/v1/batches"))
+        .bearer_auth(KEY)
+        .json(
+            &json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
+            "completion_window": "24h", "metadata": metadata}),
+        )
+        .send()
+        .await?;
+    let status = r.status();
+    let v: Value = r.json().await?;
+    if !status.is_success() {
+        bail!("create batch answered {status}: {v}");
+    }
+    Ok(v)
+}
+
+async fn batch(http: &reqwest::Client, api: &str, id: &str) -> Result<Value> {
+    Ok(http
+        .get(format!("{api}/v1/batches/{id}"))
+        .bearer_auth(KEY)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
+async fn wait_until(
+    http: &reqwest::Client,
+    api: &str,
+    id: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    eventually(Duration::from_secs(60), what, || async {
+        let v = batch(http, api, id).await.ok()?;
+        done(&v).then_some(v)
+    })
+    .await
+}
+
+async fn wait_status(http: &reqwest::Client, api: &str, id: &str, status: &str) -> Result<Value> {
+    wait_until(http, api, id, &format!("batch to be {status}"), |v| {
+        v["status"] == status
+    })
+    .await
+}
+
+async fn content(http: &reqwest::Client, api: &str, file: &Value) -> Result<Vec<Value>> {
+    let Some(id) = file.as_str() else {
+        return Ok(Vec::new());
+    };
+    let text = http
+        .get(format!("{api}/v1/files/{id}/content"))
+        .bearer_auth(KEY)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    text.lines()
+        .map(|l| serde_json::from_str(l).context("output line is not JSON"))
+        .collect()
+}
+
+fn dec(s: &str) -> Decimal {
+    s.parse().unwrap_or_default()
+}
+
+/// Every native attempt of the batch costs exactly its tokens at `input`/`output` per
+/// token; returns (attempts, total cost).
+async fn assert_batch_prices(
+    env: &TestEnv,
+    batch_id: &str,
+    input: Decimal,
+    output: Decimal,
+) -> Result<(i64, Decimal)> {
+    let store = env.store().await?;
+    let rows: Vec<(i64, i64, Option<Decimal>, String)> = sqlx::query_as(
+        "SELECT a.prompt_tokens, a.completion_tokens, a.cost, a.worker
+         FROM job_attempts a JOIN jobs j ON j.id = a.job_id
+         WHERE j.batch_id = $1 AND a.status = 'succeeded'",
+    )
+    .bind(batch_id)
+    .fetch_all(store.pool())
+    .await?;
+    assert!(!rows.is_empty(), "no succeeded attempts recorded");
+    let mut total = Decimal::ZERO;
+    for (prompt, completion, cost, worker) in &rows {
+        assert_eq!(worker, "native-batch");
+        assert!(*prompt > 0 && *completion > 0, "usage recorded");
+        let expected = input * Decimal::from(*prompt) + output * Decimal::from(*completion);
+        let cost = cost.context("cost recorded")?;
+        assert_eq!(
+            cost.normalize(),
+            expected.normalize(),
+            "cost at batch prices"
+        );
+        total += cost;
+    }
+    // The job rows carry the same cost as their attempt.
+    let job_total: Option<Decimal> = sqlx::query_scalar(
+        "SELECT sum(cost) FROM jobs WHERE batch_id = $1 AND status = 'succeeded'",
+    )
+    .bind(batch_id)
+    .fetch_one(store.pool())
+    .await?;
+    assert_eq!(job_total.unwrap_or_default().normalize(), total.normalize());
+    Ok((rows.len() as i64, total))
+}
+
+/// One protocol end to end: `ok` lines answered upstream, one line failing on its own.
+async fn one_protocol(protocol: &str) -> Result<()> {
+    let sim = sim::start("127.0.0.1:0", sim_config()).await?;
+    let env = TestEnv::new().await?;
+    let config = env.config(&models(&[deployment(&sim, "g", protocol, "")]), SETTINGS)?;
+    // No workers: nothing can run live, so every answer came through the batch API.
+    let stack = Stack::start(config, 0).await?;
+    let http = reqwest::Client::new();
+    let api = &stack.api_url;
+    let mut input: String = (1..=5)
+        .map(|i| line(&format!("req-{i}"), "g", "Name a river"))
+        .collect();
+    input.push_str(&line("bad-1", "g", LINE_ERROR));
+    let created = create(&http, api, input, json!({"sluice_mode": "native"})).await?;
+    let id = created["id"].as_str().context("batch id")?;
+    assert_eq!(created["mode"], "native");
+    let done = wait_status(&http, api, id, "completed").await?;
+    assert_eq!(done["mode"], "native");
+    let upstream = done["upstream"].as_array().context("upstream batches")?;
+    assert_eq!(upstream.len(), 1, "{done}");
+    assert_eq!(upstream[0]["protocol"], protocol);
+    assert_eq!(upstream[0]["state"], "ended");
+    assert!(
+        upstream[0]["upstream_batch_id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{done}"
+    );
+    assert_eq!(done["request_counts"]["completed"], 5, "{done}");
+    assert_eq!(done["request_counts"]["failed"], 1, "{done}");
+    assert_eq!(sim.batch_creates(), 1);
+
+    let out = content(&http, api, &done["output_file_id"]).await?;
+    assert_eq!(out.len(), 5);
+    for l in &out {
+        assert!(l["custom_id"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("req-")));
+        assert_eq!(l["response"]["status_code"], 200);
+        let body = &l["response"]["body"];
+        assert_eq!(body["object"], "chat.completion", "{l}");
+        assert!(body["choices"][0]["message"]["content"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()));
+        assert!(body["usage"]["prompt_tokens"]
+            .as_u64()
+            .is_some_and(|n| n > 0));
+    }
+    let errors = content(&http, api, &done["error_file_id"]).await?;
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["custom_id"], "bad-1");
+    assert_eq!(errors[0]["response"]["status_code"], 400, "{}", errors[0]);
+    assert_eq!(errors[0]["error"]["code"], "bad_request", "{}", errors[0]);
+
+    let (n, _) = assert_batch_prices(
+        &env,
+        id,
+        dec(LIVE_IN) / Decimal::TWO,
+        dec(LIVE_OUT) / Decimal::TWO,
+    )
+    .await?;
+    assert_eq!(n, 5);
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_native_batch_answers_through_files_and_batches_at_half_price() -> Result<()> {
+    one_protocol("openai").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_native_batch_answers_through_the_v1_batch_paths() -> Result<()> {
+    one_protocol("azure").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_native_batch_answers_through_message_batches() -> Result<()> {
+    one_protocol("anthropic").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_native_batch_answers_through_batch_mode() -> Result<()> {
+    one_protocol("gemini").await
+}
+
+/// Lines of two model groups on two providers become two upstream batches; a deployment
+/// listing its own batch prices is charged those; `/v1/spend?group_by=mode` shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_spanning_two_providers_splits_per_deployment_and_at_their_limits() -> Result<()> {
+    let sim = sim::start("127.0.0.1:0", sim_config()).await?;
+    let env = TestEnv::new().await?;
+    let listed = "      input_cost_per_token_batches: 0.0000003\n      output_cost_per_token_batches: 0.0000011\n";
+    let models = models(&[
+        deployment(&sim, "gpt", "openai", listed),
+        deployment(&sim, "claude", "anthropic", ""),
+    ]);
+    // At most 4 lines per upstream batch: 6 Claude lines need two.
+    let settings = format!("{SETTINGS}    native_max_lines: 4\n    default_mode: native\n");
+    let stack = Stack::start(env.config(&models, &settings)?, 0).await?;
+    let http = reqwest::Client::new();
+    let api = &stack.api_url;
+    let input: String = (1..=10)
+        .map(|i| {
+            let group = if i % 5 == 0 || i % 5 == 1 {
+                "gpt"
+            } else {
+                "claude"
+            };
+            line(&format!("req-{i}"), group, "Describe a delta")
+        })
+        .collect();
+    // No `sluice_mode`: `default_mode: native` applies.
+    let created = create(&http, api, input, json!({"purpose": "two providers"})).await?;
+    let id = created["id"].as_str().context("batch id")?;
+    let done = wait_status(&http, api, id, "completed").await?;
+    let upstream = done["upstream"].as_array().context("upstream")?;
+    let count = |p: &str| upstream.iter().filter(|u| u["protocol"] == p).count();
+    assert_eq!((count("openai"), count("anthropic")), (1, 2), "{done}");
+    let lines: i64 = upstream.iter().filter_map(|u| u["lines"].as_i64()).sum();
+    assert_eq!(lines, 10);
+    assert!(upstream.iter().all(|u| u["lines"].as_i64() <= Some(4)));
+    assert_eq!(sim.batch_creates(), 3);
+    assert_eq!(done["request_counts"]["completed"], 10, "{done}");
+    let out = content(&http, api, &done["output_file_id"]).await?;
+    assert_eq!(out.len(), 10);
+
+    // Costs: gpt lines at the listed batch prices, claude lines at half the live price.
+    let store = env.store().await?;
+    let rows: Vec<(String, i64, i64, Option<Decimal>)> = sqlx::query_as(
+        "SELECT j.model_group, a.prompt_tokens, a.completion_tokens, a.cost
+         FROM job_attempts a JOIN jobs j ON j.id = a.job_id WHERE j.batch_id = $1",
+    )
+    .bind(id)
+    .fetch_all(store.pool())
+    .await?;
+    assert_eq!(rows.len(), 10);
+    let mut native_total = Decimal::ZERO;
+    for (group, p, c, cost) in rows {
+        let (i, o) = if group == "gpt" {
+            (dec("0.0000003"), dec("0.0000011"))
+        } else {
+            (dec(LIVE_IN) / Decimal::TWO, dec(LIVE_OUT) / Decimal::TWO)
+        };
+        let cost = cost.context("cost")?;
+        assert_eq!(
+            cost.normalize(),
+            (i * Decimal::from(p) + o * Decimal::from(c)).normalize()
+        );
+        native_total += cost;
+    }
+    let spend: Value = http
+        .get(format!("{api}/v1/spend?group_by=mode"))
+        .bearer_auth(KEY)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let rows = spend["data"]
+        .as_array()
+        .or(spend.as_array())
+        .context("spend rows")?;
+    let native = rows
+        .iter()
+        .find(|r| r["group"] == "native")
+        .context("a native spend row")?;
+    assert_eq!(native["calls"], 10, "{spend}");
+    let reported = native["cost"].as_f64().context("cost")?;
+    let expected: f64 = native_total.to_string().parse()?;
+    assert!(
+        (reported - expected).abs() < 1e-12,
+        "{reported} vs {expected}"
+    );
+    stack.stop().await;
+    Ok(())
+}
+
+/// The api restarts while the upstream batch runs: the new api polls the recorded
+/// upstream batch and never submits again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_restarted_while_upstream_batches_run_resumes_polling_without_a_second_submit(
+) -> Result<()> {
+    let sim = sim::start(
+        "127.0.0.1:0",
+        SimConfig {
+            batch_delay_ms: 2_000,
+            ..sim_config()
+        },
+    )
+    .await?;
+    let env = TestEnv::new().await?;
+    let models = models(&[
+        deployment(&sim, "gpt", "openai", ""),
+        deployment(&sim, "gem", "gemini", ""),
+    ]);
+    let mut stack = Stack::start(env.config(&models, SETTINGS)?, 0).await?;
+    let http = reqwest::Client::new();
+    let input: String = (1..=8)
+        .map(|i| {
+            line(
+                &format!("req-{i}"),
+                if i % 2 == 0 { "gpt" } else { "gem" },
+                "Hello",
+            )
+        })
+        .collect();
+    let created = create(
+        &http,
+        &stack.api_url,
+        input,
+        json!({"sluice_mode": "native"}),
+    )
+    .await?;
+    let id = created["id"].as_str().context("batch id")?.to_string();
+    let running = wait_until(
+        &http,
+        &stack.api_url,
+        &id,
+        "both upstream batches submitted",
+        |v| {
+            v["upstream"].as_array().is_some_and(|u| {
+                u.len() == 2 && u.iter().all(|g| g["upstream_batch_id"].is_string())
+            })
+        },
+    )
+    .await?;
+    assert_eq!(running["status"], "in_progress", "{running}");
+    assert_eq!(sim.batch_creates(), 2);
+    stack.restart_api().await?;
+    let done = wait_status(&http, &stack.api_url, &id, "completed").await?;
+    assert_eq!(sim.batch_creates(), 2, "no upstream batch submitted twice");
+    assert_eq!(done["request_counts"]["completed"], 8, "{done}");
+    let ids = |v: &Value| -> Vec<Value> {
+        v["upstream"]
+            .as_array()
+            .map(|u| u.iter().map(|g| g["upstream_batch_id"].clone()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(ids(&running), ids(&done), "the same upstream batches");
+    let out = content(&http, &stack.api_url, &done["output_file_id"]).await?;
+    let mut seen: Vec<String> = out
+        .iter()
+        .filter_map(|l| l["custom_id"].as_str().map(str::to_string))
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 8, "every line exactly once");
+    let (n, _) = assert_batch_prices(
+        &env,
+        &id,
+        dec(LIVE_IN) / Decimal::TWO,
+        dec(LIVE_OUT) / Decimal::TWO,
+    )
+    .await?;
+    assert_eq!(n, 8, "one attempt per line, none recorded twice");
+    stack.stop().await;
+    Ok(())
+}
+
+/// The provider fails the upstream batch: its lines run live (the window is open), at
+/// live prices, through a worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upstream_batch_reruns_its_lines_live() -> Result<()> {
+    let sim = sim::start(
+        "127.0.0.1:0",
+        SimConfig {
+            batch_fault: Some(BatchFault::Failed),
+            batch_fault_first: 1,
+            ..sim_config()
+        },
+    )
+    .await?;
+    let env = TestEnv::new().await?;
+    let models = models(&[deployment(&sim, "gpt", "openai", "")]);
+    let stack = Stack::start(env.config(&models, SETTINGS)?, 1).await?;
+    let http = reqwest::Client::new();
+    let api = &stack.api_url;
+    let input: String = (1..=4)
+        .map(|i| line(&format!("req-{i}"), "gpt", "Hi"))
+        .collect();
+    let created = create(&http, api, input, json!({"sluice_mode": "native"})).await?;
+    let id = created["id"].as_str().context("batch id")?;
+    let done = wait_status(&http, api, id, "completed").await?;
+    assert_eq!(done["request_counts"]["completed"], 4, "{done}");
+    let g = &done["upstream"][0];
+    assert_eq!(g["upstream_status"], "failed", "{done}");
+    assert_eq!(g["rerun_live"], 4, "{done}");
+    assert!(
+        g["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("token limit")),
+        "{done}"
+    );
+    let store = env.store().await?;
+    let workers: Vec<String> = sqlx::query_scalar(
+        "SELECT a.worker FROM job_attempts a JOIN jobs j ON j.id = a.job_id
+         WHERE j.batch_id = $1 AND a.status = 'succeeded'",
+    )
+    .bind(id)
+    .fetch_all(store.pool())
+    .await?;
+    assert_eq!(workers.len(), 4);
+    assert!(workers.iter().all(|w| w != "native-batch"), "{workers:?}");
+    stack.stop().await;
+    Ok(())
+}
+
+/// An expired upstream batch with live re-runs off: its lines end `batch_expired`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_upstream_batch_without_live_reruns_ends_its_lines_batch_expired() -> Result<()>
+{
+    let sim = sim::start(
+        "127.0.0.1:0",
+        SimConfig {
+            batch_fault: Some(BatchFault::Expire),
+            batch_fault_first: 1,
+            ..sim_config()
+        },
+    )
+    .await?;
+    let env = TestEnv::new().await?;
+    let models = models(&[deployment(&sim, "claude", "anthropic", "")]);
+    let settings = format!("{SETTINGS}    native_rerun_live: false\n");
+    let stack = Stack::start(env.config(&models, &settings)?, 0).await?;
+    let http = reqwest::Client::new();
+    let api = &stack.api_url;
+    let input: String = (1..=3)
+        .map(|i| line(&format!("req-{i}"), "claude", "Hi"))
+        .collect();
+    let created = create(&http, api, input, json!({"sluice_mode": "native"})).await?;
+    let id = created["id"].as_str().context("batch id")?;
+    let done = wait_status(&http, api, id, "completed").await?;
+    assert_eq!(done["request_counts"]["failed"], 3, "{done}");
+    let errors = content(&http, api, &done["error_file_id"]).await?;
+    assert_eq!(errors.len(), 3);
+    assert!(
+        errors.iter().all(|e| e["error"]["code"] == "batch_expired"),
+        "{errors:?}"
+    );
+    stack.stop().await;
+    Ok(())
+}
+
+/// Cancelling a native batch cancels its upstream batch; its lines end cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_the_upstream_batch() -> Result<()> {
+    let sim = sim::start(
+        "127.0.0.1:0",
+        SimConfig {
+            batch_fault: Some(BatchFault::Slow),
+            batch_fault_first: u64::MAX,
+            ..sim_config()
+        },
+    )
+    .await?;
+    let env = TestEnv::new().await?;
+    let models = models(&[deployment(&sim, "gem", "gemini", "")]);
+    let stack = Stack::start(env.config(&models, SETTINGS)?, 0).await?;
+    let http = reqwest::Client::new();
+    let api = &stack.api_url;
+    let input: String = (1..=3)
+        .map(|i| line(&format!("req-{i}"), "gem", "Hi"))
+        .collect();
+    let created = create(&http, api, input, json!({"sluice_mode": "native"})).await?;
+    let id = created["id"].as_str().context("batch id")?;
+    wait_until(&http, api, id, "upstream batch submitted", |v| {
+        v["upstream"][0]["upstream_batch_id"].is_string()
+    })
+    .await?;
+    http.post(format!("{api}/v1/batches/{id}/cancel"))
+        .bearer_auth(KEY)
+        .send()
+        .await?
+        .error_for_status()?;
+    let done = wait_status(&http, api, id, "cancelled").await?;
+    assert_eq!(sim.batch_cancels(), 1);
+    assert_eq!(
+        done["upstream"][0]["upstream_status"], "cancelled",
+        "{done}"
+    );
+    let errors = content(&http, api, &done["error_file_id"]).await?;
+    assert_eq!(errors.len(), 3);
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["error"]["code"] == "batch_cancelled"),
+        "{errors:?}"
+    );
+    stack.stop().await;
+    Ok(())
+}
+
+/// `auto` goes native only when every deployment has a batch API; an unknown
+/// `sluice_mode` is refused naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_mode_runs_live_when_a_deployment_has_no_batch_api() -> Result<()> {
+    let sim = sim::start("127.0.0.1:0", sim_config()).await?;
+    let env = TestEnv::new().await?;
+    let models = models(&[
+        deployment(&sim, "gpt", "openai", ""),
+        deployment(&sim, "local", "ollama", ""),
+    ]);
+    let settings = format!("{SETTINGS}    default_mode: auto\n");
+    let stack = Stack::start(env.config(&models, &settings)?, 1).await?;
+    let http = reqwest::Client::new();
+    let api = &stack.api_url;
+    let native_only: String = (1..=2)
+        .map(|i| line(&format!("a-{i}"), "gpt", "Hi"))
+        .collect();
+    let a = create(&http, api, native_only, json!({})).await?;
+    let mixed = format!("{}{}", line("b-1", "gpt", "Hi"), line("b-2", "local", "Hi"));
+    let b = create(&http, api, mixed, json!({})).await?;
+    let a = wait_status(&http, api, a["id"].as_str().context("id")?, "completed").await?;
+    let b = wait_status(&http, api, b["id"].as_str().context("id")?, "completed").await?;
+    assert_eq!(a["mode"], "native", "{a}");
+    assert_eq!(b["mode"], "live", "{b}");
+    assert!(b.get("upstream").is_none(), "{b}");
+    assert_eq!(b["request_counts"]["completed"], 2, "{b}");
+    assert_eq!(sim.batch_creates(), 1);
+
+    let file = upload(&http, api, line("c-1", "gpt", "Hi")).await?;
+    let r = http
+        .post(format!("{api}/v1/batches"))
+        .bearer_auth(KEY)
+        .json(
+            &json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
+            "completion_window": "24h", "metadata": {"sluice_mode": "cheap"}}),
+        )
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await?;
+    assert_eq!(v["error"]["param"], "metadata.sluice_mode", "{v}");
+    stack.stop().await;
+    Ok(())
+}
