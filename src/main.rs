@@ -245,7 +245,6 @@ struct SubmitArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -254,6 +253,22 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
+        }
+    };
+    // Traces are exported only by the services, under their own names.
+    let service = match cli.command {
+        Command::Api => Some("sluice-api"),
+        Command::Worker => Some("sluice-worker"),
+        _ => None,
+    };
+    let _telemetry = {
+        let _inside = runtime.enter();
+        match service {
+            Some(name) => Some(sluice_core::telemetry::init(name, cli.log_json)),
+            None => {
+                init_tracing(cli.log_json);
+                None
+            }
         }
     };
     match runtime.block_on(dispatch(cli)) {
@@ -266,6 +281,7 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs for the commands that are not services (no traces).
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -628,7 +644,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let followed = client.follow(id, &mut stdout).await?;
     if !args.stream {
         if let Some(done) = &followed.done {
-            if let Some(result) = &done.result {
+            if let Some(result) = done.result.as_ref().and_then(|r| r.chat()) {
                 for c in &result.choices {
                     if let Some(sluice_schemas::openai::Content::Text(t)) = &c.message.content {
                         print!("{t}");

@@ -349,7 +349,7 @@ async fn file_level_errors_fail_the_batch_with_line_numbers_and_submit_nothing()
     let r = http
         .post(format!("{api}/v1/batches"))
         .bearer_auth(KEY)
-        .json(&json!({"input_file_id": file, "endpoint": "/v1/embeddings", "completion_window": "24h"}))
+        .json(&json!({"input_file_id": file, "endpoint": "/v1/moderations", "completion_window": "24h"}))
         .send()
         .await?;
     assert_eq!(r.status(), 400);

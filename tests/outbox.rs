@@ -83,15 +83,21 @@ async fn an_api_killed_between_record_and_publish_still_runs_the_job() -> Result
     let job = wait_job(&http, &stack.api_url, &id.to_string(), KEY).await?;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(sim.requests(), 1, "run once");
-    // The reconciler's publish recorded where the message sat in the jobs stream.
-    let seq: Option<i64> = sqlx::query_scalar("SELECT stream_seq FROM jobs WHERE id = $1")
-        .bind(id)
-        .fetch_one(store.pool())
-        .await?;
-    assert!(
-        seq.is_some_and(|s| s > 0),
-        "stream sequence recorded: {seq:?}"
-    );
+    // The reconciler's publish recorded where the message sat in the jobs stream (after
+    // its publish: the job may finish first).
+    eventually(
+        Duration::from_secs(30),
+        "stream sequence recorded",
+        || async {
+            let seq: Option<i64> = sqlx::query_scalar("SELECT stream_seq FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_one(store.pool())
+                .await
+                .ok()?;
+            seq.is_some_and(|s| s > 0).then_some(())
+        },
+    )
+    .await?;
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM job_outbox")
         .fetch_one(store.pool())
         .await?;

@@ -449,3 +449,93 @@ async fn an_allowed_fails_policy_tolerates_that_many_429s_before_the_cooldown() 
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn anthropic_thinking_signatures_survive_a_tool_turn_and_cache_control_passes_through(
+) -> Result<()> {
+    let sim = sim::start("127.0.0.1:0", SimConfig::default()).await?;
+    let env = TestEnv::new().await?;
+    let yaml = format!(
+        "model_list:
+  - model_name: claude
+    litellm_params: {{model: anthropic/claude-sonnet-4-5, api_base: '{}', api_key: sk-test-0001}}
+general_settings: {{master_key: {KEY}}}
+",
+        sim.base()
+    );
+    let stack = Stack::start(env.config(&yaml, "")?, 1).await?;
+    let http = reqwest::Client::new();
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let thinking = json!({"type": "enabled", "budget_tokens": 1024});
+    let user = json!({"role": "user", "content": [
+        {"type": "text", "text": "Weather in Paris?", "cache_control": {"type": "ephemeral"}}]});
+    let system = json!({"role": "system", "content": [
+        {"type": "text", "text": "A long, cacheable manual.", "cache_control": {"type": "ephemeral"}}]});
+    for stream in [false, true] {
+        // Turn 1: the model thinks and calls a tool.
+        let job = run(
+            &http,
+            &stack.api_url,
+            json!({"model": "claude", "stream": stream, "max_tokens": 2048, "thinking": thinking,
+                   "tools": tools, "messages": [system, user]}),
+        )
+        .await?;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let (_, sent) = sim.last_request().context("no request")?;
+        assert_eq!(
+            sent["system"][0]["cache_control"],
+            json!({"type": "ephemeral"}),
+            "{sent}"
+        );
+        assert_eq!(
+            sent["messages"][0]["content"][0]["cache_control"],
+            json!({"type": "ephemeral"})
+        );
+        let answer = job["result"]["choices"][0]["message"].clone();
+        let blocks = answer["thinking_blocks"]
+            .as_array()
+            .context("no thinking_blocks")?;
+        assert_eq!(blocks.len(), 1, "stream {stream}: {answer}");
+        assert_eq!(blocks[0]["signature"], "sig_sim");
+        assert_eq!(blocks[0]["thinking"], answer["reasoning_content"]);
+        let call_id = answer["tool_calls"][0]["id"]
+            .as_str()
+            .context("no tool call")?;
+        let result = json!({"role": "tool", "tool_call_id": call_id, "content": "18°C, clear"});
+
+        // Turn 2: the answer goes back as it came; the signed thinking leads the turn.
+        let job = run(
+            &http,
+            &stack.api_url,
+            json!({"model": "claude", "max_tokens": 2048, "thinking": thinking, "tools": tools,
+                   "messages": [user, answer, result]}),
+        )
+        .await?;
+        assert_eq!(job["status"], "succeeded", "stream {stream}: {job}");
+        let (_, sent) = sim.last_request().context("no request")?;
+        assert_eq!(
+            sent["messages"][1]["content"][0]["type"], "thinking",
+            "{sent}"
+        );
+        assert_eq!(sent["messages"][1]["content"][0]["signature"], "sig_sim");
+        assert_eq!(sent["messages"][1]["content"][1]["type"], "tool_use");
+
+        // Without its thinking block the turn is refused, as Anthropic refuses it.
+        let mut bare = answer.clone();
+        bare.as_object_mut()
+            .context("message")?
+            .remove("thinking_blocks");
+        let job = run(
+            &http,
+            &stack.api_url,
+            json!({"model": "claude", "max_tokens": 2048, "thinking": thinking, "tools": tools,
+                   "messages": [user, bare, result]}),
+        )
+        .await?;
+        assert_eq!(job["status"], "failed", "{job}");
+        assert_eq!(job["error"]["class"], "bad_request", "{job}");
+    }
+    stack.stop().await;
+    Ok(())
+}

@@ -163,7 +163,7 @@ async fn call(
 }
 
 fn text(out: &CallOutput) -> String {
-    match &out.completion.choices[0].message.content {
+    match &out.completion().unwrap().choices[0].message.content {
         Some(Content::Text(t)) => t.clone(),
         _ => String::new(),
     }
@@ -187,7 +187,7 @@ async fn every_provider_round_trips_text_streamed_and_not() -> Result<()> {
         assert_eq!(text(&whole), text(&streamed), "{}: deterministic", c.name);
         assert_eq!(sink.content(), text(&streamed), "{}: chunks add up", c.name);
         for out in [&whole, &streamed] {
-            let ch = &out.completion.choices[0];
+            let ch = &out.completion().unwrap().choices[0];
             assert_eq!(ch.finish_reason.as_deref(), Some("stop"), "{}", c.name);
             let u = out.usage.unwrap_or_else(|| panic!("{}: usage", c.name));
             assert_eq!(u.completion_tokens, 5, "{}", c.name);
@@ -226,7 +226,7 @@ async fn every_provider_returns_tool_calls_streamed_and_not() -> Result<()> {
         for stream in [false, true] {
             let (out, sink) = call(&d, weather_tools(), stream).await;
             let out = out.map_err(|e| anyhow::anyhow!("{} stream={stream}: {e}", c.name))?;
-            let ch = &out.completion.choices[0];
+            let ch = &out.completion().unwrap().choices[0];
             assert_eq!(
                 ch.finish_reason.as_deref(),
                 Some("tool_calls"),
@@ -259,7 +259,9 @@ async fn every_provider_returns_tool_calls_streamed_and_not() -> Result<()> {
         let (out, _) = call(&d, r, false).await;
         let out = out.map_err(|e| anyhow::anyhow!("{} tool result: {e}", c.name))?;
         assert_eq!(
-            out.completion.choices[0].finish_reason.as_deref(),
+            out.completion().unwrap().choices[0]
+                .finish_reason
+                .as_deref(),
             Some("stop"),
             "{}",
             c.name
@@ -283,7 +285,7 @@ async fn every_provider_returns_reasoning_as_reasoning_content() -> Result<()> {
             r.reasoning_effort = Some("low".into());
             let (out, sink) = call(&d, r, stream).await;
             let out = out.map_err(|e| anyhow::anyhow!("{} stream={stream}: {e}", c.name))?;
-            let m = &out.completion.choices[0].message;
+            let m = &out.completion().unwrap().choices[0].message;
             let reasoning = m.reasoning_content.as_deref().unwrap_or_default();
             assert!(
                 reasoning.starts_with("Considering"),
@@ -321,7 +323,7 @@ async fn every_provider_returns_reasoning_as_reasoning_content() -> Result<()> {
         "",
     );
     let (out, _) = call(&d, hello(), true).await;
-    assert!(out?.completion.choices[0]
+    assert!(out?.completion().unwrap().choices[0]
         .message
         .reasoning_content
         .is_some());
@@ -562,7 +564,10 @@ async fn crlf_framing_and_keepalive_comments_from_the_wire_parse() -> Result<()>
         let (out, sink) = call(&d, weather_tools(), true).await;
         let out = out.map_err(|e| anyhow::anyhow!("{}: {e}", c.name))?;
         assert!(
-            out.completion.choices[0].message.tool_calls.is_some(),
+            out.completion().unwrap().choices[0]
+                .message
+                .tool_calls
+                .is_some(),
             "{}",
             c.name
         );

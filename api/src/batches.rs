@@ -42,6 +42,7 @@ use sluice_schemas::batch::{
     BatchErrorItem, BatchLineError, BatchOutputLine, BatchResponse, BatchStatus, CODE_CANCELLED,
     CODE_EXPIRED,
 };
+use sluice_schemas::embeddings::EmbeddingsRequest;
 use sluice_schemas::openai::ChatRequest;
 use sluice_schemas::{ErrorClass, JobEnvelope, JobStatus, Tier, MASTER_OWNER};
 use tokio::sync::Notify;
@@ -163,6 +164,8 @@ enum Checked {
     Job {
         custom_id: String,
         request: Box<ChatRequest>,
+        /// An embeddings line's request (`request` then only names the group).
+        embeddings: Option<Box<EmbeddingsRequest>>,
     },
     /// The request would be refused: the line becomes a failed job.
     Refused {
@@ -517,7 +520,11 @@ impl Driver {
                 finished_at: None,
             };
             match self.check_request(bytes, *line_no, &row.endpoint) {
-                Checked::Job { custom_id, request } => {
+                Checked::Job {
+                    custom_id,
+                    request,
+                    embeddings,
+                } => {
                     let mut job = base(custom_id.clone(), request.model.clone());
                     match mode {
                         Mode::Publish => {
@@ -527,6 +534,7 @@ impl Driver {
                             envelopes.push(JobEnvelope {
                                 id,
                                 request: *request,
+                                embeddings,
                                 tier,
                                 owner: Some(row.owner.clone()),
                                 reply_subject: None,
@@ -585,13 +593,14 @@ impl Driver {
                 .publish_with_headers(subject.clone(), headers, payload)
                 .await
                 .map_err(|e| DriveError::Publish(e.to_string()))?;
-            acks.push((envelope.id, &envelope.request.model, ack));
+            acks.push((envelope, ack));
         }
         let mut seqs = Vec::with_capacity(acks.len());
-        for (id, model, ack) in acks {
+        for (envelope, ack) in acks {
             let ack = ack.await.map_err(|e| DriveError::Publish(e.to_string()))?;
-            seqs.push((id, ack.sequence));
-            crate::metrics::submitted(tier, model);
+            seqs.push((envelope.id, ack.sequence));
+            let owner = envelope.owner.as_deref().unwrap_or_default();
+            crate::metrics::submitted(tier, &envelope.request.model, owner);
         }
         self.state.store.record_batch_seqs(&seqs).await?;
         Ok(seqs.len())
@@ -626,12 +635,23 @@ impl Driver {
             Ok(b) => b,
             Err(e) => return refused(ErrorClass::BadRequest, e.to_string()),
         };
-        let submit = match crate::submit::parse_submit(&bytes) {
+        let parsed = if endpoint == sluice_schemas::batch::EMBEDDINGS {
+            crate::submit::parse_embeddings(&bytes)
+        } else {
+            crate::submit::parse_submit(&bytes)
+        };
+        let submit = match parsed {
             Ok(s) => s,
             Err(e) => return refused(ErrorClass::BadRequest, e.message),
         };
         let mut request = submit.request;
-        if let Err(e) = crate::submit::validate(&self.state, &request) {
+        let embeddings = submit.embeddings;
+        let valid = crate::submit::validate(&self.state, &request).and_then(|()| {
+            embeddings
+                .as_deref()
+                .map_or(Ok(()), crate::submit::validate_embeddings)
+        });
+        if let Err(e) = valid {
             let class = if e.code == Some("model_not_found") {
                 ErrorClass::NotFound
             } else {
@@ -661,6 +681,7 @@ impl Driver {
         Checked::Job {
             custom_id,
             request: Box::new(request),
+            embeddings,
         }
     }
 

@@ -6,6 +6,7 @@
 //! publishes the envelope to JetStream; it answers only when both are durable.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod auth;
 pub mod batches;
 pub mod bodies;
@@ -73,8 +74,8 @@ pub struct AppState {
     pub store: Store,
     /// Group-committed job inserts.
     pub jobs: Batcher<NewJob, Recorded>,
-    /// Group-committed removals of published jobs from the outbox.
-    pub outbox: Batcher<(uuid::Uuid, u64), ()>,
+    /// Published jobs whose outbox entries the next job insert drops (`outbox.rs`).
+    pub outbox: Arc<outbox::Published>,
     /// For readiness (and, later, flow control).
     pub redis: sluice_core::redis::Pool,
     /// Recently resolved virtual keys.
@@ -102,7 +103,8 @@ impl AppState {
     }
 }
 
-struct JobsFlush(Store);
+/// Writes job inserts, and with them the outbox upkeep of jobs published meanwhile.
+struct JobsFlush(Store, Arc<outbox::Published>);
 
 impl Flush<NewJob> for JobsFlush {
     type Out = Recorded;
@@ -111,10 +113,15 @@ impl Flush<NewJob> for JobsFlush {
         items: &'a [NewJob],
     ) -> BoxFuture<'a, Result<Vec<Recorded>, FlushError>> {
         Box::pin(async move {
-            self.0
-                .record_new_jobs(items)
-                .await
-                .map_err(FlushError::from)
+            let published = self.1.take().unwrap_or_default();
+            let written = self
+                .0
+                .record_new_jobs_and_published(items, &outbox::pairs(&published))
+                .await;
+            if written.is_err() {
+                self.1.restore(published);
+            }
+            written.map_err(FlushError::from)
         })
     }
 }
@@ -126,6 +133,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(routes::jobs::submit).get(routes::job_list::list),
         )
         .route("/v1/chat/completions", post(routes::chat::completions))
+        .route("/v1/embeddings", post(routes::embeddings::create))
         .route("/v1/spend", get(routes::spend::report))
         .route("/v1/limits", get(routes::limits::report))
         .route("/v1/jobs/{id}", get(routes::jobs::get))
@@ -162,6 +170,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::from_fn(access::layer))
         .with_state(state)
 }
 
@@ -227,17 +236,20 @@ pub async fn serve_on(
         .subscribe(subjects.worker_heartbeat())
         .await
         .map_err(|e| ServeError::Subscribe(e.to_string()))?;
+    if config.callbacks.otel && !sluice_core::telemetry::enabled() {
+        tracing::warn!("the otel callback is named but no OTEL_EXPORTER_OTLP_ENDPOINT is set: no traces are exported");
+    }
     if !config.ignored_keys.is_empty() {
         tracing::warn!(keys = ?config.ignored_keys, "config keys Sluice does not act on");
     }
 
     let background = TaskTracker::new();
-    let jobs = Batcher::spawn("jobs", 512, &background, JobsFlush(store.clone()));
-    let outbox = Batcher::spawn(
-        "outbox",
+    let outbox = Arc::new(outbox::Published::default());
+    let jobs = Batcher::spawn(
+        "jobs",
         512,
         &background,
-        outbox::OutboxFlush(store.clone()),
+        JobsFlush(store.clone(), Arc::clone(&outbox)),
     );
     let workers = Arc::new(Workers::default());
     let ops_stop = CancellationToken::new();
@@ -247,6 +259,11 @@ pub async fn serve_on(
         ops_stop.clone(),
     ));
     background.spawn(upkeep(ops_stop.clone()));
+    background.spawn(outbox::run(
+        store.clone(),
+        Arc::clone(&outbox),
+        ops_stop.clone(),
+    ));
     let state = Arc::new(AppState {
         config: Arc::clone(&config),
         nats: nats.clone(),

@@ -9,19 +9,22 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sluice_core::store::{NewJob, Recorded};
+use sluice_schemas::embeddings::EmbeddingsRequest;
 use sluice_schemas::openai::{ChatRequest, Content};
 use sluice_schemas::{JobEnvelope, JobStatus, Tier};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::errors::ApiError;
 use crate::AppState;
 
-/// The body of `POST /v1/jobs`: an OpenAI chat request plus Sluice's job fields.
+/// The body of `POST /v1/jobs`: an OpenAI chat request (or, parsed as
+/// `SubmitBody<EmbeddingsRequest>`, an embeddings request) plus Sluice's job fields.
 #[derive(Debug, Deserialize)]
-pub(crate) struct SubmitBody {
+pub(crate) struct SubmitBody<R = ChatRequest> {
     #[serde(flatten)]
-    pub(crate) request: ChatRequest,
+    pub(crate) request: R,
     #[serde(default)]
     pub(crate) priority: Option<Tier>,
     #[serde(default)]
@@ -37,6 +40,30 @@ pub(crate) struct SubmitBody {
     pub(crate) fallbacks: Option<Vec<String>>,
     #[serde(default)]
     pub(crate) disable_fallbacks: Option<bool>,
+    /// An embeddings job's request; `request` then only names its model group.
+    #[serde(skip)]
+    pub(crate) embeddings: Option<Box<EmbeddingsRequest>>,
+}
+
+impl SubmitBody<EmbeddingsRequest> {
+    /// The embeddings submission as a job: `request` names the group, `embeddings` holds
+    /// the request.
+    fn into_job(self) -> SubmitBody {
+        SubmitBody {
+            request: ChatRequest {
+                model: self.request.model.clone(),
+                ..ChatRequest::default()
+            },
+            priority: self.priority,
+            reply_subject: self.reply_subject,
+            webhook_url: self.webhook_url,
+            metadata: self.metadata,
+            idempotency_key: self.idempotency_key,
+            fallbacks: self.fallbacks,
+            disable_fallbacks: self.disable_fallbacks,
+            embeddings: Some(Box::new(self.request)),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -75,6 +102,9 @@ pub(crate) async fn accept(
         body.metadata.as_ref().and_then(|m| m.get("tags")),
         "metadata.tags",
     )?;
+    if let Some(e) = &body.embeddings {
+        validate_embeddings(e)?;
+    }
     for (i, g) in body.fallbacks.iter().flatten().enumerate() {
         if !state.config.has_group(g) {
             return Err(
@@ -101,26 +131,108 @@ pub(crate) async fn accept(
             webhook_url: body.webhook_url.as_deref(),
         },
     )?;
-    enqueue(state, caller, body, idempotency_key).await
+    let span = tracing::info_span!(target: sluice_core::telemetry::TARGET, "enqueue",
+        otel.name = "send jobs", otel.kind = "producer", sluice.job_id = tracing::field::Empty);
+    enqueue(state, caller, body, idempotency_key)
+        .instrument(span)
+        .await
 }
 
-/// Parses the body, naming the offending field on error.
-pub(crate) fn parse_submit(bytes: &[u8]) -> Result<SubmitBody, ApiError> {
+/// Parses a `POST /v1/jobs` body: an embeddings job when it has `input` and no
+/// `messages`, else a chat job.
+pub(crate) fn parse_job(bytes: &[u8]) -> Result<SubmitBody, ApiError> {
+    if let Some(body) = parse_chat_fast(bytes) {
+        return Ok(body);
+    }
+    let value = parse_object(bytes)?;
+    let embeddings = value.get("input").is_some() && value.get("messages").is_none();
+    if embeddings {
+        embeddings_body(value)
+    } else {
+        chat_body(value)
+    }
+}
+
+/// Parses an embeddings body (`POST /v1/embeddings`, batch lines), naming the offending
+/// field on error.
+pub(crate) fn parse_embeddings(bytes: &[u8]) -> Result<SubmitBody, ApiError> {
+    embeddings_body(parse_object(bytes)?)
+}
+
+fn parse_object(bytes: &[u8]) -> Result<Value, ApiError> {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("request body must be a JSON object"));
+    }
+    check_model(&value)?;
+    Ok(value)
+}
+
+fn check_model(value: &Value) -> Result<(), ApiError> {
+    match value.get("model") {
+        None | Some(Value::Null) => {
+            Err(ApiError::bad_request("missing required field `model`").param("model"))
+        }
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            Err(ApiError::bad_request("`model` must not be empty").param("model"))
+        }
+        Some(Value::String(_)) => Ok(()),
+        Some(_) => Err(ApiError::bad_request("`model` must be a string").param("model")),
+    }
+}
+
+fn embeddings_body(value: Value) -> Result<SubmitBody, ApiError> {
+    use sluice_schemas::embeddings::{EmbeddingInput, EncodingFormat};
     let Value::Object(obj) = &value else {
         return Err(ApiError::bad_request("request body must be a JSON object"));
     };
-    match obj.get("model") {
-        None | Some(Value::Null) => {
-            return Err(ApiError::bad_request("missing required field `model`").param("model"))
-        }
-        Some(Value::String(s)) if s.trim().is_empty() => {
-            return Err(ApiError::bad_request("`model` must not be empty").param("model"))
-        }
-        Some(Value::String(_)) => {}
-        Some(_) => return Err(ApiError::bad_request("`model` must be a string").param("model")),
+    if obj.get("input").is_none_or(Value::is_null) {
+        return Err(ApiError::bad_request("missing required field `input`").param("input"));
     }
+    match serde_json::from_value::<SubmitBody<EmbeddingsRequest>>(value.clone()) {
+        Ok(body) => Ok(body.into_job()),
+        Err(e) => Err(diagnose_with(obj, |obj| {
+            check::<EmbeddingInput>(obj, "input")
+                .or_else(|| check::<u32>(obj, "dimensions"))
+                .or_else(|| check::<EncodingFormat>(obj, "encoding_format"))
+                .or_else(|| check::<String>(obj, "user"))
+        })
+        .unwrap_or_else(|| ApiError::bad_request(format!("invalid request: {e}")))),
+    }
+}
+
+/// Checks what only an embeddings request can get wrong (the group is checked like a
+/// chat job's).
+pub(crate) fn validate_embeddings(e: &EmbeddingsRequest) -> Result<(), ApiError> {
+    if let Some(message) = e.input.invalid() {
+        return Err(ApiError::bad_request(message).param("input"));
+    }
+    if e.dimensions == Some(0) {
+        return Err(ApiError::bad_request("`dimensions` must be at least 1").param("dimensions"));
+    }
+    Ok(())
+}
+
+/// Parses a chat body, naming the offending field on error.
+pub(crate) fn parse_submit(bytes: &[u8]) -> Result<SubmitBody, ApiError> {
+    if let Some(body) = parse_chat_fast(bytes) {
+        return Ok(body);
+    }
+    chat_body(parse_object(bytes)?)
+}
+
+/// A valid chat body parses in one pass; only one that fails (or lacks a model or
+/// messages) takes the slower walk that names the offending field.
+fn parse_chat_fast(bytes: &[u8]) -> Option<SubmitBody> {
+    let body = serde_json::from_slice::<SubmitBody>(bytes).ok()?;
+    (!body.request.model.trim().is_empty() && !body.request.messages.is_empty()).then_some(body)
+}
+
+fn chat_body(value: Value) -> Result<SubmitBody, ApiError> {
+    let Value::Object(obj) = &value else {
+        return Err(ApiError::bad_request("request body must be a JSON object"));
+    };
     match obj.get("messages") {
         None | Some(Value::Null) => {
             return Err(ApiError::bad_request("missing required field `messages`").param("messages"))
@@ -136,7 +248,7 @@ pub(crate) fn parse_submit(bytes: &[u8]) -> Result<SubmitBody, ApiError> {
             return Err(ApiError::bad_request("`messages` must be an array").param("messages"))
         }
     }
-    match serde_json::from_value::<SubmitBody>(value.clone()) {
+    match SubmitBody::deserialize(&value) {
         Ok(body) => Ok(body),
         Err(e) => {
             Err(diagnose(obj)
@@ -145,43 +257,52 @@ pub(crate) fn parse_submit(bytes: &[u8]) -> Result<SubmitBody, ApiError> {
     }
 }
 
+/// The error of field `key` of `obj` read as a `T`, with its path (`messages[0].role`).
+fn check<T: serde::de::DeserializeOwned>(obj: &Map<String, Value>, key: &str) -> Option<ApiError> {
+    let v = obj.get(key)?.clone();
+    if v.is_null() {
+        return None;
+    }
+    let err = serde_path_to_error::deserialize::<_, T>(v).err()?;
+    let path = err.path().to_string();
+    let param = match path.as_str() {
+        "." | "" => key.to_string(),
+        p if p.starts_with('[') => format!("{key}{p}"),
+        p => format!("{key}.{p}"),
+    };
+    Some(ApiError::bad_request(format!("invalid `{param}`: {}", err.into_inner())).param(param))
+}
+
 /// Finds which field made the body invalid, with its path (`messages[0].role`).
 /// Runs only on the error path; flattened structs hide paths from serde, so each known
 /// field is checked on its own.
 fn diagnose(obj: &Map<String, Value>) -> Option<ApiError> {
     use sluice_schemas::openai::{Message, Stop, StreamOptions, Tool};
-    fn check<T: serde::de::DeserializeOwned>(
-        obj: &Map<String, Value>,
-        key: &str,
-    ) -> Option<ApiError> {
-        let v = obj.get(key)?.clone();
-        if v.is_null() {
-            return None;
-        }
-        let err = serde_path_to_error::deserialize::<_, T>(v).err()?;
-        let path = err.path().to_string();
-        let param = match path.as_str() {
-            "." | "" => key.to_string(),
-            p if p.starts_with('[') => format!("{key}{p}"),
-            p => format!("{key}.{p}"),
-        };
-        Some(ApiError::bad_request(format!("invalid `{param}`: {}", err.into_inner())).param(param))
-    }
-    check::<Vec<Message>>(obj, "messages")
+    diagnose_with(obj, |obj| {
+        check::<Vec<Message>>(obj, "messages")
+            .or_else(|| check::<bool>(obj, "stream"))
+            .or_else(|| check::<StreamOptions>(obj, "stream_options"))
+            .or_else(|| check::<u32>(obj, "max_tokens"))
+            .or_else(|| check::<u32>(obj, "max_completion_tokens"))
+            .or_else(|| check::<f64>(obj, "temperature"))
+            .or_else(|| check::<f64>(obj, "top_p"))
+            .or_else(|| check::<u32>(obj, "n"))
+            .or_else(|| check::<i64>(obj, "seed"))
+            .or_else(|| check::<Stop>(obj, "stop"))
+            .or_else(|| check::<Vec<Tool>>(obj, "tools"))
+            .or_else(|| check::<bool>(obj, "parallel_tool_calls"))
+            .or_else(|| check::<String>(obj, "reasoning_effort"))
+            .or_else(|| check::<String>(obj, "user"))
+    })
+}
+
+/// The request's own fields (`request`), then the job fields every kind shares.
+fn diagnose_with(
+    obj: &Map<String, Value>,
+    request: impl Fn(&Map<String, Value>) -> Option<ApiError>,
+) -> Option<ApiError> {
+    request(obj)
         .or_else(|| check::<Tier>(obj, "priority"))
-        .or_else(|| check::<bool>(obj, "stream"))
-        .or_else(|| check::<StreamOptions>(obj, "stream_options"))
-        .or_else(|| check::<u32>(obj, "max_tokens"))
-        .or_else(|| check::<u32>(obj, "max_completion_tokens"))
-        .or_else(|| check::<f64>(obj, "temperature"))
-        .or_else(|| check::<f64>(obj, "top_p"))
-        .or_else(|| check::<u32>(obj, "n"))
-        .or_else(|| check::<i64>(obj, "seed"))
-        .or_else(|| check::<Stop>(obj, "stop"))
-        .or_else(|| check::<Vec<Tool>>(obj, "tools"))
-        .or_else(|| check::<bool>(obj, "parallel_tool_calls"))
-        .or_else(|| check::<String>(obj, "reasoning_effort"))
-        .or_else(|| check::<String>(obj, "user"))
         .or_else(|| check::<String>(obj, "reply_subject"))
         .or_else(|| check::<String>(obj, "webhook_url"))
         .or_else(|| check::<String>(obj, "idempotency_key"))
@@ -261,12 +382,14 @@ async fn enqueue(
     idempotency_key: Option<String>,
 ) -> Result<(Submitted, bool), ApiError> {
     let id = Uuid::now_v7();
+    tracing::Span::current().record("sluice.job_id", tracing::field::display(id));
     let now = Utc::now();
     let tier = body.priority.unwrap_or_default();
     let model = body.request.model.clone();
     let envelope = JobEnvelope {
         id,
         request: body.request,
+        embeddings: body.embeddings,
         tier,
         owner: Some(caller.owner.clone()),
         reply_subject: body.reply_subject.clone(),
@@ -293,6 +416,7 @@ async fn enqueue(
             created_at: now,
             subject: Some(subject.clone()),
             payload: Some(String::from_utf8_lossy(&payload).into_owned()),
+            request_id: crate::access::request_id(),
         })
         .await
         .map_err(|e| {
@@ -339,7 +463,7 @@ async fn enqueue(
     .await;
     match published {
         Ok(seq) => {
-            let _ = state.outbox.send((id, seq)).await;
+            state.outbox.push(id, seq);
         }
         Err(e) => {
             // The message may or may not be in the stream; the outbox entry stays, and a
@@ -347,7 +471,7 @@ async fn enqueue(
             tracing::warn!(job_id = %id, error = %e, "publish not acknowledged; the outbox will publish the job");
         }
     }
-    crate::metrics::submitted(tier, &model);
+    crate::metrics::submitted(tier, &model, &caller.owner);
     Ok((
         submitted(state, id, model, tier, JobStatus::Queued, now),
         false,

@@ -27,6 +27,7 @@ pub mod safety;
 pub mod secret;
 pub mod spend;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 
 pub use config::Config;

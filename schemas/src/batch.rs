@@ -5,8 +5,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// The one endpoint batches run.
+/// The chat endpoint (batches run it unless they name another).
 pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
+/// The embeddings endpoint, for batches whose lines embed.
+pub const EMBEDDINGS: &str = "/v1/embeddings";
 
 /// Error codes of output lines that never ran.
 pub const CODE_EXPIRED: &str = "batch_expired";

@@ -5,6 +5,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::embeddings::EmbeddingsRequest;
 use crate::openai::ChatRequest;
 
 /// The owner of jobs submitted with the master key (`SLUICE_MASTER_KEY`), and of jobs
@@ -16,7 +17,8 @@ pub fn is_master_owner(owner: &str) -> bool {
     owner == MASTER_OWNER || owner.is_empty()
 }
 
-/// One chat-completion job as published to JetStream.
+/// One job as published to JetStream: a chat completion, or embeddings when
+/// [`JobEnvelope::embeddings`] is set.
 ///
 /// A trusted service may publish this straight to NATS (with `Nats-Msg-Id: <id>`); the
 /// worker tracks it exactly like a job submitted through the API.
@@ -24,8 +26,12 @@ pub fn is_master_owner(owner: &str) -> bool {
 pub struct JobEnvelope {
     /// UUIDv7 job id; also the `Nats-Msg-Id` of the publish.
     pub id: Uuid,
-    /// The OpenAI request; `request.model` names the model group.
+    /// The OpenAI chat request; `request.model` names the model group (for an embeddings
+    /// job too, whose `messages` are empty).
     pub request: ChatRequest,
+    /// An embeddings job: the OpenAI embeddings request (its `model` is the same group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<Box<EmbeddingsRequest>>,
     #[serde(default)]
     pub tier: Tier,
     /// Who submitted it: a key id, or [`MASTER_OWNER`] (also when absent). Never a secret.

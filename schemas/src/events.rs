@@ -8,8 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::job::{JobError, JobStatus};
-use crate::openai::{ChatCompletion, Usage};
+use crate::job::{JobError, JobResult, JobStatus};
+use crate::openai::Usage;
 
 pub const HEADER_EVENT: &str = "Sluice-Event";
 pub const HEADER_ATTEMPT: &str = "Sluice-Attempt";
@@ -66,7 +66,7 @@ pub struct DoneEvent {
     pub job_id: Uuid,
     pub status: JobStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<ChatCompletion>,
+    pub result: Option<JobResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
     /// Total USD across attempts; null when a price was missing.

@@ -3,7 +3,9 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::embeddings::EmbeddingsResponse;
 use crate::error::ErrorClass;
+use crate::openai::ChatCompletion;
 
 /// How one provider call stands; the `job_attempts.status` column (a `CHECK` constraint
 /// holds it to these).
@@ -88,4 +90,31 @@ impl std::fmt::Display for JobStatus {
 pub struct JobError {
     pub class: ErrorClass,
     pub message: String,
+}
+
+/// What a successful job produced: a `chat.completion`, or an embeddings `list`.
+/// Serialized as the object itself (no tag), so it reads as OpenAI's answer.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum JobResult {
+    Chat(ChatCompletion),
+    Embeddings(EmbeddingsResponse),
+}
+
+impl JobResult {
+    /// The chat completion, for a chat job.
+    pub fn chat(&self) -> Option<&ChatCompletion> {
+        match self {
+            JobResult::Chat(c) => Some(c),
+            JobResult::Embeddings(_) => None,
+        }
+    }
+
+    /// The model the provider says answered.
+    pub fn model(&self) -> &str {
+        match self {
+            JobResult::Chat(c) => &c.model,
+            JobResult::Embeddings(e) => &e.model,
+        }
+    }
 }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod batch;
+pub mod embeddings;
 pub mod envelope;
 pub mod error;
 pub mod events;

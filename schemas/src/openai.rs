@@ -94,6 +94,12 @@ pub struct Message {
     pub refusal: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// Signed reasoning blocks (Anthropic `thinking` with its `signature`,
+    /// `redacted_thinking`), as LiteLLM names them: returned on answers, and sent back on
+    /// the assistant turn of the next request so a thinking model keeps its reasoning
+    /// across tool calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking_blocks: Option<Vec<Value>>,
 }
 
 impl Message {
@@ -106,6 +112,7 @@ impl Message {
             tool_call_id: None,
             refusal: None,
             reasoning_content: None,
+            thinking_blocks: None,
         }
     }
 
@@ -289,6 +296,10 @@ pub struct Delta {
     pub refusal: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCallDelta>>,
+    /// Whole signed reasoning blocks, each sent once it is complete (see
+    /// [`Message::thinking_blocks`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking_blocks: Option<Vec<Value>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

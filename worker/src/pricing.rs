@@ -137,6 +137,11 @@ const BUILTIN: &[ListPrice] = &[
     ("deepseek-chat", 0.27, 1.10, Some(0.07), None),
     ("deepseek-reasoner", 0.55, 2.19, Some(0.14), None),
     ("mistral-large-latest", 2.00, 6.00, None, None),
+    // Embedding models: input only.
+    ("text-embedding-3-small", 0.02, 0.0, None, None),
+    ("text-embedding-3-large", 0.13, 0.0, None, None),
+    ("text-embedding-ada-002", 0.10, 0.0, None, None),
+    ("gemini-embedding-001", 0.15, 0.0, None, None),
 ];
 
 /// The built-in entry for a model name: the longest known prefix (so dated snapshots

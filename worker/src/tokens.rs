@@ -7,8 +7,14 @@
 //! settlement corrects the reservation to real usage, so an estimate error only matters
 //! while a call is in flight. Texts longer than [`MAX_EXACT_CHARS`] use the rule of
 //! thumb too, to keep tokenizing off the hot path's critical budget.
+//!
+//! Tokenizing is most of what an estimate costs, so admission first reserves a cheap
+//! upper bound, [`Tokenizer::Bound`] (a BPE token is at least one byte, so the bytes
+//! bound the tokens), and counts exactly only when that bound does not fit a limit
+//! (`worker/src/job/pipeline.rs`); settlement replaces either with the real usage.
 
 use sluice_core::config::{Deployment, Protocol};
+use sluice_schemas::embeddings::InputItem;
 use sluice_schemas::openai::{ChatRequest, Content};
 
 /// Longest message text counted exactly.
@@ -20,6 +26,8 @@ pub enum Tokenizer {
     O200k,
     Cl100k,
     Heuristic,
+    /// An upper bound on what `O200k` and `Cl100k` count: one token per byte.
+    Bound,
 }
 
 impl Tokenizer {
@@ -44,8 +52,20 @@ impl Tokenizer {
         }
     }
 
+    /// The cheap stand-in for this tokenizer where an upper bound suffices: [`Self::Bound`]
+    /// for the exact ones, itself otherwise (the rule of thumb costs nothing).
+    pub fn cheap(self) -> Tokenizer {
+        match self {
+            Tokenizer::O200k | Tokenizer::Cl100k => Tokenizer::Bound,
+            t => t,
+        }
+    }
+
     /// Tokens in `s`.
     pub fn count(self, s: &str) -> u64 {
+        if self == Tokenizer::Bound {
+            return s.len() as u64;
+        }
         if s.len() > MAX_EXACT_CHARS {
             return text(s.len());
         }
@@ -54,7 +74,7 @@ impl Tokenizer {
             Tokenizer::Cl100k => tiktoken_rs::cl100k_base_singleton()
                 .encode_ordinary(s)
                 .len() as u64,
-            Tokenizer::Heuristic => text(s.len()),
+            Tokenizer::Heuristic | Tokenizer::Bound => text(s.len()),
         }
     }
 }
@@ -105,6 +125,14 @@ pub fn prompt_with(tokenizer: Tokenizer, request: &ChatRequest) -> u64 {
         + 3
 }
 
+/// Tokens of one embeddings input with `tokenizer` (token ids count as themselves).
+pub fn embedding_input(tokenizer: Tokenizer, item: InputItem<'_>) -> u64 {
+    match item {
+        InputItem::Text(t) => tokenizer.count(t),
+        InputItem::Tokens(t) => t.len() as u64,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +166,34 @@ mod tests {
         assert_eq!(Tokenizer::O200k.count("hello world"), 2);
         assert_eq!(Tokenizer::Cl100k.count("hello world"), 2);
         assert_eq!(Tokenizer::Heuristic.count("hello world"), 3);
+    }
+
+    #[test]
+    fn the_bound_is_never_below_the_exact_count() {
+        let texts = [
+            "hello world",
+            "",
+            "Grüße, 世界! 🚀🚀 naïve café — ½ ∑ ∞",
+            "a a a a a a a a a a a a a a a a",
+            "{\"type\":\"function\",\"arguments\":{\"x\":[1,2,3]}}",
+            "   \n\n\t  trailing   ",
+        ];
+        for t in texts {
+            for exact in [Tokenizer::O200k, Tokenizer::Cl100k] {
+                assert_eq!(exact.cheap(), Tokenizer::Bound);
+                assert!(
+                    Tokenizer::Bound.count(t) >= exact.count(t),
+                    "{exact:?} {t:?}"
+                );
+            }
+        }
+        assert_eq!(Tokenizer::Heuristic.cheap(), Tokenizer::Heuristic);
+        let r = ChatRequest {
+            model: "m".into(),
+            messages: vec![Message::user("Grüße, 世界! 🚀 ".repeat(50))],
+            ..Default::default()
+        };
+        assert!(prompt_with(Tokenizer::Bound, &r) >= prompt_with(Tokenizer::O200k, &r));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use sluice_core::batches::{BatchRow, LineCounts, NewBatch};
 use sluice_schemas::batch::{
     Batch, BatchErrors, BatchList, BatchProgress, BatchStatus, RequestCounts, CHAT_COMPLETIONS,
+    EMBEDDINGS,
 };
 use sluice_schemas::Tier;
 use uuid::Uuid;
@@ -79,9 +80,9 @@ pub async fn create(
             ApiError::bad_request("missing required field `input_file_id`").param("input_file_id")
         })?;
     let endpoint = body.endpoint.unwrap_or_else(|| CHAT_COMPLETIONS.into());
-    if endpoint != CHAT_COMPLETIONS {
+    if endpoint != CHAT_COMPLETIONS && endpoint != EMBEDDINGS {
         return Err(ApiError::bad_request(format!(
-            "endpoint {endpoint:?} is not supported; Sluice batches run {CHAT_COMPLETIONS}"
+            "endpoint {endpoint:?} is not supported; Sluice batches run {CHAT_COMPLETIONS} and {EMBEDDINGS}"
         ))
         .param("endpoint"));
     }

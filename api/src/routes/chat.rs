@@ -88,6 +88,18 @@ pub async fn completions(
         return Ok(resp);
     }
 
+    let mut resp = wait_answer(&state, id, messages).await?;
+    resp.headers_mut().insert("x-sluice-job-id", job_header);
+    Ok(resp)
+}
+
+/// Waits (at most [`MAX_WAIT`], or until shutdown) for job `id`'s end and answers with its
+/// result, or the error for its class. Shared by `routes/embeddings.rs`.
+pub(crate) async fn wait_answer(
+    state: &AppState,
+    id: uuid::Uuid,
+    messages: async_nats::jetstream::consumer::push::Ordered,
+) -> Result<Response, ApiError> {
     let waited = tokio::select! {
         w = tokio::time::timeout(MAX_WAIT, terminal(messages)) => w,
         _ = state.shutdown.cancelled() => {
@@ -113,13 +125,11 @@ pub async fn completions(
         },
         _ => done,
     };
-    let mut resp = answer(done);
-    resp.headers_mut().insert("x-sluice-job-id", job_header);
-    Ok(resp)
+    Ok(answer(done))
 }
 
-/// A finished job as the OpenAI answer: its completion, or the error for its class.
-fn answer(done: DoneEvent) -> Response {
+/// A finished job as the OpenAI answer: its result, or the error for its class.
+pub(crate) fn answer(done: DoneEvent) -> Response {
     match (done.status, done.result) {
         (JobStatus::Succeeded, Some(result)) => Json(result).into_response(),
         (_, _) => error_response(done.error.as_ref().map(|e| (e.class, e.message.as_str()))),

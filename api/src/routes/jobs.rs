@@ -36,7 +36,7 @@ pub async fn submit(
     let bytes = axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|_| ApiError::too_large(limit))?;
-    let body = submit::parse_submit(&bytes)?;
+    let body = submit::parse_job(&bytes)?;
     let idempotency_key = header_key.or(body.idempotency_key.clone());
     let (response, replayed) = submit::accept(&state, &caller, body, idempotency_key).await?;
     let mut resp = if replayed {

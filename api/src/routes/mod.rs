@@ -2,6 +2,7 @@
 
 pub mod batches;
 pub mod chat;
+pub mod embeddings;
 pub mod files;
 pub mod health;
 pub mod job_list;

@@ -29,6 +29,8 @@ impl Config {
                     d.rpm.map(|n| format!("rpm {n}")),
                     d.tpm.map(|n| format!("tpm {n}")),
                     d.max_parallel_requests.map(|n| format!("parallel {n}")),
+                    d.max_input_tokens.map(|n| format!("max input tokens {n}")),
+                    (!d.tags.is_empty()).then(|| format!("tags {}", d.tags.join("/"))),
                 ]
                 .into_iter()
                 .flatten()
@@ -79,6 +81,22 @@ impl Config {
             let _ = writeln!(out, "default_fallbacks: {}", r.default_fallbacks.join(", "));
         }
         let _ = writeln!(out, "max_fallbacks: {}", r.max_fallbacks);
+        for (g, policy) in &r.group_retry_policy {
+            let _ = writeln!(out, "retry policy of {g}: {policy:?}");
+        }
+        if !r.allowed_fails_policy.is_empty() {
+            let _ = writeln!(out, "allowed fails per class: {:?}", r.allowed_fails_policy);
+        }
+        let _ = writeln!(
+            out,
+            "pre-call context checks: {}; tag filtering: {}",
+            if r.pre_call_checks { "on" } else { "off" },
+            match (r.tag_filtering, r.tag_match_any) {
+                (false, _) => "off",
+                (true, true) => "on (any tag)",
+                (true, false) => "on (every tag)",
+            }
+        );
         for (alias, g) in &r.aliases {
             let _ = writeln!(out, "alias: {alias} -> {g}");
         }

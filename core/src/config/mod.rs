@@ -23,6 +23,7 @@ use serde_yaml_ng::Value;
 use crate::secret::Secret;
 use sluice_schemas::ErrorClass;
 
+pub mod callbacks;
 mod coerce;
 mod describe;
 mod keys;
@@ -288,6 +289,8 @@ pub struct Config {
     pub webhook_secret: Option<Secret>,
     /// Keys present in the file that Sluice does not act on (yet).
     pub ignored_keys: Vec<String>,
+    /// LiteLLM's usage callbacks (`litellm_settings.success_callback`, ...).
+    pub callbacks: callbacks::Callbacks,
     /// Replicas of every stream Sluice creates (`sluice.nats.replicas`: 1, 3 or 5).
     pub nats_replicas: usize,
     /// `SSL_CERT_FILE` and the NATS credential variables (see `core/src/tls.rs`).
@@ -357,6 +360,7 @@ impl Config {
         };
 
         let mut ignored = keys::not_acted_on(&raw);
+        let callbacks = callbacks::resolve(&file_name, &raw.litellm_settings, env, &mut ignored)?;
 
         let default_timeout = ctx
             .opt_f64(&raw.router_settings, "router_settings", "timeout")?
@@ -507,6 +511,7 @@ impl Config {
             batches: s.batches.resolve().map_err(|(k, m)| ctx.invalid(k, m))?,
             safety: s.safety.resolve().map_err(|(k, m)| ctx.invalid(k, m))?,
             ignored_keys: ignored,
+            callbacks,
         };
         Ok(config)
     }

@@ -27,6 +27,8 @@ pub struct NewJob {
     /// the publish is acknowledged (see [`Store::outbox_due`]).
     pub subject: Option<String>,
     pub payload: Option<String>,
+    /// The `x-request-id` of the request that submitted it.
+    pub request_id: Option<String>,
 }
 
 /// What recording a new job found.
@@ -105,17 +107,32 @@ pub struct JobProgress {
 impl Store {
     /// Records new jobs; a repeated idempotency key yields the existing job instead.
     pub async fn record_new_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Recorded>, StoreError> {
+        self.record_new_jobs_and_published(jobs, &[]).await
+    }
+
+    /// [`Store::record_new_jobs`], and in the same statement what
+    /// [`Store::outbox_published`] does for `published` (earlier jobs whose publish was
+    /// acknowledged meanwhile): the api's outbox upkeep rides on the inserts it makes
+    /// anyway instead of taking a statement of its own per job (`api/src/outbox.rs`).
+    pub async fn record_new_jobs_and_published(
+        &self,
+        jobs: &[NewJob],
+        published: &[(Uuid, u64)],
+    ) -> Result<Vec<Recorded>, StoreError> {
         let rows = crate::pgtext::rows_param(jobs, &[])?;
+        let (ids, seqs) = super::outbox::published_params(published);
         // The job row and its outbox entry in one statement: a job is never recorded
-        // without the envelope that lets a reconciler publish it.
+        // without the envelope that lets a reconciler publish it. The published jobs are
+        // other rows (recorded by earlier statements), locked in id order as in
+        // `outbox_published`.
         let inserted: Vec<Uuid> = sqlx::query_scalar(
             "WITH input AS (
                 SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, owner text, idempotency_key text,
                      model_group text, tier text, reply_subject text, metadata jsonb, created_at timestamptz,
-                     subject text, payload text)
+                     subject text, payload text, request_id text)
              ), inserted AS (
-                INSERT INTO jobs (id, owner, idempotency_key, model_group, tier, status, reply_subject, metadata, created_at)
-                SELECT id, owner, idempotency_key, model_group, tier, 'queued', reply_subject, metadata, created_at
+                INSERT INTO jobs (id, owner, idempotency_key, model_group, tier, status, reply_subject, metadata, created_at, request_id)
+                SELECT id, owner, idempotency_key, model_group, tier, 'queued', reply_subject, metadata, created_at, request_id
                 FROM input
                 ON CONFLICT DO NOTHING
                 RETURNING id
@@ -124,10 +141,21 @@ impl Store {
                 SELECT i.id, i.subject, i.payload FROM input i
                 WHERE i.subject IS NOT NULL AND i.payload IS NOT NULL AND i.id IN (SELECT id FROM inserted)
                 ON CONFLICT DO NOTHING
+             ), published AS (
+                SELECT * FROM unnest($2::uuid[], $3::bigint[]) AS p(id, seq)
+             ), gone AS (
+                DELETE FROM job_outbox WHERE job_id IN (SELECT id FROM published)
+             ), locked AS (
+                SELECT j.id FROM jobs j WHERE j.id IN (SELECT id FROM published) ORDER BY j.id FOR UPDATE
+             ), sequenced AS (
+                UPDATE jobs SET stream_seq = p.seq FROM published p, locked l
+                WHERE jobs.id = p.id AND l.id = p.id
              )
              SELECT id FROM inserted",
         )
         .bind(rows)
+        .bind(&ids)
+        .bind(&seqs)
         .fetch_all(&self.pool)
         .await?;
         let mut out = Vec::with_capacity(jobs.len());

@@ -15,6 +15,14 @@ pub struct OutboxRow {
     pub payload: String,
 }
 
+/// `(job, stream sequence)` pairs as the two arrays the outbox statements bind.
+pub(super) fn published_params(published: &[(Uuid, u64)]) -> (Vec<Uuid>, Vec<i64>) {
+    published
+        .iter()
+        .map(|&(id, seq)| (id, i64::try_from(seq).unwrap_or(i64::MAX)))
+        .unzip()
+}
+
 impl Store {
     /// Drops the outbox entries of jobs whose publish JetStream acknowledged, and records
     /// where each message sits in the jobs stream (its sequence), in one statement: the
@@ -24,11 +32,7 @@ impl Store {
         if published.is_empty() {
             return Ok(());
         }
-        let ids: Vec<Uuid> = published.iter().map(|p| p.0).collect();
-        let seqs: Vec<i64> = published
-            .iter()
-            .map(|p| i64::try_from(p.1).unwrap_or(i64::MAX))
-            .collect();
+        let (ids, seqs) = published_params(published);
         sqlx::query(
             "WITH input AS (
                 SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS t(id, seq)

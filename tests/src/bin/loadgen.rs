@@ -676,6 +676,7 @@ async fn submit_nats(
     let request: ChatRequest = serde_json::from_value(body)?;
     let id = Uuid::now_v7();
     let envelope = JobEnvelope {
+        embeddings: None,
         id,
         request,
         tier,

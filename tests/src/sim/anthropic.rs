@@ -23,6 +23,36 @@ fn error(status: u16, kind: &str, message: &str) -> Response {
     )
 }
 
+/// With thinking on, the assistant turn answered by the last tool results must start
+/// with the thinking block it was given, signed as this simulator signs (`sig_sim`); the
+/// API's error when it does not.
+fn unsigned_thinking_turn(req: &Value, messages: &[Value]) -> Option<String> {
+    if req["thinking"]["type"] != "enabled" {
+        return None;
+    }
+    let answers_tools = messages.last().is_some_and(|m| {
+        m["content"]
+            .as_array()
+            .is_some_and(|b| b.iter().any(|b| b["type"] == "tool_result"))
+    });
+    let (i, turn) = messages
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, m)| m["role"] == "assistant")
+        .filter(|_| answers_tools)?;
+    let first = &turn["content"][0];
+    match first["type"].as_str() {
+        Some("thinking") if first["signature"] == "sig_sim" => None,
+        Some("thinking") => Some(format!("messages.{i}.content.0: Invalid `signature` in `thinking` block")),
+        Some("redacted_thinking") => None,
+        other => Some(format!(
+            "messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{}`. When `thinking` is enabled, a final `assistant` message must start with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks).",
+            other.unwrap_or("nothing")
+        )),
+    }
+}
+
 fn limits(remaining: u64) -> Vec<(&'static str, String)> {
     let reset = reset_in(30);
     vec![
@@ -94,6 +124,9 @@ pub(super) async fn messages(
             "invalid_request_error",
             &format!("messages: Unexpected role {}. Use the top-level `system` parameter for a system prompt", bad["role"]),
         );
+    }
+    if let Some(message) = unsigned_thinking_turn(&req, &messages) {
+        return error(400, "invalid_request_error", &message);
     }
     match script.fault {
         Some(Fault::RateLimit) => {

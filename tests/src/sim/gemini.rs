@@ -39,6 +39,9 @@ pub(super) async fn generate(
     let (model, method) = call.split_once(':').unwrap_or((call.as_str(), ""));
     let model = model.to_string();
     let stream_on = match method {
+        "embedContent" | "batchEmbedContents" => {
+            return super::embeddings::gemini(&sim, path, &headers, &body, method)
+        }
         "generateContent" => false,
         "streamGenerateContent" if q.get("alt").map(String::as_str) == Some("sse") => true,
         _ => {

@@ -9,6 +9,8 @@
 //! | Gemini | `/v1beta/models/{m}:generateContent`, `…:streamGenerateContent?alt=sse` | SSE `data:`, ends after `finishReason` |
 //! | Ollama | `/api/chat` | NDJSON, `done:true` |
 //!
+//! Embeddings on each protocol's path are in [`embeddings`].
+//!
 //! Answers are deterministic (the same request and seed give the same words), with a tool
 //! call when tools are given (and the last turn is not a tool result) and reasoning output
 //! for reasoning models (a model name containing `reason` or `think`, or a request asking
@@ -25,6 +27,7 @@
 //! answer (see [`Fault`]).
 
 mod anthropic;
+pub mod embeddings;
 mod gemini;
 mod ollama;
 mod openai;
@@ -226,6 +229,14 @@ pub fn app(config: SimConfig, stats: Arc<SimStats>) -> Router {
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1beta/models/{call}", post(gemini::generate))
         .route("/api/chat", post(ollama::chat))
+        .route("/v1/embeddings", post(embeddings::openai))
+        .route("/embeddings", post(embeddings::openai))
+        .route(
+            "/openai/deployments/{deployment}/embeddings",
+            post(embeddings::azure_deployment),
+        )
+        .route("/openai/v1/embeddings", post(embeddings::azure_v1))
+        .route("/api/embed", post(embeddings::ollama))
         .route("/sim/stats", get(stats_route))
         .with_state(sim)
 }

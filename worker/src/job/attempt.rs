@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sluice_core::config::Deployment;
 use sluice_core::store::{AttemptRecord, AttemptStarted};
+use sluice_schemas::job::JobResult;
 use sluice_schemas::openai::{ChatCompletion, ChatRequest, Content, Usage};
 use sluice_schemas::{AttemptStatus, ErrorClass, Tier};
 use uuid::Uuid;
@@ -196,10 +197,11 @@ fn succeeded(
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let (usage, estimated) = match out.usage {
         Some(u) => (u, false),
-        None => (
-            ledger::estimate_usage(request, &completion_text(&out.completion)),
-            true,
-        ),
+        None => match &out.result {
+            JobResult::Chat(c) => (ledger::estimate_usage(request, &completion_text(c)), true),
+            // Filled with the input estimate (`job/embed.rs`).
+            JobResult::Embeddings(e) => (Usage::new(e.usage.prompt_tokens, 0), true),
+        },
     };
     r.status = AttemptStatus::Succeeded;
     r.prompt_tokens = Some(usage.prompt_tokens as i64);

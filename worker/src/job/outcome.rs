@@ -10,8 +10,10 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sluice_core::store::{AttemptRecord, JobDeferred, JobOutcome, LedgerEntry};
 use sluice_schemas::events::HEADER_DLQ_REASON;
-use sluice_schemas::job::JobError;
+use sluice_schemas::job::{JobError, JobResult};
+use sluice_schemas::openai::Usage;
 use sluice_schemas::{DoneEvent, ErrorClass, JobEnvelope, JobStatus, Tier};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::attempt::record_usage;
@@ -148,17 +150,26 @@ impl Finished {
         let usage = last.map(record_usage).unwrap_or_default();
         let cost = last.and_then(|r| r.cost);
         let pricing_missing = last.is_some_and(|r| r.pricing_missing);
-        let mut completion = out.completion;
-        // Report the usage we billed (estimated when the provider sent none).
-        completion.usage = Some(out.usage.unwrap_or(usage));
+        let (result, usage) = match out.result {
+            JobResult::Chat(mut completion) => {
+                // Report the usage we billed (estimated when the provider sent none).
+                completion.usage = Some(out.usage.unwrap_or(usage));
+                let usage = completion.usage;
+                (JobResult::Chat(completion), usage)
+            }
+            JobResult::Embeddings(e) => {
+                let usage = Some(Usage::new(e.usage.prompt_tokens, 0));
+                (JobResult::Embeddings(e), usage)
+            }
+        };
         let job_cost = if pricing_missing {
             None
         } else {
             total_cost(&records).or(cost)
         };
         base.status = JobStatus::Succeeded;
-        base.result = serde_json::to_value(&completion).ok();
-        base.usage = serde_json::to_value(completion.usage).ok();
+        base.result = serde_json::to_value(&result).ok();
+        base.usage = serde_json::to_value(usage).ok();
         base.cost = job_cost;
         base.pricing_missing = pricing_missing;
         base.attempts = attempt;
@@ -166,8 +177,8 @@ impl Finished {
         let done = DoneEvent {
             job_id: base.id,
             status: JobStatus::Succeeded,
-            usage: completion.usage,
-            result: Some(completion),
+            usage,
+            result: Some(result),
             cost: job_cost,
             attempts: attempt,
             error: None,
@@ -303,6 +314,7 @@ pub(super) async fn conclude(
     };
     let deliver = !deliveries.is_empty();
     // Record, then publish, then ack.
+    crate::trace::finished(&outcome, &attempts);
     if let Err(e) = ctx
         .ledger
         .write(LedgerEntry::Finished {
@@ -310,6 +322,7 @@ pub(super) async fn conclude(
             attempts,
             deliveries,
         })
+        .instrument(crate::trace::record())
         .await
     {
         tracing::error!(error = %e, "result not recorded; the job will be redelivered");
@@ -319,7 +332,11 @@ pub(super) async fn conclude(
         return;
     }
     ctx.tally.finished();
-    if let Err(e) = publisher.terminal(last_attempt, &done).await {
+    if let Err(e) = publisher
+        .terminal(last_attempt, &done)
+        .instrument(crate::trace::publish())
+        .await
+    {
         tracing::warn!(error = %e, "terminal event not stored; redelivery will republish it");
         let _ = msg
             .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))

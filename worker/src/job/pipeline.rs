@@ -25,15 +25,18 @@ use chrono::{DateTime, Utc};
 use rust_decimal::prelude::ToPrimitive;
 use sluice_core::config::Deployment;
 use sluice_core::store::{AttemptRecord, JobOutcome, LedgerEntry, Written};
+use sluice_schemas::embeddings::EmbeddingsRequest;
 use sluice_schemas::job::JobError;
 use sluice_schemas::openai::ChatRequest;
 use sluice_schemas::{ErrorClass, JobEnvelope, JobStatus, RetryEvent, Tier, MASTER_OWNER};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::attempt::{Attempt, JobFields};
 use super::eligible;
+use super::embed;
 use super::outcome::{Deferred, Finished, Halt};
-use super::route::{Next, Route};
+use super::route::{Next, Pool, Route};
 use crate::events::{EventPublisher, EventSink};
 use crate::limits::{self, Actual, Admission, Candidate, Scope};
 use crate::providers::{CallOutput, ProviderError};
@@ -66,7 +69,7 @@ pub(super) async fn run(
     }
     // Bounded: every hop resets the retry count, and hops are bounded by max_fallbacks.
     loop {
-        let attempt = match run.admit().await? {
+        let attempt = match run.admit().instrument(crate::trace::admission()).await? {
             Admit::Go(attempt) => attempt,
             Admit::Again => continue,
             Admit::GiveUp => break,
@@ -86,8 +89,9 @@ pub(super) async fn run(
                 return Ok(run.end(JobStatus::Failed, error, made));
             }
         };
-        let result = run.call(&attempt).await;
-        let failure = match run.record(attempt, result).await {
+        let span = crate::trace::attempt(&attempt.deployment, attempt.number, run.stream);
+        let result = run.call(&attempt).instrument(span.clone()).await;
+        let failure = match run.record(attempt, result).instrument(span).await {
             Ok(out) => return Ok(run.succeed(out)),
             Err(failure) => failure,
         };
@@ -146,6 +150,8 @@ struct Run<'a> {
     delivery: u32,
     stream: bool,
     request: ChatRequest,
+    /// An embeddings job's request (`request` then only names the group).
+    embeddings: Option<Box<EmbeddingsRequest>>,
     /// The job row as it will end; filled in by [`Run::end`] / [`Run::succeed`].
     base: JobOutcome,
     publisher: EventPublisher,
@@ -154,7 +160,7 @@ struct Run<'a> {
     key_scopes: Arc<Vec<Scope>>,
     /// The tags the job asked for (`tags`, `metadata.tags`), for tag routing.
     tags: Vec<String>,
-    /// Prompt estimates per tokenizer, computed once each.
+    /// Prompt estimates per tokenizer (the cheap bound among them), computed once each.
     prompt_estimates: Vec<(tokens::Tokenizer, u64)>,
     /// Attempts this delivery made, for the ledger.
     records: Vec<AttemptRecord>,
@@ -175,6 +181,7 @@ impl<'a> Run<'a> {
         let JobEnvelope {
             id,
             mut request,
+            embeddings,
             owner,
             reply_subject,
             submitted_at_ms,
@@ -218,6 +225,7 @@ impl<'a> Run<'a> {
             delivery,
             stream: request.stream.unwrap_or(false),
             request,
+            embeddings,
             base,
             publisher: EventPublisher::new(ctx.js.clone(), ctx.subjects.events(id), id),
             key_scopes: Arc::default(),
@@ -241,6 +249,8 @@ impl<'a> Run<'a> {
             .has_group(self.ctx.config.resolve_group(&self.group))
         {
             format!("unknown model group {:?}", self.group)
+        } else if let Some(e) = &self.embeddings {
+            e.input.invalid()?
         } else if self.request.messages.is_empty() {
             "`messages` must not be empty".to_string()
         } else {
@@ -297,19 +307,38 @@ impl<'a> Run<'a> {
             self.last_error = error;
             return Ok(Admit::GiveUp);
         }
-        let pool = self.route.pool.as_deref().unwrap_or_default();
-        let candidates = ctx.router.order(pool, &self.route.tried);
+        let candidates = match &self.route.pool {
+            Pool::Only(pool) => ctx.router.order(pool, &self.route.tried),
+            Pool::All | Pool::Unknown => {
+                ctx.router.candidates(self.route.group(), &self.route.tried)
+            }
+        };
         if candidates.is_empty() {
             return Ok(Admit::GiveUp);
         }
-        let admit = self.candidates(&candidates);
         let lease = candidates
             .iter()
             .map(|d| d.timeout)
             .max()
             .unwrap_or_default()
             + LEASE_MARGIN;
-        match ctx.limiter.admit(Some(self.id), &admit, lease).await {
+        // First with the prompt's cheap upper bound (see `worker/src/tokens.rs`); only if
+        // that does not fit, and an exact count could be smaller, once more with it.
+        let mut admit = self.candidates(&candidates, false);
+        let mut admission = ctx.limiter.admit(Some(self.id), &admit, lease).await;
+        let bounded = candidates.iter().any(|d| {
+            tokens::Tokenizer::for_deployment(d).cheap() != tokens::Tokenizer::for_deployment(d)
+        });
+        if bounded
+            && matches!(
+                admission,
+                Admission::Wait { cooling: false, .. } | Admission::TooLarge { .. }
+            )
+        {
+            admit = self.candidates(&candidates, true);
+            admission = ctx.limiter.admit(Some(self.id), &admit, lease).await;
+        }
+        match admission {
             Admission::Admitted { index, reservation } => {
                 // Settled when the call ends, or by itself if the job lets go of it.
                 let held = limits::Held::new(
@@ -362,10 +391,16 @@ impl<'a> Run<'a> {
     fn pool(&mut self) -> Result<(), JobError> {
         let ctx = self.ctx;
         let router = &ctx.config.router;
-        while self.route.pool.is_none() {
+        while matches!(self.route.pool, Pool::Unknown) {
+            let captures = self.route.captures();
+            if captures.is_none() && !router.tag_filtering && !router.pre_call_checks {
+                // The common case: nothing to work out, nothing copied.
+                self.route.pool = Pool::All;
+                break;
+            }
             let group = self.route.group().to_string();
             let all = ctx.router.deployments(&group);
-            let all: Vec<Arc<Deployment>> = match self.route.captures() {
+            let all: Vec<Arc<Deployment>> = match captures {
                 Some(caps) => all
                     .iter()
                     .map(|d| match d.is_wildcard() {
@@ -393,8 +428,15 @@ impl<'a> Run<'a> {
                 let mut longest: Option<(u64, u64)> = None;
                 let mut kept = Vec::with_capacity(pool.len());
                 for d in pool {
-                    let prompt = self.prompt_estimate(tokens::Tokenizer::for_deployment(&d));
-                    match ctx.contexts.max_input_tokens(&d) {
+                    let limit = ctx.contexts.max_input_tokens(&d);
+                    // The cheap upper bound settles most prompts; count exactly only
+                    // when it does not fit (see `worker/src/tokens.rs`).
+                    let tokenizer = tokens::Tokenizer::for_deployment(&d);
+                    let mut prompt = self.prompt_estimate(tokenizer.cheap());
+                    if limit.is_some_and(|limit| prompt > limit) {
+                        prompt = self.prompt_estimate(tokenizer);
+                    }
+                    match limit {
                         Some(limit) if prompt > limit => {
                             if longest.is_none_or(|(l, _)| limit > l) {
                                 longest = Some((limit, prompt));
@@ -421,7 +463,7 @@ impl<'a> Run<'a> {
                     return Err(error);
                 }
             }
-            self.route.pool = Some(pool);
+            self.route.pool = Pool::Only(pool);
         }
         Ok(())
     }
@@ -443,17 +485,24 @@ impl<'a> Run<'a> {
     }
 
     /// What admission checks for each candidate: its limits and the key's, and the
-    /// estimated tokens and cost of the call.
-    fn candidates(&mut self, candidates: &[Arc<Deployment>]) -> Vec<Candidate> {
+    /// estimated tokens and cost of the call (the prompt counted `exact`ly, or bounded
+    /// cheaply from above).
+    fn candidates(&mut self, candidates: &[Arc<Deployment>], exact: bool) -> Vec<Candidate> {
         let ctx = self.ctx;
-        let output_cap = u64::from(
-            self.request
-                .output_cap()
-                .unwrap_or(ctx.config.limits.default_max_tokens),
-        );
+        let output_cap = if self.embeddings.is_some() {
+            0
+        } else {
+            u64::from(
+                self.request
+                    .output_cap()
+                    .unwrap_or(ctx.config.limits.default_max_tokens),
+            )
+        };
         let mut admit = Vec::with_capacity(candidates.len());
         for d in candidates {
-            let prompt_tokens = self.prompt_estimate(tokens::Tokenizer::for_deployment(d));
+            let tokenizer = tokens::Tokenizer::for_deployment(d);
+            let prompt_tokens =
+                self.prompt_estimate(if exact { tokenizer } else { tokenizer.cheap() });
             let mut scopes = limits::deployment_scopes(d, &ctx.config.limits.provider_budgets);
             scopes.extend(self.key_scopes.iter().cloned());
             admit.push(Candidate {
@@ -471,7 +520,10 @@ impl<'a> Run<'a> {
         if let Some((_, n)) = self.prompt_estimates.iter().find(|(t, _)| *t == tokenizer) {
             return *n;
         }
-        let n = tokens::prompt_with(tokenizer, &self.request);
+        let n = match &self.embeddings {
+            Some(e) => embed::estimate(tokenizer, e),
+            None => tokens::prompt_with(tokenizer, &self.request),
+        };
         self.prompt_estimates.push((tokenizer, n));
         n
     }
@@ -531,6 +583,12 @@ impl<'a> Run<'a> {
 
     /// The provider call; each chunk goes out as a `chunk` event as it arrives.
     async fn call(&mut self, attempt: &Attempt) -> Result<CallOutput, ProviderError> {
+        if let Some(e) = &self.embeddings {
+            let mut out = self.ctx.providers.embed(&attempt.deployment, e).await?;
+            let tokenizer = tokens::Tokenizer::for_deployment(&attempt.deployment);
+            embed::fill_usage(&mut out, self.prompt_estimate(tokenizer));
+            return Ok(out);
+        }
         let mut sink = EventSink {
             publisher: &mut self.publisher,
             attempt: attempt.number,
@@ -555,6 +613,8 @@ impl<'a> Run<'a> {
     ) -> Result<CallOutput, Failure> {
         let ctx = self.ctx;
         let record = attempt.record(ctx, &self.request, &result);
+        let answered = result.as_ref().ok().map(|o| o.result.model());
+        crate::trace::attempt_ended(&tracing::Span::current(), &record, answered);
         let used = Actual {
             tokens: (record.prompt_tokens.unwrap_or(0) + record.completion_tokens.unwrap_or(0))
                 .max(0) as u64,
@@ -632,7 +692,10 @@ impl<'a> Run<'a> {
     }
 
     /// The job succeeded with the last attempt's output.
-    fn succeed(self, out: CallOutput) -> Finished {
+    fn succeed(self, mut out: CallOutput) -> Finished {
+        if let Some(e) = &self.embeddings {
+            embed::shape(&mut out.result, e);
+        }
         Finished::succeeded(self.base, self.records, out, self.publisher, self.attempt)
     }
 

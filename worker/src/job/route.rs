@@ -12,6 +12,18 @@ use sluice_schemas::ErrorClass;
 use crate::retry::Schedule;
 use crate::Ctx;
 
+/// The deployments of the current group a job may use (`job/eligible.rs`).
+#[derive(Debug)]
+pub(super) enum Pool {
+    /// Not worked out yet for this group.
+    Unknown,
+    /// Every deployment of the group (no wildcard, tag or context rule applies): nothing
+    /// is copied.
+    All,
+    /// Only these.
+    Only(Vec<Arc<Deployment>>),
+}
+
 /// What a failed attempt leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Next {
@@ -33,9 +45,8 @@ pub(super) struct Route<'a> {
     disabled: bool,
     /// The model name the job asked for (a wildcard group fills it into its deployments).
     requested: String,
-    /// The deployments of the current group this job may use (`job/eligible.rs`), once
-    /// worked out for the group.
-    pub(super) pool: Option<Vec<Arc<Deployment>>>,
+    /// The deployments of the current group this job may use, once worked out.
+    pub(super) pool: Pool,
     /// Deployments of the current group tried so far.
     pub(super) tried: Vec<Arc<Deployment>>,
     /// Retries in the current group.
@@ -52,7 +63,7 @@ impl<'a> Route<'a> {
             own,
             disabled,
             requested: group.to_string(),
-            pool: None,
+            pool: Pool::Unknown,
             tried: Vec::new(),
             retries: 0,
             schedule: Schedule::new(),
@@ -116,7 +127,7 @@ impl<'a> Route<'a> {
             Some(g) => {
                 tracing::info!(from = %current, to = %g, "falling back");
                 self.visited.push(g);
-                self.pool = None;
+                self.pool = Pool::Unknown;
                 self.tried.clear();
                 self.retries = 0;
                 self.schedule = Schedule::new();
@@ -157,8 +168,8 @@ impl<'a> Route<'a> {
     /// Deployments of the current group this job may use.
     fn size(&self) -> usize {
         match &self.pool {
-            Some(pool) => pool.len(),
-            None => self.ctx.router.size(self.group()),
+            Pool::Only(pool) => pool.len(),
+            Pool::All | Pool::Unknown => self.ctx.router.size(self.group()),
         }
     }
 }

@@ -16,6 +16,7 @@ struct ChoiceAcc {
     content: String,
     reasoning: String,
     refusal: String,
+    thinking_blocks: Vec<serde_json::Value>,
     tools: Vec<ToolAcc>,
     finish_reason: Option<String>,
 }
@@ -105,6 +106,9 @@ impl Accumulator {
             }
             if let Some(t) = &d.refusal {
                 acc.refusal.push_str(t);
+            }
+            if let Some(blocks) = &d.thinking_blocks {
+                acc.thinking_blocks.extend(blocks.iter().cloned());
             }
             for tc in d.tool_calls.iter().flatten() {
                 let p = match acc.tools.iter().position(|t| t.index == tc.index) {
@@ -199,6 +203,8 @@ impl Accumulator {
                         tool_call_id: None,
                         refusal: non_empty(c.refusal),
                         reasoning_content: non_empty(c.reasoning),
+                        thinking_blocks: (!c.thinking_blocks.is_empty())
+                            .then_some(c.thinking_blocks),
                     },
                     finish_reason: c.finish_reason,
                 }

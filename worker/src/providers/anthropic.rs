@@ -94,6 +94,14 @@ enum Block {
         tool_use_id: String,
         content: String,
     },
+    /// A signed thinking block of an earlier answer, sent back as it came.
+    Thinking {
+        thinking: String,
+        signature: String,
+    },
+    RedactedThinking {
+        data: String,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -173,7 +181,8 @@ pub(crate) fn body<'a>(
             }
             Role::User => ("user", content_blocks(&m.content)?),
             Role::Assistant => {
-                let mut blocks = Vec::new();
+                // Signed thinking comes first, as the API requires of a thinking turn.
+                let mut blocks = thinking_blocks(m.thinking_blocks.as_deref());
                 let text = request::text(&m.content);
                 if !text.is_empty() {
                     blocks.push(text_block(text));
@@ -306,6 +315,26 @@ fn choice(kind: &'static str, name: Option<String>) -> WireToolChoice {
     }
 }
 
+/// An earlier answer's `thinking_blocks` as request blocks; anything else in the list
+/// (no signature, an unknown type) is left out, since the API would refuse it.
+fn thinking_blocks(blocks: Option<&[Value]>) -> Vec<Block> {
+    let field = |b: &Value, k: &str| b.get(k).and_then(Value::as_str).map(str::to_string);
+    blocks
+        .into_iter()
+        .flatten()
+        .filter_map(|b| match b.get("type").and_then(Value::as_str) {
+            Some("thinking") => Some(Block::Thinking {
+                thinking: field(b, "thinking").unwrap_or_default(),
+                signature: field(b, "signature").filter(|s| !s.is_empty())?,
+            }),
+            Some("redacted_thinking") => Some(Block::RedactedThinking {
+                data: field(b, "data")?,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
 fn text_block(text: String) -> Block {
     Block::Text {
         text,
@@ -384,6 +413,12 @@ enum ResponseBlock {
     Thinking {
         #[serde(default)]
         thinking: String,
+        #[serde(default)]
+        signature: Option<String>,
+    },
+    RedactedThinking {
+        #[serde(default)]
+        data: String,
     },
     ToolUse {
         id: String,
@@ -460,11 +495,21 @@ fn parse_completion(bytes: &[u8]) -> Result<ChatCompletion, ProviderError> {
     })?;
     let mut text = String::new();
     let mut reasoning = String::new();
+    let mut signed = Vec::new();
     let mut calls = Vec::new();
     for b in r.content {
         match b {
             ResponseBlock::Text { text: t } => text.push_str(&t),
-            ResponseBlock::Thinking { thinking } => reasoning.push_str(&thinking),
+            ResponseBlock::Thinking {
+                thinking,
+                signature,
+            } => {
+                reasoning.push_str(&thinking);
+                if let Some(signature) = signature.filter(|s| !s.is_empty()) {
+                    signed.push(thinking_block(thinking, signature));
+                }
+            }
+            ResponseBlock::RedactedThinking { data } => signed.push(redacted_block(data)),
             ResponseBlock::ToolUse { id, name, input } => calls.push(ToolCall {
                 id,
                 kind: "function".into(),
@@ -493,6 +538,7 @@ fn parse_completion(bytes: &[u8]) -> Result<ChatCompletion, ProviderError> {
                 tool_call_id: None,
                 refusal: None,
                 reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
+                thinking_blocks: (!signed.is_empty()).then_some(signed),
             },
             finish_reason: Some(
                 finish_reason(r.stop_reason.as_deref().unwrap_or("end_turn")).into(),
@@ -501,6 +547,15 @@ fn parse_completion(bytes: &[u8]) -> Result<ChatCompletion, ProviderError> {
         usage,
         system_fingerprint: None,
     })
+}
+
+/// A signed thinking block in the shape answers carry it (`thinking_blocks`).
+fn thinking_block(thinking: String, signature: String) -> Value {
+    serde_json::json!({"type": "thinking", "thinking": thinking, "signature": signature})
+}
+
+fn redacted_block(data: String) -> Value {
+    serde_json::json!({"type": "redacted_thinking", "data": data})
 }
 
 // ---- streaming ----
@@ -556,6 +611,10 @@ enum StartBlock {
         #[serde(default)]
         text: String,
     },
+    RedactedThinking {
+        #[serde(default)]
+        data: String,
+    },
     #[serde(other)]
     Other,
 }
@@ -571,6 +630,9 @@ enum BlockDelta {
     },
     InputJsonDelta {
         partial_json: String,
+    },
+    SignatureDelta {
+        signature: String,
     },
     #[serde(other)]
     Other,
@@ -589,6 +651,8 @@ pub(crate) struct StreamState {
     usage: WireUsage,
     /// Content-block index → OpenAI tool-call index.
     tools: HashMap<u32, u32>,
+    /// The text of the thinking block being streamed, for its signed copy.
+    thinking: String,
     done: bool,
 }
 
@@ -598,6 +662,7 @@ impl StreamState {
             meta: ChunkMeta::new(model),
             usage: WireUsage::default(),
             tools: HashMap::new(),
+            thinking: String::new(),
             done: false,
         }
     }
@@ -640,11 +705,19 @@ impl Normalise for StreamState {
                 StartBlock::Text { text } if !text.is_empty() => {
                     self.meta.emit(out, 0, content(text), None);
                 }
+                StartBlock::RedactedThinking { data } => {
+                    let delta = Delta {
+                        thinking_blocks: Some(vec![redacted_block(data)]),
+                        ..Delta::default()
+                    };
+                    self.meta.emit(out, 0, delta, None);
+                }
                 _ => {}
             },
             StreamEvent::ContentBlockDelta { index, delta } => match delta {
                 BlockDelta::TextDelta { text } => self.meta.emit(out, 0, content(text), None),
                 BlockDelta::ThinkingDelta { thinking } => {
+                    self.thinking.push_str(&thinking);
                     let delta = Delta {
                         reasoning_content: Some(thinking),
                         ..Delta::default()
@@ -670,6 +743,15 @@ impl Normalise for StreamState {
                         };
                         self.meta.emit(out, 0, delta, None);
                     }
+                }
+                BlockDelta::SignatureDelta { signature } => {
+                    // The block is complete once signed: its whole signed copy goes out.
+                    let thinking = std::mem::take(&mut self.thinking);
+                    let delta = Delta {
+                        thinking_blocks: Some(vec![thinking_block(thinking, signature)]),
+                        ..Delta::default()
+                    };
+                    self.meta.emit(out, 0, delta, None);
                 }
                 BlockDelta::Other => {}
             },
@@ -856,6 +938,13 @@ event: message_stop\r\ndata: {\"type\":\"message_stop\"}\r\n\r\n";
         assert_eq!(
             ch.message.reasoning_content.as_deref(),
             Some("Need weather.")
+        );
+        assert_eq!(
+            ch.message.thinking_blocks,
+            Some(vec![
+                serde_json::json!({"type": "thinking", "thinking": "Need weather.", "signature": "sig"})
+            ]),
+            "the signed block, whole, once its signature arrived"
         );
         let tc = &ch.message.tool_calls.as_ref().unwrap()[0];
         assert_eq!(

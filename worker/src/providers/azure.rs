@@ -18,14 +18,19 @@ use super::wire::{Framing, Normalise, Wire};
 
 /// The endpoint for one deployment.
 pub fn url(d: &Deployment) -> String {
+    operation_url(d, "chat/completions")
+}
+
+/// The endpoint of `operation` (`chat/completions`, `embeddings`) for one deployment.
+pub(crate) fn operation_url(d: &Deployment, operation: &str) -> String {
     let base = d.api_base.trim_end_matches('/');
     if base.ends_with("/openai/v1") {
-        return format!("{base}/chat/completions");
+        return format!("{base}/{operation}");
     }
     let mut url = if base.contains("/openai/deployments/") {
-        format!("{base}/chat/completions")
+        format!("{base}/{operation}")
     } else {
-        format!("{base}/openai/deployments/{}/chat/completions", d.model)
+        format!("{base}/openai/deployments/{}/{operation}", d.model)
     };
     if let Some(v) = &d.api_version {
         url.push_str("?api-version=");

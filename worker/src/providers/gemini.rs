@@ -158,13 +158,18 @@ struct ThinkingConfig {
 /// `{api_base}/v1beta/models/{model}:{method}` (the version is added unless `api_base`
 /// already ends with one).
 pub fn url(d: &Deployment, stream: bool) -> String {
-    let base = d.api_base.trim_end_matches('/');
-    let versioned = base.ends_with("/v1beta") || base.ends_with("/v1");
     let method = if stream {
         "streamGenerateContent?alt=sse"
     } else {
         "generateContent"
     };
+    method_url(d, method)
+}
+
+/// The URL of the model's `method` (`generateContent`, `embedContent`, ...).
+pub(crate) fn method_url(d: &Deployment, method: &str) -> String {
+    let base = d.api_base.trim_end_matches('/');
+    let versioned = base.ends_with("/v1beta") || base.ends_with("/v1");
     if versioned {
         format!("{base}/models/{}:{method}", d.model)
     } else {
@@ -643,6 +648,7 @@ fn parse_completion(bytes: &[u8], model: &str) -> Result<ChatCompletion, Provide
                 tool_call_id: None,
                 refusal: None,
                 reasoning_content: None,
+                thinking_blocks: None,
             },
             finish_reason: Some("stop".into()),
         });

@@ -20,6 +20,7 @@ pub mod accumulate;
 pub mod anthropic;
 pub mod azure;
 pub mod chunk;
+pub mod embeddings;
 mod error;
 pub mod gemini;
 pub mod ollama;
@@ -36,6 +37,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderMap;
 use sluice_core::config::{Deployment, Protocol};
+use sluice_schemas::embeddings::EmbeddingsRequest;
+use sluice_schemas::job::JobResult;
 use sluice_schemas::openai::{
     ChatCompletion, ChatCompletionChunk, ChatRequest, StreamOptions, Usage,
 };
@@ -87,7 +90,8 @@ impl ChunkSink for NoSink {
 /// A successful call.
 #[derive(Debug, Clone)]
 pub struct CallOutput {
-    pub completion: ChatCompletion,
+    /// The `chat.completion` (a chat call) or the embeddings (an embeddings call).
+    pub result: JobResult,
     /// `None` when the provider did not report usage.
     pub usage: Option<Usage>,
     /// Time to first content chunk (streamed calls only).
@@ -98,6 +102,13 @@ pub struct CallOutput {
     pub dropped_params: Vec<String>,
     /// The provider's rate-limit headers, for flow control.
     pub rate_limits: Option<RateLimits>,
+}
+
+impl CallOutput {
+    /// The completion of a chat call.
+    pub fn completion(&self) -> Option<&ChatCompletion> {
+        self.result.chat()
+    }
 }
 
 /// The shared provider client: one connection pool for every upstream.
@@ -175,6 +186,23 @@ impl Providers {
 }
 
 impl Providers {
+    /// Embeds `request`'s inputs with `deployment` (`providers/embeddings.rs`), within the
+    /// deployment's timeout. The answer's vectors are floats, in input order.
+    pub async fn embed(
+        &self,
+        deployment: &Deployment,
+        request: &EmbeddingsRequest,
+    ) -> Result<CallOutput, ProviderError> {
+        let call = embeddings::call(&self.http, deployment, request);
+        match tokio::time::timeout(deployment.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(ProviderError::new(
+                ErrorClass::Timeout,
+                format!("no complete response within {:?}", deployment.timeout),
+            )),
+        }
+    }
+
     /// The shared HTTP client (webhooks reuse its connection pool).
     pub fn http(&self) -> &reqwest::Client {
         &self.http

@@ -57,7 +57,14 @@ fn parse_completion(bytes: &[u8]) -> Result<ChatCompletion, ProviderError> {
             }))
         }
     };
-    if let Ok(extra) = serde_json::from_slice::<CompletionExtras>(bytes) {
+    // The family's extra fields are rare: parse a second time only when one is there.
+    let extras = std::str::from_utf8(bytes).map_or(true, |s| {
+        s.contains("\"reasoning\"") || s.contains("\"prompt_cache_hit_tokens\"")
+    });
+    if let Some(extra) = extras
+        .then(|| serde_json::from_slice::<CompletionExtras>(bytes).ok())
+        .flatten()
+    {
         for (choice, x) in completion.choices.iter_mut().zip(extra.choices) {
             if choice.message.reasoning_content.is_none() {
                 choice.message.reasoning_content = x.message.reasoning;

@@ -5,8 +5,9 @@
 //! `logprobs`, `top_logprobs`, `logit_bias`) are dropped with `drop_params: true`, or fail
 //! the call as `bad_request` naming the parameter before anything is sent.
 //!
-//! Used by `openai.rs` and `azure.rs`; any other request goes out untouched (and
-//! unborrowed).
+//! Also leaves out the `thinking_blocks` an assistant turn may carry back from an
+//! Anthropic answer. Used by `openai.rs` and `azure.rs`; any other request goes out
+//! untouched (and uncopied).
 
 use std::borrow::Cow;
 
@@ -42,15 +43,23 @@ pub(crate) fn adapt<'a>(
     r: &'a ChatRequest,
     params: &mut Params,
 ) -> Result<Cow<'a, ChatRequest>, ProviderError> {
-    if !is_reasoning(d) {
-        return Ok(Cow::Borrowed(r));
-    }
+    let signed = r.messages.iter().any(|m| m.thinking_blocks.is_some());
+    let reasoning = is_reasoning(d);
     let temperature = r.temperature.filter(|t| *t != 1.0);
     let refused = REFUSED.iter().any(|k| r.extra.contains_key(*k));
-    if r.max_tokens.is_none() && temperature.is_none() && r.top_p.is_none() && !refused {
+    let rules = reasoning
+        && (r.max_tokens.is_some() || temperature.is_some() || r.top_p.is_some() || refused);
+    if !rules && !signed {
         return Ok(Cow::Borrowed(r));
     }
     let mut out = r.clone();
+    // Anthropic's signed thinking of an earlier turn means nothing to this family.
+    for m in &mut out.messages {
+        m.thinking_blocks = None;
+    }
+    if !reasoning {
+        return Ok(Cow::Owned(out));
+    }
     if let Some(max) = out.max_tokens.take() {
         out.max_completion_tokens.get_or_insert(max);
     }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use sluice_core::config::{Deployment, Protocol};
+use sluice_schemas::job::JobResult;
 use sluice_schemas::openai::{ChatCompletion, ChatCompletionChunk};
 use sluice_schemas::sse::{SseEvent, SseParser, MAX_LINE};
 use sluice_schemas::ErrorClass;
@@ -210,7 +211,7 @@ pub(crate) async fn execute<S: ChunkSink>(
         }
         return Ok(CallOutput {
             usage: completion.usage,
-            completion,
+            result: JobResult::Chat(completion),
             ttft: None,
             latency: started.elapsed(),
             dropped_params: Vec::new(),
@@ -278,7 +279,7 @@ pub(crate) async fn execute<S: ChunkSink>(
         return Err(with_limits(e));
     }
     Ok(CallOutput {
-        completion,
+        result: JobResult::Chat(completion),
         usage,
         ttft,
         latency: started.elapsed(),
@@ -289,7 +290,7 @@ pub(crate) async fn execute<S: ChunkSink>(
 
 /// A provider's 3xx: not followed (it would carry the prompt, and a header key, to
 /// wherever it points); an attempt error naming the Location without its query string.
-fn redirect_error(status: u16, headers: &reqwest::header::HeaderMap) -> ProviderError {
+pub(super) fn redirect_error(status: u16, headers: &reqwest::header::HeaderMap) -> ProviderError {
     let location = headers
         .get(reqwest::header::LOCATION)
         .and_then(|v| v.to_str().ok())
