@@ -16,6 +16,8 @@ mod attempt;
 mod eligible;
 mod embed;
 mod outcome;
+
+pub(crate) use outcome::end_failed;
 pub(crate) mod pipeline;
 mod route;
 
