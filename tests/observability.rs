@@ -93,20 +93,37 @@ async fn start(receiver: &Receiver) -> Result<Running> {
     )
     .await?;
     let env = TestEnv::new().await?;
-    let port = free_port();
-    let config = env.write_config(&models(&sim), &format!("  api_addr: 127.0.0.1:{port}"))?;
-    let mut api = spawn("api", &config, receiver)?;
+    let http = reqwest::Client::new();
+    // A free port may be taken by someone else before the api binds it: then again.
+    let mut tries = 0;
+    let (mut api, config, api_url) = loop {
+        tries += 1;
+        let port = free_port();
+        let config = env.write_config(&models(&sim), &format!("  api_addr: 127.0.0.1:{port}"))?;
+        let mut api = spawn("api", &config, receiver)?;
+        let api_url = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let ready = loop {
+            if let Ok(Some(status)) = api.try_wait() {
+                break Err(status);
+            }
+            let up = http.get(format!("{api_url}/readyz")).send().await;
+            if up.is_ok_and(|r| r.status().is_success()) {
+                break Ok(());
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "api not ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        match ready {
+            Ok(()) => break (api, config, api_url),
+            Err(status) if tries < 3 => eprintln!("api exited ({status}); another port"),
+            Err(status) => anyhow::bail!("api exited: {status}"),
+        }
+    };
     let mut worker = spawn("worker", &config, receiver)?;
     let api_log = Arc::new(Mutex::new(Vec::new()));
     collect(api.stderr.take(), Some(Arc::clone(&api_log)));
     collect(worker.stderr.take(), None);
-    let api_url = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    eventually(Duration::from_secs(30), "api ready", || async {
-        let r = http.get(format!("{api_url}/readyz")).send().await.ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await?;
     Ok(Running {
         api_url,
         env,
@@ -402,5 +419,71 @@ async fn the_langfuse_callback_receives_the_generation() -> Result<()> {
     assert_eq!(trace["body"]["name"], "traced");
     // The secret key never travels in a body.
     assert!(!generation.to_string().contains(LF_SECRET));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_lines_continue_the_trace_of_the_request_that_created_the_batch() -> Result<()> {
+    let receiver = Receiver::start().await?;
+    let run = start(&receiver).await?;
+    let http = reqwest::Client::new();
+    let input: String = (1..=2)
+        .map(|i| {
+            let v = serde_json::json!({"custom_id": format!("line-{i}"), "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "traced", "max_tokens": 8,
+                         "messages": [{"role": "user", "content": "hi"}]}});
+            format!("{v}\n")
+        })
+        .collect();
+    let form = reqwest::multipart::Form::new()
+        .text("purpose", "batch")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(input.into_bytes()).file_name("in.jsonl"),
+        );
+    let file: Value = http
+        .post(format!("{}/v1/files", run.api_url))
+        .bearer_auth(KEY)
+        .multipart(form)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let batch: Value = http
+        .post(format!("{}/v1/batches", run.api_url))
+        .bearer_auth(KEY)
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .json(
+            &serde_json::json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+            "completion_window": "24h", "priority": "normal"}),
+        )
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let batch_id = batch["id"].as_str().context("batch id")?.to_string();
+    // Both lines' jobs run in the batch request's trace, under a span naming the batch.
+    let jobs = eventually(Duration::from_secs(60), "both lines traced", || async {
+        let spans = receiver.spans();
+        let sends: Vec<&SpanSeen> = spans
+            .iter()
+            .filter(|s| s.attr("sluice.batch_id") == Some(&Value::from(batch_id.as_str())))
+            .collect();
+        let jobs: Vec<SpanSeen> = spans
+            .iter()
+            .filter(|s| s.name == "job" && sends.iter().any(|p| p.span_id == s.parent_span_id))
+            .cloned()
+            .collect();
+        (jobs.len() == 2).then_some(jobs)
+    })
+    .await?;
+    for job in &jobs {
+        assert_eq!(job.trace_id, trace_id);
+        assert_eq!(job.service, "sluice-worker");
+    }
     Ok(())
 }

@@ -50,16 +50,22 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&id) {
         req.headers_mut().insert(REQUEST_ID, v);
     }
-    let span = tracing::info_span!(
-        target: sluice_core::telemetry::TARGET,
-        "http request",
-        otel.name = %format_args!("{method} {route}"),
-        otel.kind = "server",
-        http.request.method = %method,
-        http.route = %route,
-        http.response.status_code = tracing::field::Empty,
-        sluice.request_id = %id,
-    );
+    // Probes and scrapes are not traced (they would crowd out the jobs' traces).
+    let probe = matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics");
+    let span = if probe {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!(
+            target: sluice_core::telemetry::TARGET,
+            "http request",
+            otel.name = %format_args!("{method} {route}"),
+            otel.kind = "server",
+            http.request.method = %method,
+            http.route = %route,
+            http.response.status_code = tracing::field::Empty,
+            sluice.request_id = %id,
+        )
+    };
     let headers = req.headers();
     sluice_core::telemetry::continue_from(&span, &|k| headers.get(k).and_then(|v| v.to_str().ok()));
     let mut resp = CURRENT

@@ -48,6 +48,7 @@ use sluice_schemas::{ErrorClass, JobEnvelope, JobStatus, Tier, MASTER_OWNER};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::AppState;
@@ -446,6 +447,7 @@ impl Driver {
             }
             let published = self
                 .ingest_chunk(row, batch_uuid, tier, mode, &chunk)
+                .instrument(lines_span(row, chunk.len()))
                 .await?;
             published_total += published as u64;
             if !self
@@ -959,6 +961,29 @@ fn output_line(line: LineResult) -> (bool, BatchOutputLine) {
             )
         }
     }
+}
+
+/// The span of publishing a chunk of a batch's lines, in the trace of the request that
+/// created the batch: each line's job continues it (its `traceparent` goes into the NATS
+/// headers, see `core/src/bodies.rs`).
+fn lines_span(row: &BatchRow, lines: usize) -> tracing::Span {
+    if !sluice_core::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        target: sluice_core::telemetry::TARGET,
+        "batch lines",
+        otel.name = "send jobs",
+        otel.kind = "producer",
+        sluice.batch_id = %row.id,
+        lines,
+    );
+    if let Some(tp) = &row.traceparent {
+        sluice_core::telemetry::continue_from(&span, &|k| {
+            (k == "traceparent").then_some(tp.as_str())
+        });
+    }
+    span
 }
 
 #[cfg(test)]

@@ -53,12 +53,14 @@ pub struct BatchRow {
     pub expired_at: Option<DateTime<Utc>>,
     pub cancelling_at: Option<DateTime<Utc>>,
     pub cancelled_at: Option<DateTime<Utc>>,
+    /// The creating request's trace context, continued by the jobs of its lines.
+    pub traceparent: Option<String>,
 }
 
 const BATCH_COLUMNS: &str =
     "id, owner, endpoint, input_file_id, completion_window, tier, status, metadata,
     errors, total, ingested, output_file_id, error_file_id, created_at, expires_at, in_progress_at,
-    finalizing_at, completed_at, failed_at, expired_at, cancelling_at, cancelled_at";
+    finalizing_at, completed_at, failed_at, expired_at, cancelling_at, cancelled_at, traceparent";
 
 /// A batch being created.
 #[derive(Debug, Clone)]
@@ -71,6 +73,8 @@ pub struct NewBatch {
     pub tier: Tier,
     pub metadata: Option<Value>,
     pub expires_at: DateTime<Utc>,
+    /// The creating request's `traceparent` (when traces are on).
+    pub traceparent: Option<String>,
 }
 
 /// How a batch's lines stand, by job status.
@@ -159,8 +163,8 @@ impl Store {
     pub async fn insert_batch(&self, b: &NewBatch) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO batches (id, owner, endpoint, input_file_id, completion_window, tier, status,
-                 metadata, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, 'validating', $7, $8)",
+                 metadata, expires_at, traceparent)
+             VALUES ($1, $2, $3, $4, $5, $6, 'validating', $7, $8, $9)",
         )
         .bind(&b.id)
         .bind(&b.owner)
@@ -170,6 +174,7 @@ impl Store {
         .bind(b.tier)
         .bind(&b.metadata)
         .bind(b.expires_at)
+        .bind(&b.traceparent)
         .execute(self.pool())
         .await?;
         Ok(())

@@ -81,4 +81,24 @@ impl Store {
             .fetch_all(self.pool())
             .await?)
     }
+
+    /// Jobs the response cache answered between `from` and `to` (finish times), and what
+    /// the calls they replaced cost; optionally for one owner.
+    pub async fn cache_savings(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        owner: Option<&str>,
+    ) -> Result<(i64, Decimal), StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT count(*), COALESCE(sum(cost_saved), 0) FROM jobs
+             WHERE cost_saved IS NOT NULL AND finished_at >= $1 AND finished_at < $2
+               AND ($3::text IS NULL OR owner = $3)",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(owner)
+        .fetch_one(self.pool())
+        .await?)
+    }
 }

@@ -387,4 +387,16 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{e}");
     }
+
+    #[tokio::test]
+    async fn both_exporters_build() {
+        for protocol in [Protocol::HttpProtobuf, Protocol::Grpc] {
+            let provider = build(&Settings {
+                service_name: "t".into(),
+                protocol,
+            })
+            .unwrap();
+            provider.shutdown().unwrap();
+        }
+    }
 }

@@ -292,3 +292,117 @@ async fn send(http: &reqwest::Client, url: &str, auth: &str, batch: &mut Vec<Val
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use rust_decimal::Decimal;
+    use sluice_schemas::{ErrorClass, Tier};
+
+    fn outcome(status: JobStatus) -> JobOutcome {
+        JobOutcome {
+            id: uuid::Uuid::now_v7(),
+            owner: "key-1".into(),
+            model_group: "fast".into(),
+            tier: Tier::Normal,
+            reply_subject: None,
+            created_at: Utc::now(),
+            status,
+            result: Some(json!({"choices": [{"message": {"role": "assistant", "content": "hi"}}]})),
+            usage: None,
+            cost: Some(Decimal::new(35, 6)),
+            pricing_missing: false,
+            attempts: 2,
+            error_class: None,
+            error_message: None,
+            finished_at: Utc::now(),
+            cache_hit: false,
+            cost_saved: None,
+        }
+    }
+
+    fn attempt(job: &JobOutcome, n: u32, error: Option<ErrorClass>) -> AttemptRecord {
+        AttemptRecord {
+            job_id: job.id,
+            attempt: n,
+            delivery: 1,
+            worker: "w".into(),
+            deployment: "fast-1".into(),
+            provider: "openai".into(),
+            model: "gpt-x".into(),
+            status: if error.is_some() {
+                sluice_schemas::job::AttemptStatus::Failed
+            } else {
+                sluice_schemas::job::AttemptStatus::Succeeded
+            },
+            error_class: error,
+            error_message: error.map(|_| "slow down".to_string()),
+            prompt_tokens: Some(10),
+            completion_tokens: error.map_or(Some(5), |_| None),
+            cached_tokens: None,
+            cache_creation_tokens: None,
+            reasoning_tokens: None,
+            usage_estimated: false,
+            cost: error.map_or(Some(Decimal::new(35, 6)), |_| None),
+            pricing_missing: false,
+            ttft_ms: Some(12.0),
+            latency_ms: Some(40.0),
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            dropped_params: None,
+        }
+    }
+
+    #[test]
+    fn a_job_is_a_trace_with_a_generation_per_call() {
+        let job = outcome(JobStatus::Succeeded);
+        let calls = [
+            attempt(&job, 1, Some(ErrorClass::RateLimit)),
+            attempt(&job, 2, None),
+        ];
+        let events = events(&job, &calls);
+        assert_eq!(events.len(), 3);
+        assert_eq!(events[0]["type"], "trace-create");
+        assert_eq!(events[0]["body"]["id"], job.id.to_string());
+        let failed = &events[1]["body"];
+        assert_eq!(failed["level"], "ERROR");
+        assert!(failed["statusMessage"]
+            .as_str()
+            .unwrap()
+            .starts_with("rate_limit"));
+        assert!(failed["output"].is_null());
+        let ok = &events[2]["body"];
+        assert_eq!(ok["traceId"], job.id.to_string());
+        assert_eq!(
+            ok["usageDetails"],
+            json!({"input": 10, "output": 5, "total": 15})
+        );
+        assert_eq!(ok["costDetails"]["total"], 0.000035);
+        assert_eq!(ok["output"]["content"], "hi");
+        // Envelope ids differ, so Langfuse does not drop one as a duplicate.
+        let ids: std::collections::HashSet<_> =
+            events.iter().map(|e| e["id"].to_string()).collect();
+        assert_eq!(ids.len(), 3);
+    }
+
+    #[test]
+    fn success_and_failure_lists_are_kept_apart() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let only_success = Sender {
+            tx,
+            on_success: true,
+            on_failure: false,
+        };
+        let job = outcome(JobStatus::Failed);
+        only_success.offer(&job, &[attempt(&job, 1, Some(ErrorClass::Server))]);
+        assert!(
+            rx.try_recv().is_err(),
+            "a failure is not a success callback"
+        );
+        let job = outcome(JobStatus::Succeeded);
+        only_success.offer(&job, &[attempt(&job, 1, None)]);
+        assert_eq!(rx.try_recv().unwrap()["type"], "trace-create");
+        assert_eq!(rx.try_recv().unwrap()["type"], "generation-create");
+    }
+}

@@ -10,6 +10,7 @@
 
 pub mod admin;
 mod bodies;
+pub mod cache;
 pub mod callbacks;
 pub mod context;
 mod deliveries;
@@ -106,6 +107,8 @@ pub(crate) struct Ctx {
     inflight: Mutex<HashMap<Uuid, CancellationToken>>,
     /// Jobs finished and deferred here, for the heartbeat.
     pub tally: Arc<tally::Tally>,
+    /// The response cache, when `litellm_settings.cache` is on.
+    pub cache: Option<cache::Cache>,
 }
 
 impl Ctx {
@@ -271,7 +274,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         }
     }
     let tally = Arc::new(tally::Tally::default());
+    let cache = match &config.cache {
+        None => None,
+        Some(settings) => {
+            let pool = match &settings.redis_url {
+                Some(url) => sluice_core::redis::pool_with(url, 16, &config.tls)?,
+                None => redis.clone(),
+            };
+            tracing::info!(
+                ttl_secs = settings.ttl.as_secs(),
+                chat = settings.chat,
+                embeddings = settings.embeddings,
+                "response cache on"
+            );
+            Some(cache::Cache::new(
+                pool,
+                settings.clone(),
+                &config.subject_prefix,
+            ))
+        }
+    };
     let ctx = Arc::new(Ctx {
+        cache,
         prices,
         contexts,
         router: Router::new(&config),

@@ -28,6 +28,18 @@ pub fn describe() {
     sluice_core::metrics::install();
     sluice_core::queue::describe();
     describe_counter!(
+        "sluice_cache_hits_total",
+        "Response cache hits, by kind (chat, or embedding inputs)"
+    );
+    describe_counter!(
+        "sluice_cache_misses_total",
+        "Response cache misses, by kind (chat, or embedding inputs)"
+    );
+    describe_counter!(
+        "sluice_cache_skipped_total",
+        "Answers not cached, by reason (too_large: over cache_params.max_entry_bytes)"
+    );
+    describe_counter!(
         "sluice_jobs_completed_total",
         "Jobs that reached a terminal state and were recorded, by status, tier and model group"
     );
@@ -105,6 +117,21 @@ pub fn cooldown(deployment: &str, reason: &'static str) {
 /// A job was handed back to run later (no budget, store unavailable, ...).
 pub fn deferral(reason: &'static str) {
     counter!("sluice_deferrals_total", "reason" => reason).increment(1);
+}
+
+/// Response cache lookups of `kind` (`chat`, `embedding`): `hits` and `misses`.
+pub fn cache_lookup(kind: &'static str, hits: u64, misses: u64) {
+    if hits > 0 {
+        counter!("sluice_cache_hits_total", "kind" => kind).increment(hits);
+    }
+    if misses > 0 {
+        counter!("sluice_cache_misses_total", "kind" => kind).increment(misses);
+    }
+}
+
+/// An answer was not cached, for `reason`.
+pub fn cache(reason: &'static str) {
+    counter!("sluice_cache_skipped_total", "reason" => reason).increment(1);
 }
 
 /// A job task panicked and its job was ended.

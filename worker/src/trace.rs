@@ -61,17 +61,22 @@ pub(crate) fn admission() -> Span {
 }
 
 /// The span of one provider attempt, named and attributed as the GenAI conventions ask.
-pub(crate) fn attempt(deployment: &Arc<Deployment>, number: u32, stream: bool) -> Span {
+pub(crate) fn attempt(
+    deployment: &Arc<Deployment>,
+    number: u32,
+    operation: &'static str,
+    stream: bool,
+) -> Span {
     if !enabled() {
         return Span::none();
     }
     tracing::info_span!(
         target: TARGET,
         "provider attempt",
-        otel.name = %format_args!("chat {}", deployment.model),
+        otel.name = %format_args!("{operation} {}", deployment.model),
         otel.kind = "client",
         otel.status_code = Empty,
-        gen_ai.operation.name = "chat",
+        gen_ai.operation.name = operation,
         gen_ai.provider.name = provider_name(&deployment.provider),
         gen_ai.request.model = %deployment.model,
         gen_ai.request.stream = stream,

@@ -88,6 +88,14 @@ struct JobView {
     #[serde(with = "rust_decimal::serde::float_option")]
     cost: Option<rust_decimal::Decimal>,
     pricing_missing: bool,
+    /// Answered from the response cache: no provider call, `cost` 0.
+    cache_hit: bool,
+    /// What the calls the cache replaced cost (a partly cached embeddings job too).
+    #[serde(
+        with = "rust_decimal::serde::float_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    cost_saved: Option<rust_decimal::Decimal>,
     error: Option<ErrorView>,
     metadata: Option<Value>,
     attempt_log: Vec<AttemptView>,
@@ -145,6 +153,8 @@ fn job_view(row: JobRow, attempts: Vec<AttemptRow>) -> JobView {
         usage: row.usage,
         cost: row.cost,
         pricing_missing: row.pricing_missing,
+        cache_hit: row.cache_hit,
+        cost_saved: row.cost_saved,
         error: row.error_class.map(|class| ErrorView {
             class,
             message: row.error_message.unwrap_or_default(),

@@ -68,6 +68,14 @@ pub async fn report(
             tracing::error!(error = %e, "spend query failed");
             ApiError::unavailable("cannot read spend right now")
         })?;
+    let (cache_hits, saved) = state
+        .store
+        .cache_savings(from, to, owner)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cache savings query failed");
+            ApiError::unavailable("cannot read spend right now")
+        })?;
     let total: Decimal = rows.iter().map(|r| r.cost).sum();
     let unpriced: i64 = rows.iter().map(|r| r.unpriced_calls).sum();
     Ok(Json(json!({
@@ -77,6 +85,10 @@ pub async fn report(
         "to": to.to_rfc3339(),
         "total_cost": total.normalize().to_string().parse::<f64>().unwrap_or(0.0),
         "unpriced_calls": unpriced,
+        // Jobs answered (wholly or partly) from the response cache, and what the calls
+        // they replaced cost.
+        "cache_hits": cache_hits,
+        "cost_saved": saved.normalize().to_string().parse::<f64>().unwrap_or(0.0),
         "data": rows,
     })))
 }

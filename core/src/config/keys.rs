@@ -39,6 +39,8 @@ pub(super) const LITELLM_KEYS: &[&str] = &[
     "success_callback",
     "failure_callback",
     "callbacks",
+    "cache",
+    "cache_params",
 ];
 pub(super) const GENERAL_KEYS: &[&str] = &["master_key"];
 /// `litellm_params` keys acted on so far.

@@ -23,6 +23,7 @@ use serde_yaml_ng::Value;
 use crate::secret::Secret;
 use sluice_schemas::ErrorClass;
 
+mod cache;
 pub mod callbacks;
 mod coerce;
 mod describe;
@@ -33,6 +34,8 @@ mod raw;
 #[cfg(test)]
 mod tests;
 pub mod wildcard;
+
+pub use cache::CacheSettings;
 
 pub use coerce::parse_period;
 pub use providers::{key_env, provider_defaults, Protocol};
@@ -193,6 +196,9 @@ pub struct RouterSettings {
     /// before it cools down, replacing `allowed_fails` (and the at-once cooldown of a 429
     /// or an overload) for those classes.
     pub allowed_fails_policy: Vec<(ErrorClass, u32)>,
+    /// Wildcard group names (`openai/*`, `*`), so names of plain groups resolve without
+    /// a scan when there are none.
+    pub wildcard_groups: Vec<String>,
 }
 
 impl RouterSettings {
@@ -287,6 +293,8 @@ pub struct Config {
     pub pricing_file: Option<PathBuf>,
     /// Signs webhook deliveries (`SLUICE_WEBHOOK_SECRET` or `sluice.webhook_secret`).
     pub webhook_secret: Option<Secret>,
+    /// The response cache (`litellm_settings.cache` + `cache_params`); `None`: off.
+    pub cache: Option<CacheSettings>,
     /// Keys present in the file that Sluice does not act on (yet).
     pub ignored_keys: Vec<String>,
     /// LiteLLM's usage callbacks (`litellm_settings.success_callback`, ...).
@@ -432,7 +440,9 @@ impl Config {
                 format!("{nats_replicas} is not 1, 3 or 5"),
             ));
         }
+        let cache = ctx.cache_settings(&raw.litellm_settings, &mut ignored)?;
         let config = Config {
+            cache,
             nats_replicas,
             tls: crate::tls::TlsEnv::from_env(env),
             file,
@@ -556,13 +566,7 @@ impl Config {
     /// The wildcard group (`model_name` with a `*`) that `name` falls under, if `name` is
     /// no group of its own.
     pub fn wildcard_group(&self, name: &str) -> Option<&str> {
-        wildcard::best(
-            self.deployments
-                .iter()
-                .filter(|d| d.group.contains('*'))
-                .map(|d| d.group.as_str()),
-            name,
-        )
+        wildcard::best(self.router.wildcard_groups.iter().map(String::as_str), name)
     }
 
     /// A human-readable account of the resolved config (secrets masked), for
@@ -573,7 +577,10 @@ impl Config {
         if let Some(g) = self.router.aliases.get(name) {
             return g;
         }
-        if !name.contains('*') && !self.deployments.iter().any(|d| d.group == name) {
+        if !self.router.wildcard_groups.is_empty()
+            && !name.contains('*')
+            && !self.deployments.iter().any(|d| d.group == name)
+        {
             if let Some(g) = self.wildcard_group(name) {
                 return g;
             }

@@ -229,16 +229,23 @@ fn the_litellm_docs_config_loads_unchanged_and_names_what_is_not_acted_on() {
     assert_eq!(c.router.allowed_fails_for(ErrorClass::RateLimit), Some(100));
     assert_eq!(c.router.allowed_fails_for(ErrorClass::Server), None);
     assert_eq!(azure.max_input_tokens, Some(128_000));
+    // The cache is on; its Redis host is an unset variable here, so Sluice's Redis serves.
+    let cache = c.cache.as_ref().unwrap();
+    assert_eq!(
+        (cache.redis_url.as_deref(), cache.chat, cache.embeddings),
+        (None, true, true)
+    );
     for acted_on in [
         "router_settings.allowed_fails_policy",
         "router_settings.enable_pre_call_checks",
+        "litellm_settings.cache",
+        "litellm_settings.cache_params",
         "model_list[0].model_info.max_input_tokens",
     ] {
         assert!(!c.ignored_keys.iter().any(|k| k == acted_on), "{acted_on}");
     }
     for key in [
         "router_settings.redis_host",
-        "litellm_settings.cache",
         "litellm_settings.max_budget",
         "general_settings.database_url",
         "model_list[0].litellm_params.max_retries",

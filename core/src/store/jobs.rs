@@ -64,6 +64,12 @@ pub struct JobRow {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Answered from the response cache (read by [`Store::job`] only).
+    #[sqlx(default)]
+    pub cache_hit: bool,
+    /// What the calls the cache replaced cost (read by [`Store::job`] only).
+    #[sqlx(default)]
+    pub cost_saved: Option<Decimal>,
 }
 
 impl JobRow {
@@ -200,7 +206,7 @@ impl Store {
         Ok(sqlx::query_as::<_, JobRow>(
             "SELECT id, owner, model_group, tier, status, metadata, result, result_text, usage, cost,
                     pricing_missing, attempts, error_class, error_message, not_before, created_at, started_at,
-                    finished_at
+                    finished_at, cache_hit, cost_saved
              FROM jobs WHERE id = $1",
         )
         .bind(id)

@@ -98,6 +98,10 @@ pub struct JobOutcome {
     pub error_class: Option<ErrorClass>,
     pub error_message: Option<String>,
     pub finished_at: DateTime<Utc>,
+    /// Answered from the response cache (no call; `cost` 0).
+    pub cache_hit: bool,
+    /// What the calls the cache replaced cost.
+    pub cost_saved: Option<Decimal>,
 }
 
 /// One entry of the worker's ledger.
@@ -349,16 +353,18 @@ async fn write_finished(conn: &mut PgConnection, batch: &Sorted<'_>) -> Result<(
             WHERE job_attempts.delivery = EXCLUDED.delivery AND job_attempts.worker = EXCLUDED.worker
          ), results AS (
             INSERT INTO jobs (id, owner, model_group, tier, reply_subject, created_at, status, result, usage, cost,
-                 pricing_missing, attempts, error_class, error_message, finished_at, result_text)
+                 pricing_missing, attempts, error_class, error_message, finished_at, cache_hit, cost_saved,
+                 result_text)
             SELECT * FROM jsonb_to_recordset($2::jsonb) AS t(id uuid, owner text, model_group text, tier text,
                  reply_subject text, created_at timestamptz, status text, result jsonb, usage jsonb,
                  cost numeric, pricing_missing boolean, attempts int, error_class text, error_message text,
-                 finished_at timestamptz, result_text text)
+                 finished_at timestamptz, cache_hit boolean, cost_saved numeric, result_text text)
             ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, result = EXCLUDED.result,
                  result_text = EXCLUDED.result_text,
                  usage = EXCLUDED.usage, cost = EXCLUDED.cost, pricing_missing = EXCLUDED.pricing_missing,
                  attempts = GREATEST(EXCLUDED.attempts, jobs.calls), error_class = EXCLUDED.error_class,
                  error_message = EXCLUDED.error_message, finished_at = EXCLUDED.finished_at,
+                 cache_hit = EXCLUDED.cache_hit, cost_saved = EXCLUDED.cost_saved,
                  not_before = NULL, updated_at = now()
             WHERE jobs.status NOT IN {TERMINAL}
             RETURNING id

@@ -13,6 +13,7 @@
 //! durable in Postgres and its terminal event is stored in JetStream.
 
 mod attempt;
+mod cached;
 mod eligible;
 mod embed;
 mod outcome;

@@ -93,6 +93,8 @@ pub(super) fn outcome_base(envelope: &JobEnvelope, tier: Tier, calls: u32) -> Jo
         error_class: None,
         error_message: None,
         finished_at: Utc::now(),
+        cache_hit: false,
+        cost_saved: None,
     }
 }
 

@@ -33,6 +33,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::attempt::{Attempt, JobFields};
+use super::cached::{self, JobCache};
 use super::eligible;
 use super::embed;
 use super::outcome::{Deferred, Finished, Halt};
@@ -67,6 +68,9 @@ pub(super) async fn run(
         let made = run.attempt;
         return Ok(run.end(JobStatus::Failed, error, made));
     }
+    if let Some(hit) = run.look_up().await {
+        return Ok(Box::pin(run.answer_cached(hit)).await);
+    }
     // Bounded: every hop resets the retry count, and hops are bounded by max_fallbacks.
     loop {
         let attempt = match run.admit().instrument(crate::trace::admission()).await? {
@@ -89,7 +93,13 @@ pub(super) async fn run(
                 return Ok(run.end(JobStatus::Failed, error, made));
             }
         };
-        let span = crate::trace::attempt(&attempt.deployment, attempt.number, run.stream);
+        let operation = if run.embeddings.is_some() {
+            "embeddings"
+        } else {
+            "chat"
+        };
+        let span =
+            crate::trace::attempt(&attempt.deployment, attempt.number, operation, run.stream);
         let result = run.call(&attempt).instrument(span.clone()).await;
         let failure = match run.record(attempt, result).instrument(span).await {
             Ok(out) => return Ok(run.succeed(out)),
@@ -150,8 +160,11 @@ struct Run<'a> {
     delivery: u32,
     stream: bool,
     request: ChatRequest,
-    /// An embeddings job's request (`request` then only names the group).
+    /// An embeddings job's request (`request` then only names the group); narrowed to
+    /// the inputs the response cache lacked.
     embeddings: Option<Box<EmbeddingsRequest>>,
+    /// The response cache's part in this job (`None`: the cache is off or not asked).
+    cache: Option<JobCache>,
     /// The job row as it will end; filled in by [`Run::end`] / [`Run::succeed`].
     base: JobOutcome,
     publisher: EventPublisher,
@@ -190,9 +203,15 @@ impl<'a> Run<'a> {
             metadata,
             ..
         } = *envelope;
+        let mut embeddings = embeddings;
+        if let Some(t) = embeddings.as_mut().and_then(|e| e.extra.remove("tags")) {
+            // An embeddings job's `tags` are read like a chat job's (and not sent on).
+            request.extra.insert("tags".into(), t);
+        }
         let tags = eligible::job_tags(&mut request, metadata.as_ref());
         let owner = owner.unwrap_or_else(|| MASTER_OWNER.to_string());
         let group = request.model.clone();
+        let cache = cached::plan(ctx, &group, &mut request, embeddings.as_deref_mut());
         let created_at = DateTime::<Utc>::from_timestamp_millis(submitted_at_ms)
             .filter(|_| submitted_at_ms > 0)
             .unwrap_or_else(Utc::now);
@@ -212,6 +231,8 @@ impl<'a> Run<'a> {
             error_class: None,
             error_message: None,
             finished_at: Utc::now(),
+            cache_hit: false,
+            cost_saved: None,
         };
         Run {
             ctx,
@@ -226,6 +247,7 @@ impl<'a> Run<'a> {
             stream: request.stream.unwrap_or(false),
             request,
             embeddings,
+            cache,
             base,
             publisher: EventPublisher::new(ctx.js.clone(), ctx.subjects.events(id), id),
             key_scopes: Arc::default(),
@@ -693,10 +715,32 @@ impl<'a> Run<'a> {
 
     /// The job succeeded with the last attempt's output.
     fn succeed(self, mut out: CallOutput) -> Finished {
+        let saved = self
+            .cache
+            .as_ref()
+            .and_then(|c| cached::after_call(self.ctx, c, &mut out, self.records.last()));
         if let Some(e) = &self.embeddings {
             embed::shape(&mut out.result, e);
         }
-        Finished::succeeded(self.base, self.records, out, self.publisher, self.attempt)
+        let mut finished =
+            Finished::succeeded(self.base, self.records, out, self.publisher, self.attempt);
+        finished.outcome.cost_saved = saved;
+        finished
+    }
+
+    /// Looks the job up in the response cache (narrowing a partly cached embeddings job
+    /// to its other inputs).
+    async fn look_up(&mut self) -> Option<cached::Hit> {
+        let cache = self.cache.as_mut()?;
+        cached::look_up(self.ctx, cache, &mut self.embeddings).await
+    }
+
+    /// The job ends with the cache's answer: no call.
+    async fn answer_cached(self, mut hit: cached::Hit) -> Finished {
+        if let Some(e) = &self.embeddings {
+            embed::shape(&mut hit.result, e);
+        }
+        cached::finish(self.base, hit, self.publisher, self.stream, self.attempt).await
     }
 
     /// The job ends without a result after `attempts` attempts.

@@ -1,0 +1,204 @@
+//! The response cache (`litellm_settings.cache` + `cache_params`, LiteLLM's semantics)
+//! through the real stack: a hit makes no provider call, costs 0 and is shared by every
+//! worker (in Redis); `/v1/spend` reports the cost saved; `no-cache` and `no-store` are
+//! honoured; a streamed job replays a hit as chunks; embeddings are cached per input.
+
+mod common;
+
+use anyhow::{Context, Result};
+use common::KEY;
+use serde_json::{json, Value};
+use sluice_testkit::sim::embeddings::{vector, DEFAULT_DIMENSIONS};
+use sluice_testkit::sim::{self, SimConfig, SimHandle};
+use sluice_testkit::{Stack, TestEnv};
+
+fn models(s: &SimHandle) -> String {
+    format!(
+        "{}  - model_name: embed
+    litellm_params: {{model: openai/text-embedding-3-small, api_base: '{}', api_key: sk-e, input_cost_per_token: 0.000001, output_cost_per_token: 0}}
+litellm_settings:
+  cache: true
+  cache_params: {{type: redis, ttl: 600, supported_call_types: [acompletion, aembedding]}}
+",
+        common::models(s).replace(&format!("general_settings:\n  master_key: {KEY}\n"), ""),
+        s.api_base()
+    ) + &format!("general_settings:\n  master_key: {KEY}\n")
+}
+
+async fn submit(http: &reqwest::Client, api: &str, body: Value) -> Result<Value> {
+    let v: Value = http
+        .post(format!("{api}/v1/jobs"))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = v["id"].as_str().context("id")?.to_string();
+    common::wait_job(http, api, &id, KEY).await
+}
+
+fn ask(text: &str) -> Value {
+    json!({"model": "fast", "messages": [{"role": "user", "content": text}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_makes_no_call_costs_nothing_and_is_shared_by_workers() -> Result<()> {
+    let s = sim::start("127.0.0.1:0", SimConfig::default()).await?;
+    let env = TestEnv::new().await?;
+    let config = env.config(&models(&s), "")?;
+    let http = reqwest::Client::new();
+
+    // The first worker (with its api) makes the call and stores the answer.
+    let first = Stack::start(config.clone(), 1).await?;
+    let miss = submit(&http, &first.api_url, ask("Tell me about rivers.")).await?;
+    first.stop().await;
+    assert_eq!(miss["status"], "succeeded", "{miss}");
+    assert_eq!(miss["cache_hit"], false);
+    let paid = miss["cost"].as_f64().context("a priced call")?;
+    assert!(paid > 0.0);
+    assert_eq!(s.requests(), 1);
+
+    // Another worker (a new stack: nothing in memory carries over) answers from Redis.
+    let second = Stack::start(config, 1).await?;
+    let api = second.api_url.clone();
+    let hit = submit(&http, &api, ask("Tell me about rivers.")).await?;
+    assert_eq!(s.requests(), 1, "a hit makes no provider call");
+    assert_eq!(hit["status"], "succeeded", "{hit}");
+    assert_eq!(hit["cache_hit"], true);
+    assert_eq!(hit["cost"], 0.0);
+    assert_eq!(hit["cost_saved"].as_f64(), Some(paid));
+    assert_eq!(hit["attempt_log"], json!([]), "no attempt");
+    assert_eq!(
+        hit["result"]["choices"][0]["message"]["content"],
+        miss["result"]["choices"][0]["message"]["content"]
+    );
+    assert_eq!(hit["usage"], miss["usage"]);
+
+    // A different prompt (or parameter) is a different entry.
+    let other = submit(
+        &http,
+        &api,
+        json!({"model": "fast", "temperature": 0.1, "messages": [{"role": "user", "content": "Tell me about rivers."}]}),
+    )
+    .await?;
+    assert_eq!(other["cache_hit"], false);
+    assert_eq!(s.requests(), 2);
+
+    // no-cache: looked past (a call), but stored again; no-store: not written.
+    let forced = submit(
+        &http,
+        &api,
+        json!({"model": "fast", "cache": {"no-cache": true}, "messages": [{"role": "user", "content": "Tell me about rivers."}]}),
+    )
+    .await?;
+    assert_eq!(forced["cache_hit"], false, "{forced}");
+    assert_eq!(s.requests(), 3, "no-cache calls the provider");
+    let (_, body) = s.last_request().context("a request")?;
+    assert!(
+        body.get("cache").is_none(),
+        "no provider sees the cache controls"
+    );
+    let unstored = json!({"model": "fast", "cache": {"no-store": true}, "messages": [{"role": "user", "content": "Not kept."}]});
+    submit(&http, &api, unstored.clone()).await?;
+    let again = submit(&http, &api, ask("Not kept.")).await?;
+    assert_eq!(again["cache_hit"], false);
+    assert_eq!(s.requests(), 5, "no-store wrote nothing");
+
+    // /v1/spend reports what the hit saved.
+    let spend: Value = http
+        .get(format!("{api}/v1/spend"))
+        .bearer_auth(KEY)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(spend["cache_hits"], 1, "{spend}");
+    assert_eq!(spend["cost_saved"].as_f64(), Some(paid), "{spend}");
+    second.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_job_replays_a_hit_as_chunks_and_embeddings_are_cached_per_input() -> Result<()>
+{
+    let s = sim::start("127.0.0.1:0", SimConfig::default()).await?;
+    let env = TestEnv::new().await?;
+    let stack = Stack::start(env.config(&models(&s), "")?, 1).await?;
+    let api = stack.api_url.clone();
+    let http = reqwest::Client::new();
+    let whole = submit(&http, &api, ask("Say something about rivers.")).await?;
+    let text = whole["result"]["choices"][0]["message"]["content"]
+        .as_str()
+        .context("text")?
+        .to_string();
+    assert_eq!(s.requests(), 1);
+    let sse = http
+        .post(format!("{api}/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&json!({"model": "fast", "stream": true, "messages": [{"role": "user", "content": "Say something about rivers."}]}))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert_eq!(s.requests(), 1, "the stream was served from the cache");
+    let chunks: Vec<Value> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert!(chunks.len() > 2, "several chunks: {sse}");
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    let replayed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(replayed, text);
+    assert!(sse.trim_end().ends_with("data: [DONE]"));
+
+    // Embeddings: each input is its own entry; only the unseen ones go upstream.
+    let embed = |input: Value| {
+        let http = http.clone();
+        let api = api.clone();
+        async move {
+            let v: Value = http
+                .post(format!("{api}/v1/embeddings"))
+                .bearer_auth(KEY)
+                .json(&json!({"model": "embed", "input": input, "encoding_format": "float"}))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            anyhow::Ok(v)
+        }
+    };
+    embed(json!(["alpha", "beta"])).await?;
+    assert_eq!(s.requests(), 2);
+    let v = embed(json!(["beta", "gamma", "alpha"])).await?;
+    assert_eq!(s.requests(), 3);
+    let (_, body) = s.last_request().context("a request")?;
+    assert_eq!(
+        body["input"],
+        json!(["gamma"]),
+        "only the unseen input went upstream"
+    );
+    for (i, t) in ["beta", "gamma", "alpha"].iter().enumerate() {
+        let got: Vec<f32> = v["data"][i]["embedding"]
+            .as_array()
+            .context("floats")?
+            .iter()
+            .filter_map(|x| x.as_f64().map(|f| f as f32))
+            .collect();
+        assert_eq!(got, vector(t, DEFAULT_DIMENSIONS), "input {i} in its place");
+        assert_eq!(v["data"][i]["index"], i);
+    }
+    embed(json!("gamma")).await?;
+    assert_eq!(s.requests(), 3, "a wholly cached request makes no call");
+    stack.stop().await;
+    Ok(())
+}
