@@ -9,16 +9,12 @@
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
-use chrono::{DateTime, Utc};
 use futures::FutureExt;
-use sluice_core::store::{JobOutcome, LedgerEntry};
 use sluice_schemas::job::JobError;
-use sluice_schemas::{DoneEvent, ErrorClass, JobEnvelope, JobStatus, Tier};
+use sluice_schemas::{ErrorClass, JobEnvelope, Tier};
 
-use crate::events::EventPublisher;
 use crate::Ctx;
 
 /// Runs `job::handle` for `msg`, ending the job `failed` if it panics.
@@ -80,72 +76,5 @@ async fn end_failed(ctx: &Ctx, msg: jetstream::Message, tier: Tier, what: &str) 
             .take(2048)
             .collect(),
     };
-    let outcome = JobOutcome {
-        id,
-        owner: envelope
-            .owner
-            .unwrap_or_else(|| sluice_schemas::MASTER_OWNER.to_string()),
-        model_group: envelope.request.model.clone(),
-        tier,
-        reply_subject: envelope.reply_subject.clone(),
-        created_at: DateTime::<Utc>::from_timestamp_millis(envelope.submitted_at_ms)
-            .filter(|_| envelope.submitted_at_ms > 0)
-            .unwrap_or_else(Utc::now),
-        status: JobStatus::Failed,
-        result: None,
-        usage: None,
-        cost: None,
-        pricing_missing: false,
-        attempts,
-        error_class: Some(error.class),
-        error_message: Some(error.message.clone()),
-        finished_at: Utc::now(),
-        cache_hit: false,
-        cost_saved: None,
-    };
-    let done = DoneEvent {
-        job_id: id,
-        status: JobStatus::Failed,
-        result: None,
-        usage: None,
-        cost: None,
-        attempts,
-        error: Some(error),
-    };
-    // Its reply subject and webhook still hear of the end (see `deliveries.rs`).
-    let reply_subject = crate::destinations::reply_subject(
-        envelope.reply_subject.as_deref(),
-        &ctx.config.subject_prefix,
-        &ctx.config.safety,
-    );
-    let deliveries = match serde_json::to_vec(&done) {
-        Ok(body) => {
-            crate::deliveries::for_job(id, reply_subject, envelope.webhook_url.as_deref(), &body)
-        }
-        Err(_) => Vec::new(),
-    };
-    let deliver = !deliveries.is_empty();
-    if let Err(e) = ctx
-        .ledger
-        .write(LedgerEntry::Finished {
-            job: outcome,
-            attempts: Vec::new(),
-            deliveries,
-        })
-        .await
-    {
-        tracing::error!(error = %e, "panicked job not recorded; it will be redelivered");
-        let _ = msg
-            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-            .await;
-        return;
-    }
-    let mut publisher = EventPublisher::new(ctx.js.clone(), ctx.subjects.events(id), id);
-    if let Err(e) = publisher.terminal(attempts, &done).await {
-        tracing::warn!(error = %e, "terminal event of a panicked job not stored");
-    }
-    let _ = msg.ack().await;
-    if deliver {
-        ctx.deliveries.notify_one();
-    }
+    crate::job::end_failed(ctx, msg, &envelope, tier, attempts, error).await;
 }

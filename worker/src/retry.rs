@@ -7,9 +7,8 @@
 //!   backoff from 0.5 s doubling to at most 8 s, each wait drawn from 75–100 % of its
 //!   step.
 //! - [`delivery_delay`]: the wait before a durable delivery of a job's end (webhook,
-//!   reply subject) is tried again: the same doubling, up to five minutes;
-//! - [`webhook_delays`]: a fixed schedule of six waits (0.5, 1, 2, 4, 8, 16 s); no caller
-//!   since deliveries became durable (`worker/src/deliveries.rs` uses [`delivery_delay`]).
+//!   reply subject) is tried again: the same doubling, up to five minutes
+//!   (`worker/src/deliveries.rs`).
 
 use std::time::Duration;
 
@@ -28,10 +27,6 @@ const MAX_RETRY: Duration = Duration::from_secs(8);
 
 /// The longest wait between two deliveries of a job's end.
 const MAX_DELIVERY_WAIT: Duration = Duration::from_secs(300);
-
-/// Waits between webhook deliveries: the first, the factor, the number of retries.
-const FIRST_WEBHOOK_RETRY: Duration = Duration::from_millis(500);
-const WEBHOOK_RETRIES: usize = 6;
 
 /// The waits between the retries of one job in one model group; a fresh one per group
 /// (a fallback hop starts over).
@@ -69,12 +64,6 @@ impl Schedule {
         }
         step
     }
-}
-
-/// The waits between webhook deliveries, in order (no jitter: one receiver, one job).
-pub fn webhook_delays() -> impl Iterator<Item = Duration> {
-    let mut b = exponential(FIRST_WEBHOOK_RETRY, Duration::from_secs(3600), 0.0);
-    std::iter::from_fn(move || b.next_backoff()).take(WEBHOOK_RETRIES)
 }
 
 /// Doubling from `first` up to `max`, jittered by `randomization`, never giving up.
@@ -167,11 +156,5 @@ mod tests {
                 "try {n}: {d} not in 75-100 % of {nominal}"
             );
         }
-    }
-
-    #[test]
-    fn webhook_waits_are_the_documented_ones() {
-        let secs: Vec<f64> = webhook_delays().map(|d| d.as_secs_f64()).collect();
-        assert_eq!(secs, [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]);
     }
 }

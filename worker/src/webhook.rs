@@ -3,8 +3,9 @@
 //! The body is the job's `done`/`error` event. `Sluice-Signature: t=<unix seconds>,
 //! v1=<hex HMAC-SHA256 of "<t>.<body>" with the webhook secret>` lets the receiver check
 //! both origin and freshness. Delivery runs after the job is recorded and acked, so a
-//! slow receiver never holds a worker slot; it is retried with backoff for a bounded
-//! time (`retry.rs`: 0.5, 1, 2, 4, 8, 16 s) and its outcome is written on the job (`webhook_status`, `webhook_attempts`).
+//! slow receiver never holds a worker slot; `deliveries.rs` retries it durably with
+//! backoff (`retry.rs`, `delivery_delay`) and its outcome is written on the job
+//! (`webhook_status`, `webhook_attempts`).
 
 use std::time::Duration;
 

@@ -17,6 +17,8 @@ mod cached;
 mod eligible;
 mod embed;
 mod outcome;
+
+pub(crate) use outcome::end_failed;
 pub(crate) mod pipeline;
 mod route;
 

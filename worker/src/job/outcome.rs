@@ -98,6 +98,26 @@ pub(super) fn outcome_base(envelope: &JobEnvelope, tier: Tier, calls: u32) -> Jo
     }
 }
 
+/// Ends the job of `envelope` `failed` with `error` after `calls` calls, the way every
+/// job ends ([`conclude`]): recorded with the deliveries of its end, published, acked.
+/// For a delivery that could not run the pipeline (`worker/src/panics.rs`).
+pub(crate) async fn end_failed(
+    ctx: &Ctx,
+    msg: jetstream::Message,
+    envelope: &JobEnvelope,
+    tier: Tier,
+    calls: u32,
+    error: JobError,
+) {
+    let base = outcome_base(envelope, tier, calls);
+    let publisher = EventPublisher::new(ctx.js.clone(), ctx.subjects.events(base.id), base.id);
+    let finished =
+        Finished::without_result(JobStatus::Failed, base, Vec::new(), error, publisher, calls);
+    let (reply_subject, webhook_url) =
+        (envelope.reply_subject.clone(), envelope.webhook_url.clone());
+    conclude(ctx, msg, finished, reply_subject, webhook_url).await;
+}
+
 /// What a job that ends early is ended with.
 pub(super) struct Ends {
     /// The job's row before any outcome.
