@@ -245,7 +245,6 @@ struct SubmitArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -256,15 +255,33 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Traces are exported only by the services, under their own names.
+    let service = match cli.command {
+        Command::Api => Some("sluice-api"),
+        Command::Worker => Some("sluice-worker"),
+        _ => None,
+    };
+    let _telemetry = {
+        let _inside = runtime.enter();
+        match service {
+            Some(name) => Some(sluice_core::telemetry::init(name, cli.log_json)),
+            None => {
+                init_tracing(cli.log_json);
+                None
+            }
+        }
+    };
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Each cause once: errors that keep their source also show it.
+            eprintln!("error: {}", sluice_core::error::chain_messages(e.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
 
+/// Logs for the commands that are not services (no traces).
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -408,6 +408,8 @@ fn grafana_dashboard_queries_only_exported_metrics() -> Result<()> {
         include_str!("../worker/src/metrics.rs"),
         include_str!("../api/src/metrics.rs"),
         include_str!("../core/src/queue.rs"),
+        include_str!("../core/src/metrics.rs"),
+        include_str!("../worker/src/callbacks.rs"),
     ]
     .concat();
     let mut queried = BTreeSet::new();

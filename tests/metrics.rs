@@ -141,6 +141,10 @@ async fn metrics_appear_and_move_when_jobs_run() -> Result<()> {
     let group = "model_group=\"metered\"";
     assert_eq!(delta("sluice_jobs_submitted_total", &[group]), n as f64);
     assert_eq!(
+        delta("sluice_jobs_submitted_total", &[group, "key=\"master\""]),
+        n as f64
+    );
+    assert_eq!(
         delta(
             "sluice_jobs_completed_total",
             &[group, "status=\"succeeded\"", "tier=\"normal\""]
@@ -167,7 +171,28 @@ async fn metrics_appear_and_move_when_jobs_run() -> Result<()> {
         (4 * n) as f64
     );
     assert!(delta("sluice_tokens_total", &[dep, "kind=\"prompt\""]) > 0.0);
-    assert!(delta("sluice_cost_usd_total", &[group, dep]) > 0.0);
+    // Cost is a counter (fractional USD), by model group, deployment and key.
+    assert!(text.contains("# TYPE sluice_cost_usd_total counter"));
+    let cost = delta("sluice_cost_usd_total", &[group, dep, "key=\"master\""]);
+    assert!(cost > 0.0, "cost {cost}");
+    // Each job: prompt tokens at 1e-6 and 4 completion tokens at 2e-6 USD.
+    let prompt = delta("sluice_tokens_total", &[dep, "kind=\"prompt\""]);
+    let want = prompt * 1e-6 + (4 * n) as f64 * 2e-6;
+    assert!((cost - want).abs() < 1e-9, "cost {cost} vs {want}");
+    assert_eq!(
+        delta(
+            "sluice_tokens_total",
+            &[dep, "kind=\"completion\"", "model=\"sim-model\""]
+        ),
+        (4 * n) as f64
+    );
+    // Process and build metrics, on both services.
+    for m in [&after, &scrape(&http, &stack.api_url).await?.1] {
+        assert!(m["process_resident_memory_bytes"] > 0.0);
+        assert!(m["process_open_fds"] > 0.0);
+        assert!(m.contains_key("process_cpu_seconds_total"));
+        assert_eq!(sum(m, "sluice_build_info", &["version="]), 1.0);
+    }
     assert!(
         sum(
             &after,
@@ -198,6 +223,23 @@ async fn metrics_appear_and_move_when_jobs_run() -> Result<()> {
     assert!(
         text.contains("sluice_job_run_seconds_bucket"),
         "histograms, not summaries"
+    );
+    // API requests by route pattern and status.
+    let (_, api) = scrape(&http, &stack.api_url).await?;
+    assert_eq!(
+        sum(
+            &api,
+            "sluice_http_request_duration_seconds_count",
+            &["route=\"/v1/jobs\"", "method=\"POST\"", "status=\"202\""]
+        ),
+        n as f64
+    );
+    assert!(
+        sum(
+            &api,
+            "sluice_http_request_duration_seconds_count",
+            &["route=\"/v1/jobs/{id}\"", "status=\"200\""]
+        ) >= n as f64
     );
     // No secrets, whichever endpoint.
     for body in [text, scrape(&http, &stack.api_url).await?.0] {

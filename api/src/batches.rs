@@ -48,6 +48,7 @@ use sluice_schemas::{ErrorClass, JobEnvelope, JobStatus, Tier, MASTER_OWNER};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::AppState;
@@ -453,6 +454,7 @@ impl Driver {
             }
             let published = self
                 .ingest_chunk(row, batch_uuid, tier, mode, &chunk)
+                .instrument(lines_span(row, chunk.len()))
                 .await?;
             published_total += published as u64;
             if !self
@@ -600,13 +602,14 @@ impl Driver {
                 .publish_with_headers(subject.clone(), headers, payload)
                 .await
                 .map_err(|e| DriveError::Publish(e.to_string()))?;
-            acks.push((envelope.id, &envelope.request.model, ack));
+            acks.push((envelope, ack));
         }
         let mut seqs = Vec::with_capacity(acks.len());
-        for (id, model, ack) in acks {
+        for (envelope, ack) in acks {
             let ack = ack.await.map_err(|e| DriveError::Publish(e.to_string()))?;
-            seqs.push((id, ack.sequence));
-            crate::metrics::submitted(tier, model);
+            seqs.push((envelope.id, ack.sequence));
+            let owner = envelope.owner.as_deref().unwrap_or_default();
+            crate::metrics::submitted(tier, &envelope.request.model, owner);
         }
         self.state.store.record_batch_seqs(&seqs).await?;
         Ok(seqs.len())
@@ -965,6 +968,29 @@ fn output_line(line: LineResult) -> (bool, BatchOutputLine) {
             )
         }
     }
+}
+
+/// The span of publishing a chunk of a batch's lines, in the trace of the request that
+/// created the batch: each line's job continues it (its `traceparent` goes into the NATS
+/// headers, see `core/src/bodies.rs`).
+fn lines_span(row: &BatchRow, lines: usize) -> tracing::Span {
+    if !sluice_core::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        target: sluice_core::telemetry::TARGET,
+        "batch lines",
+        otel.name = "send jobs",
+        otel.kind = "producer",
+        sluice.batch_id = %row.id,
+        lines,
+    );
+    if let Some(tp) = &row.traceparent {
+        sluice_core::telemetry::continue_from(&span, &|k| {
+            (k == "traceparent").then_some(tp.as_str())
+        });
+    }
+    span
 }
 
 #[cfg(test)]

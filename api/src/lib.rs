@@ -6,6 +6,7 @@
 //! publishes the envelope to JetStream; it answers only when both are durable.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod auth;
 pub mod batches;
 pub mod bodies;
@@ -172,6 +173,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::from_fn(access::layer))
         .with_state(state)
 }
 
@@ -254,6 +256,9 @@ pub async fn serve_with(
         .subscribe(subjects.worker_heartbeat())
         .await
         .map_err(|e| ServeError::Subscribe(e.to_string()))?;
+    if config.callbacks.otel && !sluice_core::telemetry::enabled() {
+        tracing::warn!("the otel callback is named but no OTEL_EXPORTER_OTLP_ENDPOINT is set: no traces are exported");
+    }
     if !config.ignored_keys.is_empty() {
         tracing::warn!(keys = ?config.ignored_keys, "config keys Sluice does not act on");
     }

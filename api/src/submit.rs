@@ -12,6 +12,7 @@ use sluice_core::store::{NewJob, Recorded};
 use sluice_schemas::embeddings::EmbeddingsRequest;
 use sluice_schemas::openai::{ChatRequest, Content};
 use sluice_schemas::{JobEnvelope, JobStatus, Tier};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -130,7 +131,11 @@ pub(crate) async fn accept(
             webhook_url: body.webhook_url.as_deref(),
         },
     )?;
-    enqueue(state, caller, body, idempotency_key).await
+    let span = tracing::info_span!(target: sluice_core::telemetry::TARGET, "enqueue",
+        otel.name = "send jobs", otel.kind = "producer", sluice.job_id = tracing::field::Empty);
+    enqueue(state, caller, body, idempotency_key)
+        .instrument(span)
+        .await
 }
 
 /// Parses a `POST /v1/jobs` body: an embeddings job when it has `input` and no
@@ -377,6 +382,7 @@ async fn enqueue(
     idempotency_key: Option<String>,
 ) -> Result<(Submitted, bool), ApiError> {
     let id = Uuid::now_v7();
+    tracing::Span::current().record("sluice.job_id", tracing::field::display(id));
     let now = Utc::now();
     let tier = body.priority.unwrap_or_default();
     let model = body.request.model.clone();
@@ -410,6 +416,7 @@ async fn enqueue(
             created_at: now,
             subject: Some(subject.clone()),
             payload: Some(String::from_utf8_lossy(&payload).into_owned()),
+            request_id: crate::access::request_id(),
         })
         .await
         .map_err(|e| {
@@ -464,7 +471,7 @@ async fn enqueue(
             tracing::warn!(job_id = %id, error = %e, "publish not acknowledged; the outbox will publish the job");
         }
     }
-    crate::metrics::submitted(tier, &model);
+    crate::metrics::submitted(tier, &model, &caller.owner);
     Ok((
         submitted(state, id, model, tier, JobStatus::Queued, now),
         false,

@@ -55,12 +55,15 @@ pub struct BatchRow {
     pub cancelled_at: Option<DateTime<Utc>>,
     /// `live`, `native`, or `auto` until the driver settles it (`crate::native_batches`).
     pub mode: String,
+    /// The creating request's trace context, continued by the jobs of its lines.
+    pub traceparent: Option<String>,
 }
 
 const BATCH_COLUMNS: &str =
     "id, owner, endpoint, input_file_id, completion_window, tier, status, metadata,
     errors, total, ingested, output_file_id, error_file_id, created_at, expires_at, in_progress_at,
-    finalizing_at, completed_at, failed_at, expired_at, cancelling_at, cancelled_at, mode";
+    finalizing_at, completed_at, failed_at, expired_at, cancelling_at, cancelled_at, mode,
+    traceparent";
 
 /// A batch being created.
 #[derive(Debug, Clone)]
@@ -74,6 +77,8 @@ pub struct NewBatch {
     pub metadata: Option<Value>,
     pub expires_at: DateTime<Utc>,
     pub mode: crate::native_batches::BatchMode,
+    /// The creating request's `traceparent` (when traces are on).
+    pub traceparent: Option<String>,
 }
 
 /// How a batch's lines stand, by job status.
@@ -162,8 +167,8 @@ impl Store {
     pub async fn insert_batch(&self, b: &NewBatch) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO batches (id, owner, endpoint, input_file_id, completion_window, tier, status,
-                 metadata, expires_at, mode)
-             VALUES ($1, $2, $3, $4, $5, $6, 'validating', $7, $8, $9)",
+                 metadata, expires_at, mode, traceparent)
+             VALUES ($1, $2, $3, $4, $5, $6, 'validating', $7, $8, $9, $10)",
         )
         .bind(&b.id)
         .bind(&b.owner)
@@ -174,6 +179,7 @@ impl Store {
         .bind(&b.metadata)
         .bind(b.expires_at)
         .bind(b.mode.as_str())
+        .bind(&b.traceparent)
         .execute(self.pool())
         .await?;
         Ok(())

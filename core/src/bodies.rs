@@ -36,6 +36,8 @@ pub async fn job_message(
 ) -> Result<(async_nats::HeaderMap, bytes::Bytes), StoreError> {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", id.to_string().as_str());
+    // The submitting request's trace, continued by the worker (see `telemetry.rs`).
+    crate::telemetry::inject_nats(&mut headers);
     if fits(payload.len(), max_payload) {
         return Ok((headers, payload.into()));
     }

@@ -36,8 +36,8 @@ pub async fn mark(pool: &Pool, prefix: &str, ids: &[Uuid]) -> Result<(), RedisEr
     }
     let mut conn = Box::pin(pool.get())
         .await
-        .map_err(|e| RedisError::Unavailable(e.to_string()))?;
+        .map_err(crate::redis::unavailable)?;
     pipe.query_async::<()>(&mut conn)
         .await
-        .map_err(|e| RedisError::Unavailable(e.to_string()))
+        .map_err(crate::redis::unavailable)
 }

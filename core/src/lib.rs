@@ -12,6 +12,7 @@ pub mod bodies;
 pub mod budget_ledger;
 pub mod cancel;
 pub mod config;
+pub mod error;
 pub mod files;
 pub mod group_commit;
 pub mod job_list;
@@ -27,6 +28,7 @@ pub mod safety;
 pub mod secret;
 pub mod spend;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 
 pub use config::Config;

@@ -9,14 +9,26 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use sluice_schemas::{Subjects, Tier};
 
+use crate::error::{BoxError, Error};
 use crate::tls::{redact_url, TlsEnv};
 
-#[derive(Debug, thiserror::Error)]
-pub enum NatsError {
-    #[error("cannot connect to NATS at {url}: {message}")]
-    Connect { url: String, message: String },
-    #[error("cannot set up JetStream {what}: {message}")]
-    Setup { what: String, message: String },
+/// Connecting to NATS or setting up JetStream failed; the cause is kept as its source.
+pub type NatsError = Error<NatsErrorKind>;
+
+/// What failed talking to NATS.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NatsErrorKind {
+    /// Connecting to the servers at `url` (credentials redacted).
+    #[error("cannot connect to NATS at {url}")]
+    Connect { url: String },
+    /// Creating or updating a stream or consumer (`what` names it).
+    #[error("cannot set up JetStream {what}")]
+    Setup { what: String },
+}
+
+/// A set-up error of `what`.
+fn setup_error(what: String, source: impl Into<BoxError>) -> NatsError {
+    Error::new(NatsErrorKind::Setup { what }, source)
 }
 
 /// Connects to NATS. `urls` is one URL or a comma-separated list of the cluster's
@@ -33,15 +45,12 @@ pub async fn connect(
         .map(|u| redact_url(u.trim()))
         .collect::<Vec<_>>()
         .join(",");
-    let fail = |message: String| NatsError::Connect {
-        url: shown.clone(),
-        message,
-    };
-    let addrs = server_addrs(urls).map_err(&fail)?;
+    let fail = |source: BoxError| Error::new(NatsErrorKind::Connect { url: shown.clone() }, source);
+    let addrs = server_addrs(urls).map_err(|e| fail(e.into()))?;
     let mut options = match &tls.nats_creds {
         Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
             .await
-            .map_err(|e| fail(format!("NATS_CREDS {}: {e}", path.display())))?,
+            .map_err(|e| fail(format!("NATS_CREDS {}: {e}", path.display()).into()))?,
         None => async_nats::ConnectOptions::new(),
     };
     // async-nats reads no credentials from URLs: `user:pass@` becomes the user and
@@ -58,8 +67,8 @@ pub async fn connect(
         .iter()
         .map(without_credentials)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(&fail)?;
-    let config = crate::tls::nats_client_config(tls).map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(e.into()))?;
+    let config = crate::tls::nats_client_config(tls).map_err(|e| fail(e.into()))?;
     options = options
         .tls_client_config(config)
         .name(name)
@@ -70,7 +79,7 @@ pub async fn connect(
     }
     Box::pin(options.connect(addrs.as_slice()))
         .await
-        .map_err(|e| fail(e.to_string()))
+        .map_err(|e| fail(e.into()))
 }
 
 /// `addr` without its user, password or token.
@@ -192,16 +201,13 @@ pub async fn ensure_streams(
 ) -> Result<(), NatsError> {
     for wanted in stream_configs(subjects, events_max_age, replicas) {
         let name = wanted.name.clone();
-        let setup = |e: String| NatsError::Setup {
-            what: format!("stream {name}"),
-            message: e,
-        };
+        let setup = |e: BoxError| setup_error(format!("stream {name}"), e);
         match Box::pin(js.get_stream(&name)).await {
             Ok(mut existing) => {
                 let mut current = existing
                     .info()
                     .await
-                    .map_err(|e| setup(e.to_string()))?
+                    .map_err(|e| setup(e.into()))?
                     .config
                     .clone();
                 for field in drift(&current, &wanted) {
@@ -212,7 +218,7 @@ pub async fn ensure_streams(
                     current.num_replicas = wanted.num_replicas;
                     Box::pin(js.update_stream(current))
                         .await
-                        .map_err(|e| setup(e.to_string()))?;
+                        .map_err(|e| setup(e.into()))?;
                 }
             }
             Err(e)
@@ -224,9 +230,9 @@ pub async fn ensure_streams(
             {
                 Box::pin(js.create_stream(wanted))
                     .await
-                    .map_err(|e| setup(e.to_string()))?;
+                    .map_err(|e| setup(e.into()))?;
             }
-            Err(e) => return Err(setup(e.to_string())),
+            Err(e) => return Err(setup(e.into())),
         }
     }
     Ok(())
@@ -294,10 +300,7 @@ pub async fn ensure_tier_consumers(
     let stream = js
         .get_stream(&stream_name)
         .await
-        .map_err(|e| NatsError::Setup {
-            what: format!("stream {stream_name}"),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| setup_error(format!("stream {stream_name}"), e))?;
     let mut out = Vec::with_capacity(Tier::ALL.len());
     for tier in Tier::ALL {
         let name = subjects.tier_consumer(tier);
@@ -313,10 +316,7 @@ pub async fn ensure_tier_consumers(
                 ..Default::default()
             })
             .await
-            .map_err(|e| NatsError::Setup {
-                what: format!("consumer {name}"),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| setup_error(format!("consumer {name}"), e))?;
         out.push((tier, consumer));
     }
     Ok(out)

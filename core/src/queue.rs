@@ -10,10 +10,15 @@ use futures::TryStreamExt;
 use sluice_schemas::ops::TierQueue;
 use sluice_schemas::{Subjects, Tier};
 
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("cannot read JetStream {what}: {message}")]
-    Read { what: String, message: String },
+/// Reading the queue from JetStream failed; the cause is its source.
+pub type QueueError = crate::error::Error<QueueErrorKind>;
+
+/// What could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueErrorKind {
+    /// The stream or consumer `what`.
+    #[error("cannot read JetStream {what}")]
+    Read { what: String },
 }
 
 /// Reads every tier's consumer info, highest priority first.
@@ -22,13 +27,14 @@ pub async fn snapshot(
     subjects: &Subjects,
 ) -> Result<Vec<TierQueue>, QueueError> {
     let stream_name = subjects.jobs_stream();
-    let stream = js
-        .get_stream_no_info(&stream_name)
-        .await
-        .map_err(|e| QueueError::Read {
-            what: format!("stream {stream_name}"),
-            message: e.to_string(),
-        })?;
+    let stream = js.get_stream_no_info(&stream_name).await.map_err(|e| {
+        QueueError::new(
+            QueueErrorKind::Read {
+                what: format!("stream {stream_name}"),
+            },
+            e,
+        )
+    })?;
     let mut out = Vec::with_capacity(Tier::ALL.len());
     for tier in Tier::ALL {
         let name = subjects.tier_consumer(tier);
@@ -43,9 +49,13 @@ pub async fn snapshot(
             Err(consumer_err) => Counts {
                 pending: subject_count(&stream, &subjects.jobs(tier))
                     .await
-                    .map_err(|_| QueueError::Read {
-                        what: format!("consumer {name}"),
-                        message: consumer_err.to_string(),
+                    .map_err(|_| {
+                        QueueError::new(
+                            QueueErrorKind::Read {
+                                what: format!("consumer {name}"),
+                            },
+                            consumer_err,
+                        )
                     })?,
                 ack_pending: 0,
                 redelivered: 0,

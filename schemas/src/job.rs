@@ -109,4 +109,12 @@ impl JobResult {
             JobResult::Embeddings(_) => None,
         }
     }
+
+    /// The model the provider says answered.
+    pub fn model(&self) -> &str {
+        match self {
+            JobResult::Chat(c) => &c.model,
+            JobResult::Embeddings(e) => &e.model,
+        }
+    }
 }

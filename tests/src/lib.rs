@@ -5,6 +5,7 @@
 //! ([`TestEnv::new`]), so tests run in parallel against one set of servers.
 #![forbid(unsafe_code)]
 
+pub mod otlp;
 pub mod servers;
 pub mod sim;
 

@@ -21,11 +21,20 @@ use uuid::Uuid;
 
 use crate::providers::ChunkSink;
 
-#[derive(Debug, thiserror::Error)]
-#[error("cannot publish {kind} event: {message}")]
-pub struct EventError {
-    kind: &'static str,
-    message: String,
+/// An event was not published (or not stored); the NATS or encoding error is its source.
+pub type EventError = sluice_core::error::Error<EventErrorKind>;
+
+/// Which event was not published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EventErrorKind {
+    /// The event of this kind (`chunk`, `retry`, `done`, `error`).
+    #[error("cannot publish {0} event")]
+    Publish(&'static str),
+}
+
+/// The event of `kind` was not published because of `source`.
+fn unpublished(kind: EventKind, source: impl Into<sluice_core::error::BoxError>) -> EventError {
+    EventError::new(EventErrorKind::Publish(kind.as_str()), source)
 }
 
 pub struct EventPublisher {
@@ -61,10 +70,7 @@ impl EventPublisher {
         self.nats
             .publish_with_headers(self.subject.clone(), headers, body)
             .await
-            .map_err(|e| EventError {
-                kind: kind.as_str(),
-                message: e.to_string(),
-            })
+            .map_err(|e| unpublished(kind, e))
     }
 
     pub async fn chunk(&mut self, attempt: u32, body: Bytes) {
@@ -91,23 +97,16 @@ impl EventPublisher {
         } else {
             EventKind::Error
         };
-        let body = Bytes::from(serde_json::to_vec(done).map_err(|e| EventError {
-            kind: kind.as_str(),
-            message: e.to_string(),
-        })?);
+        let body = Bytes::from(serde_json::to_vec(done).map_err(|e| unpublished(kind, e))?);
         let mut headers = self.headers(kind, attempt);
         headers.insert("Nats-Msg-Id", format!("{}:done", self.job_id).as_str());
-        let fail = |e: String| EventError {
-            kind: kind.as_str(),
-            message: e,
-        };
         let sent = self.fitted(&mut headers, &body, done);
         self.js
             .publish_with_headers(self.subject.clone(), headers, sent)
             .await
-            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| unpublished(kind, e))?
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| unpublished(kind, e))?;
         Ok(body)
     }
 }

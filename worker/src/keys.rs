@@ -37,7 +37,10 @@ impl KeyLimits {
 
     /// The scopes a job of `owner` is admitted against (empty for the master key);
     /// `None` when `owner` is a revoked key, whose jobs must not run.
-    pub async fn scopes(&self, owner: &str) -> Result<Option<Arc<Vec<Scope>>>, String> {
+    pub async fn scopes(
+        &self,
+        owner: &str,
+    ) -> Result<Option<Arc<Vec<Scope>>>, sluice_core::store::StoreError> {
         if sluice_schemas::is_master_owner(owner) {
             return Ok(Some(Arc::default()));
         }
@@ -46,14 +49,8 @@ impl KeyLimits {
                 return Ok(scopes.clone());
             }
         }
-        let record = self.store.api_key(owner).await.map_err(|e| e.to_string())?;
-        if record.is_none()
-            && self
-                .store
-                .api_key_revoked(owner)
-                .await
-                .map_err(|e| e.to_string())?
-        {
+        let record = self.store.api_key(owner).await?;
+        if record.is_none() && self.store.api_key_revoked(owner).await? {
             self.lock()
                 .insert(owner.to_string(), (Instant::now(), None));
             return Ok(None);

@@ -10,6 +10,7 @@
 
 pub mod admin;
 mod bodies;
+pub mod callbacks;
 pub mod context;
 mod deliveries;
 pub mod destinations;
@@ -30,6 +31,7 @@ pub mod router;
 pub mod scheduler;
 pub mod tally;
 pub mod tokens;
+mod trace;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -210,12 +212,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     if let Err(e) = tokio::task::spawn_blocking(tokens::warm).await {
         tracing::warn!(error = %e, "tokenizer warm-up failed; estimates fall back lazily");
     }
+    callbacks::describe();
+    if config.callbacks.otel && !sluice_core::telemetry::enabled() {
+        tracing::warn!("the otel callback is named but no OTEL_EXPORTER_OTLP_ENDPOINT is set: no traces are exported");
+    }
+    let (callback_sender, callback_queue) = match callbacks::channel(&config.callbacks) {
+        Some((sender, rx, langfuse)) => (Some(sender), Some((rx, langfuse))),
+        None => (None, None),
+    };
     let background = TaskTracker::new();
     let ledger = Batcher::spawn(
         "ledger",
         512,
         &background,
-        metrics::Observed::new(ledger::LedgerFlush(store.clone()), &config),
+        callbacks::Fired::new(
+            metrics::Observed::new(ledger::LedgerFlush(store.clone()), &config),
+            callback_sender,
+        ),
     );
     let admin_state = Arc::new(admin::AdminState {
         nats: nats.clone(),
@@ -315,6 +328,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         },
         ops_stop.clone(),
     ));
+    if let Some((rx, langfuse)) = callback_queue {
+        ops.spawn(callbacks::run(rx, langfuse, ops_stop.clone()));
+    }
     ops.close();
     tracing::info!(worker = %worker_id, capacity = config.worker.capacity, deployments = config.deployments.len(), "worker started");
 

@@ -6,7 +6,9 @@
 //! once a batch is durably written ([`Observed`]), so they count exactly what Postgres
 //! holds and the hot path pays nothing for them. Every label value is bounded: tiers,
 //! statuses, error classes and `'static` reasons, and model groups and deployments from
-//! the config (a group the config does not know is reported as `other`).
+//! the config (a group the config does not know is reported as `other`); provider model
+//! names and key ids are capped ([`sluice_core::metrics::capped`]). Cost is a fractional
+//! counter kept by [`sluice_core::metrics::add_cost`].
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use futures::future::BoxFuture;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use rust_decimal::prelude::ToPrimitive;
 use sluice_core::group_commit::Flush;
+use sluice_core::metrics::{add_cost, capped};
 use sluice_core::store::LedgerEntry;
 use sluice_core::Config;
 use sluice_schemas::{ErrorClass, JobStatus, Tier};
@@ -50,11 +53,7 @@ pub fn describe() {
     );
     describe_counter!(
         "sluice_tokens_total",
-        "Tokens billed, by kind (prompt, completion, cached, cache_creation, reasoning) and deployment"
-    );
-    describe_gauge!(
-        "sluice_cost_usd_total",
-        "USD spent, by model group and deployment (monotonic; a gauge because it is fractional)"
+        "Tokens billed, by kind (prompt, completion, cached, cache_creation, reasoning), deployment and provider model (capped)"
     );
     describe_counter!(
         "sluice_pricing_missing_total",
@@ -212,7 +211,9 @@ impl<F> Observed<F> {
             histogram!("sluice_job_run_seconds", "tier" => tier, "model_group" => group.clone())
                 .record(seconds(first, job.finished_at));
         }
+        let key = capped("key", &job.owner);
         for a in attempts {
+            let model = capped("model", &a.model);
             let outcome = a.error_class.map_or("succeeded", ErrorClass::as_str);
             if let Some(ms) = a.latency_ms {
                 histogram!("sluice_provider_request_duration_seconds",
@@ -232,15 +233,19 @@ impl<F> Observed<F> {
                 ("reasoning", a.reasoning_tokens),
             ] {
                 if let Some(n) = n.filter(|n| *n > 0) {
-                    counter!("sluice_tokens_total", "kind" => kind, "deployment" => a.deployment.clone())
+                    counter!("sluice_tokens_total", "kind" => kind, "deployment" => a.deployment.clone(), "model" => model.clone())
                         .increment(n as u64);
                 }
             }
             match a.cost.and_then(|c| c.to_f64()) {
-                Some(usd) => {
-                    gauge!("sluice_cost_usd_total", "model_group" => group.clone(), "deployment" => a.deployment.clone())
-                        .increment(usd)
-                }
+                Some(usd) => add_cost(
+                    &[
+                        ("model_group", &group),
+                        ("deployment", &a.deployment),
+                        ("key", &key),
+                    ],
+                    usd,
+                ),
                 None if a.pricing_missing => {
                     counter!("sluice_pricing_missing_total", "deployment" => a.deployment.clone())
                         .increment(1)

@@ -34,6 +34,25 @@ use uuid::Uuid;
 
 use crate::events::EventPublisher;
 
+/// A reconciliation round failed; the cause (Postgres, JetStream) is its source.
+pub type ReconcileError = sluice_core::error::Error<ReconcileErrorKind>;
+
+/// What a round could not do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReconcileErrorKind {
+    /// Read or write the outbox or the jobs in Postgres.
+    #[error("cannot reach the ledger")]
+    Ledger,
+    /// Open the jobs stream.
+    #[error("cannot open the jobs stream")]
+    Stream,
+}
+
+/// Postgres failed under a round.
+fn ledger(e: sluice_core::store::StoreError) -> ReconcileError {
+    ReconcileError::new(ReconcileErrorKind::Ledger, e)
+}
+
 /// How often the outbox is looked at.
 const EVERY: Duration = Duration::from_secs(5);
 /// An outbox entry younger than this is still the api's to publish.
@@ -84,11 +103,8 @@ pub async fn run(r: Reconciler, stop: CancellationToken) {
 }
 
 /// One pass: publishes due entries and drops those JetStream acknowledged.
-pub async fn round(js: &jetstream::Context, store: &Store) -> Result<usize, String> {
-    let due = store
-        .outbox_due(GRACE, BATCH)
-        .await
-        .map_err(|e| e.to_string())?;
+pub async fn round(js: &jetstream::Context, store: &Store) -> Result<usize, ReconcileError> {
+    let due = store.outbox_due(GRACE, BATCH).await.map_err(ledger)?;
     let mut published = Vec::with_capacity(due.len());
     let max_payload = js.client().server_info().max_payload;
     for row in due {
@@ -119,10 +135,7 @@ pub async fn round(js: &jetstream::Context, store: &Store) -> Result<usize, Stri
         }
     }
     if !published.is_empty() {
-        store
-            .outbox_published(&published)
-            .await
-            .map_err(|e| e.to_string())?;
+        store.outbox_published(&published).await.map_err(ledger)?;
     }
     Ok(published.len())
 }
@@ -146,19 +159,19 @@ async fn message_present(stream: &jetstream::stream::Stream, id: Uuid, seq: u64)
 }
 
 /// One pass: looks up due unfinished jobs' messages and ends those whose message is gone.
-pub async fn lost_round(r: &Reconciler) -> Result<usize, String> {
+pub async fn lost_round(r: &Reconciler) -> Result<usize, ReconcileError> {
     let due = r
         .store
         .lost_candidates(r.lost_grace, LOST_BATCH)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(ledger)?;
     if due.is_empty() {
         return Ok(0);
     }
     let stream =
         r.js.get_stream(r.subjects.jobs_stream())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ReconcileError::new(ReconcileErrorKind::Stream, e))?;
     let error = JobError {
         class: ErrorClass::Internal,
         message: LOST_MESSAGE.into(),
@@ -177,7 +190,7 @@ pub async fn lost_round(r: &Reconciler) -> Result<usize, String> {
                 crate::destinations::reply_subject(Some(subject), &r.prefix, &r.safety).is_some()
             })
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(ledger)?
         else {
             continue;
         };

@@ -127,6 +127,7 @@ pub async fn create(
         metadata: body.metadata.map(Value::Object),
         expires_at: now + chrono::Duration::from_std(window_len).unwrap_or_default(),
         mode,
+        traceparent: sluice_core::telemetry::current_traceparent(),
     };
     state.store.insert_batch(&new).await.map_err(store_error)?;
     let row = load(&state, &caller, &new.id).await?;

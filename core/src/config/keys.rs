@@ -35,6 +35,10 @@ pub(super) const LITELLM_KEYS: &[&str] = &[
     "context_window_fallbacks",
     "content_policy_fallbacks",
     "default_fallbacks",
+    // Their values are checked one by one in `callbacks.rs`.
+    "success_callback",
+    "failure_callback",
+    "callbacks",
 ];
 pub(super) const GENERAL_KEYS: &[&str] = &["master_key"];
 /// `litellm_params` keys acted on so far.

@@ -412,6 +412,16 @@ impl Ctx<'_> {
                 .unwrap_or(true),
             group_retry_policy,
             allowed_fails_policy,
+            wildcard_groups: {
+                let mut w: Vec<String> = groups
+                    .iter()
+                    .filter(|g| g.contains('*'))
+                    .map(|g| g.to_string())
+                    .collect();
+                w.sort_unstable();
+                w.dedup();
+                w
+            },
         })
     }
 

@@ -23,6 +23,7 @@ use serde_yaml_ng::Value;
 use crate::secret::Secret;
 use sluice_schemas::ErrorClass;
 
+pub mod callbacks;
 mod coerce;
 mod describe;
 mod keys;
@@ -195,6 +196,9 @@ pub struct RouterSettings {
     /// before it cools down, replacing `allowed_fails` (and the at-once cooldown of a 429
     /// or an overload) for those classes.
     pub allowed_fails_policy: Vec<(ErrorClass, u32)>,
+    /// Wildcard group names (`openai/*`, `*`), so names of plain groups resolve without
+    /// a scan when there are none.
+    pub wildcard_groups: Vec<String>,
 }
 
 impl RouterSettings {
@@ -291,6 +295,8 @@ pub struct Config {
     pub webhook_secret: Option<Secret>,
     /// Keys present in the file that Sluice does not act on (yet).
     pub ignored_keys: Vec<String>,
+    /// LiteLLM's usage callbacks (`litellm_settings.success_callback`, ...).
+    pub callbacks: callbacks::Callbacks,
     /// Replicas of every stream Sluice creates (`sluice.nats.replicas`: 1, 3 or 5).
     pub nats_replicas: usize,
     /// `SSL_CERT_FILE` and the NATS credential variables (see `core/src/tls.rs`).
@@ -360,6 +366,7 @@ impl Config {
         };
 
         let mut ignored = keys::not_acted_on(&raw);
+        let callbacks = callbacks::resolve(&file_name, &raw.litellm_settings, env, &mut ignored)?;
 
         let default_timeout = ctx
             .opt_f64(&raw.router_settings, "router_settings", "timeout")?
@@ -510,6 +517,7 @@ impl Config {
             batches: s.batches.resolve().map_err(|(k, m)| ctx.invalid(k, m))?,
             safety: s.safety.resolve().map_err(|(k, m)| ctx.invalid(k, m))?,
             ignored_keys: ignored,
+            callbacks,
         };
         Ok(config)
     }
@@ -554,13 +562,7 @@ impl Config {
     /// The wildcard group (`model_name` with a `*`) that `name` falls under, if `name` is
     /// no group of its own.
     pub fn wildcard_group(&self, name: &str) -> Option<&str> {
-        wildcard::best(
-            self.deployments
-                .iter()
-                .filter(|d| d.group.contains('*'))
-                .map(|d| d.group.as_str()),
-            name,
-        )
+        wildcard::best(self.router.wildcard_groups.iter().map(String::as_str), name)
     }
 
     /// A human-readable account of the resolved config (secrets masked), for
@@ -571,7 +573,10 @@ impl Config {
         if let Some(g) = self.router.aliases.get(name) {
             return g;
         }
-        if !name.contains('*') && !self.deployments.iter().any(|d| d.group == name) {
+        if !self.router.wildcard_groups.is_empty()
+            && !name.contains('*')
+            && !self.deployments.iter().any(|d| d.group == name)
+        {
             if let Some(g) = self.wildcard_group(name) {
                 return g;
             }

@@ -27,6 +27,8 @@ pub struct NewJob {
     /// the publish is acknowledged (see [`Store::outbox_due`]).
     pub subject: Option<String>,
     pub payload: Option<String>,
+    /// The `x-request-id` of the request that submitted it.
+    pub request_id: Option<String>,
 }
 
 /// What recording a new job found.
@@ -127,10 +129,10 @@ impl Store {
             "WITH input AS (
                 SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, owner text, idempotency_key text,
                      model_group text, tier text, reply_subject text, metadata jsonb, created_at timestamptz,
-                     subject text, payload text)
+                     subject text, payload text, request_id text)
              ), inserted AS (
-                INSERT INTO jobs (id, owner, idempotency_key, model_group, tier, status, reply_subject, metadata, created_at)
-                SELECT id, owner, idempotency_key, model_group, tier, 'queued', reply_subject, metadata, created_at
+                INSERT INTO jobs (id, owner, idempotency_key, model_group, tier, status, reply_subject, metadata, created_at, request_id)
+                SELECT id, owner, idempotency_key, model_group, tier, 'queued', reply_subject, metadata, created_at, request_id
                 FROM input
                 ON CONFLICT DO NOTHING
                 RETURNING id

@@ -36,13 +36,13 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 pub enum StoreError {
     /// The pool could not be built: a bad URL, TLS set-up, or no server.
     #[error("cannot connect to Postgres: {0}")]
-    Connect(String),
+    Connect(#[source] crate::error::BoxError),
     #[error("database is not migrated ({0}); run `sluice migrate`")]
     /// The database lacks a migration of this build.
     NotMigrated(String),
     /// Applying migrations failed.
     #[error("migration failed: {0}")]
-    Migrate(String),
+    Migrate(#[source] sqlx::migrate::MigrateError),
     /// Postgres refused a statement, or the connection failed under it.
     #[error("database error: {0}")]
     Query(#[from] sqlx::Error),
@@ -81,7 +81,7 @@ fn connect_options(
 ) -> Result<sqlx::postgres::PgConnectOptions, StoreError> {
     use std::str::FromStr;
     let options = sqlx::postgres::PgConnectOptions::from_str(url)
-        .map_err(|e| StoreError::Connect(format!("invalid DATABASE_URL: {e}")))?;
+        .map_err(|e| StoreError::Connect(format!("invalid DATABASE_URL: {e}").into()))?;
     if tls.ssl_cert_file.is_none() {
         return Ok(options);
     }
@@ -98,7 +98,7 @@ fn connect_options(
     match crate::tls::trusted_pem(tls, &extra) {
         Ok(Some(pem)) => Ok(options.ssl_root_cert_from_pem(pem)),
         Ok(None) => Ok(options),
-        Err(e) => Err(StoreError::Connect(e.to_string())),
+        Err(e) => Err(StoreError::Connect(e.into())),
     }
 }
 
@@ -144,7 +144,7 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await
-            .map_err(|e| StoreError::Connect(e.to_string()))?;
+            .map_err(|e| StoreError::Connect(e.into()))?;
         Ok(Store { pool })
     }
 
@@ -164,10 +164,7 @@ impl Store {
 
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR
-            .run(&self.pool)
-            .await
-            .map_err(|e| StoreError::Migrate(e.to_string()))
+        MIGRATOR.run(&self.pool).await.map_err(StoreError::Migrate)
     }
 
     /// Refuses to serve on a database that lacks this build's migrations.

@@ -62,7 +62,8 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, tier: Tier) {
             .await;
         return;
     };
-    let span = tracing::info_span!("job", job_id = %id, tier = %tier, delivery);
+    let span = crate::trace::job(id, tier, delivery, msg.headers.as_ref());
+    span.in_scope(|| crate::trace::queue_wait(&msg));
     let delivery = u32::try_from(delivery).unwrap_or(u32::MAX);
     handle_claimed(&ctx, msg, envelope, tier, delivery, cancel)
         .instrument(span)

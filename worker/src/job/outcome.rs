@@ -13,6 +13,7 @@ use sluice_schemas::events::HEADER_DLQ_REASON;
 use sluice_schemas::job::{JobError, JobResult};
 use sluice_schemas::openai::Usage;
 use sluice_schemas::{DoneEvent, ErrorClass, JobEnvelope, JobStatus, Tier};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::attempt::record_usage;
@@ -313,6 +314,7 @@ pub(super) async fn conclude(
     };
     let deliver = !deliveries.is_empty();
     // Record, then publish, then ack.
+    crate::trace::finished(&outcome, &attempts);
     if let Err(e) = ctx
         .ledger
         .write(LedgerEntry::Finished {
@@ -320,6 +322,7 @@ pub(super) async fn conclude(
             attempts,
             deliveries,
         })
+        .instrument(crate::trace::record())
         .await
     {
         tracing::error!(error = %e, "result not recorded; the job will be redelivered");
@@ -329,7 +332,11 @@ pub(super) async fn conclude(
         return;
     }
     ctx.tally.finished();
-    if let Err(e) = publisher.terminal(last_attempt, &done).await {
+    if let Err(e) = publisher
+        .terminal(last_attempt, &done)
+        .instrument(crate::trace::publish())
+        .await
+    {
         tracing::warn!(error = %e, "terminal event not stored; redelivery will republish it");
         let _ = msg
             .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))

@@ -29,6 +29,7 @@ use sluice_schemas::embeddings::EmbeddingsRequest;
 use sluice_schemas::job::JobError;
 use sluice_schemas::openai::ChatRequest;
 use sluice_schemas::{ErrorClass, JobEnvelope, JobStatus, RetryEvent, Tier, MASTER_OWNER};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::attempt::{Attempt, JobFields};
@@ -68,7 +69,7 @@ pub(super) async fn run(
     }
     // Bounded: every hop resets the retry count, and hops are bounded by max_fallbacks.
     loop {
-        let attempt = match run.admit().await? {
+        let attempt = match run.admit().instrument(crate::trace::admission()).await? {
             Admit::Go(attempt) => attempt,
             Admit::Again => continue,
             Admit::GiveUp => break,
@@ -88,8 +89,15 @@ pub(super) async fn run(
                 return Ok(run.end(JobStatus::Failed, error, made));
             }
         };
-        let result = run.call(&attempt).await;
-        let failure = match run.record(attempt, result).await {
+        let operation = if run.embeddings.is_some() {
+            "embeddings"
+        } else {
+            "chat"
+        };
+        let span =
+            crate::trace::attempt(&attempt.deployment, attempt.number, operation, run.stream);
+        let result = run.call(&attempt).instrument(span.clone()).await;
+        let failure = match run.record(attempt, result).instrument(span).await {
             Ok(out) => return Ok(run.succeed(out)),
             Err(failure) => failure,
         };
@@ -611,6 +619,8 @@ impl<'a> Run<'a> {
     ) -> Result<CallOutput, Failure> {
         let ctx = self.ctx;
         let record = attempt.record(ctx, &self.request, &result);
+        let answered = result.as_ref().ok().map(|o| o.result.model());
+        crate::trace::attempt_ended(&tracing::Span::current(), &record, answered);
         let used = Actual {
             tokens: (record.prompt_tokens.unwrap_or(0) + record.completion_tokens.unwrap_or(0))
                 .max(0) as u64,

@@ -1,0 +1,213 @@
+//! Receivers of what Sluice exports, for the observability tests: an OTLP/HTTP trace
+//! receiver (`POST /v1/traces`, protobuf decoded with the opentelemetry-proto types) and a
+//! Langfuse-compatible ingestion endpoint (`POST /api/public/ingestion`, basic auth,
+//! answering 207 as Langfuse does). Both keep what they received for the test to read.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::Router;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as ProtoValue;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use prost::Message as _;
+use serde_json::{json, Value};
+
+/// One received span.
+#[derive(Debug, Clone)]
+pub struct SpanSeen {
+    pub service: String,
+    pub name: String,
+    /// Lowercase hex, as in `traceparent`.
+    pub trace_id: String,
+    pub span_id: String,
+    /// Empty for a root span.
+    pub parent_span_id: String,
+    /// OTLP `SpanKind` (1 internal, 2 server, 3 client, 4 producer, 5 consumer).
+    pub kind: i32,
+    pub attributes: HashMap<String, Value>,
+}
+
+impl SpanSeen {
+    pub fn attr(&self, key: &str) -> Option<&Value> {
+        self.attributes.get(key)
+    }
+}
+
+/// One Langfuse ingestion request: its `Authorization` header and its batch.
+#[derive(Debug, Clone)]
+pub struct IngestionSeen {
+    pub authorization: Option<String>,
+    pub batch: Vec<Value>,
+}
+
+#[derive(Default)]
+struct Received {
+    spans: Mutex<Vec<SpanSeen>>,
+    ingestions: Mutex<Vec<IngestionSeen>>,
+}
+
+/// The running receiver.
+pub struct Receiver {
+    /// `http://127.0.0.1:<port>`: the OTLP endpoint and the Langfuse host.
+    pub url: String,
+    received: Arc<Received>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    pub async fn start() -> Result<Receiver> {
+        let received = Arc::new(Received::default());
+        let app = Router::new()
+            .route("/v1/traces", post(traces))
+            .route("/api/public/ingestion", post(ingestion))
+            .with_state(Arc::clone(&received));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Receiver {
+            url,
+            received,
+            _server: server,
+        })
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<SpanSeen> {
+        self.received
+            .spans
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every ingestion request received so far.
+    pub fn ingestions(&self) -> Vec<IngestionSeen> {
+        self.received
+            .ingestions
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn value(v: Option<&ProtoValue>) -> Value {
+    match v {
+        Some(ProtoValue::StringValue(s)) => json!(s),
+        Some(ProtoValue::BoolValue(b)) => json!(b),
+        Some(ProtoValue::IntValue(i)) => json!(i),
+        Some(ProtoValue::DoubleValue(d)) => json!(d),
+        Some(ProtoValue::ArrayValue(a)) => {
+            Value::Array(a.values.iter().map(|v| value(v.value.as_ref())).collect())
+        }
+        Some(ProtoValue::KvlistValue(kv)) => Value::Object(
+            kv.values
+                .iter()
+                .map(|k| {
+                    (
+                        k.key.clone(),
+                        value(k.value.as_ref().and_then(|v| v.value.as_ref())),
+                    )
+                })
+                .collect(),
+        ),
+        Some(ProtoValue::BytesValue(b)) => json!(hex(b)),
+        None => Value::Null,
+    }
+}
+
+fn attributes(kvs: &[KeyValue]) -> HashMap<String, Value> {
+    kvs.iter()
+        .map(|kv| {
+            (
+                kv.key.clone(),
+                value(kv.value.as_ref().and_then(|v| v.value.as_ref())),
+            )
+        })
+        .collect()
+}
+
+async fn traces(State(received): State<Arc<Received>>, body: Bytes) -> impl IntoResponse {
+    let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+        return (StatusCode::BAD_REQUEST, Vec::new());
+    };
+    let mut seen = Vec::new();
+    for rs in &request.resource_spans {
+        let resource = rs
+            .resource
+            .as_ref()
+            .map(|r| attributes(&r.attributes))
+            .unwrap_or_default();
+        let service = resource
+            .get("service.name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        for ss in &rs.scope_spans {
+            for span in &ss.spans {
+                seen.push(SpanSeen {
+                    service: service.clone(),
+                    name: span.name.clone(),
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_span_id: hex(&span.parent_span_id),
+                    kind: span.kind,
+                    attributes: attributes(&span.attributes),
+                });
+            }
+        }
+    }
+    if let Ok(mut spans) = received.spans.lock() {
+        spans.extend(seen);
+    }
+    (
+        StatusCode::OK,
+        ExportTraceServiceResponse::default().encode_to_vec(),
+    )
+}
+
+async fn ingestion(
+    State(received): State<Arc<Received>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"message": "bad json"})),
+        );
+    };
+    let batch = v["batch"].as_array().cloned().unwrap_or_default();
+    let successes: Vec<Value> = batch
+        .iter()
+        .map(|e| json!({"id": e["id"], "status": 201}))
+        .collect();
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Ok(mut seen) = received.ingestions.lock() {
+        seen.push(IngestionSeen {
+            authorization,
+            batch,
+        });
+    }
+    (
+        StatusCode::MULTI_STATUS,
+        axum::Json(json!({"successes": successes, "errors": []})),
+    )
+}

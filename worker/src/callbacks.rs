@@ -1,0 +1,406 @@
+//! LiteLLM-style usage callbacks (`litellm_settings.success_callback`, `failure_callback`,
+//! `callbacks`; see `core/src/config/callbacks.rs`): each finished job goes to Langfuse's
+//! ingestion API as a trace with one generation per provider attempt (model, usage, cost,
+//! timings, errors).
+//!
+//! Fired once the job's result is durable (the ledger writer is wrapped by [`Fired`]),
+//! through a bounded queue: a job never waits for a callback and holds no slot for one.
+//! One background task batches the queue and posts it; whatever cannot be queued or
+//! delivered is counted in `sluice_callback_failures_total`.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures::future::BoxFuture;
+use metrics::{counter, describe_counter};
+use rust_decimal::prelude::ToPrimitive;
+use serde_json::{json, Value};
+use sluice_core::config::callbacks::{Callbacks, Langfuse};
+use sluice_core::group_commit::{Flush, FlushError};
+use sluice_core::store::{AttemptRecord, JobOutcome, LedgerEntry};
+use sluice_schemas::JobStatus;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Jobs waiting to be sent; beyond this, callbacks are dropped (and counted).
+const QUEUE: usize = 10_000;
+/// Events per ingestion request (Langfuse takes batches up to 3.5 MB).
+const BATCH: usize = 200;
+/// How long a partial batch waits for company.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Describes the callback metrics.
+pub fn describe() {
+    describe_counter!(
+        "sluice_callback_failures_total",
+        "Usage callbacks not delivered, by callback and reason (queue_full, http, rejected)"
+    );
+    describe_counter!(
+        "sluice_callback_events_total",
+        "Usage callback events delivered, by callback"
+    );
+}
+
+fn failed(reason: &'static str, n: usize) {
+    counter!("sluice_callback_failures_total", "callback" => "langfuse", "reason" => reason)
+        .increment(n as u64);
+}
+
+/// The queue's sending end, with which outcomes to send.
+#[derive(Clone)]
+pub struct Sender {
+    tx: mpsc::Sender<Value>,
+    on_success: bool,
+    on_failure: bool,
+}
+
+/// The queue and its sending end when the config names Langfuse; `None` otherwise.
+pub fn channel(callbacks: &Callbacks) -> Option<(Sender, mpsc::Receiver<Value>, Langfuse)> {
+    let langfuse = callbacks.langfuse.clone()?;
+    let (tx, rx) = mpsc::channel(QUEUE);
+    Some((
+        Sender {
+            tx,
+            on_success: callbacks.langfuse_on_success,
+            on_failure: callbacks.langfuse_on_failure,
+        },
+        rx,
+        langfuse,
+    ))
+}
+
+impl Sender {
+    fn offer(&self, job: &JobOutcome, attempts: &[AttemptRecord]) {
+        let wanted = if job.status == JobStatus::Succeeded {
+            self.on_success
+        } else {
+            self.on_failure
+        };
+        if !wanted {
+            return;
+        }
+        for event in events(job, attempts) {
+            if self.tx.try_send(event).is_err() {
+                failed("queue_full", 1);
+            }
+        }
+    }
+}
+
+/// Wraps the ledger writer: after a batch is durably written, queues its finished jobs.
+pub struct Fired<F> {
+    inner: F,
+    sender: Option<Sender>,
+}
+
+impl<F> Fired<F> {
+    pub fn new(inner: F, sender: Option<Sender>) -> Self {
+        Fired { inner, sender }
+    }
+}
+
+impl<F: Flush<LedgerEntry>> Flush<LedgerEntry> for Fired<F> {
+    type Out = F::Out;
+    fn flush<'a>(
+        &'a self,
+        items: &'a [LedgerEntry],
+    ) -> BoxFuture<'a, Result<Vec<Self::Out>, FlushError>> {
+        Box::pin(async move {
+            let out = self.inner.flush(items).await?;
+            if let Some(sender) = &self.sender {
+                for entry in items {
+                    if let LedgerEntry::Finished { job, attempts, .. } = entry {
+                        sender.offer(job, attempts);
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+fn event_id(kind: &str, id: &str) -> String {
+    format!("{id}-{kind}")
+}
+
+/// Langfuse ingestion events for a finished job: its trace, and one generation per call.
+fn events(job: &JobOutcome, attempts: &[AttemptRecord]) -> Vec<Value> {
+    let trace_id = job.id.to_string();
+    let ts = job.finished_at.to_rfc3339();
+    let mut out = Vec::with_capacity(1 + attempts.len());
+    let output = job
+        .result
+        .as_ref()
+        .and_then(|r| r.get("choices"))
+        .and_then(|c| c.get(0))
+        .and_then(|c| c.get("message"))
+        .cloned();
+    out.push(json!({
+        "id": event_id("trace", &trace_id),
+        "timestamp": ts,
+        "type": "trace-create",
+        "body": {
+            "id": trace_id,
+            "timestamp": job.created_at.to_rfc3339(),
+            "name": job.model_group,
+            "userId": job.owner,
+            "output": output,
+            "metadata": {
+                "sluice.job_id": trace_id,
+                "tier": job.tier.as_str(),
+                "status": job.status.as_str(),
+                "cost_usd": job.cost.and_then(|c| c.to_f64()),
+            },
+            "tags": ["sluice"],
+        }
+    }));
+    let last = attempts.len().saturating_sub(1);
+    for (i, a) in attempts.iter().enumerate() {
+        let gen_id = format!("{trace_id}-{}", a.attempt);
+        let mut usage = serde_json::Map::new();
+        if let Some(n) = a.prompt_tokens {
+            usage.insert("input".into(), json!(n));
+        }
+        if let Some(n) = a.completion_tokens {
+            usage.insert("output".into(), json!(n));
+        }
+        if let (Some(p), Some(c)) = (a.prompt_tokens, a.completion_tokens) {
+            usage.insert("total".into(), json!(p + c));
+        }
+        if let Some(n) = a.cached_tokens.filter(|n| *n > 0) {
+            usage.insert("input_cached_tokens".into(), json!(n));
+        }
+        let cost = a.cost.and_then(|c| c.to_f64()).map(|c| json!({"total": c}));
+        let completion_start = a.ttft_ms.map(|ms| {
+            (a.started_at + chrono::Duration::microseconds((ms * 1000.0) as i64)).to_rfc3339()
+        });
+        let (level, status) = match (&a.error_class, &a.error_message) {
+            (Some(class), msg) => (
+                "ERROR",
+                Some(format!(
+                    "{}: {}",
+                    class.as_str(),
+                    msg.as_deref().unwrap_or("")
+                )),
+            ),
+            (None, _) => ("DEFAULT", None),
+        };
+        out.push(json!({
+            "id": event_id("generation", &gen_id),
+            "timestamp": ts,
+            "type": "generation-create",
+            "body": {
+                "id": gen_id,
+                "traceId": trace_id,
+                "name": format!("chat {}", a.model),
+                "startTime": a.started_at.to_rfc3339(),
+                "endTime": a.finished_at.to_rfc3339(),
+                "completionStartTime": completion_start,
+                "model": a.model,
+                "usageDetails": usage,
+                "costDetails": cost,
+                "level": level,
+                "statusMessage": status,
+                "output": if i == last && a.error_class.is_none() { output.clone() } else { None },
+                "metadata": {
+                    "deployment": a.deployment,
+                    "provider": a.provider,
+                    "attempt": a.attempt,
+                },
+            }
+        }));
+    }
+    out
+}
+
+/// Sends queued events to Langfuse in batches until the queue closes or `stop` (then
+/// what is queued goes out in a last batch).
+pub async fn run(mut rx: mpsc::Receiver<Value>, langfuse: Langfuse, stop: CancellationToken) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_default();
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            langfuse.public_key,
+            langfuse.secret_key.expose()
+        ))
+    );
+    let url = format!("{}/api/public/ingestion", langfuse.host);
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let first = tokio::select! {
+            e = rx.recv() => e,
+            _ = stop.cancelled() => None,
+        };
+        let Some(first) = first else { break };
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while batch.len() < BATCH {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(e)) => batch.push(e),
+                _ => break,
+            }
+        }
+        send(&http, &url, &auth, &mut batch).await;
+    }
+    while let Ok(e) = rx.try_recv() {
+        batch.push(e);
+        if batch.len() >= BATCH {
+            send(&http, &url, &auth, &mut batch).await;
+        }
+    }
+    if !batch.is_empty() {
+        send(&http, &url, &auth, &mut batch).await;
+    }
+}
+
+async fn send(http: &reqwest::Client, url: &str, auth: &str, batch: &mut Vec<Value>) {
+    let n = batch.len();
+    let body = json!({ "batch": std::mem::take(batch) });
+    let resp = http
+        .post(url)
+        .header("authorization", auth)
+        .json(&body)
+        .send()
+        .await;
+    match resp {
+        Ok(r) if r.status().is_success() => {
+            // 207: each event's own status is in `errors`.
+            let rejected = r
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|v| v.get("errors").and_then(Value::as_array).map(Vec::len))
+                .unwrap_or(0);
+            if rejected > 0 {
+                tracing::warn!(rejected, "langfuse rejected callback events");
+                failed("rejected", rejected);
+            }
+            counter!("sluice_callback_events_total", "callback" => "langfuse")
+                .increment(n.saturating_sub(rejected) as u64);
+        }
+        Ok(r) => {
+            tracing::warn!(status = %r.status(), events = n, "langfuse ingestion refused the batch");
+            failed("http", n);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, events = n, "cannot reach langfuse");
+            failed("http", n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use rust_decimal::Decimal;
+    use sluice_schemas::{ErrorClass, Tier};
+
+    fn outcome(status: JobStatus) -> JobOutcome {
+        JobOutcome {
+            id: uuid::Uuid::now_v7(),
+            owner: "key-1".into(),
+            model_group: "fast".into(),
+            tier: Tier::Normal,
+            reply_subject: None,
+            created_at: Utc::now(),
+            status,
+            result: Some(json!({"choices": [{"message": {"role": "assistant", "content": "hi"}}]})),
+            usage: None,
+            cost: Some(Decimal::new(35, 6)),
+            pricing_missing: false,
+            attempts: 2,
+            error_class: None,
+            error_message: None,
+            finished_at: Utc::now(),
+        }
+    }
+
+    fn attempt(job: &JobOutcome, n: u32, error: Option<ErrorClass>) -> AttemptRecord {
+        AttemptRecord {
+            job_id: job.id,
+            attempt: n,
+            delivery: 1,
+            worker: "w".into(),
+            deployment: "fast-1".into(),
+            provider: "openai".into(),
+            model: "gpt-x".into(),
+            status: if error.is_some() {
+                sluice_schemas::job::AttemptStatus::Failed
+            } else {
+                sluice_schemas::job::AttemptStatus::Succeeded
+            },
+            error_class: error,
+            error_message: error.map(|_| "slow down".to_string()),
+            prompt_tokens: Some(10),
+            completion_tokens: error.map_or(Some(5), |_| None),
+            cached_tokens: None,
+            cache_creation_tokens: None,
+            reasoning_tokens: None,
+            usage_estimated: false,
+            cost: error.map_or(Some(Decimal::new(35, 6)), |_| None),
+            pricing_missing: false,
+            ttft_ms: Some(12.0),
+            latency_ms: Some(40.0),
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            dropped_params: None,
+        }
+    }
+
+    #[test]
+    fn a_job_is_a_trace_with_a_generation_per_call() {
+        let job = outcome(JobStatus::Succeeded);
+        let calls = [
+            attempt(&job, 1, Some(ErrorClass::RateLimit)),
+            attempt(&job, 2, None),
+        ];
+        let events = events(&job, &calls);
+        assert_eq!(events.len(), 3);
+        assert_eq!(events[0]["type"], "trace-create");
+        assert_eq!(events[0]["body"]["id"], job.id.to_string());
+        let failed = &events[1]["body"];
+        assert_eq!(failed["level"], "ERROR");
+        assert!(failed["statusMessage"]
+            .as_str()
+            .unwrap()
+            .starts_with("rate_limit"));
+        assert!(failed["output"].is_null());
+        let ok = &events[2]["body"];
+        assert_eq!(ok["traceId"], job.id.to_string());
+        assert_eq!(
+            ok["usageDetails"],
+            json!({"input": 10, "output": 5, "total": 15})
+        );
+        assert_eq!(ok["costDetails"]["total"], 0.000035);
+        assert_eq!(ok["output"]["content"], "hi");
+        // Envelope ids differ, so Langfuse does not drop one as a duplicate.
+        let ids: std::collections::HashSet<_> =
+            events.iter().map(|e| e["id"].to_string()).collect();
+        assert_eq!(ids.len(), 3);
+    }
+
+    #[test]
+    fn success_and_failure_lists_are_kept_apart() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let only_success = Sender {
+            tx,
+            on_success: true,
+            on_failure: false,
+        };
+        let job = outcome(JobStatus::Failed);
+        only_success.offer(&job, &[attempt(&job, 1, Some(ErrorClass::Server))]);
+        assert!(
+            rx.try_recv().is_err(),
+            "a failure is not a success callback"
+        );
+        let job = outcome(JobStatus::Succeeded);
+        only_success.offer(&job, &[attempt(&job, 1, None)]);
+        assert_eq!(rx.try_recv().unwrap()["type"], "trace-create");
+        assert_eq!(rx.try_recv().unwrap()["type"], "generation-create");
+    }
+}
