@@ -1,4 +1,4 @@
-//! Native provider batches: the records (tables: `migrations/20270110000001_native_batches.sql`)
+//! Native provider batches: the records (tables: `migrations/20270120000001_native_batches.sql`)
 //! and [`NativeBackend`], the seam between the api's batch driver (`api/src/native.rs`),
 //! which plans, records and follows upstream batches, and the worker crate's provider
 //! adapters (`worker/src/native/`), which speak each provider's batch API.
