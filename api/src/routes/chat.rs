@@ -24,17 +24,20 @@ use sluice_schemas::{DoneEvent, ErrorClass, EventKind, JobStatus, Tier};
 use crate::auth::Caller;
 use crate::errors::ApiError;
 use crate::job_events;
-use crate::submit::{accept, parse_submit};
+use crate::submit::{accept, parse_submit, SubmitBody};
 use crate::AppState;
 
 /// The longest a synchronous caller waits; the job itself goes on.
 const MAX_WAIT: Duration = Duration::from_secs(15 * 60);
 
-pub async fn completions(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
+/// Reads a synchronous facade's request (chat, embeddings): the `Idempotency-Key` and
+/// `x-sluice-priority` headers and the body, bounded by `max_body_bytes` and parsed by
+/// `parse`. Returns the job body (the header priority wins) and its idempotency key.
+pub(crate) async fn read_facade(
+    state: &AppState,
     req: Request<Body>,
-) -> Result<Response, ApiError> {
+    parse: fn(&[u8]) -> Result<SubmitBody, ApiError>,
+) -> Result<(SubmitBody, Option<String>), ApiError> {
     let header_key = crate::guard::idempotency_header(req.headers())?;
     let priority = match req.headers().get("x-sluice-priority") {
         Some(v) => Some(v.to_str().ok().and_then(Tier::parse).ok_or_else(|| {
@@ -47,13 +50,22 @@ pub async fn completions(
     let bytes = axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|_| ApiError::too_large(limit))?;
-    let mut body = parse_submit(&bytes)?;
+    let mut body = parse(&bytes)?;
     if priority.is_some() {
         body.priority = priority;
     }
+    let idempotency_key = header_key.or(body.idempotency_key.clone());
+    Ok((body, idempotency_key))
+}
+
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    let (body, idempotency_key) = read_facade(&state, req, parse_submit).await?;
     let stream = body.request.stream.unwrap_or(false);
     let include_usage = body.request.stream_options.is_some_and(|o| o.include_usage);
-    let idempotency_key = header_key.or(body.idempotency_key.clone());
     let (submitted, replayed) = accept(&state, &caller, body, idempotency_key).await?;
     let id = submitted.id;
     let job_header =

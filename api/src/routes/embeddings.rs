@@ -11,12 +11,11 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderValue, Request};
 use axum::response::Response;
-use sluice_schemas::Tier;
 
 use crate::auth::Caller;
 use crate::errors::ApiError;
 use crate::job_events;
-use crate::routes::chat::{answer, wait_answer};
+use crate::routes::chat::{answer, read_facade, wait_answer};
 use crate::submit::{accept, parse_embeddings};
 use crate::AppState;
 
@@ -25,23 +24,7 @@ pub async fn create(
     caller: Caller,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
-    let header_key = crate::guard::idempotency_header(req.headers())?;
-    let priority = match req.headers().get("x-sluice-priority") {
-        Some(v) => Some(v.to_str().ok().and_then(Tier::parse).ok_or_else(|| {
-            ApiError::bad_request("x-sluice-priority must be critical, high, normal, low or 0-3")
-                .param("x-sluice-priority")
-        })?),
-        None => None,
-    };
-    let limit = state.config.max_body_bytes;
-    let bytes = axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|_| ApiError::too_large(limit))?;
-    let mut body = parse_embeddings(&bytes)?;
-    if priority.is_some() {
-        body.priority = priority;
-    }
-    let idempotency_key = header_key.or(body.idempotency_key.clone());
+    let (body, idempotency_key) = read_facade(&state, req, parse_embeddings).await?;
     let (submitted, replayed) = accept(&state, &caller, body, idempotency_key).await?;
     let id = submitted.id;
     let job_header =
