@@ -65,9 +65,7 @@ async fn run(lines: usize) -> Result<Figures> {
     // Past OpenAI's 50,000-line limit too, to show memory does not follow the file.
     let extra = "  batches:\n    max_lines: 200000\n    publish_rate: 1000000\n    max_queued: 1000000\n    poll_ms: 50\n";
     let path = env.write_config(&models(&sim), extra)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = sluice_testkit::servers::free_port();
     let api = format!("http://127.0.0.1:{port}");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["--config"])

@@ -18,9 +18,7 @@ use sluice_testkit::{eventually, Stack, TestEnv};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_outlives_its_worker_and_a_receiver_that_was_down() -> Result<()> {
     // The receiver's port, with nobody listening yet.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = sluice_testkit::servers::free_port();
     let url = format!("http://127.0.0.1:{port}/hook");
     let sim = sim::start("127.0.0.1:0", SimConfig::default()).await?;
     let env = TestEnv::new().await?;

@@ -6,11 +6,12 @@
 //! killed test run leaves no orphans and no temp dirs. Postgres refuses to run as root,
 //! so as root it runs as the `postgres` system user (via `runuser`).
 
+use std::collections::BTreeSet;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -49,12 +50,34 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// A free loopback port (bound, then released for the server to take).
+/// A free loopback port for a server about to be started.
+///
+/// Two rules keep it free until that server binds it. It lies below the kernel's
+/// ephemeral range (32768 and up), so no outgoing connection of this busy process can take
+/// it in between; and this process never hands the same port out twice, because a
+/// `bind(:0)` probe that is released at once may return the port a server spawned a moment
+/// earlier has not bound yet (that once put Postgres's port under NATS, and the test's
+/// Postgres client was answered with NATS's `INFO` line). The start point is random per
+/// process, so test binaries running side by side rarely meet either.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // A prime that does not divide SPAN: the walk visits every port of the range once.
+    const STEP: u32 = 7_919;
+    static ISSUED: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut issued = ISSUED.lock().unwrap_or_else(|e| e.into_inner());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let start = nanos ^ std::process::id().wrapping_mul(2_654_435_761);
+    for i in 0..SPAN {
+        let port = (LOW + (start % SPAN + i * STEP) % SPAN) as u16;
+        if !issued.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            issued.insert(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
 fn start() -> Result<Services> {
