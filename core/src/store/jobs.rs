@@ -128,9 +128,11 @@ impl Store {
         let rows = crate::pgtext::rows_param(jobs, &[])?;
         let (ids, seqs) = super::outbox::published_params(published);
         // The job row and its outbox entry in one statement: a job is never recorded
-        // without the envelope that lets a reconciler publish it. The published jobs are
-        // other rows (recorded by earlier statements), locked in id order as in
-        // `outbox_published`.
+        // without the envelope that lets a reconciler publish it. The published jobs'
+        // sequences go to `job_stream_seqs`, not to their job rows: no job row a worker
+        // may be claiming is locked here (see `outbox_published`). Rows are inserted in
+        // key order, so two of these statements (the api runs several at once) never
+        // wait on each other in opposite orders.
         let inserted: Vec<Uuid> = sqlx::query_scalar(
             "WITH input AS (
                 SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, owner text, idempotency_key text,
@@ -139,7 +141,7 @@ impl Store {
              ), inserted AS (
                 INSERT INTO jobs (id, owner, idempotency_key, model_group, tier, status, reply_subject, metadata, created_at, request_id)
                 SELECT id, owner, idempotency_key, model_group, tier, 'queued', reply_subject, metadata, created_at, request_id
-                FROM input
+                FROM input ORDER BY owner, idempotency_key, id
                 ON CONFLICT DO NOTHING
                 RETURNING id
              ), outbox AS (
@@ -151,11 +153,9 @@ impl Store {
                 SELECT * FROM unnest($2::uuid[], $3::bigint[]) AS p(id, seq)
              ), gone AS (
                 DELETE FROM job_outbox WHERE job_id IN (SELECT id FROM published)
-             ), locked AS (
-                SELECT j.id FROM jobs j WHERE j.id IN (SELECT id FROM published) ORDER BY j.id FOR UPDATE
              ), sequenced AS (
-                UPDATE jobs SET stream_seq = p.seq FROM published p, locked l
-                WHERE jobs.id = p.id AND l.id = p.id
+                INSERT INTO job_stream_seqs (job_id, seq) SELECT id, seq FROM published ORDER BY id
+                ON CONFLICT (job_id) DO UPDATE SET seq = EXCLUDED.seq
              )
              SELECT id FROM inserted",
         )
