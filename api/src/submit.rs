@@ -417,6 +417,8 @@ async fn enqueue(
             subject: Some(subject.clone()),
             payload: Some(String::from_utf8_lossy(&payload).into_owned()),
             request_id: crate::access::request_id(),
+            // The "send jobs" span: a republish from the outbox continues it.
+            traceparent: sluice_core::telemetry::current_traceparent(),
         })
         .await
         .map_err(|e| {
