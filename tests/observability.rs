@@ -340,6 +340,9 @@ async fn a_client_traceparent_and_request_id_are_continued() -> Result<()> {
     )
     .await?;
     assert_eq!(request_id, "client-req-42", "the caller's id is echoed");
+    // The job shows the id it was submitted under.
+    let shown = wait_job(&reqwest::Client::new(), &run.api_url, &id, KEY).await?;
+    assert_eq!(shown["request_id"], "client-req-42", "{shown}");
     let trace = trace_of(&receiver, &id).await?;
     assert!(trace.iter().all(|s| s.trace_id == trace_id));
     let http = one(&trace, "POST /v1/jobs");

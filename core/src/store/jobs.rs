@@ -73,6 +73,9 @@ pub struct JobRow {
     /// What the calls the cache replaced cost (read by [`Store::job`] only).
     #[sqlx(default)]
     pub cost_saved: Option<Decimal>,
+    /// The `x-request-id` of the request that submitted it (read by [`Store::job`] only).
+    #[sqlx(default)]
+    pub request_id: Option<String>,
 }
 
 impl JobRow {
@@ -209,7 +212,7 @@ impl Store {
         Ok(sqlx::query_as::<_, JobRow>(
             "SELECT id, owner, model_group, tier, status, metadata, result, result_text, usage, cost,
                     pricing_missing, attempts, error_class, error_message, not_before, created_at, started_at,
-                    finished_at, cache_hit, cost_saved
+                    finished_at, cache_hit, cost_saved, request_id
              FROM jobs WHERE id = $1",
         )
         .bind(id)
