@@ -211,7 +211,8 @@ pub(crate) fn validate_embeddings(e: &EmbeddingsRequest) -> Result<(), ApiError>
     if e.dimensions == Some(0) {
         return Err(ApiError::bad_request("`dimensions` must be at least 1").param("dimensions"));
     }
-    Ok(())
+    // Tag routing reads an embeddings job's `tags` as a chat job's (`worker/src/job/eligible.rs`).
+    check_tags(e.extra.get("tags"), "tags")
 }
 
 /// Parses a chat body, naming the offending field on error.
