@@ -539,3 +539,99 @@ general_settings: {{master_key: {KEY}}}
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embeddings_jobs_follow_tags_wildcards_and_pre_call_checks_like_chat_jobs() -> Result<()> {
+    let small = sim::start("127.0.0.1:0", SimConfig::default()).await?;
+    let big = sim::start("127.0.0.1:0", SimConfig::default()).await?;
+    let env = TestEnv::new().await?;
+    let mut deployments = vec![
+        // Same order and weight: only the pre-call check keeps long inputs off `small`.
+        deployment("e", "small", &small, "", ", max_input_tokens: 200"),
+        deployment("e", "big", &big, "", ", max_input_tokens: 100000"),
+        deployment("tagged", "t-small", &small, ", tags: [cheap]", ""),
+        deployment("tagged", "t-big", &big, ", tags: [default]", ""),
+    ];
+    deployments.push(format!(
+        "  - model_name: 'openai/*'
+    litellm_params: {{model: 'openai/*', api_base: '{}', api_key: sk-test-0001}}
+    model_info: {{id: openai-any}}
+",
+        small.api_base()
+    ));
+    let yaml = config(
+        &deployments,
+        "  enable_pre_call_checks: true\n  enable_tag_filtering: true",
+    );
+    let stack = Stack::start(env.config(&yaml, "")?, 2).await?;
+    let http = reqwest::Client::new();
+
+    // Pre-call checks: a long input never reaches the small deployment.
+    for i in 0..4 {
+        let job = run(
+            &http,
+            &stack.api_url,
+            json!({"model": "e", "input": [format!("{i} {}", long_prompt()), "short"]}),
+        )
+        .await?;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        assert_eq!(deployments_called(&job), ["big"], "{job}");
+    }
+    assert_eq!(small.requests(), 0, "no long input reached `small`");
+
+    // Tags: request `tags` and `metadata.tags` pick the tagged deployment; untagged jobs
+    // go to `default`.
+    for _ in 0..3 {
+        let job = run(
+            &http,
+            &stack.api_url,
+            json!({"model": "tagged", "input": "a", "tags": ["cheap"]}),
+        )
+        .await?;
+        assert_eq!(deployments_called(&job), ["t-small"], "{job}");
+        let job = run(
+            &http,
+            &stack.api_url,
+            json!({"model": "tagged", "input": "b", "metadata": {"tags": ["cheap"]}}),
+        )
+        .await?;
+        assert_eq!(deployments_called(&job), ["t-small"], "{job}");
+        let job = run(
+            &http,
+            &stack.api_url,
+            json!({"model": "tagged", "input": "c"}),
+        )
+        .await?;
+        assert_eq!(deployments_called(&job), ["t-big"], "{job}");
+    }
+    let (_, sent) = small.last_request().context("small saw no request")?;
+    assert!(sent.get("tags").is_none(), "{sent}");
+    // Tags that are not a list of strings are refused at the door, naming the field.
+    let r = http
+        .post(format!("{}/v1/embeddings", stack.api_url))
+        .bearer_auth(KEY)
+        .json(&json!({"model": "tagged", "input": "d", "tags": "cheap"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await?;
+    assert_eq!(v["error"]["param"], "tags", "{v}");
+
+    // A wildcard group, through the OpenAI facade: the deployment embeds with the model
+    // the caller named.
+    let r = http
+        .post(format!("{}/v1/embeddings", stack.api_url))
+        .bearer_auth(KEY)
+        .json(&json!({"model": "openai/text-embedding-3-small", "input": "hello"}))
+        .send()
+        .await?;
+    let status = r.status();
+    let v: Value = r.json().await?;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["model"], "openai/text-embedding-3-small", "{v}");
+    let (path, sent) = small.last_request().context("no request")?;
+    assert!(path.ends_with("/embeddings"), "{path}");
+    assert_eq!(sent["model"], "text-embedding-3-small", "{sent}");
+    stack.stop().await;
+    Ok(())
+}

@@ -28,8 +28,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use rust_decimal::prelude::ToPrimitive;
 use serde_json::{json, Value};
 use sluice_core::batches::{line_job_id, BatchJob, BatchRow, Ending};
+use sluice_core::budgets::{self, Budget, Charges};
 use sluice_core::native_batches::{
     BatchMode, GroupRow, GroupState, NativeBackend, NativeJob, NativeLine, NativeResult, NewGroup,
     Placement, UpstreamEnd, WaitingLine, LIVE_GROUP, NATIVE_WORKER,
@@ -240,6 +242,8 @@ struct Follow<'a> {
     due: HashMap<String, (Instant, Duration)>,
     cancel_sent: HashSet<String>,
     stopping: Option<Ending>,
+    /// Key id → its budget, as read.
+    key_budgets: HashMap<String, Option<Budget>>,
 }
 
 impl<'a> Follow<'a> {
@@ -251,6 +255,7 @@ impl<'a> Follow<'a> {
             due: HashMap::new(),
             cancel_sent: HashSet::new(),
             stopping: None,
+            key_budgets: HashMap::new(),
         }
     }
 
@@ -420,7 +425,7 @@ impl<'a> Follow<'a> {
                 Err((class, message)) => refused.push(failed(job, class, message, None)),
             }
         }
-        self.write(refused).await?;
+        self.write(&g.provider, refused).await?;
         if prepared.is_empty() {
             self.store().native_ended(&g.id, "empty", None, 0).await?;
             return Ok(());
@@ -592,7 +597,7 @@ impl<'a> Follow<'a> {
                 }
             }
         }
-        self.write(entries).await?;
+        self.write(&g.provider, entries).await?;
         let rest: Vec<i32> = by_id.values().map(|l| l.batch_line).collect();
         let (status, error) = match end {
             UpstreamEnd::Completed => ("completed", None),
@@ -629,11 +634,63 @@ impl<'a> Follow<'a> {
             .await?)
     }
 
-    async fn write(&self, entries: Vec<LedgerEntry>) -> Result<(), DriveError> {
+    /// Writes line results to the ledger and charges their costs to the budgets of
+    /// `provider` and of each line's key, as the worker settles a live call.
+    async fn write(&mut self, provider: &str, entries: Vec<LedgerEntry>) -> Result<(), DriveError> {
         for chunk in entries.chunks(LEDGER_CHUNK) {
             self.store().write_ledger(chunk).await?;
+            self.charge(provider, chunk).await?;
         }
         Ok(())
+    }
+
+    /// Charges the costs of `entries` (written to the ledger) to the Redis budgets a live
+    /// call to `provider` by the same key would charge (`sluice_core::budgets`). Best
+    /// effort, like the worker's settlement: a charge lost to a Redis outage is rebuilt
+    /// from the ledger once Redis has lost the counters, else the budget undercounts.
+    async fn charge(&mut self, provider: &str, entries: &[LedgerEntry]) -> Result<(), DriveError> {
+        let config = &self.d.state.config;
+        let provider_budgets: Vec<Budget> =
+            budgets::provider_budgets(provider, &config.limits.provider_budgets).collect();
+        let mut charges = Charges::default();
+        for entry in entries {
+            let LedgerEntry::Finished { job, .. } = entry else {
+                continue;
+            };
+            let Some(usd) = job.cost.and_then(|c| c.to_f64()) else {
+                continue;
+            };
+            for b in &provider_budgets {
+                charges.add(b, usd);
+            }
+            if let Some(b) = self.key_budget(&job.owner).await? {
+                charges.add(&b, usd);
+            }
+        }
+        if let Err(e) = charges
+            .charge(&self.d.state.redis, &config.subject_prefix)
+            .await
+        {
+            tracing::warn!(batch_id = %self.d.id, error = %e, "native spend not charged to the budgets in Redis; the ledger has it");
+        }
+        Ok(())
+    }
+
+    /// The budget of `owner`'s key (none for the master key), read once per driver.
+    async fn key_budget(&mut self, owner: &str) -> Result<Option<Budget>, DriveError> {
+        if sluice_schemas::is_master_owner(owner) {
+            return Ok(None);
+        }
+        if let Some(b) = self.key_budgets.get(owner) {
+            return Ok(b.clone());
+        }
+        let b = self
+            .store()
+            .api_key(owner)
+            .await?
+            .and_then(|k| budgets::key_budget(&k));
+        self.key_budgets.insert(owner.to_string(), b.clone());
+        Ok(b)
     }
 
     /// Publishes `lines` (line numbers) as live jobs, as the live driver does. Returns

@@ -211,7 +211,8 @@ pub(crate) fn validate_embeddings(e: &EmbeddingsRequest) -> Result<(), ApiError>
     if e.dimensions == Some(0) {
         return Err(ApiError::bad_request("`dimensions` must be at least 1").param("dimensions"));
     }
-    Ok(())
+    // Tag routing reads an embeddings job's `tags` as a chat job's (`worker/src/job/eligible.rs`).
+    check_tags(e.extra.get("tags"), "tags")
 }
 
 /// Parses a chat body, naming the offending field on error.
@@ -417,6 +418,8 @@ async fn enqueue(
             subject: Some(subject.clone()),
             payload: Some(String::from_utf8_lossy(&payload).into_owned()),
             request_id: crate::access::request_id(),
+            // The "send jobs" span: a republish from the outbox continues it.
+            traceparent: sluice_core::telemetry::current_traceparent(),
         })
         .await
         .map_err(|e| {

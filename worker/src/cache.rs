@@ -12,8 +12,9 @@
 //! - **Per request** (the body's `cache` object, as LiteLLM reads it): `no-cache: true`
 //!   skips the lookup, `no-store: true` skips the write, `ttl` (seconds) sets this entry's
 //!   life, `namespace` its prefix; with `mode: default_off`, only `use-cache: true` caches.
-//! - Lookups are one `GET`/`MGET` before admission; writes go out after the job's result
-//!   is recorded, off the job's path. Redis trouble is a miss, never a failed job.
+//! - Lookups are one `MGET` before admission. The write is handed to a background task as
+//!   soon as the call succeeds (`job/cached.rs`, `after_call`), before the job's result is
+//!   recorded; the job never waits for it. Redis trouble is a miss, never a failed job.
 //!
 //! With the cache off nothing here runs: the pipeline only takes the `cache` object out
 //! of the request so no provider sees it.

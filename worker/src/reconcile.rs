@@ -110,13 +110,18 @@ pub async fn round(js: &jetstream::Context, store: &Store) -> Result<usize, Reco
     for row in due {
         let ack = async {
             // Larger than a message may be: by reference (see `sluice_core::bodies`).
-            let (headers, payload) = sluice_core::bodies::job_message(
+            let (mut headers, payload) = sluice_core::bodies::job_message(
                 store,
                 max_payload,
                 row.job_id,
                 row.payload.into_bytes(),
             )
             .await?;
+            // The submitting request's trace, as its first publish carried it: the
+            // worker's job span continues it (`telemetry::continue_from_nats`).
+            if let Some(tp) = &row.traceparent {
+                headers.insert("traceparent", tp.as_str());
+            }
             let ack = js
                 .publish_with_headers(row.subject.clone(), headers, payload)
                 .await?

@@ -98,6 +98,8 @@ struct JobView {
     cost_saved: Option<rust_decimal::Decimal>,
     error: Option<ErrorView>,
     metadata: Option<Value>,
+    /// The `x-request-id` of the request that submitted the job (`api/src/access.rs`).
+    request_id: Option<String>,
     attempt_log: Vec<AttemptView>,
 }
 
@@ -160,6 +162,7 @@ fn job_view(row: JobRow, attempts: Vec<AttemptRow>) -> JobView {
             message: row.error_message.unwrap_or_default(),
         }),
         metadata: row.metadata,
+        request_id: row.request_id,
         attempt_log: attempts
             .into_iter()
             .map(|a| AttemptView {
