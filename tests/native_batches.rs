@@ -781,3 +781,51 @@ async fn native_spend_is_charged_to_budgets_and_holds_back_live_jobs() -> Result
     stack.stop().await;
     Ok(())
 }
+
+/// The provider's enqueued-token limit (the simulator fails a batch that would take the
+/// queue past it, as OpenAI does): the driver cuts upstream batches to the deployment's
+/// limit and holds each back until the earlier ones ended, so none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_batches_stay_under_the_enqueued_token_limit() -> Result<()> {
+    const LIMIT: u64 = 30;
+    let sim = sim::start(
+        "127.0.0.1:0",
+        SimConfig {
+            batch_delay_ms: 300,
+            batch_enqueued_tokens: Some(LIMIT),
+            ..sim_config()
+        },
+    )
+    .await?;
+    let env = TestEnv::new().await?;
+    let limit = format!("      batch_enqueued_tokens: {LIMIT}\n");
+    let models = models(&[deployment(&sim, "gpt", "openai", &limit)]);
+    // No live re-runs and no workers: a batch the provider failed would fail its lines.
+    let settings = format!("{SETTINGS}    native_rerun_live: false\n");
+    let stack = Stack::start(env.config(&models, &settings)?, 0).await?;
+    let http = reqwest::Client::new();
+    let api = &stack.api_url;
+    // About 10 prompt tokens a line: the six lines hold twice the limit.
+    let input: String = (1..=6)
+        .map(|i| line(&format!("req-{i}"), "gpt", "Name a river"))
+        .collect();
+    let created = create(&http, api, input, json!({"sluice_mode": "native"})).await?;
+    let id = created["id"].as_str().context("batch id")?;
+    let done = wait_status(&http, api, id, "completed").await?;
+    assert_eq!(done["request_counts"]["completed"], 6, "{done}");
+    assert_eq!(
+        sim.batch_over_limit(),
+        0,
+        "no upstream batch past the limit"
+    );
+    let upstream = done["upstream"].as_array().context("upstream")?;
+    assert!(upstream.len() >= 2, "split at the limit: {done}");
+    assert_eq!(sim.batch_creates(), upstream.len() as u64);
+    for u in upstream {
+        assert_eq!(u["upstream_status"], "completed", "{done}");
+        let tokens = u["tokens"].as_u64().context("tokens")?;
+        assert!(tokens > 0 && tokens <= LIMIT, "{done}");
+    }
+    stack.stop().await;
+    Ok(())
+}

@@ -5,17 +5,21 @@
 //!
 //! 1. **Plan** (once): every request line is checked as in live mode, routing picks its
 //!    deployment, and the lines are grouped per deployment into upstream batches cut at the
-//!    provider's limits (requests and bytes). The line jobs (each naming its upstream
+//!    provider's limits (requests, bytes, and the deployment's enqueued-token limit when one
+//!    is set). The line jobs (each naming its upstream
 //!    batch) and the upstream batches (`pending`) are recorded in one transaction. A
 //!    deployment without a batch API gets a `live` group whose lines run as live jobs.
 //!    `auto` settles on live unless every line's deployment has a batch API and the
 //!    window is at least the providers' 24 h.
-//! 2. **Submit**: `submitting` is recorded before the create call, `submitted` with the
+//! 2. **Submit**: a group waits while its deployment's upstream batches in flight would
+//!    take it past the enqueued-token limit. `submitting` is recorded before the create call, `submitted` with the
 //!    upstream ids right after. A restart finds a `submitting` group upstream by its
 //!    marker where the protocol keeps one (OpenAI, Azure), so it is not submitted twice.
 //! 3. **Poll** each upstream batch with backoff (`native_poll_ms`, doubling up to
 //!    `native_poll_max_ms`). When it ends, its result lines are written to the line jobs
-//!    through the ledger (one attempt each, at batch prices), per-line errors included.
+//!    through the ledger (one attempt each, at batch prices), per-line errors included, and
+//!    their costs are charged to the same Redis budgets as a live call's
+//!    (`sluice_core::budgets`).
 //! 4. Lines left without a result (the upstream batch failed or expired) run live while
 //!    the batch's window is open and `native_rerun_live` allows it, else end `expired`.
 //!    Cancel and the batch's own expiry cancel the upstream batches, keep the results
@@ -81,6 +85,8 @@ struct Planned {
     group: NewGroup,
     max_lines: u32,
     max_bytes: u64,
+    /// The deployment's enqueued-token limit: a group holds at most this many tokens.
+    max_tokens: Option<u64>,
 }
 
 /// Plans the batch; `false` when it runs live after all (`auto` that cannot go native).
@@ -173,6 +179,7 @@ async fn plan(
                     protocol: None,
                     max_lines: u32::MAX,
                     max_bytes: u64::MAX,
+                    enqueued_tokens: None,
                 });
                 if place.protocol.is_none() && requested == BatchMode::Auto {
                     tracing::info!(batch_id = %d.id, deployment = %place.deployment, "auto mode: a deployment has no batch API; running live");
@@ -183,10 +190,17 @@ async fn plan(
                     None => (format!("{LIVE_GROUP}:{}", place.deployment), LIVE_GROUP),
                 };
                 let size = bytes.len() as u64;
+                // Counted only where a limit needs it (tokenizing every line costs).
+                let tokens = match place.enqueued_tokens {
+                    Some(_) => backend.prompt_tokens(&place.deployment, &request),
+                    None => 0,
+                };
                 let fits = |g: &Planned| {
                     (g.group.lines as u32) < g.max_lines
                         && (g.group.bytes as u64 + size)
                             <= ((g.max_bytes as f64) * BYTES_HEADROOM) as u64
+                        && g.max_tokens
+                            .is_none_or(|max| g.group.tokens as u64 + tokens <= max)
                 };
                 let index = match open.get(&key) {
                     Some(&i) if fits(&groups[i]) || groups[i].group.lines == 0 => i,
@@ -202,9 +216,11 @@ async fn plan(
                                 protocol: protocol.to_string(),
                                 lines: 0,
                                 bytes: 0,
+                                tokens: 0,
                             },
                             max_lines: place.max_lines.max(1),
                             max_bytes: place.max_bytes,
+                            max_tokens: place.enqueued_tokens,
                         });
                         open.insert(key, groups.len() - 1);
                         groups.len() - 1
@@ -213,6 +229,7 @@ async fn plan(
                 let g = &mut groups[index].group;
                 g.lines += 1;
                 g.bytes += size as i64;
+                g.tokens += tokens as i64;
                 jobs.push(NativeJob {
                     job: base(custom_id, request.model.clone()),
                     native_batch: Some(g.id.clone()),
@@ -244,6 +261,8 @@ struct Follow<'a> {
     stopping: Option<Ending>,
     /// Key id → its budget, as read.
     key_budgets: HashMap<String, Option<Budget>>,
+    /// Groups held back by an enqueued-token limit (logged once).
+    held: HashSet<String>,
 }
 
 impl<'a> Follow<'a> {
@@ -256,6 +275,7 @@ impl<'a> Follow<'a> {
             cancel_sent: HashSet::new(),
             stopping: None,
             key_budgets: HashMap::new(),
+            held: HashSet::new(),
         }
     }
 
@@ -357,8 +377,27 @@ impl<'a> Follow<'a> {
             self.store().native_ended(&g.id, "live", None, n).await?;
             return Ok(());
         }
+        if self.held_back(g).await? {
+            return Ok(());
+        }
         self.store().native_submitting(&g.id).await?;
         self.submit(g).await
+    }
+
+    /// Whether `g` must wait: its deployment's upstream batches in flight (this batch's
+    /// and others') hold so many tokens that `g` would pass the provider's enqueued-token
+    /// limit. A group is sent once nothing else is in flight, even if it alone is over
+    /// the limit (planning cut it to fit unless one line is over).
+    async fn held_back(&mut self, g: &GroupRow) -> Result<bool, DriveError> {
+        let Some(limit) = self.backend.enqueued_limit(&g.deployment) else {
+            return Ok(false);
+        };
+        let enqueued = self.store().native_enqueued(&g.deployment).await?;
+        let held = enqueued > 0 && (enqueued + g.tokens) as u64 > limit;
+        if held && self.held.insert(g.id.clone()) {
+            tracing::info!(batch_id = %self.d.id, group = %g.id, deployment = %g.deployment, enqueued, tokens = g.tokens, limit, "upstream batch held back: the deployment's enqueued-token limit is reached");
+        }
+        Ok(held)
     }
 
     /// A create call may have reached the provider: look for the batch it made first.
@@ -783,6 +822,7 @@ pub fn upstream_view(groups: &[GroupRow]) -> Vec<Value> {
                 "state": g.state,
                 "upstream_status": g.upstream_status,
                 "lines": g.lines,
+                "tokens": g.tokens,
                 "rerun_live": g.rerun_live,
                 "error": g.error,
             })
