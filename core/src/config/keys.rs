@@ -67,6 +67,7 @@ pub(super) const PARAM_KEYS: &[&str] = &[
     "input_cost_per_token_batches",
     "output_cost_per_token_batches",
     "tags",
+    "tag_regex",
 ];
 pub(super) const INFO_KEYS: &[&str] = &[
     "id",
