@@ -68,6 +68,9 @@ pub struct Placement {
     pub max_lines: u32,
     /// Bytes of requests per upstream batch.
     pub max_bytes: u64,
+    /// The provider's enqueued-token limit of the deployment: prompt tokens of its
+    /// upstream batches in flight at once (`None`: no limit known).
+    pub enqueued_tokens: Option<u64>,
 }
 
 /// One line as sent upstream: `custom_id` is the line's job id.
@@ -160,6 +163,13 @@ pub trait NativeBackend: Send + Sync {
     /// The deployment routing picks for a line of `model_group`; `None`: no such group.
     fn place(&self, model_group: &str) -> Option<Placement>;
 
+    /// Prompt tokens of `request` on `deployment`, as its enqueued-token limit counts them
+    /// (estimated before sending).
+    fn prompt_tokens(&self, deployment: &str, request: &ChatRequest) -> u64;
+
+    /// The enqueued-token limit of `deployment` ([`Placement::enqueued_tokens`]).
+    fn enqueued_limit(&self, deployment: &str) -> Option<u64>;
+
     /// `line` as the upstream batch of `deployment` takes it (the body a live call would
     /// send, wrapped in the protocol's line shape); `Err`: the provider cannot take it.
     fn prepare(&self, deployment: &str, line: &NativeLine) -> Result<Value, (ErrorClass, String)>;
@@ -238,6 +248,8 @@ pub struct GroupRow {
     pub protocol: String,
     pub lines: i32,
     pub bytes: i64,
+    /// Estimated prompt tokens (counted only for deployments with an enqueued-token limit).
+    pub tokens: i64,
     pub state: String,
     pub upstream_id: Option<String>,
     pub upstream_file_id: Option<String>,
@@ -266,6 +278,7 @@ pub struct NewGroup {
     pub protocol: String,
     pub lines: i32,
     pub bytes: i64,
+    pub tokens: i64,
 }
 
 /// A line job of a native batch: the job row and the upstream batch it belongs to.
@@ -288,7 +301,7 @@ pub struct WaitingLine {
 }
 
 const GROUP_COLUMNS: &str =
-    "id, batch_id, seq, deployment, provider, protocol, lines, bytes, state,
+    "id, batch_id, seq, deployment, provider, protocol, lines, bytes, tokens, state,
     upstream_id, upstream_file_id, upstream_status, error, rerun_live, created_at, submitted_at,
     ended_at";
 
@@ -345,10 +358,12 @@ impl Store {
         if !groups.is_empty() {
             sqlx::query(
                 "INSERT INTO native_batches (id, batch_id, seq, deployment, provider, protocol, lines,
-                     bytes, state)
-                 SELECT id, batch_id, seq, deployment, provider, protocol, lines, bytes, 'pending'
+                     bytes, tokens, state)
+                 SELECT id, batch_id, seq, deployment, provider, protocol, lines, bytes, tokens,
+                     'pending'
                  FROM jsonb_to_recordset($1::jsonb) AS t(id text, batch_id text, seq int,
-                     deployment text, provider text, protocol text, lines int, bytes bigint)
+                     deployment text, provider text, protocol text, lines int, bytes bigint,
+                     tokens bigint)
                  ON CONFLICT DO NOTHING",
             )
             .bind(crate::pgtext::rows_param(groups, &[])?)
@@ -373,6 +388,19 @@ impl Store {
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Prompt tokens of `deployment`'s upstream batches in flight (being submitted or
+    /// submitted, not ended), across every batch: what its enqueued-token limit counts.
+    pub async fn native_enqueued(&self, deployment: &str) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT sum(tokens)::bigint FROM native_batches
+             WHERE deployment = $1 AND state IN ('submitting', 'submitted')",
+        )
+        .bind(deployment)
+        .fetch_one(self.pool())
+        .await?
+        .unwrap_or(0))
     }
 
     /// The create call is about to be made.

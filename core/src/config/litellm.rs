@@ -188,6 +188,15 @@ impl Ctx<'_> {
                 &format!("model_list[{i}].model_info"),
                 "max_input_tokens",
             )?,
+            batch_enqueued_tokens: match self.opt_u64(p, &section, "batch_enqueued_tokens")? {
+                Some(n) => Some(n),
+                None => self.opt_u64(
+                    &m.model_info,
+                    &format!("model_list[{i}].model_info"),
+                    "batch_enqueued_tokens",
+                )?,
+            }
+            .filter(|n| *n > 0),
         })
     }
 

@@ -141,6 +141,9 @@ pub struct Deployment {
     /// `model_info.max_input_tokens`: the prompt this deployment's context holds
     /// (`router_settings.enable_pre_call_checks`).
     pub max_input_tokens: Option<u64>,
+    /// `model_info.batch_enqueued_tokens` (or `litellm_params`): the provider's
+    /// enqueued-token limit for this deployment's native batches.
+    pub batch_enqueued_tokens: Option<u64>,
 }
 
 impl Deployment {

@@ -69,6 +69,8 @@ struct Job {
     metadata: Value,
     input_file_id: Option<String>,
     created: i64,
+    /// Prompt tokens the batch puts in the queue (OpenAI, Azure).
+    tokens: u64,
     ready_at: Instant,
     fault: Option<BatchFault>,
     phase: Phase,
@@ -302,6 +304,22 @@ fn create_any(sim: &Sim, kind: Kind, headers: &HeaderMap, body: &Value) -> Respo
         };
         lines.push((id.to_string(), body.clone()));
     }
+    // The enqueued-token limit: a batch that would take the model's queue past it fails
+    // with `token_limit_exceeded`, as OpenAI and Azure fail it.
+    let tokens: u64 = lines.iter().map(|(_, body)| prompt_tokens(body)).sum();
+    let mut fault = fault;
+    if let Some(limit) = sim.config.batch_enqueued_tokens {
+        let enqueued: u64 = b
+            .jobs
+            .values()
+            .filter(|j| j.kind == kind && j.phase == Phase::Running)
+            .map(|j| j.tokens)
+            .sum();
+        if enqueued + tokens > limit {
+            sim.stats.batch_over_limit.fetch_add(1, Ordering::SeqCst);
+            fault = Some(BatchFault::Failed);
+        }
+    }
     let id = b.id("batch_sim");
     let job = Job {
         kind,
@@ -310,6 +328,7 @@ fn create_any(sim: &Sim, kind: Kind, headers: &HeaderMap, body: &Value) -> Respo
         metadata: body.get("metadata").cloned().unwrap_or(Value::Null),
         input_file_id: Some(file_id.to_string()),
         created: now(),
+        tokens,
         ready_at: ready_at(sim),
         fault,
         phase: Phase::Running,
@@ -320,6 +339,19 @@ fn create_any(sim: &Sim, kind: Kind, headers: &HeaderMap, body: &Value) -> Respo
     let view = openai_view(&id, &job);
     b.jobs.insert(id, job);
     Json(view).into_response()
+}
+
+/// Prompt tokens of an OpenAI chat body, counted as the live endpoint counts usage.
+fn prompt_tokens(body: &Value) -> u64 {
+    let messages = body["messages"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let chars: usize = messages
+        .iter()
+        .map(|m| super::plan::text_chars(&m["content"]))
+        .sum();
+    (chars as u64).div_ceil(4) + 4 * messages.len() as u64
 }
 
 fn openai_view(id: &str, j: &Job) -> Value {
@@ -651,6 +683,7 @@ pub(super) async fn anthropic_create(
         metadata: Value::Null,
         input_file_id: None,
         created: now(),
+        tokens: 0,
         ready_at: ready_at(&sim),
         fault,
         phase: Phase::Running,
@@ -833,6 +866,7 @@ pub(super) async fn gemini_create(
         metadata: batch.get("display_name").cloned().unwrap_or(Value::Null),
         input_file_id: None,
         created: now(),
+        tokens: 0,
         ready_at: ready_at(&sim),
         fault,
         phase: Phase::Running,

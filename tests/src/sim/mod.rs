@@ -86,6 +86,10 @@ pub struct SimConfig {
     /// Batch APIs: a whole-batch fault for the first `batch_fault_first` batches.
     pub batch_fault: Option<BatchFault>,
     pub batch_fault_first: u64,
+    /// Batch APIs (OpenAI, Azure): the enqueued-token limit. A batch whose prompt tokens
+    /// (as usage counts them) would take the running batches past it fails with
+    /// `token_limit_exceeded`.
+    pub batch_enqueued_tokens: Option<u64>,
 }
 
 impl Default for SimConfig {
@@ -106,6 +110,7 @@ impl Default for SimConfig {
             batch_delay_ms: 0,
             batch_fault: None,
             batch_fault_first: 0,
+            batch_enqueued_tokens: None,
         }
     }
 }
@@ -174,6 +179,8 @@ pub struct SimStats {
     pub batch_creates: AtomicU64,
     pub batch_cancels: AtomicU64,
     pub batch_lines: AtomicU64,
+    /// Batches created past the enqueued-token limit.
+    pub batch_over_limit: AtomicU64,
 }
 
 struct Sim {
@@ -207,6 +214,11 @@ impl SimHandle {
     /// Upstream batches created so far (every batch API).
     pub fn batch_creates(&self) -> u64 {
         self.stats.batch_creates.load(Ordering::SeqCst)
+    }
+
+    /// Batches that failed because they were created past the enqueued-token limit.
+    pub fn batch_over_limit(&self) -> u64 {
+        self.stats.batch_over_limit.load(Ordering::SeqCst)
     }
 
     pub fn batch_cancels(&self) -> u64 {
