@@ -1,16 +1,18 @@
 //! The response cache (`litellm_settings.cache` + `cache_params`, LiteLLM's semantics)
 //! through the real stack: a hit makes no provider call, costs 0 and is shared by every
 //! worker (in Redis); `/v1/spend` reports the cost saved; `no-cache` and `no-store` are
-//! honoured; a streamed job replays a hit as chunks; embeddings are cached per input.
+//! honoured; a streamed job replays a hit as chunks; embeddings are cached per input; an
+//! entry over `max_entry_bytes` is not stored; the metrics count hits, misses and skips.
 
 mod common;
 
 use anyhow::{Context, Result};
 use common::KEY;
 use serde_json::{json, Value};
+use sluice_testkit::servers::free_port;
 use sluice_testkit::sim::embeddings::{vector, DEFAULT_DIMENSIONS};
 use sluice_testkit::sim::{self, SimConfig, SimHandle};
-use sluice_testkit::{Stack, TestEnv};
+use sluice_testkit::{eventually, Stack, TestEnv};
 
 fn models(s: &SimHandle) -> String {
     format!(
@@ -199,6 +201,162 @@ async fn a_streamed_job_replays_a_hit_as_chunks_and_embeddings_are_cached_per_in
     }
     embed(json!("gamma")).await?;
     assert_eq!(s.requests(), 3, "a wholly cached request makes no call");
+    stack.stop().await;
+    Ok(())
+}
+
+/// The value of `name{labels...}` summed over its series in a Prometheus text page.
+fn metric(page: &str, name: &str, labels: &[&str]) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name && labels.iter().all(|l| rest.contains(l))
+        })
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_over_the_size_cap_is_not_stored_and_metrics_count_hits_misses_and_skips(
+) -> Result<()> {
+    let s = sim::start("127.0.0.1:0", SimConfig::default()).await?;
+    let env = TestEnv::new().await?;
+    // A cap that holds a chat answer and a 16-float vector, not a 512-float one.
+    let yaml = models(&s).replace(
+        "supported_call_types: [acompletion, aembedding]}",
+        "supported_call_types: [acompletion, aembedding], max_entry_bytes: 2048}",
+    );
+    assert!(yaml.contains("max_entry_bytes: 2048"));
+    let port = free_port();
+    let worker_url = format!("http://127.0.0.1:{port}");
+    let stack = Stack::start(
+        env.config(&yaml, &format!("  metrics_addr: 127.0.0.1:{port}"))?,
+        1,
+    )
+    .await?;
+    let api = stack.api_url.clone();
+    let http = reqwest::Client::new();
+    let page = || {
+        let http = http.clone();
+        let url = format!("{worker_url}/metrics");
+        async move { http.get(url).send().await.ok()?.text().await.ok() }
+    };
+    let before = eventually(std::time::Duration::from_secs(30), "worker metrics", page).await?;
+    let embed = |body: Value| {
+        let http = http.clone();
+        let api = api.clone();
+        async move {
+            let v: Value = http
+                .post(format!("{api}/v1/embeddings"))
+                .bearer_auth(KEY)
+                .json(&body)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            anyhow::Ok(v)
+        }
+    };
+
+    // Too large: neither call is answered from the cache.
+    let wide = json!({"model": "embed", "input": "wide", "dimensions": 512});
+    let first = embed(wide.clone()).await?;
+    assert_eq!(
+        first["data"][0]["embedding"].as_array().map(Vec::len),
+        Some(512)
+    );
+    embed(wide).await?;
+    assert_eq!(s.requests(), 2, "an entry over the cap was not stored");
+    // Under the cap: stored, and the second call is a hit.
+    embed(json!({"model": "embed", "input": "narrow"})).await?;
+    embed(json!({"model": "embed", "input": "narrow"})).await?;
+    assert_eq!(s.requests(), 3, "an entry under the cap was stored");
+    let miss = submit(&http, &api, ask("Counted once.")).await?;
+    let hit = submit(&http, &api, ask("Counted once.")).await?;
+    assert_eq!(
+        (miss["cache_hit"].clone(), hit["cache_hit"].clone()),
+        (json!(false), json!(true))
+    );
+    assert_eq!(s.requests(), 4);
+
+    let after = page().await.context("worker metrics")?;
+    let moved =
+        |name: &str, labels: &[&str]| metric(&after, name, labels) - metric(&before, name, labels);
+    // Other tests of this binary share the process's recorder: hits and misses move by at
+    // least ours; only this test has entries over the cap.
+    assert_eq!(
+        moved("sluice_cache_skipped_total", &["reason=\"too_large\""]),
+        2.0,
+        "{after}"
+    );
+    assert!(
+        moved("sluice_cache_hits_total", &["kind=\"chat\""]) >= 1.0,
+        "{after}"
+    );
+    assert!(
+        moved("sluice_cache_misses_total", &["kind=\"chat\""]) >= 1.0,
+        "{after}"
+    );
+    assert!(
+        moved("sluice_cache_hits_total", &["kind=\"embedding\""]) >= 1.0,
+        "{after}"
+    );
+    assert!(
+        moved("sluice_cache_misses_total", &["kind=\"embedding\""]) >= 3.0,
+        "{after}"
+    );
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s_maxage_takes_only_entries_younger_than_it() -> Result<()> {
+    let s = sim::start("127.0.0.1:0", SimConfig::default()).await?;
+    let env = TestEnv::new().await?;
+    let stack = Stack::start(env.config(&models(&s), "")?, 1).await?;
+    let api = stack.api_url.clone();
+    let http = reqwest::Client::new();
+    let aged = |cache: Value| json!({"model": "fast", "cache": cache, "messages": [{"role": "user", "content": "How old is this?"}]});
+    let first = submit(&http, &api, ask("How old is this?")).await?;
+    assert_eq!(first["cache_hit"], false);
+    assert_eq!(s.requests(), 1);
+    // No entry is younger than 0 s: a miss, and the fresh answer is stored.
+    let strict = submit(&http, &api, aged(json!({"s-maxage": 0}))).await?;
+    assert_eq!(strict["cache_hit"], false, "{strict}");
+    assert_eq!(s.requests(), 2);
+    // An hour takes it.
+    let lenient = submit(&http, &api, aged(json!({"s-maxage": 3600}))).await?;
+    assert_eq!(lenient["cache_hit"], true, "{lenient}");
+    assert_eq!(s.requests(), 2);
+
+    // Embeddings, per input.
+    let embed = |cache: Value| {
+        let (http, api) = (http.clone(), api.clone());
+        async move {
+            let v: Value = http
+                .post(format!("{api}/v1/jobs"))
+                .bearer_auth(KEY)
+                .json(&json!({"model": "embed", "input": ["kept", "also kept"], "cache": cache}))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let id = v["id"].as_str().context("id")?.to_string();
+            common::wait_job(&http, &api, &id, KEY).await
+        }
+    };
+    embed(json!({})).await?;
+    assert_eq!(s.requests(), 3);
+    let strict = embed(json!({"s-maxage": 0})).await?;
+    assert_eq!(strict["cache_hit"], false, "{strict}");
+    assert_eq!(s.requests(), 4);
+    let lenient = embed(json!({"s-maxage": 3600})).await?;
+    assert_eq!(lenient["cache_hit"], true, "{lenient}");
+    assert_eq!(s.requests(), 4);
     stack.stop().await;
     Ok(())
 }

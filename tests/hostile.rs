@@ -273,6 +273,7 @@ async fn a_row_postgres_refuses_fails_alone_and_at_once_and_the_rest_of_its_batc
         subject: None,
         payload: None,
         request_id: None,
+        traceparent: None,
     };
     let writes = (0..16).map(|i| {
         let jobs = jobs.clone();

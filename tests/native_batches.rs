@@ -71,6 +71,10 @@ fn line(custom_id: &str, model: &str, text: &str) -> String {
 }
 
 async fn upload(http: &reqwest::Client, api: &str, body: String) -> Result<String> {
+    upload_as(http, api, KEY, body).await
+}
+
+async fn upload_as(http: &reqwest::Client, api: &str, key: &str, body: String) -> Result<String> {
     let form = reqwest::multipart::Form::new()
         .text("purpose", "batch")
         .part(
@@ -79,7 +83,7 @@ async fn upload(http: &reqwest::Client, api: &str, body: String) -> Result<Strin
         );
     let v: Value = http
         .post(format!("{api}/v1/files"))
-        .bearer_auth(KEY)
+        .bearer_auth(key)
         .multipart(form)
         .send()
         .await?
@@ -96,10 +100,21 @@ async fn create(
     input: String,
     metadata: Value,
 ) -> Result<Value> {
-    let file = upload(http, api, input).await?;
+    create_as(http, api, KEY, input, metadata).await
+}
+
+/// [`create`] with the key `key`.
+async fn create_as(
+    http: &reqwest::Client,
+    api: &str,
+    key: &str,
+    input: String,
+    metadata: Value,
+) -> Result<Value> {
+    let file = upload_as(http, api, key, input).await?;
     let r = http
         .post(format!("{api}/v1/batches"))
-        .bearer_auth(KEY)
+        .bearer_auth(key)
         .json(
             &json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
             "completion_window": "24h", "metadata": metadata}),
@@ -117,6 +132,7 @@ async fn create(
 async fn batch(http: &reqwest::Client, api: &str, id: &str) -> Result<Value> {
     Ok(http
         .get(format!("{api}/v1/batches/{id}"))
+        // The master key sees every batch.
         .bearer_auth(KEY)
         .send()
         .await?
@@ -645,4 +661,245 @@ async fn auto_mode_runs_live_when_a_deployment_has_no_batch_api() -> Result<()> 
     assert_eq!(v["error"]["param"], "metadata.sluice_mode", "{v}");
     stack.stop().await;
     Ok(())
+}
+
+/// Submits one live chat job of `group` with `key`; returns its id.
+async fn live_job(http: &reqwest::Client, api: &str, key: &str, group: &str) -> Result<String> {
+    let v: Value = http
+        .post(format!("{api}/v1/jobs"))
+        .bearer_auth(key)
+        .json(&json!({"model": group, "max_tokens": 16,
+            "messages": [{"role": "user", "content": "Name a lake"}]}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(v["id"].as_str().context("job id")?.to_string())
+}
+
+/// A budget's spent counter in Redis, as admission reads it.
+async fn redis_spent(env: &TestEnv, subject: &str) -> Result<f64> {
+    use deadpool_redis::redis;
+    let client = redis::Client::open(env.redis_url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let v: Option<String> = redis::cmd("GET")
+        .arg(format!("{{{}}}:bud:{subject}:spent", env.prefix))
+        .query_async(&mut conn)
+        .await?;
+    Ok(v.and_then(|s| s.parse().ok()).unwrap_or(0.0))
+}
+
+/// Budgets see native spend as they see live spend: after a live call (which puts the
+/// budgets in Redis), a native batch at listed batch prices exhausts the provider budget;
+/// the provider's and the key's counters then hold exactly the ledger's spend, and the
+/// next live job of that provider waits for the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_spend_is_charged_to_budgets_and_holds_back_live_jobs() -> Result<()> {
+    let sim = sim::start("127.0.0.1:0", sim_config()).await?;
+    let env = TestEnv::new().await?;
+    // Every native line costs well over the provider budget on its own; one live call
+    // (about 20 tokens in, 16 out at live prices) well under it.
+    let listed =
+        "      input_cost_per_token_batches: 0.0001\n      output_cost_per_token_batches: 0.0004\n";
+    let models = models(&[deployment(&sim, "gpt", "openai", listed)]).replace(
+        "general_settings:",
+        "router_settings:\n  provider_budget_config:\n    openai: {budget_limit: 0.001, time_period: 1d}\ngeneral_settings:",
+    );
+    let settings = format!("{SETTINGS}  limits:\n    max_defer_secs: 1\n");
+    let stack = Stack::start(env.config(&models, &settings)?, 1).await?;
+    let http = reqwest::Client::new();
+    let api = &stack.api_url;
+    let created: Value = http
+        .post(format!("{api}/v1/keys"))
+        .bearer_auth(KEY)
+        .json(&json!({"name": "bulk", "max_budget": 100, "budget_duration": "1d"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let key = created["key"].as_str().context("key")?.to_string();
+    let key_id = created["id"].as_str().context("key id")?.to_string();
+
+    let first = live_job(&http, api, &key, "gpt").await?;
+    let first = common::wait_job(&http, api, &first, &key).await?;
+    assert_eq!(first["status"], "succeeded", "{first}");
+
+    let input: String = (1..=3)
+        .map(|i| line(&format!("req-{i}"), "gpt", "Name a river"))
+        .collect();
+    let created = create_as(&http, api, &key, input, json!({"sluice_mode": "native"})).await?;
+    let id = created["id"].as_str().context("batch id")?;
+    let done = wait_status(&http, api, id, "completed").await?;
+    assert_eq!(done["request_counts"]["completed"], 3, "{done}");
+    let (n, native) = assert_batch_prices(&env, id, dec("0.0001"), dec("0.0004")).await?;
+    assert_eq!(n, 3);
+    let native: f64 = native.to_string().parse()?;
+    assert!(native > 0.001, "the native batch alone exhausts the budget");
+
+    // The counters hold the ledger's spend: the live call's and the native lines'.
+    let store = env.store().await?;
+    let ledger: f64 = sqlx::query_scalar::<_, Option<f64>>(
+        "SELECT sum(cost)::float8 FROM job_attempts WHERE provider = 'openai'",
+    )
+    .fetch_one(store.pool())
+    .await?
+    .unwrap_or(0.0);
+    assert!(ledger > native, "the live call is in the ledger too");
+    for subject in ["provider:openai".to_string(), format!("key:{key_id}")] {
+        let counted = redis_spent(&env, &subject).await?;
+        assert!(
+            (counted - ledger).abs() < 1e-9,
+            "{subject}: Redis counts {counted}, the ledger {ledger}"
+        );
+    }
+
+    // A live job of the same provider (another key) now waits for the budget.
+    let calls = sim.requests();
+    let next = live_job(&http, api, KEY, "gpt").await?;
+    let status = eventually(
+        Duration::from_secs(30),
+        "the live job to run or wait",
+        || async {
+            let (status, waits): (String, bool) = sqlx::query_as(
+                "SELECT status, not_before IS NOT NULL FROM jobs WHERE id = $1::uuid",
+            )
+            .bind(&next)
+            .fetch_one(store.pool())
+            .await
+            .ok()?;
+            (status != "queued" || waits).then_some(status)
+        },
+    )
+    .await?;
+    assert_eq!(
+        status, "queued",
+        "the live job waits for the provider budget"
+    );
+    assert_eq!(sim.requests(), calls, "no live call past the budget");
+    stack.stop().await;
+    Ok(())
+}
+
+/// The provider's enqueued-token limit (the simulator fails a batch that would take the
+/// queue past it, as OpenAI does): the driver cuts upstream batches to the deployment's
+/// limit and holds each back until the earlier ones ended, so none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_batches_stay_under_the_enqueued_token_limit() -> Result<()> {
+    const LIMIT: u64 = 30;
+    let sim = sim::start(
+        "127.0.0.1:0",
+        SimConfig {
+            batch_delay_ms: 300,
+            batch_enqueued_tokens: Some(LIMIT),
+            ..sim_config()
+        },
+    )
+    .await?;
+    let env = TestEnv::new().await?;
+    let limit = format!("      batch_enqueued_tokens: {LIMIT}\n");
+    let models = models(&[deployment(&sim, "gpt", "openai", &limit)]);
+    // No live re-runs and no workers: a batch the provider failed would fail its lines.
+    let settings = format!("{SETTINGS}    native_rerun_live: false\n");
+    let stack = Stack::start(env.config(&models, &settings)?, 0).await?;
+    let http = reqwest::Client::new();
+    let api = &stack.api_url;
+    // About 10 prompt tokens a line: the six lines hold twice the limit.
+    let input: String = (1..=6)
+        .map(|i| line(&format!("req-{i}"), "gpt", "Name a river"))
+        .collect();
+    let created = create(&http, api, input, json!({"sluice_mode": "native"})).await?;
+    let id = created["id"].as_str().context("batch id")?;
+    let done = wait_status(&http, api, id, "completed").await?;
+    assert_eq!(done["request_counts"]["completed"], 6, "{done}");
+    assert_eq!(
+        sim.batch_over_limit(),
+        0,
+        "no upstream batch past the limit"
+    );
+    let upstream = done["upstream"].as_array().context("upstream")?;
+    assert!(upstream.len() >= 2, "split at the limit: {done}");
+    assert_eq!(sim.batch_creates(), upstream.len() as u64);
+    for u in upstream {
+        assert_eq!(u["upstream_status"], "completed", "{done}");
+        let tokens = u["tokens"].as_u64().context("tokens")?;
+        assert!(tokens > 0 && tokens <= LIMIT, "{done}");
+    }
+    stack.stop().await;
+    Ok(())
+}
+
+/// The api process is killed while its create call is in flight: the provider made the
+/// upstream batch, its answer never arrived. The next api looks the batch up (Gemini by
+/// display name, Anthropic by request count and creation time, OpenAI by metadata) and
+/// follows it instead of creating a second one.
+async fn api_killed_during_create(protocol: &str) -> Result<()> {
+    let sim = sim::start(
+        "127.0.0.1:0",
+        SimConfig {
+            // Far beyond the kill: the first create's answer never reaches anyone.
+            batch_create_delay_ms: 20_000,
+            ..sim_config()
+        },
+    )
+    .await?;
+    let env = TestEnv::new().await?;
+    let models = models(&[deployment(&sim, "g", protocol, "")]);
+    let settings = format!("{SETTINGS}    lease_secs: 1\n");
+    let path = env.write_config(&models, &settings)?;
+    let port = sluice_testkit::servers::free_port();
+    let mut doomed = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--config")
+        .arg(&path)
+        .arg("api")
+        .env("SLUICE_API_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "error")
+        .env_remove("SLUICE_MASTER_KEY")
+        .kill_on_drop(true)
+        .spawn()?;
+    let http = reqwest::Client::new();
+    let doomed_url = format!("http://127.0.0.1:{port}");
+    eventually(Duration::from_secs(30), "api ready", || async {
+        let r = http.get(format!("{doomed_url}/readyz")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await?;
+    let input: String = (1..=3)
+        .map(|i| line(&format!("req-{i}"), "g", "Name a lake"))
+        .collect();
+    let created = create(&http, &doomed_url, input, json!({"sluice_mode": "native"})).await?;
+    let id = created["id"].as_str().context("batch id")?.to_string();
+    eventually(
+        Duration::from_secs(30),
+        "the create call upstream",
+        || async { (sim.batch_creates() == 1).then_some(()) },
+    )
+    .await?;
+    doomed.kill().await?;
+
+    let stack = Stack::start(env.config(&models, &settings)?, 0).await?;
+    let done = wait_status(&http, &stack.api_url, &id, "completed").await?;
+    assert_eq!(sim.batch_creates(), 1, "exactly one upstream batch: {done}");
+    assert_eq!(done["request_counts"]["completed"], 3, "{done}");
+    let upstream = done["upstream"].as_array().context("upstream")?;
+    assert_eq!(upstream.len(), 1, "{done}");
+    assert_eq!(upstream[0]["upstream_status"], "completed", "{done}");
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_create_cut_off_by_an_api_kill_is_found_not_repeated() -> Result<()> {
+    api_killed_during_create("anthropic").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_create_cut_off_by_an_api_kill_is_found_not_repeated() -> Result<()> {
+    api_killed_during_create("gemini").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_create_cut_off_by_an_api_kill_is_found_not_repeated() -> Result<()> {
+    api_killed_during_create("openai").await
 }

@@ -41,14 +41,19 @@ general_settings:
     )
 }
 
-/// `sluice <command>` with traces and Langfuse pointed at `receiver`.
+/// `sluice <command>` with traces and Langfuse pointed at `receiver`, started.
 fn spawn(
     command: &str,
     config: &std::path::Path,
     receiver: &Receiver,
 ) -> Result<tokio::process::Child> {
-    Ok(tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg(command)
+    Ok(sluice(command, config, receiver).spawn()?)
+}
+
+/// `sluice <command>` with traces and Langfuse pointed at `receiver`.
+fn sluice(command: &str, config: &std::path::Path, receiver: &Receiver) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.arg(command)
         .arg("--config")
         .arg(config)
         // JSON logs; the api's access lines are read by the test.
@@ -69,8 +74,8 @@ fn spawn(
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL")
         .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?)
+        .kill_on_drop(true);
+    cmd
 }
 
 struct Running {
@@ -335,6 +340,9 @@ async fn a_client_traceparent_and_request_id_are_continued() -> Result<()> {
     )
     .await?;
     assert_eq!(request_id, "client-req-42", "the caller's id is echoed");
+    // The job shows the id it was submitted under.
+    let shown = wait_job(&reqwest::Client::new(), &run.api_url, &id, KEY).await?;
+    assert_eq!(shown["request_id"], "client-req-42", "{shown}");
     let trace = trace_of(&receiver, &id).await?;
     assert!(trace.iter().all(|s| s.trace_id == trace_id));
     let http = one(&trace, "POST /v1/jobs");
@@ -485,5 +493,82 @@ async fn batch_lines_continue_the_trace_of_the_request_that_created_the_batch() 
         assert_eq!(job.trace_id, trace_id);
         assert_eq!(job.service, "sluice-worker");
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_republished_from_the_outbox_continues_the_client_trace() -> Result<()> {
+    let receiver = Receiver::start().await?;
+    let sim = sim::start("127.0.0.1:0", SimConfig::default()).await?;
+    let env = TestEnv::new().await?;
+    let port = free_port();
+    let config = env.write_config(&models(&sim), &format!("  api_addr: 127.0.0.1:{port}"))?;
+    // An api that dies right after recording the job: its publish never happens, and a
+    // worker's reconciler publishes the job from the outbox.
+    let mut doomed = sluice("api", &config, &receiver)
+        .env("SLUICE_FAULT_EXIT_AT", "after_record")
+        .spawn()?;
+    collect(doomed.stderr.take(), None);
+    let http = reqwest::Client::new();
+    let api_url = format!("http://127.0.0.1:{port}");
+    eventually(Duration::from_secs(30), "api ready", || async {
+        let r = http.get(format!("{api_url}/readyz")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await?;
+    let trace_id = "5b8aa5a2d2c872e8321cf37308d69df2";
+    let answer = http
+        .post(format!("{api_url}/v1/jobs"))
+        .bearer_auth(KEY)
+        .header("traceparent", format!("00-{trace_id}-051581bf3cb55c13-01"))
+        .header("Idempotency-Key", "republished-1")
+        .json(&job("traced", false))
+        .send()
+        .await;
+    assert!(answer.is_err(), "the api died before answering: {answer:?}");
+    let status = tokio::time::timeout(Duration::from_secs(10), doomed.wait()).await??;
+    assert_eq!(
+        status.code(),
+        Some(137),
+        "the api exited at the fault point"
+    );
+    let pool = sqlx::PgPool::connect(&env.database_url).await?;
+    let id: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = 'republished-1'")
+            .fetch_one(&pool)
+            .await?;
+    let id = id.to_string();
+
+    let mut worker = spawn("worker", &config, &receiver)?;
+    collect(worker.stderr.take(), None);
+    let job = eventually(Duration::from_secs(60), "the job span", || async {
+        receiver
+            .spans()
+            .into_iter()
+            .find(|s| s.name == "job" && s.attr("sluice.job_id") == Some(&Value::from(id.as_str())))
+    })
+    .await?;
+    assert_eq!(
+        job.trace_id, trace_id,
+        "the client's trace continues: {job:?}"
+    );
+    assert!(!job.parent_span_id.is_empty(), "{job:?}");
+    eventually(Duration::from_secs(30), "the job succeeded", || async {
+        let status: String = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+        (status == "succeeded").then_some(())
+    })
+    .await?;
+    // Every span naming the job is in that one trace.
+    let spans = receiver.spans();
+    let traces: HashSet<&str> = spans
+        .iter()
+        .filter(|s| s.attr("sluice.job_id") == Some(&Value::from(id.as_str())))
+        .map(|s| s.trace_id.as_str())
+        .collect();
+    assert_eq!(traces, HashSet::from([trace_id]));
     Ok(())
 }

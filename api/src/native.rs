@@ -5,17 +5,23 @@
 //!
 //! 1. **Plan** (once): every request line is checked as in live mode, routing picks its
 //!    deployment, and the lines are grouped per deployment into upstream batches cut at the
-//!    provider's limits (requests and bytes). The line jobs (each naming its upstream
+//!    provider's limits (requests, bytes, and the deployment's enqueued-token limit when one
+//!    is set). The line jobs (each naming its upstream
 //!    batch) and the upstream batches (`pending`) are recorded in one transaction. A
 //!    deployment without a batch API gets a `live` group whose lines run as live jobs.
 //!    `auto` settles on live unless every line's deployment has a batch API and the
 //!    window is at least the providers' 24 h.
-//! 2. **Submit**: `submitting` is recorded before the create call, `submitted` with the
-//!    upstream ids right after. A restart finds a `submitting` group upstream by its
-//!    marker where the protocol keeps one (OpenAI, Azure), so it is not submitted twice.
+//! 2. **Submit**: a group waits while its deployment's upstream batches in flight would
+//!    take it past the enqueued-token limit. `submitting` (and when) is recorded before
+//!    the create call, `submitted` with the upstream ids right after. A restart looks a
+//!    `submitting` group up upstream before creating again (`NativeBackend::find`: by
+//!    marker, or for Anthropic by request count and creation time), so an api that died
+//!    during the create call does not submit twice.
 //! 3. **Poll** each upstream batch with backoff (`native_poll_ms`, doubling up to
 //!    `native_poll_max_ms`). When it ends, its result lines are written to the line jobs
-//!    through the ledger (one attempt each, at batch prices), per-line errors included.
+//!    through the ledger (one attempt each, at batch prices), per-line errors included, and
+//!    their costs are charged to the same Redis budgets as a live call's
+//!    (`sluice_core::budgets`).
 //! 4. Lines left without a result (the upstream batch failed or expired) run live while
 //!    the batch's window is open and `native_rerun_live` allows it, else end `expired`.
 //!    Cancel and the batch's own expiry cancel the upstream batches, keep the results
@@ -28,11 +34,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use rust_decimal::prelude::ToPrimitive;
 use serde_json::{json, Value};
 use sluice_core::batches::{line_job_id, BatchJob, BatchRow, Ending};
+use sluice_core::budgets::{self, Budget, Charges};
 use sluice_core::native_batches::{
-    BatchMode, GroupRow, GroupState, NativeBackend, NativeJob, NativeLine, NativeResult, NewGroup,
-    Placement, UpstreamEnd, WaitingLine, LIVE_GROUP, NATIVE_WORKER,
+    BatchMode, GroupRow, GroupState, LostCreate, NativeBackend, NativeJob, NativeLine,
+    NativeResult, NewGroup, Placement, UpstreamEnd, WaitingLine, LIVE_GROUP, NATIVE_WORKER,
 };
 use sluice_core::store::{AttemptRecord, JobOutcome, LedgerEntry};
 use sluice_schemas::batch::{BatchStatus, CHAT_COMPLETIONS};
@@ -79,6 +87,8 @@ struct Planned {
     group: NewGroup,
     max_lines: u32,
     max_bytes: u64,
+    /// The deployment's enqueued-token limit: a group holds at most this many tokens.
+    max_tokens: Option<u64>,
 }
 
 /// Plans the batch; `false` when it runs live after all (`auto` that cannot go native).
@@ -171,6 +181,7 @@ async fn plan(
                     protocol: None,
                     max_lines: u32::MAX,
                     max_bytes: u64::MAX,
+                    enqueued_tokens: None,
                 });
                 if place.protocol.is_none() && requested == BatchMode::Auto {
                     tracing::info!(batch_id = %d.id, deployment = %place.deployment, "auto mode: a deployment has no batch API; running live");
@@ -181,10 +192,17 @@ async fn plan(
                     None => (format!("{LIVE_GROUP}:{}", place.deployment), LIVE_GROUP),
                 };
                 let size = bytes.len() as u64;
+                // Counted only where a limit needs it (tokenizing every line costs).
+                let tokens = match place.enqueued_tokens {
+                    Some(_) => backend.prompt_tokens(&place.deployment, &request),
+                    None => 0,
+                };
                 let fits = |g: &Planned| {
                     (g.group.lines as u32) < g.max_lines
                         && (g.group.bytes as u64 + size)
                             <= ((g.max_bytes as f64) * BYTES_HEADROOM) as u64
+                        && g.max_tokens
+                            .is_none_or(|max| g.group.tokens as u64 + tokens <= max)
                 };
                 let index = match open.get(&key) {
                     Some(&i) if fits(&groups[i]) || groups[i].group.lines == 0 => i,
@@ -200,9 +218,11 @@ async fn plan(
                                 protocol: protocol.to_string(),
                                 lines: 0,
                                 bytes: 0,
+                                tokens: 0,
                             },
                             max_lines: place.max_lines.max(1),
                             max_bytes: place.max_bytes,
+                            max_tokens: place.enqueued_tokens,
                         });
                         open.insert(key, groups.len() - 1);
                         groups.len() - 1
@@ -211,6 +231,7 @@ async fn plan(
                 let g = &mut groups[index].group;
                 g.lines += 1;
                 g.bytes += size as i64;
+                g.tokens += tokens as i64;
                 jobs.push(NativeJob {
                     job: base(custom_id, request.model.clone()),
                     native_batch: Some(g.id.clone()),
@@ -240,6 +261,10 @@ struct Follow<'a> {
     due: HashMap<String, (Instant, Duration)>,
     cancel_sent: HashSet<String>,
     stopping: Option<Ending>,
+    /// Key id → its budget, as read.
+    key_budgets: HashMap<String, Option<Budget>>,
+    /// Groups held back by an enqueued-token limit (logged once).
+    held: HashSet<String>,
 }
 
 impl<'a> Follow<'a> {
@@ -251,6 +276,8 @@ impl<'a> Follow<'a> {
             due: HashMap::new(),
             cancel_sent: HashSet::new(),
             stopping: None,
+            key_budgets: HashMap::new(),
+            held: HashSet::new(),
         }
     }
 
@@ -352,28 +379,63 @@ impl<'a> Follow<'a> {
             self.store().native_ended(&g.id, "live", None, n).await?;
             return Ok(());
         }
+        if self.held_back(g).await? {
+            return Ok(());
+        }
         self.store().native_submitting(&g.id).await?;
         self.submit(g).await
     }
 
-    /// A create call may have reached the provider: look for the batch it made first.
+    /// Whether `g` must wait: its deployment's upstream batches in flight (this batch's
+    /// and others') hold so many tokens that `g` would pass the provider's enqueued-token
+    /// limit. A group is sent once nothing else is in flight, even if it alone is over
+    /// the limit (planning cut it to fit unless one line is over).
+    async fn held_back(&mut self, g: &GroupRow) -> Result<bool, DriveError> {
+        let Some(limit) = self.backend.enqueued_limit(&g.deployment) else {
+            return Ok(false);
+        };
+        let enqueued = self.store().native_enqueued(&g.deployment).await?;
+        let held = enqueued > 0 && (enqueued + g.tokens) as u64 > limit;
+        if held && self.held.insert(g.id.clone()) {
+            tracing::info!(batch_id = %self.d.id, group = %g.id, deployment = %g.deployment, enqueued, tokens = g.tokens, limit, "upstream batch held back: the deployment's enqueued-token limit is reached");
+        }
+        Ok(held)
+    }
+
+    /// A create call may have reached the provider: look for the batch it made first
+    /// (by marker, or for Anthropic by request count and creation time; see
+    /// `worker/src/native/wire.rs`), skipping batches other records hold, and submit
+    /// again only when there is none. A look-up that fails is tried again later; the
+    /// batch's own expiry ends a group that can never be looked up.
     async fn submitting(&mut self, g: &GroupRow) -> Result<(), DriveError> {
         if !self.is_due(&g.id) {
             return Ok(());
         }
-        match self.backend.find(&g.deployment, &g.id).await {
-            Ok(Some(found)) => {
-                tracing::info!(batch_id = %self.d.id, group = %g.id, upstream = %found.upstream_id, "found the upstream batch of an interrupted submit");
-                self.store().native_submitted(&g.id, &found).await?;
-                Ok(())
-            }
-            Ok(None) => self.submit(g).await,
-            Err(e) if e.class == ErrorClass::BadRequest => {
-                tracing::warn!(batch_id = %self.d.id, group = %g.id, "an interrupted submit cannot be looked up on this provider; submitting again");
+        let lost = LostCreate {
+            marker: g.id.clone(),
+            since: g.submitting_at.unwrap_or(g.created_at),
+            lines: self.store().native_waiting(&g.id).await?.len(),
+        };
+        match self.backend.find(&g.deployment, &lost).await {
+            Ok(found) => {
+                for s in found {
+                    if self
+                        .store()
+                        .native_upstream_taken(&g.id, &s.upstream_id)
+                        .await?
+                    {
+                        continue;
+                    }
+                    tracing::info!(batch_id = %self.d.id, group = %g.id, upstream = %s.upstream_id, "found the upstream batch of an interrupted submit");
+                    self.store().native_submitted(&g.id, &s).await?;
+                    self.due.remove(&g.id);
+                    self.back_off(&g.id);
+                    return Ok(());
+                }
                 self.submit(g).await
             }
             Err(e) => {
-                tracing::warn!(batch_id = %self.d.id, group = %g.id, error = %e, "cannot look up the upstream batch; will retry");
+                tracing::warn!(batch_id = %self.d.id, group = %g.id, error = %e, "cannot look up the upstream batch of an interrupted submit; will retry");
                 self.back_off(&g.id);
                 Ok(())
             }
@@ -420,7 +482,7 @@ impl<'a> Follow<'a> {
                 Err((class, message)) => refused.push(failed(job, class, message, None)),
             }
         }
-        self.write(refused).await?;
+        self.write(&g.provider, refused).await?;
         if prepared.is_empty() {
             self.store().native_ended(&g.id, "empty", None, 0).await?;
             return Ok(());
@@ -592,7 +654,7 @@ impl<'a> Follow<'a> {
                 }
             }
         }
-        self.write(entries).await?;
+        self.write(&g.provider, entries).await?;
         let rest: Vec<i32> = by_id.values().map(|l| l.batch_line).collect();
         let (status, error) = match end {
             UpstreamEnd::Completed => ("completed", None),
@@ -629,11 +691,63 @@ impl<'a> Follow<'a> {
             .await?)
     }
 
-    async fn write(&self, entries: Vec<LedgerEntry>) -> Result<(), DriveError> {
+    /// Writes line results to the ledger and charges their costs to the budgets of
+    /// `provider` and of each line's key, as the worker settles a live call.
+    async fn write(&mut self, provider: &str, entries: Vec<LedgerEntry>) -> Result<(), DriveError> {
         for chunk in entries.chunks(LEDGER_CHUNK) {
             self.store().write_ledger(chunk).await?;
+            self.charge(provider, chunk).await?;
         }
         Ok(())
+    }
+
+    /// Charges the costs of `entries` (written to the ledger) to the Redis budgets a live
+    /// call to `provider` by the same key would charge (`sluice_core::budgets`). Best
+    /// effort, like the worker's settlement: a charge lost to a Redis outage is rebuilt
+    /// from the ledger once Redis has lost the counters, else the budget undercounts.
+    async fn charge(&mut self, provider: &str, entries: &[LedgerEntry]) -> Result<(), DriveError> {
+        let config = &self.d.state.config;
+        let provider_budgets: Vec<Budget> =
+            budgets::provider_budgets(provider, &config.limits.provider_budgets).collect();
+        let mut charges = Charges::default();
+        for entry in entries {
+            let LedgerEntry::Finished { job, .. } = entry else {
+                continue;
+            };
+            let Some(usd) = job.cost.and_then(|c| c.to_f64()) else {
+                continue;
+            };
+            for b in &provider_budgets {
+                charges.add(b, usd);
+            }
+            if let Some(b) = self.key_budget(&job.owner).await? {
+                charges.add(&b, usd);
+            }
+        }
+        if let Err(e) = charges
+            .charge(&self.d.state.redis, &config.subject_prefix)
+            .await
+        {
+            tracing::warn!(batch_id = %self.d.id, error = %e, "native spend not charged to the budgets in Redis; the ledger has it");
+        }
+        Ok(())
+    }
+
+    /// The budget of `owner`'s key (none for the master key), read once per driver.
+    async fn key_budget(&mut self, owner: &str) -> Result<Option<Budget>, DriveError> {
+        if sluice_schemas::is_master_owner(owner) {
+            return Ok(None);
+        }
+        if let Some(b) = self.key_budgets.get(owner) {
+            return Ok(b.clone());
+        }
+        let b = self
+            .store()
+            .api_key(owner)
+            .await?
+            .and_then(|k| budgets::key_budget(&k));
+        self.key_budgets.insert(owner.to_string(), b.clone());
+        Ok(b)
     }
 
     /// Publishes `lines` (line numbers) as live jobs, as the live driver does. Returns
@@ -726,6 +840,7 @@ pub fn upstream_view(groups: &[GroupRow]) -> Vec<Value> {
                 "state": g.state,
                 "upstream_status": g.upstream_status,
                 "lines": g.lines,
+                "tokens": g.tokens,
                 "rerun_live": g.rerun_live,
                 "error": g.error,
             })

@@ -40,6 +40,7 @@ pub struct RawBatchSettings {
     native_rerun_live: Option<bool>,
     native_max_lines: Option<u32>,
     native_max_bytes: Option<u64>,
+    native_enqueued_tokens: Option<u64>,
 }
 
 /// The Batch API's limits and pacing.
@@ -72,6 +73,11 @@ pub struct BatchSettings {
     /// Caps below the providers' own limits per upstream batch (`None`: the provider's).
     pub native_max_lines: Option<u32>,
     pub native_max_bytes: Option<u64>,
+    /// The providers' enqueued-token limit (prompt tokens of a deployment's upstream
+    /// batches in flight at once), for deployments that do not set their own
+    /// (`model_info.batch_enqueued_tokens`). `None`: no limit is kept. The providers publish
+    /// it per model and account tier (README "Batches").
+    pub native_enqueued_tokens: Option<u64>,
 }
 
 impl Default for BatchSettings {
@@ -90,6 +96,7 @@ impl Default for BatchSettings {
             native_rerun_live: true,
             native_max_lines: None,
             native_max_bytes: None,
+            native_enqueued_tokens: None,
         }
     }
 }
@@ -180,6 +187,15 @@ impl RawBatchSettings {
                 Some(0) => {
                     return Err((
                         "sluice.batches.native_max_bytes",
+                        "must be at least 1".into(),
+                    ))
+                }
+                v => v,
+            },
+            native_enqueued_tokens: match self.native_enqueued_tokens {
+                Some(0) => {
+                    return Err((
+                        "sluice.batches.native_enqueued_tokens",
                         "must be at least 1".into(),
                     ))
                 }

@@ -10,6 +10,7 @@ pub mod batch_settings;
 pub mod batches;
 pub mod bodies;
 pub mod budget_ledger;
+pub mod budgets;
 pub mod cancel;
 pub mod config;
 pub mod error;

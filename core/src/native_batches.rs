@@ -68,6 +68,9 @@ pub struct Placement {
     pub max_lines: u32,
     /// Bytes of requests per upstream batch.
     pub max_bytes: u64,
+    /// The provider's enqueued-token limit of the deployment: prompt tokens of its
+    /// upstream batches in flight at once (`None`: no limit known).
+    pub enqueued_tokens: Option<u64>,
 }
 
 /// One line as sent upstream: `custom_id` is the line's job id.
@@ -83,6 +86,17 @@ pub struct Submitted {
     pub upstream_id: String,
     /// The uploaded input file (OpenAI, Azure).
     pub file_id: Option<String>,
+}
+
+/// A create call that may have reached the provider without its answer reaching Sluice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostCreate {
+    /// The group id, sent as the batch's marker where the protocol keeps one.
+    pub marker: String,
+    /// When the first create call began (Sluice's clock).
+    pub since: DateTime<Utc>,
+    /// Requests the call sent.
+    pub lines: usize,
 }
 
 /// How an upstream batch ended.
@@ -160,6 +174,13 @@ pub trait NativeBackend: Send + Sync {
     /// The deployment routing picks for a line of `model_group`; `None`: no such group.
     fn place(&self, model_group: &str) -> Option<Placement>;
 
+    /// Prompt tokens of `request` on `deployment`, as its enqueued-token limit counts them
+    /// (estimated before sending).
+    fn prompt_tokens(&self, deployment: &str, request: &ChatRequest) -> u64;
+
+    /// The enqueued-token limit of `deployment` ([`Placement::enqueued_tokens`]).
+    fn enqueued_limit(&self, deployment: &str) -> Option<u64>;
+
     /// `line` as the upstream batch of `deployment` takes it (the body a live call would
     /// send, wrapped in the protocol's line shape); `Err`: the provider cannot take it.
     fn prepare(&self, deployment: &str, line: &NativeLine) -> Result<Value, (ErrorClass, String)>;
@@ -174,14 +195,14 @@ pub trait NativeBackend: Send + Sync {
         lines: &'a [Value],
     ) -> BoxFuture<'a, Result<Submitted, NativeError>>;
 
-    /// The upstream batch marked `marker`, if a create call whose answer was lost made one.
-    /// `Ok(None)` means there is none; `Err` with [`ErrorClass::BadRequest`] means the
-    /// protocol cannot tell.
+    /// The upstream batches a create call whose answer was lost may have made, best match
+    /// first (empty: none). OpenAI, Azure and Gemini match by the marker; Anthropic keeps
+    /// none, so it matches the request count and the creation time (`lost`).
     fn find<'a>(
         &'a self,
         deployment: &'a str,
-        marker: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Submitted>, NativeError>>;
+        lost: &'a LostCreate,
+    ) -> BoxFuture<'a, Result<Vec<Submitted>, NativeError>>;
 
     fn poll<'a>(
         &'a self,
@@ -238,6 +259,8 @@ pub struct GroupRow {
     pub protocol: String,
     pub lines: i32,
     pub bytes: i64,
+    /// Estimated prompt tokens (counted only for deployments with an enqueued-token limit).
+    pub tokens: i64,
     pub state: String,
     pub upstream_id: Option<String>,
     pub upstream_file_id: Option<String>,
@@ -245,6 +268,7 @@ pub struct GroupRow {
     pub error: Option<String>,
     pub rerun_live: i32,
     pub created_at: DateTime<Utc>,
+    pub submitting_at: Option<DateTime<Utc>>,
     pub submitted_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
 }
@@ -266,6 +290,7 @@ pub struct NewGroup {
     pub protocol: String,
     pub lines: i32,
     pub bytes: i64,
+    pub tokens: i64,
 }
 
 /// A line job of a native batch: the job row and the upstream batch it belongs to.
@@ -288,9 +313,9 @@ pub struct WaitingLine {
 }
 
 const GROUP_COLUMNS: &str =
-    "id, batch_id, seq, deployment, provider, protocol, lines, bytes, state,
-    upstream_id, upstream_file_id, upstream_status, error, rerun_live, created_at, submitted_at,
-    ended_at";
+    "id, batch_id, seq, deployment, provider, protocol, lines, bytes, tokens, state,
+    upstream_id, upstream_file_id, upstream_status, error, rerun_live, created_at, submitting_at,
+    submitted_at, ended_at";
 
 impl Store {
     /// The batch's upstream batches, in plan order.
@@ -345,10 +370,12 @@ impl Store {
         if !groups.is_empty() {
             sqlx::query(
                 "INSERT INTO native_batches (id, batch_id, seq, deployment, provider, protocol, lines,
-                     bytes, state)
-                 SELECT id, batch_id, seq, deployment, provider, protocol, lines, bytes, 'pending'
+                     bytes, tokens, state)
+                 SELECT id, batch_id, seq, deployment, provider, protocol, lines, bytes, tokens,
+                     'pending'
                  FROM jsonb_to_recordset($1::jsonb) AS t(id text, batch_id text, seq int,
-                     deployment text, provider text, protocol text, lines int, bytes bigint)
+                     deployment text, provider text, protocol text, lines int, bytes bigint,
+                     tokens bigint)
                  ON CONFLICT DO NOTHING",
             )
             .bind(crate::pgtext::rows_param(groups, &[])?)
@@ -375,15 +402,45 @@ impl Store {
         Ok(true)
     }
 
+    /// Prompt tokens of `deployment`'s upstream batches in flight (being submitted or
+    /// submitted, not ended), across every batch: what its enqueued-token limit counts.
+    pub async fn native_enqueued(&self, deployment: &str) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT sum(tokens)::bigint FROM native_batches
+             WHERE deployment = $1 AND state IN ('submitting', 'submitted')",
+        )
+        .bind(deployment)
+        .fetch_one(self.pool())
+        .await?
+        .unwrap_or(0))
+    }
+
     /// The create call is about to be made.
     pub async fn native_submitting(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE native_batches SET state = 'submitting' WHERE id = $1 AND state = 'pending'",
+            "UPDATE native_batches SET state = 'submitting', submitting_at = now()
+             WHERE id = $1 AND state = 'pending'",
         )
         .bind(id)
         .execute(self.pool())
         .await?;
         Ok(())
+    }
+
+    /// Whether another upstream batch record already holds `upstream_id` (so a look-up
+    /// after a lost create call never takes a batch that is someone else's).
+    pub async fn native_upstream_taken(
+        &self,
+        id: &str,
+        upstream_id: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM native_batches WHERE upstream_id = $2 AND id <> $1)",
+        )
+        .bind(id)
+        .bind(upstream_id)
+        .fetch_one(self.pool())
+        .await?)
     }
 
     /// The provider accepted the upstream batch.

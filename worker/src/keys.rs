@@ -8,8 +8,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rust_decimal::prelude::ToPrimitive;
-use sluice_core::config::parse_period;
 use sluice_core::Store;
 
 use crate::limits::{Kind, Scope};
@@ -72,15 +70,8 @@ impl KeyLimits {
                     MINUTE,
                 ));
             }
-            if let Some(budget) = k.max_budget.and_then(|b| b.to_f64()) {
-                let period = k
-                    .budget_duration
-                    .as_deref()
-                    .and_then(parse_period)
-                    // Without a duration the budget never resets (LiteLLM): a long period.
-                    .unwrap_or(Duration::from_secs(3650 * 86_400));
-                scopes.push(Scope::new(Kind::Budget, subject, budget, period));
-            }
+            // Shared with native batch results (`sluice_core::budgets`).
+            scopes.extend(sluice_core::budgets::key_budget(&k).map(Scope::budget));
         }
         let scopes = Arc::new(scopes);
         let mut cache = self.lock();

@@ -66,7 +66,9 @@ pub(super) const PARAM_KEYS: &[&str] = &[
     "output_cost_per_reasoning_token",
     "input_cost_per_token_batches",
     "output_cost_per_token_batches",
+    "batch_enqueued_tokens",
     "tags",
+    "tag_regex",
 ];
 pub(super) const INFO_KEYS: &[&str] = &[
     "id",
@@ -74,6 +76,7 @@ pub(super) const INFO_KEYS: &[&str] = &[
     "max_input_tokens",
     "input_cost_per_token_batches",
     "output_cost_per_token_batches",
+    "batch_enqueued_tokens",
 ];
 
 /// Top-level sections and section keys of `raw` that Sluice does not act on, as

@@ -29,6 +29,9 @@ pub struct NewJob {
     pub payload: Option<String>,
     /// The `x-request-id` of the request that submitted it.
     pub request_id: Option<String>,
+    /// The submitting request's `traceparent` (when traces are on), kept with the outbox
+    /// entry so that a republished job continues the trace.
+    pub traceparent: Option<String>,
 }
 
 /// What recording a new job found.
@@ -70,6 +73,9 @@ pub struct JobRow {
     /// What the calls the cache replaced cost (read by [`Store::job`] only).
     #[sqlx(default)]
     pub cost_saved: Option<Decimal>,
+    /// The `x-request-id` of the request that submitted it (read by [`Store::job`] only).
+    #[sqlx(default)]
+    pub request_id: Option<String>,
 }
 
 impl JobRow {
@@ -137,7 +143,7 @@ impl Store {
             "WITH input AS (
                 SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, owner text, idempotency_key text,
                      model_group text, tier text, reply_subject text, metadata jsonb, created_at timestamptz,
-                     subject text, payload text, request_id text)
+                     subject text, payload text, request_id text, traceparent text)
              ), inserted AS (
                 INSERT INTO jobs (id, owner, idempotency_key, model_group, tier, status, reply_subject, metadata, created_at, request_id)
                 SELECT id, owner, idempotency_key, model_group, tier, 'queued', reply_subject, metadata, created_at, request_id
@@ -145,8 +151,8 @@ impl Store {
                 ON CONFLICT DO NOTHING
                 RETURNING id
              ), outbox AS (
-                INSERT INTO job_outbox (job_id, subject, payload)
-                SELECT i.id, i.subject, i.payload FROM input i
+                INSERT INTO job_outbox (job_id, subject, payload, traceparent)
+                SELECT i.id, i.subject, i.payload, i.traceparent FROM input i
                 WHERE i.subject IS NOT NULL AND i.payload IS NOT NULL AND i.id IN (SELECT id FROM inserted)
                 ON CONFLICT DO NOTHING
              ), published AS (
@@ -206,7 +212,7 @@ impl Store {
         Ok(sqlx::query_as::<_, JobRow>(
             "SELECT id, owner, model_group, tier, status, metadata, result, result_text, usage, cost,
                     pricing_missing, attempts, error_class, error_message, not_before, created_at, started_at,
-                    finished_at, cache_hit, cost_saved
+                    finished_at, cache_hit, cost_saved, request_id
              FROM jobs WHERE id = $1",
         )
         .bind(id)

@@ -13,6 +13,8 @@ pub struct OutboxRow {
     pub job_id: Uuid,
     pub subject: String,
     pub payload: String,
+    /// The submitting request's `traceparent`, when traces were on.
+    pub traceparent: Option<String>,
 }
 
 /// `(job, stream sequence)` pairs as the two arrays the outbox statements bind.
@@ -66,7 +68,7 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(sqlx::query_as::<_, OutboxRow>(
-            "SELECT o.job_id, o.subject, o.payload FROM job_outbox o JOIN jobs j ON j.id = o.job_id
+            "SELECT o.job_id, o.subject, o.payload, o.traceparent FROM job_outbox o JOIN jobs j ON j.id = o.job_id
              WHERE j.status = 'queued' AND j.calls = 0
                AND o.created_at < now() - make_interval(secs => $1)
              ORDER BY o.created_at LIMIT $2",

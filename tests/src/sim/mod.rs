@@ -86,6 +86,13 @@ pub struct SimConfig {
     /// Batch APIs: a whole-batch fault for the first `batch_fault_first` batches.
     pub batch_fault: Option<BatchFault>,
     pub batch_fault_first: u64,
+    /// Batch APIs (OpenAI, Azure): the enqueued-token limit. A batch whose prompt tokens
+    /// (as usage counts them) would take the running batches past it fails with
+    /// `token_limit_exceeded`.
+    pub batch_enqueued_tokens: Option<u64>,
+    /// Batch APIs: create calls answer this late, after the batch exists (a caller that
+    /// dies meanwhile has created a batch it never heard of).
+    pub batch_create_delay_ms: u64,
 }
 
 impl Default for SimConfig {
@@ -106,6 +113,8 @@ impl Default for SimConfig {
             batch_delay_ms: 0,
             batch_fault: None,
             batch_fault_first: 0,
+            batch_enqueued_tokens: None,
+            batch_create_delay_ms: 0,
         }
     }
 }
@@ -174,6 +183,8 @@ pub struct SimStats {
     pub batch_creates: AtomicU64,
     pub batch_cancels: AtomicU64,
     pub batch_lines: AtomicU64,
+    /// Batches created past the enqueued-token limit.
+    pub batch_over_limit: AtomicU64,
 }
 
 struct Sim {
@@ -207,6 +218,11 @@ impl SimHandle {
     /// Upstream batches created so far (every batch API).
     pub fn batch_creates(&self) -> u64 {
         self.stats.batch_creates.load(Ordering::SeqCst)
+    }
+
+    /// Batches that failed because they were created past the enqueued-token limit.
+    pub fn batch_over_limit(&self) -> u64 {
+        self.stats.batch_over_limit.load(Ordering::SeqCst)
     }
 
     pub fn batch_cancels(&self) -> u64 {
@@ -272,7 +288,10 @@ pub fn app(config: SimConfig, stats: Arc<SimStats>) -> Router {
             "/openai/v1/batches/{id}/cancel",
             post(batches::azure_cancel),
         )
-        .route("/v1/messages/batches", post(batches::anthropic_create))
+        .route(
+            "/v1/messages/batches",
+            post(batches::anthropic_create).get(batches::anthropic_list),
+        )
         .route("/v1/messages/batches/{id}", get(batches::anthropic_get))
         .route(
             "/v1/messages/batches/{id}/results",
@@ -282,6 +301,7 @@ pub fn app(config: SimConfig, stats: Arc<SimStats>) -> Router {
             "/v1/messages/batches/{id}/cancel",
             post(batches::anthropic_cancel),
         )
+        .route("/v1beta/batches", get(batches::gemini_list))
         .route(
             "/v1beta/batches/{id}",
             get(batches::gemini_get).post(batches::gemini_cancel),

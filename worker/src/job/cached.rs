@@ -13,7 +13,7 @@ use sluice_schemas::embeddings::{EmbeddingsRequest, EmbeddingsResponse, Vector};
 use sluice_schemas::job::JobResult;
 use sluice_schemas::openai::{
     ChatCompletion, ChatCompletionChunk, ChatRequest, ChunkChoice, Content, Delta,
-    FunctionCallDelta, Role, ToolCallDelta, Usage,
+    FunctionCallDelta, Role, ToolCall, ToolCallDelta, Usage,
 };
 use sluice_schemas::{DoneEvent, JobStatus};
 
@@ -96,55 +96,72 @@ pub(super) async fn look_up(
         return None;
     }
     match &mut jc.kind {
-        Kind::Chat { key } => {
-            let entry: Option<ChatEntry> = cache
-                .get(std::slice::from_ref(key))
-                .await
-                .into_iter()
-                .next()
-                .flatten();
-            crate::metrics::cache_lookup(
-                "chat",
-                u64::from(entry.is_some()),
-                u64::from(entry.is_none()),
-            );
-            let entry = entry?;
-            let usage = entry.usage.unwrap_or_default();
-            Some(Hit {
-                result: entry.result,
-                usage,
-                saved: entry.cost.and_then(Decimal::from_f64),
-            })
-        }
+        Kind::Chat { key } => look_up_chat(cache, &jc.plan, std::slice::from_ref(key)).await,
         Kind::Embeddings { keys, hits, full } => {
             *hits = cache.get::<VectorEntry>(keys).await;
-            let found = hits.iter().filter(|h| h.is_some()).count();
-            crate::metrics::cache_lookup("embedding", found as u64, (hits.len() - found) as u64);
-            if found == 0 {
-                return None;
+            // Entries older than the request's `s-maxage` are misses.
+            for h in hits.iter_mut() {
+                if h.as_ref().is_some_and(|e| !jc.plan.fresh(e.stored_at_ms)) {
+                    *h = None;
+                }
             }
-            if found < hits.len() {
-                let missing: Vec<usize> = (0..hits.len()).filter(|&i| hits[i].is_none()).collect();
-                *embeddings = Some(Box::new(narrowed(full, &missing)));
-                return None;
-            }
-            let tokens = hits.iter().flatten().map(|h| h.tokens).sum();
-            let vectors = hits
-                .iter()
-                .flatten()
-                .map(|h| Vector::Float(h.vector.clone()))
-                .collect();
-            Some(Hit {
-                result: JobResult::Embeddings(EmbeddingsResponse::new(
-                    &full.model,
-                    vectors,
-                    tokens,
-                )),
-                usage: Usage::new(tokens, 0),
-                saved: saved(hits),
-            })
+            vectors_hit(hits, full, embeddings)
         }
     }
+}
+
+/// A chat job's lookup (of its one key): the cached completion, if any (and young
+/// enough for the request's `s-maxage`).
+async fn look_up_chat(cache: &Cache, plan: &Plan, key: &[String]) -> Option<Hit> {
+    let entry: Option<ChatEntry> = cache
+        .get(key)
+        .await
+        .into_iter()
+        .next()
+        .flatten()
+        .filter(|e: &ChatEntry| plan.fresh(e.stored_at_ms));
+    crate::metrics::cache_lookup(
+        "chat",
+        u64::from(entry.is_some()),
+        u64::from(entry.is_none()),
+    );
+    let entry = entry?;
+    let usage = entry.usage.unwrap_or_default();
+    Some(Hit {
+        result: entry.result,
+        usage,
+        saved: entry.cost.and_then(Decimal::from_f64),
+    })
+}
+
+/// An embeddings job's lookup, given the cache's entry per input: the whole answer when
+/// every input was cached; with some cached, `embeddings` narrowed to the others.
+fn vectors_hit(
+    hits: &[Option<VectorEntry>],
+    full: &EmbeddingsRequest,
+    embeddings: &mut Option<Box<EmbeddingsRequest>>,
+) -> Option<Hit> {
+    let found = hits.iter().filter(|h| h.is_some()).count();
+    crate::metrics::cache_lookup("embedding", found as u64, (hits.len() - found) as u64);
+    if found == 0 {
+        return None;
+    }
+    if found < hits.len() {
+        let missing: Vec<usize> = (0..hits.len()).filter(|&i| hits[i].is_none()).collect();
+        *embeddings = Some(Box::new(narrowed(full, &missing)));
+        return None;
+    }
+    let tokens = hits.iter().flatten().map(|h| h.tokens).sum();
+    let vectors = hits
+        .iter()
+        .flatten()
+        .map(|h| Vector::Float(h.vector.clone()))
+        .collect();
+    Some(Hit {
+        result: JobResult::Embeddings(EmbeddingsResponse::new(&full.model, vectors, tokens)),
+        usage: Usage::new(tokens, 0),
+        saved: saved(hits),
+    })
 }
 
 fn saved(hits: &[Option<VectorEntry>]) -> Option<Decimal> {
@@ -177,6 +194,7 @@ pub(super) fn after_call(
                     result: out.result.clone(),
                     usage: out.usage,
                     cost,
+                    stored_at_ms: crate::cache::now_ms(),
                 };
                 cache.put(vec![(key.clone(), entry)], jc.plan.ttl);
             }
@@ -186,52 +204,68 @@ pub(super) fn after_call(
             let JobResult::Embeddings(answer) = &mut out.result else {
                 return None;
             };
-            let missing: Vec<usize> = if hits.is_empty() {
-                (0..keys.len()).collect()
-            } else {
-                (0..hits.len()).filter(|&i| hits[i].is_none()).collect()
-            };
             if jc.plan.store {
-                let tokens = answer.usage.prompt_tokens;
-                let n = missing.len().max(1) as u64;
-                let entries = missing
-                    .iter()
-                    .zip(&answer.data)
-                    .filter_map(|(&i, d)| match &d.embedding {
-                        Vector::Float(v) => Some((
-                            keys[i].clone(),
-                            VectorEntry {
-                                vector: v.clone(),
-                                tokens: tokens / n,
-                                cost: cost.map(|c| c / n as f64),
-                            },
-                        )),
-                        Vector::Base64(_) => None,
-                    })
-                    .collect();
-                cache.put(entries, jc.plan.ttl);
+                store_vectors(cache, jc, keys, hits, answer, cost);
             }
             if hits.iter().all(Option::is_none) {
                 return None;
             }
-            // Merge: the cached inputs back in their places.
-            let mut fresh = std::mem::take(&mut answer.data).into_iter();
-            let vectors: Vec<Vector> = hits
-                .iter()
-                .map(|h| match h {
-                    Some(h) => Vector::Float(h.vector.clone()),
-                    None => fresh
-                        .next()
-                        .map(|d| d.embedding)
-                        .unwrap_or(Vector::Float(Vec::new())),
-                })
-                .collect();
-            let merged =
-                EmbeddingsResponse::new(&answer.model, vectors, answer.usage.prompt_tokens);
-            *answer = merged;
+            merge(hits, answer);
             saved(hits)
         }
     }
+}
+
+/// Stores the vectors of the inputs the cache lacked (each with its share of the call's
+/// tokens and cost).
+fn store_vectors(
+    cache: &Cache,
+    jc: &JobCache,
+    keys: &[String],
+    hits: &[Option<VectorEntry>],
+    answer: &EmbeddingsResponse,
+    cost: Option<f64>,
+) {
+    let missing: Vec<usize> = if hits.is_empty() {
+        (0..keys.len()).collect()
+    } else {
+        (0..hits.len()).filter(|&i| hits[i].is_none()).collect()
+    };
+    let tokens = answer.usage.prompt_tokens;
+    let n = missing.len().max(1) as u64;
+    let entries = missing
+        .iter()
+        .zip(&answer.data)
+        .filter_map(|(&i, d)| match &d.embedding {
+            Vector::Float(v) => Some((
+                keys[i].clone(),
+                VectorEntry {
+                    vector: v.clone(),
+                    tokens: tokens / n,
+                    cost: cost.map(|c| c / n as f64),
+                    stored_at_ms: crate::cache::now_ms(),
+                },
+            )),
+            Vector::Base64(_) => None,
+        })
+        .collect();
+    cache.put(entries, jc.plan.ttl);
+}
+
+/// Puts the cached inputs back in their places among the vectors the call returned.
+fn merge(hits: &[Option<VectorEntry>], answer: &mut EmbeddingsResponse) {
+    let mut fresh = std::mem::take(&mut answer.data).into_iter();
+    let vectors: Vec<Vector> = hits
+        .iter()
+        .map(|h| match h {
+            Some(h) => Vector::Float(h.vector.clone()),
+            None => fresh
+                .next()
+                .map(|d| d.embedding)
+                .unwrap_or(Vector::Float(Vec::new())),
+        })
+        .collect();
+    *answer = EmbeddingsResponse::new(&answer.model, vectors, answer.usage.prompt_tokens);
 }
 
 /// The job's end for a hit: no attempt, cost 0, `cache_hit`; a streamed job gets the
@@ -297,57 +331,64 @@ fn replay(c: &ChatCompletion, usage: Usage) -> Vec<ChatCompletionChunk> {
     };
     let mut out = Vec::new();
     for ch in &c.choices {
-        let text = match &ch.message.content {
-            Some(Content::Text(t)) => t.clone(),
-            Some(Content::Parts(p)) => p.iter().filter_map(|p| p.text.as_deref()).collect(),
-            None => String::new(),
-        };
-        let mut pieces: Vec<String> = text.split_inclusive(' ').map(str::to_string).collect();
-        if pieces.is_empty() {
-            pieces.push(String::new());
-        }
-        for (i, piece) in pieces.into_iter().enumerate() {
-            let delta = Delta {
-                role: (i == 0).then_some(Role::Assistant),
-                content: Some(piece),
-                ..Delta::default()
-            };
-            out.push(chunk(
-                vec![ChunkChoice {
-                    index: ch.index,
-                    delta,
-                    finish_reason: None,
-                }],
-                None,
-            ));
-        }
-        let tool_calls = ch.message.tool_calls.as_ref().map(|calls| {
-            calls
-                .iter()
-                .enumerate()
-                .map(|(i, t)| ToolCallDelta {
-                    index: i as u32,
-                    id: Some(t.id.clone()),
-                    kind: Some(t.kind.clone()),
-                    function: Some(FunctionCallDelta {
-                        name: Some(t.function.name.clone()),
-                        arguments: Some(t.function.arguments.clone()),
-                    }),
-                })
-                .collect()
-        });
-        out.push(chunk(
-            vec![ChunkChoice {
+        for delta in text_deltas(&ch.message.content) {
+            let choice = ChunkChoice {
                 index: ch.index,
-                delta: Delta {
-                    tool_calls,
-                    ..Delta::default()
-                },
-                finish_reason: ch.finish_reason.clone(),
-            }],
-            None,
-        ));
+                delta,
+                finish_reason: None,
+            };
+            out.push(chunk(vec![choice], None));
+        }
+        let last = ChunkChoice {
+            index: ch.index,
+            delta: Delta {
+                tool_calls: ch.message.tool_calls.as_deref().map(tool_call_deltas),
+                ..Delta::default()
+            },
+            finish_reason: ch.finish_reason.clone(),
+        };
+        out.push(chunk(vec![last], None));
     }
     out.push(chunk(Vec::new(), Some(usage)));
     out
+}
+
+/// A message's text as deltas, word by word, the first with the role (one empty delta
+/// for no text).
+fn text_deltas(content: &Option<Content>) -> Vec<Delta> {
+    let text: String = match content {
+        Some(Content::Text(t)) => t.clone(),
+        Some(Content::Parts(p)) => p.iter().filter_map(|p| p.text.as_deref()).collect(),
+        None => String::new(),
+    };
+    let mut pieces: Vec<String> = text.split_inclusive(' ').map(str::to_string).collect();
+    if pieces.is_empty() {
+        pieces.push(String::new());
+    }
+    pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, piece)| Delta {
+            role: (i == 0).then_some(Role::Assistant),
+            content: Some(piece),
+            ..Delta::default()
+        })
+        .collect()
+}
+
+/// A message's tool calls, whole, as the deltas of one chunk.
+fn tool_call_deltas(calls: &[ToolCall]) -> Vec<ToolCallDelta> {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, t)| ToolCallDelta {
+            index: i as u32,
+            id: Some(t.id.clone()),
+            kind: Some(t.kind.clone()),
+            function: Some(FunctionCallDelta {
+                name: Some(t.function.name.clone()),
+                arguments: Some(t.function.arguments.clone()),
+            }),
+        })
+        .collect()
 }

@@ -33,7 +33,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::Ctx;
-use outcome::{Deferred, Ends, Halt};
+use outcome::{Deferred, Ends, Finished, Halt};
 
 /// Handles one delivered message to the end (ack, nak or term).
 pub(crate) async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, tier: Tier) {
@@ -142,10 +142,12 @@ async fn handle_claimed(
     else {
         return;
     };
-    let reply_subject = envelope.reply_subject.clone();
-    let webhook_url = envelope.webhook_url.clone();
     // The job's row before any outcome: to end it with, should its wait run out.
-    let base = outcome::outcome_base(&envelope, tier, calls);
+    let ends = Ends {
+        base: outcome::outcome_base(&envelope, tier, calls),
+        reply_subject: envelope.reply_subject.clone(),
+        webhook_url: envelope.webhook_url.clone(),
+    };
 
     // Run the job, keeping the message alive with in-progress acks. Thousands of jobs
     // wait here at once, and each should hold only the state of that wait: the run is
@@ -173,16 +175,28 @@ async fn handle_claimed(
         }
     };
     drop(work);
+    Box::pin(end_run(ctx, msg, id, finished, ends)).await;
+}
+
+/// Ends the message the way the run ended: the job's end concluded, the job handed back
+/// (or ended, past its wait), or the api's end of it acknowledged.
+async fn end_run(
+    ctx: &Ctx,
+    msg: jetstream::Message,
+    id: Uuid,
+    finished: Result<Finished, Halt>,
+    ends: Ends,
+) {
     match finished {
-        Ok(f) => Box::pin(outcome::conclude(ctx, msg, f, reply_subject, webhook_url)).await,
-        Err(Halt::Defer(deferred)) => {
-            let ends = Ends {
-                base,
+        Ok(f) => {
+            let Ends {
                 reply_subject,
                 webhook_url,
-            };
-            Box::pin(defer_or_end(ctx, msg, id, deferred, ends)).await
+                ..
+            } = ends;
+            Box::pin(outcome::conclude(ctx, msg, f, reply_subject, webhook_url)).await
         }
+        Err(Halt::Defer(deferred)) => Box::pin(defer_or_end(ctx, msg, id, deferred, ends)).await,
         Err(Halt::Ended(attempts)) => Box::pin(outcome::skip_ended(ctx, msg, id, attempts)).await,
     }
 }

@@ -8,7 +8,7 @@ use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use sluice_core::store::{AttemptRecord, JobDeferred, JobOutcome, LedgerEntry};
+use sluice_core::store::{AttemptRecord, JobDeferred, JobOutcome, LedgerEntry, NewDelivery};
 use sluice_schemas::events::HEADER_DLQ_REASON;
 use sluice_schemas::job::{JobError, JobResult};
 use sluice_schemas::openai::Usage;
@@ -287,9 +287,7 @@ pub(super) async fn skip_ended(
     if !attempts.is_empty() {
         if let Err(e) = ctx.ledger.write(LedgerEntry::Attempts(attempts)).await {
             tracing::error!(error = %e, "attempts not recorded; the job will be redelivered");
-            let _ = msg
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
+            nak_soon(&msg).await;
             return;
         }
     }
@@ -313,44 +311,23 @@ pub(super) async fn conclude(
         mut publisher,
         last_attempt,
     } = finished;
-    let id = outcome.id;
-    // A reply subject that points inward is dropped here (a trusted service may have
-    // published the envelope straight to NATS, past the api's check).
-    let reply_subject = crate::destinations::reply_subject(
-        reply_subject.as_deref(),
-        &ctx.config.subject_prefix,
-        &ctx.config.safety,
-    );
-    let deliveries = if reply_subject.is_some() || webhook_url.is_some() {
-        match serde_json::to_vec(&done) {
-            Ok(body) => {
-                crate::deliveries::for_job(id, reply_subject, webhook_url.as_deref(), &body)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode the job's end for its deliveries");
-                Vec::new()
-            }
-        }
-    } else {
-        Vec::new()
-    };
+    let deliveries = deliveries_of(ctx, &done, reply_subject, webhook_url);
     let deliver = !deliveries.is_empty();
     // Record, then publish, then ack.
     crate::trace::finished(&outcome, &attempts);
+    let entry = LedgerEntry::Finished {
+        job: outcome,
+        attempts,
+        deliveries,
+    };
     if let Err(e) = ctx
         .ledger
-        .write(LedgerEntry::Finished {
-            job: outcome,
-            attempts,
-            deliveries,
-        })
+        .write(entry)
         .instrument(crate::trace::record())
         .await
     {
         tracing::error!(error = %e, "result not recorded; the job will be redelivered");
-        let _ = msg
-            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-            .await;
+        nak_soon(&msg).await;
         return;
     }
     ctx.tally.finished();
@@ -360,9 +337,7 @@ pub(super) async fn conclude(
         .await
     {
         tracing::warn!(error = %e, "terminal event not stored; redelivery will republish it");
-        let _ = msg
-            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-            .await;
+        nak_soon(&msg).await;
         return;
     }
     if let Err(e) = msg.ack().await {
@@ -372,6 +347,41 @@ pub(super) async fn conclude(
         ctx.deliveries.notify_one();
     }
     tracing::debug!(status = %done.status, "job finished");
+}
+
+/// The deliveries of the job's end `done`: to its reply subject (one that points inward
+/// is dropped here: a trusted service may have published the envelope straight to NATS,
+/// past the api's check) and its webhook.
+fn deliveries_of(
+    ctx: &Ctx,
+    done: &DoneEvent,
+    reply_subject: Option<String>,
+    webhook_url: Option<String>,
+) -> Vec<NewDelivery> {
+    let reply_subject = crate::destinations::reply_subject(
+        reply_subject.as_deref(),
+        &ctx.config.subject_prefix,
+        &ctx.config.safety,
+    );
+    if reply_subject.is_none() && webhook_url.is_none() {
+        return Vec::new();
+    }
+    match serde_json::to_vec(done) {
+        Ok(body) => {
+            crate::deliveries::for_job(done.job_id, reply_subject, webhook_url.as_deref(), &body)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode the job's end for its deliveries");
+            Vec::new()
+        }
+    }
+}
+
+/// Hands the message back for a redelivery in a second (the job's end was not stored).
+async fn nak_soon(msg: &jetstream::Message) {
+    let _ = msg
+        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+        .await;
 }
 
 /// Hands a job back to the queue until a limit frees up (bounded, with jitter); records
@@ -405,6 +415,7 @@ pub(super) async fn defer(ctx: &Ctx, msg: &jetstream::Message, id: Uuid, d: Defe
     let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
 }
 
+/// Publishes the terminal event of a job that already ended, as its row has it.
 pub(super) async fn republish_terminal(ctx: &Ctx, id: Uuid) {
     let row = match ctx.store.job(id).await {
         Ok(Some(row)) => row,
@@ -414,9 +425,7 @@ pub(super) async fn republish_terminal(ctx: &Ctx, id: Uuid) {
             return;
         }
     };
-    let done = row.done_event();
-    let mut publisher = EventPublisher::new(ctx.js.clone(), ctx.subjects.events(id), id);
-    if let Err(e) = publisher.terminal(row.attempts, &done).await {
+    if let Err(e) = crate::events::publish_ended(&ctx.js, &ctx.subjects, &row, 1).await {
         tracing::warn!(error = %e, "cannot republish terminal event");
     }
 }

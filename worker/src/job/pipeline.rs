@@ -28,7 +28,7 @@ use sluice_core::store::{AttemptRecord, JobOutcome, LedgerEntry, Written};
 use sluice_schemas::embeddings::EmbeddingsRequest;
 use sluice_schemas::job::JobError;
 use sluice_schemas::openai::ChatRequest;
-use sluice_schemas::{ErrorClass, JobEnvelope, JobStatus, RetryEvent, Tier, MASTER_OWNER};
+use sluice_schemas::{ErrorClass, JobEnvelope, JobStatus, RetryEvent, Tier};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
@@ -36,7 +36,7 @@ use super::attempt::{Attempt, JobFields};
 use super::cached::{self, JobCache};
 use super::eligible;
 use super::embed;
-use super::outcome::{Deferred, Finished, Halt};
+use super::outcome::{outcome_base, Deferred, Finished, Halt};
 use super::route::{Next, Pool, Route};
 use crate::events::{EventPublisher, EventSink};
 use crate::limits::{self, Actual, Admission, Candidate, Scope};
@@ -56,62 +56,30 @@ pub(super) async fn run(
     calls: u32,
 ) -> Result<Finished, Halt> {
     let mut run = Run::new(ctx, envelope, tier, delivery, calls);
-    if let Some(error) = run.invalid() {
-        let made = run.attempt;
-        return Ok(run.end(JobStatus::Failed, error, made));
-    }
-    if !run.load_key_scopes().await? {
-        let error = JobError {
-            class: ErrorClass::Auth,
-            message: "the API key of this job was revoked".into(),
-        };
-        let made = run.attempt;
-        return Ok(run.end(JobStatus::Failed, error, made));
+    if let Some(error) = run.refused().await? {
+        return Ok(run.end(JobStatus::Failed, error));
     }
     if let Some(hit) = run.look_up().await {
         return Ok(Box::pin(run.answer_cached(hit)).await);
     }
     // Bounded: every hop resets the retry count, and hops are bounded by max_fallbacks.
     loop {
-        let attempt = match run.admit().instrument(crate::trace::admission()).await? {
-            Admit::Go(attempt) => attempt,
-            Admit::Again => continue,
-            Admit::GiveUp => break,
-            Admit::Cancelled => {
-                let made = run.attempt;
-                return Ok(run.end(JobStatus::Cancelled, cancelled(), made));
-            }
-        };
-        let attempt = match run.start(*attempt).await? {
-            Start::Go(attempt) => *attempt,
-            Start::CallsSpent => {
-                // Calls across all deliveries count: the job ends with the class of its
-                // last failure.
-                let error = run.last_failure().await;
-                tracing::warn!(calls = run.attempt, class = %error.class, "job made every call it may");
-                let made = run.attempt;
-                return Ok(run.end(JobStatus::Failed, error, made));
-            }
-        };
-        let operation = if run.embeddings.is_some() {
-            "embeddings"
-        } else {
-            "chat"
-        };
-        let span =
-            crate::trace::attempt(&attempt.deployment, attempt.number, operation, run.stream);
-        let result = run.call(&attempt).instrument(span.clone()).await;
-        let failure = match run.record(attempt, result).instrument(span).await {
-            Ok(out) => return Ok(run.succeed(out)),
-            Err(failure) => failure,
-        };
-        if !run.decide(&failure).await {
-            break;
+        match Box::pin(run.pass()).await? {
+            Pass::GoOn => continue,
+            Pass::Succeeded(out) => return Ok(run.succeed(*out)),
+            Pass::Ends(status, error) => return Ok(run.end(status, error)),
         }
     }
-    let made = run.attempt;
-    let error = run.last_error.clone();
-    Ok(run.end(JobStatus::Failed, error, made))
+}
+
+/// How one pass round the loop (admit → start → call → record → decide) ended.
+enum Pass {
+    /// The call succeeded with this output.
+    Succeeded(Box<CallOutput>),
+    /// Another pass: a retry, a hop to a fallback group, or a group that cools down.
+    GoOn,
+    /// The job ends without a result.
+    Ends(JobStatus, JobError),
 }
 
 /// What the admission step found.
@@ -173,6 +141,8 @@ struct Run<'a> {
     key_scopes: Arc<Vec<Scope>>,
     /// The tags the job asked for (`tags`, `metadata.tags`), for tag routing.
     tags: Vec<String>,
+    /// The header lines `tag_regex` patterns are matched against (`eligible.rs`).
+    header_lines: Vec<String>,
     /// Prompt estimates per tokenizer (the cheap bound among them), computed once each.
     prompt_estimates: Vec<(tokens::Tokenizer, u64)>,
     /// Attempts this delivery made, for the ledger.
@@ -191,58 +161,35 @@ impl<'a> Run<'a> {
         delivery: u32,
         calls: u32,
     ) -> Self {
+        let base = outcome_base(&envelope, tier, calls);
         let JobEnvelope {
             id,
             mut request,
-            embeddings,
-            owner,
+            mut embeddings,
             reply_subject,
-            submitted_at_ms,
             fallbacks,
             disable_fallbacks,
             metadata,
+            user_agent,
             ..
         } = *envelope;
-        let mut embeddings = embeddings;
         if let Some(t) = embeddings.as_mut().and_then(|e| e.extra.remove("tags")) {
             // An embeddings job's `tags` are read like a chat job's (and not sent on).
             request.extra.insert("tags".into(), t);
         }
         let tags = eligible::job_tags(&mut request, metadata.as_ref());
-        let owner = owner.unwrap_or_else(|| MASTER_OWNER.to_string());
+        let header_lines = eligible::header_lines(user_agent.as_deref());
         let group = request.model.clone();
         let cache = cached::plan(ctx, &group, &mut request, embeddings.as_deref_mut());
-        let created_at = DateTime::<Utc>::from_timestamp_millis(submitted_at_ms)
-            .filter(|_| submitted_at_ms > 0)
-            .unwrap_or_else(Utc::now);
-        let base = JobOutcome {
-            id,
-            owner: owner.clone(),
-            model_group: group.clone(),
-            tier,
-            reply_subject: reply_subject.clone(),
-            created_at,
-            status: JobStatus::Failed,
-            result: None,
-            usage: None,
-            cost: None,
-            pricing_missing: false,
-            attempts: calls,
-            error_class: None,
-            error_message: None,
-            finished_at: Utc::now(),
-            cache_hit: false,
-            cost_saved: None,
-        };
         Run {
             ctx,
             id,
             route: Route::new(ctx, &group, fallbacks, disable_fallbacks),
-            owner,
+            owner: base.owner.clone(),
             group,
             tier,
             reply_subject,
-            created_at,
+            created_at: base.created_at,
             delivery,
             stream: request.stream.unwrap_or(false),
             request,
@@ -252,6 +199,7 @@ impl<'a> Run<'a> {
             publisher: EventPublisher::new(ctx.js.clone(), ctx.subjects.events(id), id),
             key_scopes: Arc::default(),
             tags,
+            header_lines,
             prompt_estimates: Vec::with_capacity(2),
             records: Vec::new(),
             attempt: calls,
@@ -259,6 +207,55 @@ impl<'a> Run<'a> {
                 class: ErrorClass::Internal,
                 message: "no deployment available".into(),
             },
+        }
+    }
+
+    /// Why the job cannot run at all, if it cannot: no deployment can ever serve it, or
+    /// its key was revoked.
+    async fn refused(&mut self) -> Result<Option<JobError>, Halt> {
+        if let Some(error) = self.invalid() {
+            return Ok(Some(error));
+        }
+        if self.load_key_scopes().await? {
+            return Ok(None);
+        }
+        Ok(Some(JobError {
+            class: ErrorClass::Auth,
+            message: "the API key of this job was revoked".into(),
+        }))
+    }
+
+    /// One pass: admit an attempt, start it, call, record the call, and decide what
+    /// follows a failure.
+    async fn pass(&mut self) -> Result<Pass, Halt> {
+        let attempt = match self.admit().instrument(crate::trace::admission()).await? {
+            Admit::Go(attempt) => attempt,
+            Admit::Again => return Ok(Pass::GoOn),
+            Admit::GiveUp => return Ok(Pass::Ends(JobStatus::Failed, self.last_error.clone())),
+            Admit::Cancelled => return Ok(Pass::Ends(JobStatus::Cancelled, cancelled())),
+        };
+        let attempt = match self.start(*attempt).await? {
+            Start::Go(attempt) => *attempt,
+            Start::CallsSpent => {
+                // Calls across all deliveries count: the job ends with the class of its
+                // last failure.
+                let error = self.last_failure().await;
+                tracing::warn!(calls = self.attempt, class = %error.class, "job made every call it may");
+                return Ok(Pass::Ends(JobStatus::Failed, error));
+            }
+        };
+        let operation = if self.embeddings.is_some() {
+            "embeddings"
+        } else {
+            "chat"
+        };
+        let span =
+            crate::trace::attempt(&attempt.deployment, attempt.number, operation, self.stream);
+        let result = self.call(&attempt).instrument(span.clone()).await;
+        match self.record(attempt, result).instrument(span).await {
+            Ok(out) => Ok(Pass::Succeeded(Box::new(out))),
+            Err(failure) if self.decide(&failure).await => Ok(Pass::GoOn),
+            Err(_) => Ok(Pass::Ends(JobStatus::Failed, self.last_error.clone())),
         }
     }
 
@@ -324,51 +321,67 @@ impl<'a> Run<'a> {
     /// Route, then admit: the first candidate (by order and strategy) that is not cooling
     /// down and whose limits allow the call.
     async fn admit(&mut self) -> Result<Admit, Halt> {
-        let ctx = self.ctx;
         if let Err(error) = self.pool() {
             self.last_error = error;
             return Ok(Admit::GiveUp);
         }
         let candidates = match &self.route.pool {
-            Pool::Only(pool) => ctx.router.order(pool, &self.route.tried),
-            Pool::All | Pool::Unknown => {
-                ctx.router.candidates(self.route.group(), &self.route.tried)
-            }
+            Pool::Only(pool) => self.ctx.router.order(pool, &self.route.tried),
+            Pool::All | Pool::Unknown => self
+                .ctx
+                .router
+                .candidates(self.route.group(), &self.route.tried),
         };
         if candidates.is_empty() {
             return Ok(Admit::GiveUp);
         }
+        let (checked, admission) = self.reserve(&candidates).await;
+        self.admitted(&candidates, &checked, admission)
+    }
+
+    /// Asks the limits for the first of `candidates` that fits: first with the prompt's
+    /// cheap upper bound (see `worker/src/tokens.rs`); only if that does not fit, and an
+    /// exact count could be smaller, once more with it. Returns what was checked, and the
+    /// answer.
+    async fn reserve(&mut self, candidates: &[Arc<Deployment>]) -> (Vec<Candidate>, Admission) {
+        let limiter = &self.ctx.limiter;
         let lease = candidates
             .iter()
             .map(|d| d.timeout)
             .max()
             .unwrap_or_default()
             + LEASE_MARGIN;
-        // First with the prompt's cheap upper bound (see `worker/src/tokens.rs`); only if
-        // that does not fit, and an exact count could be smaller, once more with it.
-        let mut admit = self.candidates(&candidates, false);
-        let mut admission = ctx.limiter.admit(Some(self.id), &admit, lease).await;
+        let checked = self.candidates(candidates, false);
+        let admission = limiter.admit(Some(self.id), &checked, lease).await;
         let bounded = candidates.iter().any(|d| {
             tokens::Tokenizer::for_deployment(d).cheap() != tokens::Tokenizer::for_deployment(d)
         });
-        if bounded
-            && matches!(
-                admission,
-                Admission::Wait { cooling: false, .. } | Admission::TooLarge { .. }
-            )
-        {
-            admit = self.candidates(&candidates, true);
-            admission = ctx.limiter.admit(Some(self.id), &admit, lease).await;
+        let retry_exact = matches!(
+            admission,
+            Admission::Wait { cooling: false, .. } | Admission::TooLarge { .. }
+        );
+        if !(bounded && retry_exact) {
+            return (checked, admission);
         }
+        let checked = self.candidates(candidates, true);
+        let admission = limiter.admit(Some(self.id), &checked, lease).await;
+        (checked, admission)
+    }
+
+    /// What the limits' answer means for the job: an attempt on the admitted candidate,
+    /// another group, a wait (the job is handed back), or the end.
+    fn admitted(
+        &mut self,
+        candidates: &[Arc<Deployment>],
+        checked: &[Candidate],
+        admission: Admission,
+    ) -> Result<Admit, Halt> {
+        let ctx = self.ctx;
         match admission {
             Admission::Admitted { index, reservation } => {
                 // Settled when the call ends, or by itself if the job lets go of it.
-                let held = limits::Held::new(
-                    &ctx.limiter,
-                    &ctx.settlements,
-                    reservation,
-                    admit[index].estimate,
-                );
+                let estimate = checked[index].estimate;
+                let held = limits::Held::new(&ctx.limiter, &ctx.settlements, reservation, estimate);
                 Ok(Admit::Go(self.attempt_on(&candidates[index], held)))
             }
             Admission::Wait {
@@ -381,11 +394,8 @@ impl<'a> Run<'a> {
                     crate::metrics::fallback("cooldown");
                     return Ok(Admit::Again);
                 }
-                Err(self.defer(
-                    Some(after),
-                    if cooling { "cooldown" } else { "limit" },
-                    format!("waiting for {limit}"),
-                ))
+                let cause = if cooling { "cooldown" } else { "limit" };
+                Err(self.defer(Some(after), cause, format!("waiting for {limit}")))
             }
             Admission::Unavailable(e) => Err(self.defer(
                 None,
@@ -398,7 +408,7 @@ impl<'a> Run<'a> {
                     class: ErrorClass::BadRequest,
                     message: format!(
                         "the request (about {} tokens with its output cap) can never fit the limit {limit}",
-                        admit.first().map(|c| c.estimate.tokens).unwrap_or(0)
+                        checked.first().map(|c| c.estimate.tokens).unwrap_or(0)
                     ),
                 };
                 Ok(Admit::GiveUp)
@@ -411,33 +421,22 @@ impl<'a> Run<'a> {
     /// prompt too long for every deployment follows `context_window_fallbacks`); the error
     /// when no group is left. Nothing here calls a provider.
     fn pool(&mut self) -> Result<(), JobError> {
-        let ctx = self.ctx;
-        let router = &ctx.config.router;
+        let router = &self.ctx.config.router;
         while matches!(self.route.pool, Pool::Unknown) {
-            let captures = self.route.captures();
-            if captures.is_none() && !router.tag_filtering && !router.pre_call_checks {
+            if self.route.captures().is_none() && !router.tag_filtering && !router.pre_call_checks {
                 // The common case: nothing to work out, nothing copied.
                 self.route.pool = Pool::All;
                 break;
             }
             let group = self.route.group().to_string();
-            let all = ctx.router.deployments(&group);
-            let all: Vec<Arc<Deployment>> = match captures {
-                Some(caps) => all
-                    .iter()
-                    .map(|d| match d.is_wildcard() {
-                        true => Arc::new(d.for_model(&caps)),
-                        false => Arc::clone(d),
-                    })
-                    .collect(),
-                None => all.to_vec(),
-            };
-            let Some(mut pool) = eligible::by_tags(all, &self.tags, router) else {
+            let Some(pool) =
+                eligible::by_tags(self.deployments(), &self.tags, &self.header_lines, router)
+            else {
                 let error = JobError {
                     class: ErrorClass::BadRequest,
                     message: format!(
-                        "no deployment of model group {group:?} has the tags {:?} (and none is tagged \"default\")",
-                        self.tags
+                        "no deployment of model group {group:?} has the tags {:?} or a tag_regex matching {:?} (and none is tagged \"default\")",
+                        self.tags, self.header_lines
                     ),
                 };
                 if self.route.hop(None) {
@@ -446,48 +445,75 @@ impl<'a> Run<'a> {
                 }
                 return Err(error);
             };
-            if router.pre_call_checks {
-                let mut longest: Option<(u64, u64)> = None;
-                let mut kept = Vec::with_capacity(pool.len());
-                for d in pool {
-                    let limit = ctx.contexts.max_input_tokens(&d);
-                    // The cheap upper bound settles most prompts; count exactly only
-                    // when it does not fit (see `worker/src/tokens.rs`).
-                    let tokenizer = tokens::Tokenizer::for_deployment(&d);
-                    let mut prompt = self.prompt_estimate(tokenizer.cheap());
-                    if limit.is_some_and(|limit| prompt > limit) {
-                        prompt = self.prompt_estimate(tokenizer);
-                    }
-                    match limit {
-                        Some(limit) if prompt > limit => {
-                            if longest.is_none_or(|(l, _)| limit > l) {
-                                longest = Some((limit, prompt));
-                            }
-                        }
-                        _ => kept.push(d),
-                    }
+            match self.fitting(pool, &group) {
+                Ok(pool) => self.route.pool = Pool::Only(pool),
+                Err(error) if self.route.hop(Some(ErrorClass::ContextWindow)) => {
+                    crate::metrics::fallback(ErrorClass::ContextWindow.as_str());
+                    self.last_error = error;
                 }
-                pool = kept;
-                if pool.is_empty() {
-                    let (limit, prompt) = longest.unwrap_or_default();
-                    let error = JobError {
-                        class: ErrorClass::ContextWindow,
-                        message: format!(
-                            "no deployment of model group {group:?} has a context window large enough for this prompt (pre-call check): Max Input Tokens={limit}, Got={prompt}"
-                        ),
-                    };
-                    tracing::info!(job_id = %self.id, %group, limit, prompt, "prompt too long for every deployment of the group");
-                    if self.route.hop(Some(ErrorClass::ContextWindow)) {
-                        crate::metrics::fallback(ErrorClass::ContextWindow.as_str());
-                        self.last_error = error;
-                        continue;
-                    }
-                    return Err(error);
-                }
+                Err(error) => return Err(error),
             }
-            self.route.pool = Pool::Only(pool);
         }
         Ok(())
+    }
+
+    /// The deployments of the current group, a wildcard group's made for the model the
+    /// job named.
+    fn deployments(&self) -> Vec<Arc<Deployment>> {
+        let all = self.ctx.router.deployments(self.route.group());
+        match self.route.captures() {
+            Some(caps) => all
+                .iter()
+                .map(|d| match d.is_wildcard() {
+                    true => Arc::new(d.for_model(&caps)),
+                    false => Arc::clone(d),
+                })
+                .collect(),
+            None => all.to_vec(),
+        }
+    }
+
+    /// The deployments of `pool` whose context window holds the prompt (all of them
+    /// without `pre_call_checks`); the error when none does.
+    fn fitting(
+        &mut self,
+        pool: Vec<Arc<Deployment>>,
+        group: &str,
+    ) -> Result<Vec<Arc<Deployment>>, JobError> {
+        if !self.ctx.config.router.pre_call_checks {
+            return Ok(pool);
+        }
+        let mut longest: Option<(u64, u64)> = None;
+        let mut kept = Vec::with_capacity(pool.len());
+        for d in pool {
+            let limit = self.ctx.contexts.max_input_tokens(&d);
+            // The cheap upper bound settles most prompts; count exactly only when it
+            // does not fit (see `worker/src/tokens.rs`).
+            let tokenizer = tokens::Tokenizer::for_deployment(&d);
+            let mut prompt = self.prompt_estimate(tokenizer.cheap());
+            if limit.is_some_and(|limit| prompt > limit) {
+                prompt = self.prompt_estimate(tokenizer);
+            }
+            match limit {
+                Some(limit) if prompt > limit => {
+                    if longest.is_none_or(|(l, _)| limit > l) {
+                        longest = Some((limit, prompt));
+                    }
+                }
+                _ => kept.push(d),
+            }
+        }
+        if !kept.is_empty() {
+            return Ok(kept);
+        }
+        let (limit, prompt) = longest.unwrap_or_default();
+        tracing::info!(job_id = %self.id, %group, limit, prompt, "prompt too long for every deployment of the group");
+        Err(JobError {
+            class: ErrorClass::ContextWindow,
+            message: format!(
+                "no deployment of model group {group:?} has a context window large enough for this prompt (pre-call check): Max Input Tokens={limit}, Got={prompt}"
+            ),
+        })
     }
 
     /// The next attempt, on `deployment`, with what the limits hold for it.
@@ -743,15 +769,9 @@ impl<'a> Run<'a> {
         cached::finish(self.base, hit, self.publisher, self.stream, self.attempt).await
     }
 
-    /// The job ends without a result after `attempts` attempts.
-    fn end(self, status: JobStatus, error: JobError, attempts: u32) -> Finished {
-        Finished::without_result(
-            status,
-            self.base,
-            self.records,
-            error,
-            self.publisher,
-            attempts,
-        )
+    /// The job ends without a result after the calls it made.
+    fn end(self, status: JobStatus, error: JobError) -> Finished {
+        let made = self.attempt;
+        Finished::without_result(status, self.base, self.records, error, self.publisher, made)
     }
 }

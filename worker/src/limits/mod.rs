@@ -28,6 +28,7 @@ use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::{self, Script};
 use deadpool_redis::Pool;
 use rust_decimal::prelude::ToPrimitive;
+use sluice_core::budgets::{provider_budgets, Budget, BudgetKeys, CHARGE_LUA};
 use sluice_core::config::{Deployment, ProviderBudget};
 use sluice_core::Store;
 use uuid::Uuid;
@@ -48,14 +49,7 @@ pub fn deployment_scopes(d: &Deployment, budgets: &[ProviderBudget]) -> Vec<Scop
     if let Some(par) = d.max_parallel_requests {
         scopes.push(Scope::new(Kind::Parallel, subject, par as f64, MINUTE));
     }
-    for b in budgets.iter().filter(|b| b.provider == d.provider) {
-        scopes.push(Scope::new(
-            Kind::Budget,
-            format!("provider:{}", b.provider),
-            b.budget_limit,
-            b.period,
-        ));
-    }
+    scopes.extend(provider_budgets(&d.provider, budgets).map(Scope::budget));
     scopes
 }
 
@@ -116,6 +110,11 @@ impl Scope {
             limit,
             period,
         }
+    }
+
+    /// The scope of a USD budget (`sluice_core::budgets`).
+    pub fn budget(b: Budget) -> Self {
+        Scope::new(Kind::Budget, b.subject, b.limit, b.period)
     }
 
     fn label(&self) -> String {
@@ -268,13 +267,14 @@ impl Limiter {
     pub fn new(pool: Pool, prefix: &str, fail_open: bool) -> Limiter {
         Limiter {
             pool,
-            tag: format!("{{{prefix}}}"),
+            tag: sluice_core::budgets::tag(prefix),
             shared: Arc::default(),
             fail_open,
             strategy: Strategy::AsGiven,
             scripts: Arc::new(Scripts {
                 admit: Script::new(include_str!("admit.lua")),
-                settle: Script::new(include_str!("settle.lua")),
+                // The charge step is shared with native batch results.
+                settle: Script::new(&format!("{CHARGE_LUA}\n{}", include_str!("settle.lua"))),
                 seed: Script::new(include_str!("seed.lua")),
             }),
             ledger: None,
@@ -378,10 +378,8 @@ impl Limiter {
                 out.push(format!("{base}:amt"));
             }
             Kind::Budget => {
-                out.push(format!("{base}:lease"));
-                out.push(format!("{base}:amt"));
-                out.push(format!("{base}:spent"));
-                out.push(format!("{base}:seeded"));
+                let k = BudgetKeys::new(&self.tag, &scope.subject);
+                out.extend([k.lease, k.amounts, k.spent, k.seeded]);
             }
         }
     }

@@ -1,5 +1,6 @@
 -- Sluice settlement: correct a reservation to what the call really used, and record
--- the deployment's health (latency, failures, cooldown).
+-- the deployment's health (latency, failures, cooldown). Runs after core's
+-- core/src/budgets/charge.lua, which defines charge_spent (shared with native batches).
 --
 -- ARGV[1] reservation id, ARGV[2] number of scopes,
 -- ARGV[3] outcome 'ok' | 'fail' | 'none' (no health update),
@@ -67,12 +68,7 @@ for s = 1, n do
       redis.call('HINCRBYFLOAT', h, '_reserved', -tonumber(held))
       redis.call('ZREM', z, res)
     end
-    -- Counters Redis lost are rebuilt from the ledger, which holds this call's cost:
-    -- adding it here too would count it twice.
-    if actual > 0 and redis.call('EXISTS', mark) == 1 then
-      redis.call('SET', sp, 0, 'PX', period, 'NX')
-      redis.call('INCRBYFLOAT', sp, actual)
-    end
+    charge_spent(sp, mark, actual, period)
   end
 end
 return 1

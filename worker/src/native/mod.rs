@@ -17,15 +17,16 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 use sluice_core::config::{Config, Deployment, Protocol};
 use sluice_core::native_batches::{
-    NativeBackend, NativeError, NativeLine, NativeResult, NativeSuccess, Placement, Submitted,
-    UpstreamPoll,
+    LostCreate, NativeBackend, NativeError, NativeLine, NativeResult, NativeSuccess, Placement,
+    Submitted, UpstreamPoll,
 };
-use sluice_schemas::openai::ChatCompletion;
+use sluice_schemas::openai::{ChatCompletion, ChatRequest};
 use sluice_schemas::ErrorClass;
 
 use crate::pricing::{Price, PricingError};
 use crate::providers::{self, Params};
 use crate::router::Router;
+use crate::tokens;
 
 pub use pricing::batch_price;
 
@@ -84,6 +85,9 @@ pub struct Backend {
     http: reqwest::Client,
     max_lines: Option<u32>,
     max_bytes: Option<u64>,
+    /// `sluice.batches.native_enqueued_tokens`: the enqueued-token limit of deployments
+    /// without their own.
+    enqueued_tokens: Option<u64>,
 }
 
 impl Backend {
@@ -114,6 +118,7 @@ impl Backend {
             http,
             max_lines: config.batches.native_max_lines,
             max_bytes: config.batches.native_max_bytes,
+            enqueued_tokens: config.batches.native_enqueued_tokens,
         })
     }
 
@@ -200,7 +205,21 @@ impl NativeBackend for Backend {
             protocol: api.map(Api::name),
             max_lines: self.max_lines.map_or(lines, |m| m.min(lines)),
             max_bytes: self.max_bytes.map_or(bytes, |m| m.min(bytes)),
+            enqueued_tokens: self.enqueued_limit(&d.id),
         })
+    }
+
+    fn prompt_tokens(&self, deployment: &str, request: &ChatRequest) -> u64 {
+        match self.deployments.get(deployment) {
+            Some(d) => tokens::prompt_with(tokens::Tokenizer::for_deployment(d), request),
+            None => tokens::prompt(request),
+        }
+    }
+
+    fn enqueued_limit(&self, deployment: &str) -> Option<u64> {
+        let d = self.deployments.get(deployment)?;
+        Api::of(d)?;
+        d.batch_enqueued_tokens.or(self.enqueued_tokens)
     }
 
     fn prepare(&self, deployment: &str, line: &NativeLine) -> Result<Value, (ErrorClass, String)> {
@@ -226,11 +245,11 @@ impl NativeBackend for Backend {
     fn find<'a>(
         &'a self,
         deployment: &'a str,
-        marker: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Submitted>, NativeError>> {
+        lost: &'a LostCreate,
+    ) -> BoxFuture<'a, Result<Vec<Submitted>, NativeError>> {
         Box::pin(async move {
             let (d, api) = self.deployment(deployment)?;
-            wire::find(&self.http, api, d, marker).await
+            wire::find(&self.http, api, d, lost).await
         })
     }
 

@@ -155,9 +155,9 @@ impl Accumulator {
     }
 
     /// The completion, or a bad-response error if a chunk was refused.
-    pub fn into_completion(self) -> Result<ChatCompletion, super::ProviderError> {
+    pub fn into_completion(self) -> Result<ChatCompletion, super::error::ProviderError> {
         match &self.refused {
-            Some(why) => Err(super::ProviderError::new(
+            Some(why) => Err(super::error::ProviderError::new(
                 sluice_schemas::ErrorClass::Server,
                 format!("bad response: {why}"),
             )),

@@ -888,13 +888,12 @@ impl Wire for Anthropic {
 #[cfg(test)]
 mod tests {
     use super::super::accumulate::Accumulator;
-    use super::super::stream::StreamDecoder;
+    use super::super::decode::StreamDecoder;
     use super::*;
-    use sluice_core::config::Protocol;
     use sluice_schemas::openai::{FunctionDef, Tool};
 
     fn decode(input: &str) -> (ChatCompletion, Result<(), ProviderError>) {
-        let mut d = StreamDecoder::new(Protocol::Anthropic, "claude");
+        let mut d = StreamDecoder::for_wire(&Anthropic, "claude");
         let mut out = Vec::new();
         let mut r = Ok(());
         for piece in input.as_bytes().chunks(5) {

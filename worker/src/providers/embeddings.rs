@@ -93,7 +93,7 @@ async fn send(
     let status = resp.status();
     let rate_limits = RateLimits::from_headers(resp.headers());
     if status.is_redirection() {
-        return Err(super::stream::redirect_error(
+        return Err(super::error::redirect_error(
             status.as_u16(),
             resp.headers(),
         ));

@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use sluice_schemas::ErrorClass;
 
-use super::ratelimit::RateLimits;
+use super::ratelimit::{provider_wait, RateLimits};
 
 /// The longest provider message kept in an error.
 const MAX_ERROR_MESSAGE: usize = 4096;
@@ -114,20 +114,6 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .and_then(provider_wait)
 }
 
-/// A provider-given wait in seconds as a duration no longer than `MAX_PROVIDER_WAIT`;
-/// `None` for negative or non-finite values.
-pub fn provider_wait(secs: f64) -> Option<Duration> {
-    use sluice_core::safety::MAX_PROVIDER_WAIT;
-    if !secs.is_finite() || secs < 0.0 {
-        return None;
-    }
-    Some(if secs >= MAX_PROVIDER_WAIT.as_secs_f64() {
-        MAX_PROVIDER_WAIT
-    } else {
-        Duration::from_secs_f64(secs)
-    })
-}
-
 /// Keeps error messages bounded (bodies can be whole HTML pages).
 pub(crate) fn truncate(s: &str) -> String {
     if s.len() <= MAX_ERROR_MESSAGE {
@@ -153,6 +139,22 @@ pub(crate) fn is_context_message(lower: &str) -> bool {
         || (lower.contains("input token count") && lower.contains("exceeds the maximum"))
         || lower.contains("exceeds the context length")
         || lower.contains("longer than the context length")
+}
+
+/// A provider's 3xx: not followed (it would carry the prompt, and a header key, to
+/// wherever it points); an attempt error naming the Location without its query string.
+pub(crate) fn redirect_error(status: u16, headers: &reqwest::header::HeaderMap) -> ProviderError {
+    let location = headers
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|l| l.split(['?', '#']).next().unwrap_or_default().to_string())
+        .unwrap_or_else(|| "(no Location)".into());
+    let mut e = ProviderError::new(
+        ErrorClass::Server,
+        format!("provider answered {status} redirecting to {location}; redirects are not followed"),
+    );
+    e.status = Some(status);
+    e
 }
 
 #[cfg(test)]

@@ -799,14 +799,14 @@ fn retry_delay(details: &[Value]) -> Option<Duration> {
         })
         .find_map(|d| d.get("retryDelay").and_then(Value::as_str))
         .and_then(|s| s.trim().strip_suffix('s')?.parse::<f64>().ok())
-        .and_then(super::provider_wait)
+        .and_then(super::ratelimit::provider_wait)
 }
 
 /// "… Please retry in 47.43s."
 fn retry_in_message(message: &str) -> Option<Duration> {
     let rest = &message[message.find("retry in ")? + "retry in ".len()..];
     let end = rest.find('s')?;
-    super::provider_wait(rest[..end].parse::<f64>().ok()?)
+    super::ratelimit::provider_wait(rest[..end].parse::<f64>().ok()?)
 }
 
 /// Google Gemini (`generateContent`).
@@ -839,12 +839,11 @@ impl Wire for Gemini {
 
 #[cfg(test)]
 mod tests {
-    use super::super::stream::StreamDecoder;
+    use super::super::decode::StreamDecoder;
     use super::*;
-    use sluice_core::config::Protocol;
 
     fn decode(input: &str) -> (ChatCompletion, Result<(), ProviderError>) {
-        let mut d = StreamDecoder::new(Protocol::Gemini, "gemini-2.5-flash");
+        let mut d = StreamDecoder::for_wire(&Gemini, "gemini-2.5-flash");
         let mut out = Vec::new();
         let mut r = Ok(());
         for piece in input.as_bytes().chunks(11) {

@@ -3,9 +3,11 @@
 //! Owns the HTTP client and the call ([`Providers::call`]). The files, leaves first:
 //! - `error.rs`: [`ProviderError`], the one status → class table, `Retry-After`;
 //! - `chunk.rs`: the chunk types adapters emit; `params.rs`, `request.rs`: request mapping
-//!   helpers; `reasoning.rs`: OpenAI's reasoning-model rules; `ratelimit.rs`: rate-limit headers; `accumulate.rs`: chunks → completion;
+//!   helpers; `reasoning.rs`: OpenAI's reasoning-model rules; `ratelimit.rs`: rate-limit
+//!   headers and provider-given waits; `accumulate.rs`: chunks → completion;
 //! - `wire.rs`: the `Wire` trait every protocol implements (request, completion,
-//!   stream, classify);
+//!   stream, classify); `decode.rs`: [`StreamDecoder`], which frames a streamed body and
+//!   feeds a protocol's `Normalise` through that trait;
 //! - the adapters, one per protocol: [`openai`] and its compatible family, [`azure`],
 //!   [`anthropic`], [`gemini`], [`ollama`] (they use the files above and none of the
 //!   files below);
@@ -20,6 +22,7 @@ pub mod accumulate;
 pub mod anthropic;
 pub mod azure;
 pub mod chunk;
+mod decode;
 pub mod embeddings;
 mod error;
 pub mod gemini;
@@ -44,10 +47,10 @@ use sluice_schemas::openai::{
 };
 use sluice_schemas::ErrorClass;
 
-pub use error::{provider_wait, retry_after, ProviderError};
+pub use decode::StreamDecoder;
+pub use error::{retry_after, ProviderError};
 pub use params::Params;
-pub use ratelimit::RateLimits;
-pub use stream::StreamDecoder;
+pub use ratelimit::{provider_wait, RateLimits};
 use wire::Wire;
 
 /// The wire protocol `protocol` speaks: the one place a [`Protocol`] picks an adapter.
@@ -58,6 +61,14 @@ pub(crate) fn wire(protocol: Protocol) -> &'static dyn Wire {
         Protocol::Anthropic => &anthropic::Anthropic,
         Protocol::Gemini => &gemini::Gemini,
         Protocol::Ollama => &ollama::Ollama,
+    }
+}
+
+impl StreamDecoder {
+    /// A decoder for `protocol`'s streams; `model` names the chunks of protocols whose
+    /// payloads do not carry it.
+    pub fn new(protocol: Protocol, model: &str) -> Self {
+        StreamDecoder::for_wire(wire(protocol), model)
     }
 }
 

@@ -466,12 +466,11 @@ impl Wire for Ollama {
 
 #[cfg(test)]
 mod tests {
-    use super::super::stream::StreamDecoder;
+    use super::super::decode::StreamDecoder;
     use super::*;
-    use sluice_core::config::Protocol;
 
     fn decode(input: &str) -> (ChatCompletion, Result<(), ProviderError>) {
-        let mut d = StreamDecoder::new(Protocol::Ollama, "llama3.2");
+        let mut d = StreamDecoder::for_wire(&Ollama, "llama3.2");
         let mut out = Vec::new();
         let mut r = Ok(());
         for piece in input.as_bytes().chunks(9) {

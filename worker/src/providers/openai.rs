@@ -306,9 +306,8 @@ impl Wire for OpenAi {
 
 #[cfg(test)]
 mod tests {
-    use super::super::stream::StreamDecoder;
+    use super::super::decode::StreamDecoder;
     use super::*;
-    use sluice_core::config::Protocol;
 
     #[test]
     fn error_bodies_are_classified_by_code_then_status() {
@@ -341,7 +340,7 @@ mod tests {
     }
 
     fn decode(input: &[u8]) -> (Vec<Emitted>, Result<(), ProviderError>) {
-        let mut d = StreamDecoder::new(Protocol::OpenAi, "m");
+        let mut d = StreamDecoder::for_wire(&OpenAi, "m");
         let mut out = Vec::new();
         for piece in input.chunks(7) {
             if let Err(e) = d.feed(piece, &mut out) {

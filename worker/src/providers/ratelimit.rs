@@ -94,7 +94,7 @@ fn go_duration(s: &str) -> Option<Duration> {
         rest = &rest[unit_len..];
         total += value * scale;
     }
-    super::provider_wait(total)
+    provider_wait(total)
 }
 
 /// An RFC 3339 reset time as the time left until it (zero if already past).
@@ -104,6 +104,20 @@ fn until(v: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
         .to_std()
         .unwrap_or_default();
     Some(left.min(sluice_core::safety::MAX_PROVIDER_WAIT))
+}
+
+/// A provider-given wait in seconds as a duration no longer than `MAX_PROVIDER_WAIT`;
+/// `None` for negative or non-finite values.
+pub fn provider_wait(secs: f64) -> Option<Duration> {
+    use sluice_core::safety::MAX_PROVIDER_WAIT;
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Some(if secs >= MAX_PROVIDER_WAIT.as_secs_f64() {
+        MAX_PROVIDER_WAIT
+    } else {
+        Duration::from_secs_f64(secs)
+    })
 }
 
 #[cfg(test)]
