@@ -30,7 +30,7 @@ impl Store {
     /// where each message sits in the jobs stream (its sequence, in `job_stream_seqs`), in
     /// one statement: the reconciler (`worker/src/reconcile.rs`) ends jobs whose message is
     /// gone from there. No job row is locked: a worker claiming the job meanwhile neither
-    /// waits for this nor deadlocks with it (`migrations/20270127000001_job_stream_seqs.sql`).
+    /// waits for this nor deadlocks with it (`migrations/20270201000001_job_stream_seqs.sql`).
     pub async fn outbox_published(&self, published: &[(Uuid, u64)]) -> Result<(), StoreError> {
         if published.is_empty() {
             return Ok(());
