@@ -26,6 +26,9 @@ pub struct NewJob {
     /// Where the job's envelope is published, and the envelope: kept in the outbox until
     /// the publish is acknowledged (see [`Store::outbox_due`]).
     pub subject: Option<String>,
+    /// Bound as a `text[]` of its own, not inside the rows' JSON: escaping an envelope
+    /// into JSON and parsing it back out cost more than the rest of the row.
+    #[serde(skip)]
     pub payload: Option<String>,
     /// The `x-request-id` of the request that submitted it.
     pub request_id: Option<String>,
@@ -141,9 +144,13 @@ impl Store {
         // wait on each other in opposite orders.
         let inserted: Vec<Uuid> = sqlx::query_scalar(
             "WITH input AS (
-                SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, owner text, idempotency_key text,
-                     model_group text, tier text, reply_subject text, metadata jsonb, created_at timestamptz,
-                     subject text, payload text, request_id text, traceparent text)
+                SELECT * FROM ROWS FROM (
+                    jsonb_to_recordset($1::jsonb) AS (id uuid, owner text, idempotency_key text,
+                        model_group text, tier text, reply_subject text, metadata jsonb, created_at timestamptz,
+                        subject text, request_id text, traceparent text),
+                    unnest($4::text[])
+                ) AS t(id, owner, idempotency_key, model_group, tier, reply_subject, metadata, created_at,
+                       subject, request_id, traceparent, payload)
              ), inserted AS (
                 INSERT INTO jobs (id, owner, idempotency_key, model_group, tier, status, reply_subject, metadata, created_at, request_id)
                 SELECT id, owner, idempotency_key, model_group, tier, 'queued', reply_subject, metadata, created_at, request_id
@@ -168,6 +175,7 @@ impl Store {
         .bind(rows)
         .bind(&ids)
         .bind(&seqs)
+        .bind(jobs.iter().map(|j| j.payload.as_deref()).collect::<Vec<_>>())
         .fetch_all(&self.pool)
         .await?;
         let mut out = Vec::with_capacity(jobs.len());
