@@ -30,6 +30,7 @@ pub mod secret;
 pub mod spend;
 pub mod store;
 pub mod telemetry;
+pub mod terminal_event;
 pub mod tls;
 
 pub use config::Config;
