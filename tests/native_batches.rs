@@ -940,11 +940,17 @@ async fn native_lines_publish_the_terminal_events_live_lines_do() -> Result<()> 
         assert_eq!(end.body["attempts"], 1);
         if custom_id.starts_with("req-") {
             assert_eq!(end.kind, "done", "{custom_id}");
-            assert_eq!(end.body["result"]["object"], "chat.completion", "{:?}", end.body);
+            assert_eq!(
+                end.body["result"]["object"], "chat.completion",
+                "{:?}",
+                end.body
+            );
             assert!(end.body["result"]["choices"][0]["message"]["content"]
                 .as_str()
                 .is_some_and(|t| !t.is_empty()));
-            assert!(end.body["usage"]["prompt_tokens"].as_u64().is_some_and(|n| n > 0));
+            assert!(end.body["usage"]["prompt_tokens"]
+                .as_u64()
+                .is_some_and(|n| n > 0));
             let sent: f64 = end.body["cost"].as_f64().context("cost")?;
             let recorded: f64 = cost.context("cost recorded")?.to_string().parse()?;
             assert!((sent - recorded).abs() < 1e-12, "{sent} vs {recorded}");
