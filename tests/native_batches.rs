@@ -963,3 +963,71 @@ async fn native_lines_publish_the_terminal_events_live_lines_do() -> Result<()> 
     stack.stop().await;
     Ok(())
 }
+
+/// Tag routing places native lines as it places live ones: a line asking for `west`
+/// (in `body.tags` or `body.metadata.tags`) goes to the deployment tagged `west` even
+/// though routing prefers the other (`order`), one asking for nothing to the preferred.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_route_native_lines_as_they_route_live_ones() -> Result<()> {
+    let sim = sim::start("127.0.0.1:0", sim_config()).await?;
+    let env = TestEnv::new().await?;
+    let models = models(&[
+        deployment(&sim, "g", "openai", "      tags: [east, default]\n"),
+        deployment(
+            &sim,
+            "g",
+            "anthropic",
+            "      tags: [west]\n      order: 1\n",
+        ),
+    ])
+    .replace(
+        "general_settings:",
+        "router_settings:\n  enable_tag_filtering: true\ngeneral_settings:",
+    );
+    let stack = Stack::start(env.config(&models, SETTINGS)?, 0).await?;
+    let http = reqwest::Client::new();
+    let api = &stack.api_url;
+    let tagged = |custom_id: &str, field: &str| {
+        let mut body = json!({"model": "g", "max_tokens": 16,
+            "messages": [{"role": "user", "content": format!("Hi ({custom_id})")}]});
+        match field {
+            "tags" => body["tags"] = json!(["west"]),
+            "metadata" => body["metadata"] = json!({"tags": ["west"]}),
+            _ => {}
+        }
+        let v = json!({"custom_id": custom_id, "method": "POST",
+            "url": "/v1/chat/completions", "body": body});
+        format!("{v}\n")
+    };
+    let input = [
+        tagged("west-1", "tags"),
+        tagged("west-2", "metadata"),
+        tagged("plain-1", ""),
+        tagged("plain-2", ""),
+    ]
+    .concat();
+    let created = create(&http, api, input, json!({"sluice_mode": "native"})).await?;
+    let id = created["id"].as_str().context("batch id")?;
+    let done = wait_status(&http, api, id, "completed").await?;
+    assert_eq!(done["request_counts"]["completed"], 4, "{done}");
+    let store = env.store().await?;
+    let placed: Vec<(String, String)> = sqlx::query_as(
+        "SELECT j.custom_id, a.deployment FROM jobs j JOIN job_attempts a ON a.job_id = j.id
+         WHERE j.batch_id = $1 ORDER BY j.custom_id",
+    )
+    .bind(id)
+    .fetch_all(store.pool())
+    .await?;
+    let expected: Vec<(String, String)> = [
+        ("plain-1", "g-openai"),
+        ("plain-2", "g-openai"),
+        ("west-1", "g-anthropic"),
+        ("west-2", "g-anthropic"),
+    ]
+    .iter()
+    .map(|(c, d)| (c.to_string(), d.to_string()))
+    .collect();
+    assert_eq!(placed, expected, "{done}");
+    stack.stop().await;
+    Ok(())
+}

@@ -173,10 +173,15 @@ async fn plan(
                 });
             }
             Checked::Job {
-                custom_id, request, ..
+                custom_id,
+                request,
+                tags,
+                ..
             } => {
-                // A group routing cannot place here (a wildcard group) runs live.
-                let place = backend.place(&request.model).unwrap_or(Placement {
+                // A group routing cannot place here (a wildcard group, or tags no
+                // deployment has) runs live, where the worker routes or refuses it.
+                // Placed by the line's tags, as live routing places it.
+                let place = backend.place(&request.model, &tags).unwrap_or(Placement {
                     deployment: request.model.clone(),
                     provider: String::new(),
                     protocol: None,
