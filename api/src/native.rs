@@ -726,7 +726,7 @@ impl<'a> Follow<'a> {
     async fn write(&mut self, provider: &str, entries: Vec<LedgerEntry>) -> Result<(), DriveError> {
         for chunk in entries.chunks(LEDGER_CHUNK) {
             self.store().write_ledger(chunk).await?;
-            self.charge(provider, chunk).await?;
+            self.charge(provider, chunk).await;
         }
         Ok(())
     }
@@ -735,7 +735,7 @@ impl<'a> Follow<'a> {
     /// call to `provider` by the same key would charge (`sluice_core::budgets`). Best
     /// effort, like the worker's settlement: a charge lost to a Redis outage is rebuilt
     /// from the ledger once Redis has lost the counters, else the budget undercounts.
-    async fn charge(&mut self, provider: &str, entries: &[LedgerEntry]) -> Result<(), DriveError> {
+    async fn charge(&mut self, provider: &str, entries: &[LedgerEntry]) {
         let config = &self.d.state.config;
         let provider_budgets: Vec<Budget> =
             budgets::provider_budgets(provider, &config.limits.provider_budgets).collect();
@@ -750,8 +750,12 @@ impl<'a> Follow<'a> {
             for b in &provider_budgets {
                 charges.add(b, usd);
             }
-            if let Some(b) = self.key_budget(&job.owner).await? {
-                charges.add(&b, usd);
+            match self.key_budget(&job.owner).await {
+                Ok(Some(b)) => charges.add(&b, usd),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(batch_id = %self.d.id, error = %e, "cannot read the key's budget; native spend not charged to it in Redis")
+                }
             }
         }
         if let Err(e) = charges
@@ -760,7 +764,6 @@ impl<'a> Follow<'a> {
         {
             tracing::warn!(batch_id = %self.d.id, error = %e, "native spend not charged to the budgets in Redis; the ledger has it");
         }
-        Ok(())
     }
 
     /// Publishes the terminal event of each line that `ends` (recorded first), the same
