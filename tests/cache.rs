@@ -311,3 +311,52 @@ async fn an_entry_over_the_size_cap_is_not_stored_and_metrics_count_hits_misses_
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s_maxage_takes_only_entries_younger_than_it() -> Result<()> {
+    let s = sim::start("127.0.0.1:0", SimConfig::default()).await?;
+    let env = TestEnv::new().await?;
+    let stack = Stack::start(env.config(&models(&s), "")?, 1).await?;
+    let api = stack.api_url.clone();
+    let http = reqwest::Client::new();
+    let aged = |cache: Value| json!({"model": "fast", "cache": cache, "messages": [{"role": "user", "content": "How old is this?"}]});
+    let first = submit(&http, &api, ask("How old is this?")).await?;
+    assert_eq!(first["cache_hit"], false);
+    assert_eq!(s.requests(), 1);
+    // No entry is younger than 0 s: a miss, and the fresh answer is stored.
+    let strict = submit(&http, &api, aged(json!({"s-maxage": 0}))).await?;
+    assert_eq!(strict["cache_hit"], false, "{strict}");
+    assert_eq!(s.requests(), 2);
+    // An hour takes it.
+    let lenient = submit(&http, &api, aged(json!({"s-maxage": 3600}))).await?;
+    assert_eq!(lenient["cache_hit"], true, "{lenient}");
+    assert_eq!(s.requests(), 2);
+
+    // Embeddings, per input.
+    let embed = |cache: Value| {
+        let (http, api) = (http.clone(), api.clone());
+        async move {
+            let v: Value = http
+                .post(format!("{api}/v1/jobs"))
+                .bearer_auth(KEY)
+                .json(&json!({"model": "embed", "input": ["kept", "also kept"], "cache": cache}))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let id = v["id"].as_str().context("id")?.to_string();
+            common::wait_job(&http, &api, &id, KEY).await
+        }
+    };
+    embed(json!({})).await?;
+    assert_eq!(s.requests(), 3);
+    let strict = embed(json!({"s-maxage": 0})).await?;
+    assert_eq!(strict["cache_hit"], false, "{strict}");
+    assert_eq!(s.requests(), 4);
+    let lenient = embed(json!({"s-maxage": 3600})).await?;
+    assert_eq!(lenient["cache_hit"], true, "{lenient}");
+    assert_eq!(s.requests(), 4);
+    stack.stop().await;
+    Ok(())
+}

@@ -635,3 +635,103 @@ async fn embeddings_jobs_follow_tags_wildcards_and_pre_call_checks_like_chat_job
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_x_litellm_tags_header_and_a_user_agent_matching_tag_regex_route_jobs() -> Result<()> {
+    let paid = sim::start("127.0.0.1:0", SimConfig::default()).await?;
+    let code = sim::start("127.0.0.1:0", SimConfig::default()).await?;
+    let fallback = sim::start("127.0.0.1:0", SimConfig::default()).await?;
+    let env = TestEnv::new().await?;
+    let yaml = config(
+        &[
+            deployment("g", "paid", &paid, ", tags: [paid]", ""),
+            deployment(
+                "g",
+                "code",
+                &code,
+                ", tag_regex: ['^User-Agent: claude-code/']",
+                "",
+            ),
+            deployment("g", "dflt", &fallback, ", tags: [default]", ""),
+        ],
+        "  enable_tag_filtering: true",
+    );
+    let stack = Stack::start(env.config(&yaml, "")?, 2).await?;
+    let http = reqwest::Client::new();
+    let post = |path: &str, headers: &[(&str, &str)], body: Value| {
+        let mut req = http
+            .post(format!("{}{path}", stack.api_url))
+            .bearer_auth(KEY)
+            .json(&body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send()
+    };
+    for i in 0..3 {
+        // Header tags, comma-separated with spaces, on /v1/jobs.
+        let r = post(
+            "/v1/jobs",
+            &[("x-litellm-tags", " gpu , paid")],
+            ask("g", &format!("tagged by header {i}")),
+        )
+        .await?;
+        let v: Value = r.json().await?;
+        let id = v["id"].as_str().context("no id")?;
+        let job = wait_job(&http, &stack.api_url, id, KEY).await?;
+        assert_eq!(deployments_called(&job), ["paid"], "{job}");
+
+        // A client whose User-Agent matches the `code` deployment's tag_regex, through
+        // the chat facade.
+        let r = post(
+            "/v1/chat/completions",
+            &[("user-agent", "claude-code/1.0.83 (external, cli)")],
+            ask("g", &format!("from the cli {i}")),
+        )
+        .await?;
+        assert_eq!(r.status(), 200);
+        let job_id = r.headers()["x-sluice-job-id"].to_str()?.to_string();
+        let job = wait_job(&http, &stack.api_url, &job_id, KEY).await?;
+        assert_eq!(deployments_called(&job), ["code"], "{job}");
+
+        // Any other client goes to `default`.
+        let r = post(
+            "/v1/jobs",
+            &[("user-agent", "curl/8.5.0")],
+            ask("g", &format!("plain {i}")),
+        )
+        .await?;
+        let v: Value = r.json().await?;
+        let job = wait_job(&http, &stack.api_url, v["id"].as_str().context("id")?, KEY).await?;
+        assert_eq!(deployments_called(&job), ["dflt"], "{job}");
+    }
+    assert_eq!(
+        (paid.requests(), code.requests(), fallback.requests()),
+        (3, 3, 3)
+    );
+    // The header's tags add to the body's.
+    let mut body = ask("g", "both");
+    body["tags"] = json!(["nothing-has-this"]);
+    let v: Value = post("/v1/jobs", &[("x-litellm-tags", "paid")], body)
+        .await?
+        .json()
+        .await?;
+    let job = wait_job(&http, &stack.api_url, v["id"].as_str().context("id")?, KEY).await?;
+    assert_eq!(deployments_called(&job), ["paid"], "{job}");
+    // A header that is not text is refused, naming itself.
+    let r = http
+        .post(format!("{}/v1/jobs", stack.api_url))
+        .bearer_auth(KEY)
+        .header(
+            "x-litellm-tags",
+            reqwest::header::HeaderValue::from_bytes(b"caf\xe9")?,
+        )
+        .json(&ask("g", "bad header"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await?;
+    assert_eq!(v["error"]["param"], "x-litellm-tags", "{v}");
+    stack.stop().await;
+    Ok(())
+}

@@ -552,6 +552,7 @@ impl Driver {
                                 submitted_at_ms: now.timestamp_millis(),
                                 fallbacks: None,
                                 disable_fallbacks: false,
+                                user_agent: None,
                             });
                         }
                         Mode::End(ending) => {

@@ -43,6 +43,9 @@ pub(crate) struct SubmitBody<R = ChatRequest> {
     /// An embeddings job's request; `request` then only names its model group.
     #[serde(skip)]
     pub(crate) embeddings: Option<Box<EmbeddingsRequest>>,
+    /// The request's `User-Agent`, for `tag_regex` routing (`routes/chat.rs`, `RoutingHeaders`).
+    #[serde(skip)]
+    pub(crate) user_agent: Option<String>,
 }
 
 impl SubmitBody<EmbeddingsRequest> {
@@ -62,6 +65,7 @@ impl SubmitBody<EmbeddingsRequest> {
             fallbacks: self.fallbacks,
             disable_fallbacks: self.disable_fallbacks,
             embeddings: Some(Box::new(self.request)),
+            user_agent: self.user_agent,
         }
     }
 }
@@ -399,6 +403,7 @@ async fn enqueue(
         submitted_at_ms: now.timestamp_millis(),
         fallbacks: body.fallbacks,
         disable_fallbacks: body.disable_fallbacks.unwrap_or(false),
+        user_agent: body.user_agent,
     };
     let payload = serde_json::to_vec(&envelope).map_err(|e| ApiError::internal(e.to_string()))?;
     let subject = state.subjects.jobs(tier);

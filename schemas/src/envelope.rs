@@ -53,6 +53,10 @@ pub struct JobEnvelope {
     /// No fallback groups for this job.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disable_fallbacks: bool,
+    /// The submitting request's `User-Agent`, for deployments routed by `tag_regex`; set
+    /// only while tag filtering is on and a deployment has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
 }
 
 /// Priority tier. Accepts a name (`critical`, `high`, `normal`, `low`) or 0–3 (0 = critical).

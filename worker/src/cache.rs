@@ -11,7 +11,10 @@
 //!   stored; failed calls and empty answers never are.
 //! - **Per request** (the body's `cache` object, as LiteLLM reads it): `no-cache: true`
 //!   skips the lookup, `no-store: true` skips the write, `ttl` (seconds) sets this entry's
-//!   life, `namespace` its prefix; with `mode: default_off`, only `use-cache: true` caches.
+//!   life, `s-maxage` (seconds) takes only entries stored less than that long ago (an
+//!   older one is a miss, and the fresh answer replaces it), `namespace` its prefix; with
+//!   `mode: default_off`, only `use-cache: true` caches. Each entry records when it was
+//!   stored for `s-maxage`.
 //! - Lookups are one `MGET` before admission. The write is handed to a background task as
 //!   soon as the call succeeds (`job/cached.rs`, `after_call`), before the job's result is
 //!   recorded; the job never waits for it. Redis trouble is a miss, never a failed job.
@@ -46,6 +49,8 @@ pub struct Controls {
     pub no_store: bool,
     pub use_cache: bool,
     pub ttl: Option<Duration>,
+    /// `s-maxage`: the oldest entry this request takes.
+    pub max_age: Option<Duration>,
     pub namespace: Option<String>,
 }
 
@@ -56,15 +61,18 @@ impl Controls {
             return Controls::default();
         };
         let flag = |k: &str| c.get(k).and_then(Value::as_bool).unwrap_or(false);
+        let secs = |k: &str| {
+            c.get(k)
+                .and_then(Value::as_f64)
+                .filter(|t| t.is_finite() && *t >= 0.0)
+                .map(Duration::from_secs_f64)
+        };
         Controls {
             no_cache: flag("no-cache"),
             no_store: flag("no-store"),
             use_cache: flag("use-cache"),
-            ttl: c
-                .get("ttl")
-                .and_then(Value::as_f64)
-                .filter(|t| t.is_finite() && *t > 0.0)
-                .map(Duration::from_secs_f64),
+            ttl: secs("ttl").filter(|t| !t.is_zero()),
+            max_age: secs("s-maxage"),
             namespace: c
                 .get("namespace")
                 .and_then(Value::as_str)
@@ -81,6 +89,9 @@ pub struct ChatEntry {
     pub usage: Option<Usage>,
     /// What the call cost (`None`: unpriced).
     pub cost: Option<f64>,
+    /// When it was stored (Unix ms; 0 for entries written before this field).
+    #[serde(default)]
+    pub stored_at_ms: i64,
 }
 
 /// One cached embedding.
@@ -89,6 +100,14 @@ pub struct VectorEntry {
     pub vector: Vec<f32>,
     pub tokens: u64,
     pub cost: Option<f64>,
+    /// When it was stored (Unix ms; 0 for entries written before this field).
+    #[serde(default)]
+    pub stored_at_ms: i64,
+}
+
+/// Unix milliseconds now, for [`ChatEntry::stored_at_ms`] and [`VectorEntry::stored_at_ms`].
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 /// Whether the cache serves this request, and the key prefix it uses.
@@ -96,7 +115,22 @@ pub struct Plan {
     pub lookup: bool,
     pub store: bool,
     pub ttl: Duration,
+    /// `s-maxage`: entries stored longer ago than this are misses.
+    pub max_age: Option<Duration>,
     namespace: String,
+}
+
+impl Plan {
+    /// Whether an entry stored at `stored_at_ms` is young enough for this request.
+    pub fn fresh(&self, stored_at_ms: i64) -> bool {
+        match self.max_age {
+            None => true,
+            Some(max) => {
+                let age = now_ms().saturating_sub(stored_at_ms);
+                u128::try_from(age).is_ok_and(|age| age < max.as_millis())
+            }
+        }
+    }
 }
 
 impl Cache {
@@ -127,6 +161,7 @@ impl Cache {
             lookup: !controls.no_cache,
             store: !controls.no_store,
             ttl: controls.ttl.unwrap_or(self.settings.ttl),
+            max_age: controls.max_age,
             namespace: controls
                 .namespace
                 .clone()
@@ -258,6 +293,7 @@ mod tests {
             lookup: true,
             store: true,
             ttl: Duration::from_secs(1),
+            max_age: None,
             namespace: "ns".into(),
         }
     }
@@ -295,5 +331,22 @@ mod tests {
         assert!(c.no_cache && !c.no_store);
         assert_eq!(c.ttl, Some(Duration::from_secs(30)));
         assert_eq!(c.namespace.as_deref(), Some("team"));
+    }
+
+    #[test]
+    fn s_maxage_takes_only_entries_younger_than_it() {
+        let mut extra = Map::new();
+        extra.insert("cache".into(), serde_json::json!({"s-maxage": 60}));
+        let c = Controls::take(&mut extra);
+        assert_eq!(c.max_age, Some(Duration::from_secs(60)));
+        let mut p = plan();
+        p.max_age = c.max_age;
+        assert!(p.fresh(now_ms() - 1_000));
+        assert!(!p.fresh(now_ms() - 61_000));
+        assert!(!p.fresh(0), "an entry of unknown age is not fresh");
+        p.max_age = Some(Duration::ZERO);
+        assert!(!p.fresh(now_ms()), "s-maxage 0 takes nothing");
+        p.max_age = None;
+        assert!(p.fresh(0));
     }
 }

@@ -30,9 +30,10 @@ use crate::AppState;
 /// The longest a synchronous caller waits; the job itself goes on.
 const MAX_WAIT: Duration = Duration::from_secs(15 * 60);
 
-/// Reads a synchronous facade's request (chat, embeddings): the `Idempotency-Key` and
-/// `x-sluice-priority` headers and the body, bounded by `max_body_bytes` and parsed by
-/// `parse`. Returns the job body (the header priority wins) and its idempotency key.
+/// Reads a synchronous facade's request (chat, embeddings): the `Idempotency-Key`,
+/// `x-sluice-priority` and routing ([`RoutingHeaders`]) headers and the body, bounded by
+/// `max_body_bytes` and parsed by `parse`. Returns the job body (the header priority wins)
+/// and its idempotency key.
 pub(crate) async fn read_facade(
     state: &AppState,
     req: Request<Body>,
@@ -46,6 +47,7 @@ pub(crate) async fn read_facade(
         })?),
         None => None,
     };
+    let routing = RoutingHeaders::read(&state.config, req.headers())?;
     let limit = state.config.max_body_bytes;
     let bytes = axum::body::to_bytes(req.into_body(), limit)
         .await
@@ -54,8 +56,81 @@ pub(crate) async fn read_facade(
     if priority.is_some() {
         body.priority = priority;
     }
+    routing.apply(&mut body);
     let idempotency_key = header_key.or(body.idempotency_key.clone());
     Ok((body, idempotency_key))
+}
+
+/// The longest `User-Agent` kept for `tag_regex` routing.
+const MAX_USER_AGENT: usize = 512;
+
+/// LiteLLM's routing headers on a submission: `x-litellm-tags` (comma-separated, spaces
+/// trimmed) adds to the request's `tags`; the `User-Agent` goes with the job when tag
+/// filtering is on and a deployment routes by `tag_regex` (`worker/src/job/eligible.rs`).
+pub(crate) struct RoutingHeaders {
+    tags: Vec<String>,
+    user_agent: Option<String>,
+}
+
+impl RoutingHeaders {
+    /// Reads them from `headers` (before the body is read).
+    pub(crate) fn read(
+        config: &sluice_core::Config,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<RoutingHeaders, ApiError> {
+        let tags = match headers.get("x-litellm-tags") {
+            Some(v) => v
+                .to_str()
+                .map_err(|_| {
+                    ApiError::bad_request("x-litellm-tags must be comma-separated text")
+                        .param("x-litellm-tags")
+                })?
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect(),
+            None => Vec::new(),
+        };
+        let regex_routing = config.router.tag_filtering
+            && config.deployments.iter().any(|d| !d.tag_regex.is_empty());
+        let user_agent = headers
+            .get(axum::http::header::USER_AGENT)
+            .filter(|_| regex_routing)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| {
+                let mut end = ua.len().min(MAX_USER_AGENT);
+                while !ua.is_char_boundary(end) {
+                    end -= 1;
+                }
+                ua[..end].to_string()
+            });
+        Ok(RoutingHeaders { tags, user_agent })
+    }
+
+    /// Adds them to the submission `body`.
+    pub(crate) fn apply(self, body: &mut SubmitBody) {
+        body.user_agent = self.user_agent;
+        if self.tags.is_empty() {
+            return;
+        }
+        let extra = match body.embeddings.as_mut() {
+            Some(e) => &mut e.extra,
+            None => &mut body.request.extra,
+        };
+        let tags = extra.entry("tags").or_insert(Value::Null);
+        if tags.is_null() {
+            *tags = Value::Array(Vec::new());
+        }
+        // A `tags` that is not a list is refused by the body's own check, naming it.
+        if let Value::Array(list) = tags {
+            for t in self.tags {
+                if !list.iter().any(|have| have.as_str() == Some(t.as_str())) {
+                    list.push(Value::String(t));
+                }
+            }
+        }
+    }
 }
 
 pub async fn completions(

@@ -32,11 +32,13 @@ pub async fn submit(
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
     let header_key = crate::guard::idempotency_header(req.headers())?;
+    let routing = crate::routes::chat::RoutingHeaders::read(&state.config, req.headers())?;
     let limit = state.config.max_body_bytes;
     let bytes = axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|_| ApiError::too_large(limit))?;
-    let body = submit::parse_job(&bytes)?;
+    let mut body = submit::parse_job(&bytes)?;
+    routing.apply(&mut body);
     let idempotency_key = header_key.or(body.idempotency_key.clone());
     let (response, replayed) = submit::accept(&state, &caller, body, idempotency_key).await?;
     let mut resp = if replayed {

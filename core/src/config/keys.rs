@@ -68,6 +68,7 @@ pub(super) const PARAM_KEYS: &[&str] = &[
     "output_cost_per_token_batches",
     "batch_enqueued_tokens",
     "tags",
+    "tag_regex",
 ];
 pub(super) const INFO_KEYS: &[&str] = &[
     "id",

@@ -100,6 +100,7 @@ impl Ctx<'_> {
             input_cost_per_token_batches: price_or_info("input_cost_per_token_batches")?,
             output_cost_per_token_batches: price_or_info("output_cost_per_token_batches")?,
             tags: self.tags(p, &section)?,
+            tag_regex: self.tag_regex(p, &section)?,
             max_input_tokens: self.opt_u64(&m.model_info, &info, "max_input_tokens")?,
             batch_enqueued_tokens: number_or_info("batch_enqueued_tokens")?.filter(|n| *n > 0),
         })
@@ -214,6 +215,33 @@ impl Ctx<'_> {
                 .collect(),
             Some(v) => Ok(vec![self.resolve(&key, v)?]),
         }
+    }
+
+    /// `tag_regex: ["^User-Agent: claude-code/"]` (a single string is one pattern), each
+    /// compiled once here; a pattern that does not compile is a config error naming it.
+    fn tag_regex(
+        &self,
+        p: &BTreeMap<String, Value>,
+        section: &str,
+    ) -> Result<Vec<regex::Regex>, ConfigError> {
+        let key = format!("{section}.tag_regex");
+        let patterns: Vec<(String, &Value)> = match p.get("tag_regex") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Sequence(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("{key}[{i}]"), v))
+                .collect(),
+            Some(v) => vec![(key, v)],
+        };
+        patterns
+            .into_iter()
+            .map(|(key, v)| {
+                let pattern = self.resolve(&key, v)?;
+                regex::Regex::new(&pattern)
+                    .map_err(|e| self.invalid(&key, format!("is not a valid regex: {e}")))
+            })
+            .collect()
     }
 
     /// A LiteLLM policy map (`{RateLimitErrorRetries: 3, ...}` or

@@ -135,6 +135,9 @@ pub struct Deployment {
     /// `litellm_params.tags`: requests with tags go to deployments sharing one
     /// (`router_settings.enable_tag_filtering`); `default` takes untagged and unmatched ones.
     pub tags: Vec<String>,
+    /// `litellm_params.tag_regex`: patterns matched against the request's
+    /// `User-Agent: <value>` line; a match routes the request here as a shared tag would.
+    pub tag_regex: Vec<regex::Regex>,
     /// `model_info.max_input_tokens`: the prompt this deployment's context holds
     /// (`router_settings.enable_pre_call_checks`).
     pub max_input_tokens: Option<u64>,

@@ -293,7 +293,7 @@ model_list:
     litellm_params: {model: openai/gpt-4o, tags: [eu, default]}
     model_info: {id: eu, max_input_tokens: 8000}
   - model_name: chat
-    litellm_params: {model: anthropic/claude-sonnet-4-5, tags: us}
+    litellm_params: {model: anthropic/claude-sonnet-4-5, tags: us, tag_regex: ["^User-Agent: claude-code/"]}
     model_info: {id: us}
   - model_name: "openai/*"
     litellm_params: {model: "openai/*"}
@@ -316,6 +316,14 @@ router_settings:
     assert!(c.ignored_keys.is_empty(), "{:?}", c.ignored_keys);
     assert_eq!(c.deployments[0].tags, ["eu", "default"]);
     assert_eq!(c.deployments[1].tags, ["us"]);
+    assert!(c.deployments[1].tag_regex[0].is_match("User-Agent: claude-code/1.0"));
+    assert!(c.deployments[0].tag_regex.is_empty());
+    let bad = yaml.replace("^User-Agent: claude-code/", "(unclosed");
+    let err = Config::from_yaml(&bad, None, &env).unwrap_err().to_string();
+    assert!(
+        err.contains("model_list[1].litellm_params.tag_regex[0]"),
+        "{err}"
+    );
     assert_eq!(c.deployments[0].max_input_tokens, Some(8000));
     assert_eq!(
         c.deployments[0].api_key.as_ref().unwrap().expose(),

@@ -687,6 +687,7 @@ async fn submit_nats(
         submitted_at_ms: (now_us() / 1000),
         fallbacks: None,
         disable_fallbacks: false,
+        user_agent: None,
     };
     let mut h = async_nats::HeaderMap::new();
     h.insert("Nats-Msg-Id", id.to_string().as_str());

@@ -96,17 +96,30 @@ pub(super) async fn look_up(
         return None;
     }
     match &mut jc.kind {
-        Kind::Chat { key } => look_up_chat(cache, std::slice::from_ref(key)).await,
+        Kind::Chat { key } => look_up_chat(cache, &jc.plan, std::slice::from_ref(key)).await,
         Kind::Embeddings { keys, hits, full } => {
             *hits = cache.get::<VectorEntry>(keys).await;
+            // Entries older than the request's `s-maxage` are misses.
+            for h in hits.iter_mut() {
+                if h.as_ref().is_some_and(|e| !jc.plan.fresh(e.stored_at_ms)) {
+                    *h = None;
+                }
+            }
             vectors_hit(hits, full, embeddings)
         }
     }
 }
 
-/// A chat job's lookup (of its one key): the cached completion, if any.
-async fn look_up_chat(cache: &Cache, key: &[String]) -> Option<Hit> {
-    let entry: Option<ChatEntry> = cache.get(key).await.into_iter().next().flatten();
+/// A chat job's lookup (of its one key): the cached completion, if any (and young
+/// enough for the request's `s-maxage`).
+async fn look_up_chat(cache: &Cache, plan: &Plan, key: &[String]) -> Option<Hit> {
+    let entry: Option<ChatEntry> = cache
+        .get(key)
+        .await
+        .into_iter()
+        .next()
+        .flatten()
+        .filter(|e: &ChatEntry| plan.fresh(e.stored_at_ms));
     crate::metrics::cache_lookup(
         "chat",
         u64::from(entry.is_some()),
@@ -181,6 +194,7 @@ pub(super) fn after_call(
                     result: out.result.clone(),
                     usage: out.usage,
                     cost,
+                    stored_at_ms: crate::cache::now_ms(),
                 };
                 cache.put(vec![(key.clone(), entry)], jc.plan.ttl);
             }
@@ -229,6 +243,7 @@ fn store_vectors(
                     vector: v.clone(),
                     tokens: tokens / n,
                     cost: cost.map(|c| c / n as f64),
+                    stored_at_ms: crate::cache::now_ms(),
                 },
             )),
             Vector::Base64(_) => None,

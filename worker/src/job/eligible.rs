@@ -3,9 +3,12 @@
 //!
 //! - a wildcard group's deployments (`model: openai/*`) call the model the job named;
 //! - tag routing (`router_settings.enable_tag_filtering`): a tagged job goes to the
-//!   deployments sharing a tag (all of its tags with `tag_filtering_match_any: false`),
-//!   else to those tagged `default`; an untagged job goes to the `default` ones if there
-//!   are any, else anywhere;
+//!   deployments sharing a tag (all of its tags with `tag_filtering_match_any: false`) or
+//!   whose `tag_regex` matches one of the job's header lines (`User-Agent: <value>`),
+//!   else to those tagged `default`; a job with neither tags nor a header line some
+//!   `tag_regex` could match goes to the `default` ones if there are any, else anywhere.
+//!   With `tag_filtering_match_any: false`, a deployment with tags of its own is chosen by
+//!   its tags only (a pattern cannot get round them), as in LiteLLM;
 //! - the pre-call check (`router_settings.enable_pre_call_checks`): deployments whose
 //!   context window (`context.rs`) cannot hold the prompt are skipped.
 
@@ -36,29 +39,48 @@ pub(super) fn job_tags(
     tags
 }
 
-/// The deployments of `all` a job with `tags` may use; `None` when it asked for tags no
-/// deployment has and none is tagged `default`.
+/// The header lines a job's `tag_regex` patterns are matched against: its
+/// `User-Agent: <value>`, when the api sent it along.
+pub(super) fn header_lines(user_agent: Option<&str>) -> Vec<String> {
+    user_agent
+        .map(|ua| vec![format!("User-Agent: {ua}")])
+        .unwrap_or_default()
+}
+
+/// The deployments of `all` a job with `tags` and header lines `headers` may use; `None`
+/// when it asked for tags (or sent a header line) no deployment matches and none is
+/// tagged `default`.
 pub(super) fn by_tags(
     all: Vec<Arc<Deployment>>,
     tags: &[String],
+    headers: &[String],
     router: &RouterSettings,
 ) -> Option<Vec<Arc<Deployment>>> {
     if !router.tag_filtering {
         return Some(all);
     }
     let is_default = |d: &Deployment| d.tags.iter().any(|t| t == "default");
-    if tags.is_empty() {
+    let by_regex = !headers.is_empty() && all.iter().any(|d| !d.tag_regex.is_empty());
+    if tags.is_empty() && !by_regex {
         if all.iter().any(|d| is_default(d)) {
             return Some(all.into_iter().filter(|d| is_default(d)).collect());
         }
         return Some(all);
     }
     let fits = |d: &Deployment| {
-        if router.tag_match_any {
-            tags.iter().any(|t| d.tags.contains(t))
-        } else {
-            tags.iter().all(|t| d.tags.contains(t))
-        }
+        let by_tags = !tags.is_empty()
+            && !d.tags.is_empty()
+            && if router.tag_match_any {
+                tags.iter().any(|t| d.tags.contains(t))
+            } else {
+                tags.iter().all(|t| d.tags.contains(t))
+            };
+        let strict = !router.tag_match_any && !d.tags.is_empty();
+        by_tags
+            || (!strict
+                && d.tag_regex
+                    .iter()
+                    .any(|r| headers.iter().any(|h| r.is_match(h))))
     };
     let (matched, rest): (Vec<_>, Vec<_>) = all.into_iter().partition(|d| fits(d));
     if !matched.is_empty() {
@@ -95,31 +117,37 @@ router_settings: {enable_tag_filtering: true}
         );
         let t = |tags: &[&str]| tags.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            ids(by_tags(all.clone(), &t(&["paid"]), &c.router)).unwrap(),
+            ids(by_tags(all.clone(), &t(&["paid"]), &[], &c.router)).unwrap(),
             ["paid"]
         );
         assert_eq!(
-            ids(by_tags(all.clone(), &t(&["free", "eu"]), &c.router)).unwrap(),
+            ids(by_tags(all.clone(), &t(&["free", "eu"]), &[], &c.router)).unwrap(),
             ["paid", "free"]
         );
         assert_eq!(
-            ids(by_tags(all.clone(), &t(&["gpu"]), &c.router)).unwrap(),
+            ids(by_tags(all.clone(), &t(&["gpu"]), &[], &c.router)).unwrap(),
             ["dflt"]
         );
-        assert_eq!(ids(by_tags(all.clone(), &[], &c.router)).unwrap(), ["dflt"]);
+        assert_eq!(
+            ids(by_tags(all.clone(), &[], &[], &c.router)).unwrap(),
+            ["dflt"]
+        );
         let mut all_of = c.router.clone();
         all_of.tag_match_any = false;
         assert_eq!(
-            ids(by_tags(all.clone(), &t(&["paid", "eu"]), &all_of)).unwrap(),
+            ids(by_tags(all.clone(), &t(&["paid", "eu"]), &[], &all_of)).unwrap(),
             ["paid"]
         );
         assert_eq!(
-            ids(by_tags(all.clone(), &t(&["free", "eu"]), &all_of)).unwrap(),
+            ids(by_tags(all.clone(), &t(&["free", "eu"]), &[], &all_of)).unwrap(),
             ["dflt"]
         );
         let mut off = c.router.clone();
         off.tag_filtering = false;
-        assert_eq!(ids(by_tags(all, &t(&["paid"]), &off)).unwrap().len(), 3);
+        assert_eq!(
+            ids(by_tags(all, &t(&["paid"]), &[], &off)).unwrap().len(),
+            3
+        );
     }
 
     #[test]
@@ -131,12 +159,47 @@ router_settings: {enable_tag_filtering: true}
 router_settings: {enable_tag_filtering: true}
 ",
         );
-        assert!(by_tags(all.clone(), &["gpu".to_string()], &c.router).is_none());
+        assert!(by_tags(all.clone(), &["gpu".to_string()], &[], &c.router).is_none());
         assert_eq!(
-            ids(by_tags(all, &[], &c.router)).unwrap().len(),
+            ids(by_tags(all, &[], &[], &c.router)).unwrap().len(),
             2,
             "untagged: anywhere"
         );
+    }
+
+    #[test]
+    fn a_user_agent_matching_tag_regex_routes_like_a_tag() {
+        let (c, all) = deployments(
+            "model_list:
+  - {model_name: g, litellm_params: {model: openai/a, tag_regex: ['^User-Agent: claude-code/']}, model_info: {id: code}}
+  - {model_name: g, litellm_params: {model: openai/b, tags: [paid]}, model_info: {id: paid}}
+  - {model_name: g, litellm_params: {model: openai/c, tags: [default]}, model_info: {id: dflt}}
+router_settings: {enable_tag_filtering: true}
+",
+        );
+        let ua = |v: &str| header_lines(Some(v));
+        let code = ua("claude-code/1.0.3");
+        assert_eq!(
+            ids(by_tags(all.clone(), &[], &code, &c.router)).unwrap(),
+            ["code"]
+        );
+        assert_eq!(
+            ids(by_tags(all.clone(), &["paid".into()], &code, &c.router)).unwrap(),
+            ["code", "paid"],
+            "a tag or a pattern"
+        );
+        let other = ua("curl/8.0");
+        assert_eq!(
+            ids(by_tags(all.clone(), &[], &other, &c.router)).unwrap(),
+            ["dflt"]
+        );
+        assert_eq!(
+            ids(by_tags(all.clone(), &[], &[], &c.router)).unwrap(),
+            ["dflt"]
+        );
+        let mut off = c.router.clone();
+        off.tag_filtering = false;
+        assert_eq!(ids(by_tags(all, &[], &code, &off)).unwrap().len(), 3);
     }
 
     #[test]

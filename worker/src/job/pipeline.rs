@@ -141,6 +141,8 @@ struct Run<'a> {
     key_scopes: Arc<Vec<Scope>>,
     /// The tags the job asked for (`tags`, `metadata.tags`), for tag routing.
     tags: Vec<String>,
+    /// The header lines `tag_regex` patterns are matched against (`eligible.rs`).
+    header_lines: Vec<String>,
     /// Prompt estimates per tokenizer (the cheap bound among them), computed once each.
     prompt_estimates: Vec<(tokens::Tokenizer, u64)>,
     /// Attempts this delivery made, for the ledger.
@@ -168,6 +170,7 @@ impl<'a> Run<'a> {
             fallbacks,
             disable_fallbacks,
             metadata,
+            user_agent,
             ..
         } = *envelope;
         if let Some(t) = embeddings.as_mut().and_then(|e| e.extra.remove("tags")) {
@@ -175,6 +178,7 @@ impl<'a> Run<'a> {
             request.extra.insert("tags".into(), t);
         }
         let tags = eligible::job_tags(&mut request, metadata.as_ref());
+        let header_lines = eligible::header_lines(user_agent.as_deref());
         let group = request.model.clone();
         let cache = cached::plan(ctx, &group, &mut request, embeddings.as_deref_mut());
         Run {
@@ -195,6 +199,7 @@ impl<'a> Run<'a> {
             publisher: EventPublisher::new(ctx.js.clone(), ctx.subjects.events(id), id),
             key_scopes: Arc::default(),
             tags,
+            header_lines,
             prompt_estimates: Vec::with_capacity(2),
             records: Vec::new(),
             attempt: calls,
@@ -424,12 +429,14 @@ impl<'a> Run<'a> {
                 break;
             }
             let group = self.route.group().to_string();
-            let Some(pool) = eligible::by_tags(self.deployments(), &self.tags, router) else {
+            let Some(pool) =
+                eligible::by_tags(self.deployments(), &self.tags, &self.header_lines, router)
+            else {
                 let error = JobError {
                     class: ErrorClass::BadRequest,
                     message: format!(
-                        "no deployment of model group {group:?} has the tags {:?} (and none is tagged \"default\")",
-                        self.tags
+                        "no deployment of model group {group:?} has the tags {:?} or a tag_regex matching {:?} (and none is tagged \"default\")",
+                        self.tags, self.header_lines
                     ),
                 };
                 if self.route.hop(None) {
