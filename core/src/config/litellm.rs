@@ -32,23 +32,12 @@ impl Ctx<'_> {
         defaults: &DeploymentDefaults,
         ignored: &mut Vec<String>,
     ) -> Result<Deployment, ConfigError> {
-        if m.model_name.trim().is_empty() {
-            return Err(self.invalid(
-                &format!("model_list[{i}].model_name"),
-                "must not be empty".into(),
-            ));
-        }
+        self.named(i, m)?;
         not_acted_on(i, m, ignored);
         let section = format!("model_list[{i}].litellm_params");
         let info = format!("model_list[{i}].model_info");
         let p = &m.litellm_params;
-        let Endpoint {
-            provider,
-            protocol,
-            model,
-            api_base,
-            api_version,
-        } = self.endpoint(p, &section)?;
+        let e = self.endpoint(p, &section)?;
         let id = match m.model_info.get("id") {
             Some(v) => self.resolve(&format!("{info}.id"), v)?,
             None => format!("{}/{}", m.model_name, i),
@@ -58,22 +47,16 @@ impl Ctx<'_> {
         let seconds = |key: &str| self.opt_f64(p, &section, key);
         let price = |key: &str| self.opt_decimal(p, &section, key);
         // A key of `litellm_params`, else of `model_info`.
-        let price_or_info = |key: &str| match price(key)? {
-            Some(d) => Ok(Some(d)),
-            None => self.opt_decimal(&m.model_info, &info, key),
-        };
-        let number_or_info = |key: &str| match number(key)? {
-            Some(n) => Ok(Some(n)),
-            None => self.opt_u64(&m.model_info, &info, key),
-        };
+        let price_or_info = |key: &str| self.or_info(m, i, key, Ctx::opt_decimal);
+        let number_or_info = |key: &str| self.or_info(m, i, key, Ctx::opt_u64);
         Ok(Deployment {
             id,
             group: m.model_name.clone(),
-            api_key: self.api_key(p, &section, &provider)?,
-            provider,
-            protocol,
-            model,
-            api_base,
+            api_key: self.api_key(p, &section, &e.provider)?,
+            provider: e.provider,
+            protocol: e.protocol,
+            model: e.model,
+            api_base: e.api_base,
             weight: number("weight")?.unwrap_or(1).min(u32::MAX as u64) as u32,
             order: number("order")?.unwrap_or(0).min(u32::MAX as u64) as u32,
             rpm: number("rpm")?,
@@ -85,7 +68,7 @@ impl Ctx<'_> {
             input_cost_per_token: price("input_cost_per_token")?,
             output_cost_per_token: price("output_cost_per_token")?,
             max_parallel_requests: number("max_parallel_requests")?,
-            api_version,
+            api_version: e.api_version,
             drop_params: self
                 .opt_bool(p, &section, "drop_params")?
                 .unwrap_or(defaults.drop_params),
@@ -104,6 +87,38 @@ impl Ctx<'_> {
             max_input_tokens: self.opt_u64(&m.model_info, &info, "max_input_tokens")?,
             batch_enqueued_tokens: number_or_info("batch_enqueued_tokens")?.filter(|n| *n > 0),
         })
+    }
+
+    /// `model_name` must not be empty.
+    fn named(&self, i: usize, m: &RawModel) -> Result<(), ConfigError> {
+        if m.model_name.trim().is_empty() {
+            return Err(self.invalid(
+                &format!("model_list[{i}].model_name"),
+                "must not be empty".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `key` of the `i`th entry's `litellm_params`, else of its `model_info`, read with
+    /// `read`.
+    fn or_info<T>(
+        &self,
+        m: &RawModel,
+        i: usize,
+        key: &str,
+        read: impl Fn(&Self, &BTreeMap<String, Value>, &str, &str) -> Result<Option<T>, ConfigError>,
+    ) -> Result<Option<T>, ConfigError> {
+        let section = format!("model_list[{i}].litellm_params");
+        match read(self, &m.litellm_params, &section, key)? {
+            Some(v) => Ok(Some(v)),
+            None => read(
+                self,
+                &m.model_info,
+                &format!("model_list[{i}].model_info"),
+                key,
+            ),
+        }
     }
 
     /// Where a deployment's calls go: its provider (from `model`: `provider/model`), the
@@ -312,17 +327,9 @@ impl Ctx<'_> {
         let content_policy_fallbacks =
             self.fallback_map(raw, "content_policy_fallbacks", &known)?;
         let default_fallbacks = self.default_fallbacks(raw, &known)?;
-        let retry_policy = match r.get("retry_policy").filter(|v| !v.is_null()) {
-            Some(v) => self.class_policy("router_settings.retry_policy", v, "Retries")?,
-            None => Vec::new(),
-        };
+        let retry_policy = self.policy(r, "retry_policy", "Retries")?;
         let group_retry_policy = self.group_retry_policy(r, &known)?;
-        let allowed_fails_policy = match r.get("allowed_fails_policy").filter(|v| !v.is_null()) {
-            Some(v) => {
-                self.class_policy("router_settings.allowed_fails_policy", v, "AllowedFails")?
-            }
-            None => Vec::new(),
-        };
+        let allowed_fails_policy = self.policy(r, "allowed_fails_policy", "AllowedFails")?;
         let bool_or = |key: &str, default: bool| {
             Ok::<_, ConfigError>(self.opt_bool(r, "router_settings", key)?.unwrap_or(default))
         };
@@ -357,6 +364,19 @@ impl Ctx<'_> {
             allowed_fails_policy,
             wildcard_groups: wildcard_groups(&groups),
         })
+    }
+
+    /// `router_settings.<key>`, a policy map ([`Ctx::class_policy`]); empty when unset.
+    fn policy(
+        &self,
+        r: &BTreeMap<String, Value>,
+        key: &str,
+        suffix: &str,
+    ) -> Result<Vec<(ErrorClass, u32)>, ConfigError> {
+        match r.get(key).filter(|v| !v.is_null()) {
+            Some(v) => self.class_policy(&format!("router_settings.{key}"), v, suffix),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// `routing_strategy`, LiteLLM's names.

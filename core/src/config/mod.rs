@@ -363,14 +363,7 @@ impl Config {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "<no config file>".to_string());
-        let raw: RawFile = if text.trim().is_empty() {
-            RawFile::default()
-        } else {
-            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
-                file: file_name.clone(),
-                message: e.to_string(),
-            })?
-        };
+        let raw = parse(text, &file_name)?;
         let ctx = Ctx {
             file: &file_name,
             env,
@@ -379,27 +372,16 @@ impl Config {
         let callbacks = callbacks::resolve(&file_name, &raw.litellm_settings, env, &mut ignored)?;
         let deployments = ctx.deployments(&raw, &mut ignored)?;
         let router = ctx.router_settings(&raw, &deployments)?;
-        let master_key = match env.var("SLUICE_MASTER_KEY") {
-            Some(k) => Some(Secret::new(k)),
-            None => ctx
-                .opt_str(&raw.general_settings, "general_settings", "master_key")?
-                .map(Secret::new),
-        };
+        let master_key = ctx.master_key(&raw)?;
         let s = &raw.sluice;
         let subject_prefix = ctx.subject_prefix(s)?;
         let worker = ctx.worker_settings(s)?;
-        let nats_replicas = s.nats.replicas.unwrap_or(1);
-        if ![1, 3, 5].contains(&nats_replicas) {
-            return Err(ctx.invalid(
-                "sluice.nats.replicas",
-                format!("{nats_replicas} is not 1, 3 or 5"),
-            ));
-        }
+        let nats_replicas = ctx.nats_replicas(s)?;
         let cache = ctx.cache_settings(&raw.litellm_settings, &mut ignored)?;
-        let pick = |env_name: &str, file: &Option<String>, default: &str| {
-            env.var(env_name)
+        let pick = |name: &str, file: &Option<String>, default: &str| {
+            env.var(name)
                 .or_else(|| file.clone())
-                .unwrap_or_else(|| default.to_string())
+                .unwrap_or(default.into())
         };
         Ok(Config {
             cache,
@@ -427,11 +409,7 @@ impl Config {
             router,
             pricing_file: s.pricing_file.clone(),
             webhook_secret: ctx.webhook_secret(s)?,
-            num_retries: ctx
-                .opt_u64(&raw.router_settings, "router_settings", "num_retries")?
-                .or(ctx.opt_u64(&raw.litellm_settings, "litellm_settings", "num_retries")?)
-                .map(|n| n.min(100) as u32)
-                .unwrap_or(defaults::NUM_RETRIES),
+            num_retries: ctx.num_retries(&raw)?,
             limits: ctx.limit_settings(&raw)?,
             batches: s.batches.resolve().map_err(|(k, m)| ctx.invalid(k, m))?,
             safety: s.safety.resolve().map_err(|(k, m)| ctx.invalid(k, m))?,
@@ -510,8 +488,50 @@ impl Config {
     }
 }
 
+/// The file's text as its raw shapes (an empty file is an empty config).
+fn parse(text: &str, file_name: &str) -> Result<RawFile, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(RawFile::default());
+    }
+    serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+        file: file_name.to_string(),
+        message: e.to_string(),
+    })
+}
+
 /// The steps of [`Config::from_yaml`], one section (or part of one) each.
 impl Ctx<'_> {
+    /// `SLUICE_MASTER_KEY`, else `general_settings.master_key`.
+    fn master_key(&self, raw: &RawFile) -> Result<Option<Secret>, ConfigError> {
+        if let Some(k) = self.env.var("SLUICE_MASTER_KEY") {
+            return Ok(Some(Secret::new(k)));
+        }
+        Ok(self
+            .opt_str(&raw.general_settings, "general_settings", "master_key")?
+            .map(Secret::new))
+    }
+
+    /// `sluice.nats.replicas`: 1, 3 or 5.
+    fn nats_replicas(&self, s: &RawSluice) -> Result<usize, ConfigError> {
+        let nats_replicas = s.nats.replicas.unwrap_or(1);
+        if ![1, 3, 5].contains(&nats_replicas) {
+            return Err(self.invalid(
+                "sluice.nats.replicas",
+                format!("{nats_replicas} is not 1, 3 or 5"),
+            ));
+        }
+        Ok(nats_replicas)
+    }
+
+    /// `num_retries`: `router_settings` wins over `litellm_settings`; at most 100.
+    fn num_retries(&self, raw: &RawFile) -> Result<u32, ConfigError> {
+        Ok(self
+            .opt_u64(&raw.router_settings, "router_settings", "num_retries")?
+            .or(self.opt_u64(&raw.litellm_settings, "litellm_settings", "num_retries")?)
+            .map(|n| n.min(100) as u32)
+            .unwrap_or(defaults::NUM_RETRIES))
+    }
+
     /// `model_list` as deployments, each id once; what each inherits comes from
     /// `router_settings` and `litellm_settings`.
     fn deployments(
