@@ -1005,7 +1005,7 @@ fn output_line(line: LineResult) -> (bool, BatchOutputLine) {
 
 /// The span of publishing a chunk of a batch's lines, in the trace of the request that
 /// created the batch: each line's job continues it (its `traceparent` goes into the NATS
-/// headers, see `core/src/bodies.rs`).
+/// headers, see `core/src/store/bodies.rs`).
 fn lines_span(row: &BatchRow, lines: usize) -> tracing::Span {
     if !sluice_core::telemetry::enabled() {
         return tracing::Span::none();
