@@ -424,6 +424,11 @@ async fn the_langfuse_callback_receives_the_generation() -> Result<()> {
     let want = usage["input"].as_f64().unwrap() * 1e-6 + 3.0 * 2e-6;
     assert!((cost - want).abs() < 1e-9, "cost {cost} vs {want}");
     assert!(g["startTime"].is_string() && g["endTime"].is_string());
+    // The prompt is the generation's (and the trace's) input, the answer its output.
+    let prompt = job("traced", false)["messages"].clone();
+    assert_eq!(g["input"], prompt, "{g}");
+    assert_eq!(trace["body"]["input"], prompt);
+    assert_eq!(g["output"]["role"], "assistant", "{g}");
     assert_eq!(trace["body"]["name"], "traced");
     // The secret key never travels in a body.
     assert!(!generation.to_string().contains(LF_SECRET));

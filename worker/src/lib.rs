@@ -110,6 +110,8 @@ pub(crate) struct Ctx {
     pub tally: Arc<tally::Tally>,
     /// The response cache, when `litellm_settings.cache` is on.
     pub cache: Option<cache::Cache>,
+    /// The prompts of running jobs, for the usage callbacks (when Langfuse is on).
+    pub callback_inputs: Option<Arc<callbacks::Inputs>>,
 }
 
 impl Ctx {
@@ -125,6 +127,9 @@ impl Ctx {
     }
 
     fn release(&self, id: Uuid) {
+        if let Some(inputs) = &self.callback_inputs {
+            inputs.forget(id);
+        }
         self.inflight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -223,6 +228,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         Some((sender, rx, langfuse)) => (Some(sender), Some((rx, langfuse))),
         None => (None, None),
     };
+    let callback_inputs = callback_sender.as_ref().map(callbacks::Sender::inputs);
     let background = TaskTracker::new();
     let ledger = Batcher::spawn(
         "ledger",
@@ -297,6 +303,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     };
     let ctx = Arc::new(Ctx {
         cache,
+        callback_inputs,
         prices,
         contexts,
         router: Router::new(&config),
