@@ -829,3 +829,77 @@ async fn upstream_batches_stay_under_the_enqueued_token_limit() -> Result<()> {
     stack.stop().await;
     Ok(())
 }
+
+/// The api process is killed while its create call is in flight: the provider made the
+/// upstream batch, its answer never arrived. The next api looks the batch up (Gemini by
+/// display name, Anthropic by request count and creation time, OpenAI by metadata) and
+/// follows it instead of creating a second one.
+async fn api_killed_during_create(protocol: &str) -> Result<()> {
+    let sim = sim::start(
+        "127.0.0.1:0",
+        SimConfig {
+            // Far beyond the kill: the first create's answer never reaches anyone.
+            batch_create_delay_ms: 20_000,
+            ..sim_config()
+        },
+    )
+    .await?;
+    let env = TestEnv::new().await?;
+    let models = models(&[deployment(&sim, "g", protocol, "")]);
+    let settings = format!("{SETTINGS}    lease_secs: 1\n");
+    let path = env.write_config(&models, &settings)?;
+    let port = sluice_testkit::servers::free_port();
+    let mut doomed = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--config")
+        .arg(&path)
+        .arg("api")
+        .env("SLUICE_API_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "error")
+        .env_remove("SLUICE_MASTER_KEY")
+        .kill_on_drop(true)
+        .spawn()?;
+    let http = reqwest::Client::new();
+    let doomed_url = format!("http://127.0.0.1:{port}");
+    eventually(Duration::from_secs(30), "api ready", || async {
+        let r = http.get(format!("{doomed_url}/readyz")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await?;
+    let input: String = (1..=3)
+        .map(|i| line(&format!("req-{i}"), "g", "Name a lake"))
+        .collect();
+    let created = create(&http, &doomed_url, input, json!({"sluice_mode": "native"})).await?;
+    let id = created["id"].as_str().context("batch id")?.to_string();
+    eventually(
+        Duration::from_secs(30),
+        "the create call upstream",
+        || async { (sim.batch_creates() == 1).then_some(()) },
+    )
+    .await?;
+    doomed.kill().await?;
+
+    let stack = Stack::start(env.config(&models, &settings)?, 0).await?;
+    let done = wait_status(&http, &stack.api_url, &id, "completed").await?;
+    assert_eq!(sim.batch_creates(), 1, "exactly one upstream batch: {done}");
+    assert_eq!(done["request_counts"]["completed"], 3, "{done}");
+    let upstream = done["upstream"].as_array().context("upstream")?;
+    assert_eq!(upstream.len(), 1, "{done}");
+    assert_eq!(upstream[0]["upstream_status"], "completed", "{done}");
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_create_cut_off_by_an_api_kill_is_found_not_repeated() -> Result<()> {
+    api_killed_during_create("anthropic").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_create_cut_off_by_an_api_kill_is_found_not_repeated() -> Result<()> {
+    api_killed_during_create("gemini").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_create_cut_off_by_an_api_kill_is_found_not_repeated() -> Result<()> {
+    api_killed_during_create("openai").await
+}

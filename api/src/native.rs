@@ -12,9 +12,11 @@
 //!    `auto` settles on live unless every line's deployment has a batch API and the
 //!    window is at least the providers' 24 h.
 //! 2. **Submit**: a group waits while its deployment's upstream batches in flight would
-//!    take it past the enqueued-token limit. `submitting` is recorded before the create call, `submitted` with the
-//!    upstream ids right after. A restart finds a `submitting` group upstream by its
-//!    marker where the protocol keeps one (OpenAI, Azure), so it is not submitted twice.
+//!    take it past the enqueued-token limit. `submitting` (and when) is recorded before
+//!    the create call, `submitted` with the upstream ids right after. A restart looks a
+//!    `submitting` group up upstream before creating again (`NativeBackend::find`: by
+//!    marker, or for Anthropic by request count and creation time), so an api that died
+//!    during the create call does not submit twice.
 //! 3. **Poll** each upstream batch with backoff (`native_poll_ms`, doubling up to
 //!    `native_poll_max_ms`). When it ends, its result lines are written to the line jobs
 //!    through the ledger (one attempt each, at batch prices), per-line errors included, and
@@ -37,8 +39,8 @@ use serde_json::{json, Value};
 use sluice_core::batches::{line_job_id, BatchJob, BatchRow, Ending};
 use sluice_core::budgets::{self, Budget, Charges};
 use sluice_core::native_batches::{
-    BatchMode, GroupRow, GroupState, NativeBackend, NativeJob, NativeLine, NativeResult, NewGroup,
-    Placement, UpstreamEnd, WaitingLine, LIVE_GROUP, NATIVE_WORKER,
+    BatchMode, GroupRow, GroupState, LostCreate, NativeBackend, NativeJob, NativeLine,
+    NativeResult, NewGroup, Placement, UpstreamEnd, WaitingLine, LIVE_GROUP, NATIVE_WORKER,
 };
 use sluice_core::store::{AttemptRecord, JobOutcome, LedgerEntry};
 use sluice_schemas::batch::{BatchStatus, CHAT_COMPLETIONS};
@@ -400,24 +402,40 @@ impl<'a> Follow<'a> {
         Ok(held)
     }
 
-    /// A create call may have reached the provider: look for the batch it made first.
+    /// A create call may have reached the provider: look for the batch it made first
+    /// (by marker, or for Anthropic by request count and creation time; see
+    /// `worker/src/native/wire.rs`), skipping batches other records hold, and submit
+    /// again only when there is none. A look-up that fails is tried again later; the
+    /// batch's own expiry ends a group that can never be looked up.
     async fn submitting(&mut self, g: &GroupRow) -> Result<(), DriveError> {
         if !self.is_due(&g.id) {
             return Ok(());
         }
-        match self.backend.find(&g.deployment, &g.id).await {
-            Ok(Some(found)) => {
-                tracing::info!(batch_id = %self.d.id, group = %g.id, upstream = %found.upstream_id, "found the upstream batch of an interrupted submit");
-                self.store().native_submitted(&g.id, &found).await?;
-                Ok(())
-            }
-            Ok(None) => self.submit(g).await,
-            Err(e) if e.class == ErrorClass::BadRequest => {
-                tracing::warn!(batch_id = %self.d.id, group = %g.id, "an interrupted submit cannot be looked up on this provider; submitting again");
+        let lost = LostCreate {
+            marker: g.id.clone(),
+            since: g.submitting_at.unwrap_or(g.created_at),
+            lines: self.store().native_waiting(&g.id).await?.len(),
+        };
+        match self.backend.find(&g.deployment, &lost).await {
+            Ok(found) => {
+                for s in found {
+                    if self
+                        .store()
+                        .native_upstream_taken(&g.id, &s.upstream_id)
+                        .await?
+                    {
+                        continue;
+                    }
+                    tracing::info!(batch_id = %self.d.id, group = %g.id, upstream = %s.upstream_id, "found the upstream batch of an interrupted submit");
+                    self.store().native_submitted(&g.id, &s).await?;
+                    self.due.remove(&g.id);
+                    self.back_off(&g.id);
+                    return Ok(());
+                }
                 self.submit(g).await
             }
             Err(e) => {
-                tracing::warn!(batch_id = %self.d.id, group = %g.id, error = %e, "cannot look up the upstream batch; will retry");
+                tracing::warn!(batch_id = %self.d.id, group = %g.id, error = %e, "cannot look up the upstream batch of an interrupted submit; will retry");
                 self.back_off(&g.id);
                 Ok(())
             }

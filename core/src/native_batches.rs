@@ -88,6 +88,17 @@ pub struct Submitted {
     pub file_id: Option<String>,
 }
 
+/// A create call that may have reached the provider without its answer reaching Sluice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostCreate {
+    /// The group id, sent as the batch's marker where the protocol keeps one.
+    pub marker: String,
+    /// When the first create call began (Sluice's clock).
+    pub since: DateTime<Utc>,
+    /// Requests the call sent.
+    pub lines: usize,
+}
+
 /// How an upstream batch ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamEnd {
@@ -184,14 +195,14 @@ pub trait NativeBackend: Send + Sync {
         lines: &'a [Value],
     ) -> BoxFuture<'a, Result<Submitted, NativeError>>;
 
-    /// The upstream batch marked `marker`, if a create call whose answer was lost made one.
-    /// `Ok(None)` means there is none; `Err` with [`ErrorClass::BadRequest`] means the
-    /// protocol cannot tell.
+    /// The upstream batches a create call whose answer was lost may have made, best match
+    /// first (empty: none). OpenAI, Azure and Gemini match by the marker; Anthropic keeps
+    /// none, so it matches the request count and the creation time (`lost`).
     fn find<'a>(
         &'a self,
         deployment: &'a str,
-        marker: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Submitted>, NativeError>>;
+        lost: &'a LostCreate,
+    ) -> BoxFuture<'a, Result<Vec<Submitted>, NativeError>>;
 
     fn poll<'a>(
         &'a self,
@@ -257,6 +268,7 @@ pub struct GroupRow {
     pub error: Option<String>,
     pub rerun_live: i32,
     pub created_at: DateTime<Utc>,
+    pub submitting_at: Option<DateTime<Utc>>,
     pub submitted_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
 }
@@ -302,8 +314,8 @@ pub struct WaitingLine {
 
 const GROUP_COLUMNS: &str =
     "id, batch_id, seq, deployment, provider, protocol, lines, bytes, tokens, state,
-    upstream_id, upstream_file_id, upstream_status, error, rerun_live, created_at, submitted_at,
-    ended_at";
+    upstream_id, upstream_file_id, upstream_status, error, rerun_live, created_at, submitting_at,
+    submitted_at, ended_at";
 
 impl Store {
     /// The batch's upstream batches, in plan order.
@@ -406,12 +418,29 @@ impl Store {
     /// The create call is about to be made.
     pub async fn native_submitting(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE native_batches SET state = 'submitting' WHERE id = $1 AND state = 'pending'",
+            "UPDATE native_batches SET state = 'submitting', submitting_at = now()
+             WHERE id = $1 AND state = 'pending'",
         )
         .bind(id)
         .execute(self.pool())
         .await?;
         Ok(())
+    }
+
+    /// Whether another upstream batch record already holds `upstream_id` (so a look-up
+    /// after a lost create call never takes a batch that is someone else's).
+    pub async fn native_upstream_taken(
+        &self,
+        id: &str,
+        upstream_id: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM native_batches WHERE upstream_id = $2 AND id <> $1)",
+        )
+        .bind(id)
+        .bind(upstream_id)
+        .fetch_one(self.pool())
+        .await?)
     }
 
     /// The provider accepted the upstream batch.

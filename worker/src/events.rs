@@ -10,13 +10,16 @@
 //! through JetStream and awaited — is stored after every event before it. It carries
 //! `Nats-Msg-Id: <job>:done`, so republishing it after a redelivery is deduplicated.
 
+use std::time::Duration;
+
 use async_nats::jetstream::{self};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use sluice_core::bodies::{fits, HEADER_BODY_REF};
+use sluice_core::store::JobRow;
 use sluice_schemas::events::{HEADER_ATTEMPT, HEADER_EVENT, HEADER_SEQ};
 use sluice_schemas::openai::ChatCompletionChunk;
-use sluice_schemas::{DoneEvent, EventKind, RetryEvent};
+use sluice_schemas::{DoneEvent, EventKind, RetryEvent, Subjects};
 use uuid::Uuid;
 
 use crate::providers::ChunkSink;
@@ -125,6 +128,29 @@ impl EventPublisher {
             ..done.clone()
         };
         Bytes::from(serde_json::to_vec(&slim).unwrap_or_default())
+    }
+}
+
+/// Publishes the terminal event of a job that has ended, rebuilt from its row: for a
+/// redelivery of a job that already finished (`worker/src/job/outcome.rs`) and for a job
+/// whose queue message is gone (`worker/src/reconcile.rs`). Tries up to `tries` times, a
+/// second apart; the error of the last try.
+pub async fn publish_ended(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    row: &JobRow,
+    tries: u32,
+) -> Result<(), EventError> {
+    let done = row.done_event();
+    let mut publisher = EventPublisher::new(js.clone(), subjects.events(row.id), row.id);
+    let mut tried = 1;
+    loop {
+        match publisher.terminal(row.attempts, &done).await {
+            Ok(_) => return Ok(()),
+            Err(e) if tried >= tries => return Err(e),
+            Err(_) => tried += 1,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

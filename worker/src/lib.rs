@@ -180,12 +180,64 @@ async fn cancellations(ctx: std::sync::Weak<Ctx>, stop: CancellationToken) {
     }
 }
 
-/// Runs a worker until `shutdown` is cancelled, then drains.
+/// Runs a worker until `shutdown` is cancelled, then drains: its parts start (connections,
+/// the shared job context, the side tasks), the fetch loops serve the tiers, and on
+/// shutdown the worker drains.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
     let config = Arc::new(config);
     if !config.ignored_keys.is_empty() {
         tracing::warn!(keys = ?config.ignored_keys, "config keys Sluice does not act on");
     }
+    let (admin_state, consumers) = Box::pin(connect(&config)).await?;
+    metrics::describe();
+    metrics::capacity(config.worker.capacity);
+    let admin_listener = tokio::net::TcpListener::bind(&config.metrics_addr)
+        .await
+        .map_err(|source| WorkerError::Bind {
+            addr: config.metrics_addr.clone(),
+            source,
+        })?;
+    warm_up(&config).await;
+    let (callback_sender, callback_queue) = match callbacks::channel(&config.callbacks) {
+        Some((sender, rx, langfuse)) => (Some(sender), Some((rx, langfuse))),
+        None => (None, None),
+    };
+    let callback_inputs = callback_sender.as_ref().map(callbacks::Sender::inputs);
+    let background = TaskTracker::new();
+    let ledger = Batcher::spawn(
+        "ledger",
+        512,
+        &background,
+        callbacks::Fired::new(
+            metrics::Observed::new(ledger::LedgerFlush(admin_state.store.clone()), &config),
+            callback_sender,
+        ),
+    );
+    let ctx = Arc::new(Ctx {
+        callback_inputs,
+        ..context(&config, &admin_state, ledger)?
+    });
+    let slots = Slots::new(config.worker.capacity, DEFAULT_WEIGHTS);
+    let ops = Ops::start(&ctx, &slots, &admin_state, admin_listener, callback_queue);
+    tracing::info!(worker = %ctx.worker_id, capacity = config.worker.capacity, deployments = config.deployments.len(), "worker started");
+
+    let (fetchers, jobs) = serve(&ctx, &slots, consumers, &shutdown);
+    shutdown.cancelled().await;
+    admin_state.draining.store(true, Ordering::Relaxed);
+    drain(ctx, &slots, fetchers, jobs).await;
+    background.close();
+    background.wait().await;
+    ops.stop().await;
+    let _ = admin_state.nats.flush().await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Connects to NATS (making sure of the streams and the tier consumers), Postgres (checked
+/// migrated) and Redis: the admin server's state, which holds them, and the consumers.
+async fn connect(
+    config: &Arc<Config>,
+) -> Result<(Arc<admin::AdminState>, Vec<(Tier, PullConsumer)>), WorkerError> {
     let nats = sluice_core::nats::connect(&config.nats_url, &config.tls, "sluice-worker").await?;
     let js = jetstream::new(nats.clone());
     let subjects = Subjects::new(&config.subject_prefix);
@@ -207,16 +259,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     .await?;
     store.check_migrated().await?;
     let redis = sluice_core::redis::pool_with(&config.redis_url, 32, &config.tls)?;
-    metrics::describe();
-    metrics::capacity(config.worker.capacity);
-    let admin_listener = tokio::net::TcpListener::bind(&config.metrics_addr)
-        .await
-        .map_err(|source| WorkerError::Bind {
-            addr: config.metrics_addr.clone(),
-            source,
-        })?;
+    let admin_state = Arc::new(admin::AdminState {
+        nats,
+        js,
+        subjects,
+        redis,
+        store,
+        draining: Default::default(),
+        config: Arc::clone(config),
+    });
+    Ok((admin_state, consumers))
+}
 
-    // Load the tokenizer tables before the first job needs them.
+/// What is worth doing before the first job: the tokenizer tables loaded, the callbacks
+/// described, a named `otel` callback without an endpoint pointed out.
+async fn warm_up(config: &Config) {
     if let Err(e) = tokio::task::spawn_blocking(tokens::warm).await {
         tracing::warn!(error = %e, "tokenizer warm-up failed; estimates fall back lazily");
     }
@@ -224,31 +281,41 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     if config.callbacks.otel && !sluice_core::telemetry::enabled() {
         tracing::warn!("the otel callback is named but no OTEL_EXPORTER_OTLP_ENDPOINT is set: no traces are exported");
     }
-    let (callback_sender, callback_queue) = match callbacks::channel(&config.callbacks) {
-        Some((sender, rx, langfuse)) => (Some(sender), Some((rx, langfuse))),
-        None => (None, None),
-    };
-    let callback_inputs = callback_sender.as_ref().map(callbacks::Sender::inputs);
-    let background = TaskTracker::new();
-    let ledger = Batcher::spawn(
-        "ledger",
-        512,
-        &background,
-        callbacks::Fired::new(
-            metrics::Observed::new(ledger::LedgerFlush(store.clone()), &config),
-            callback_sender,
-        ),
-    );
-    let admin_state = Arc::new(admin::AdminState {
-        nats: nats.clone(),
-        js: js.clone(),
-        subjects: subjects.clone(),
-        redis: redis.clone(),
-        store: store.clone(),
-        draining: Default::default(),
-        config: Arc::clone(&config),
-    });
-    let worker_id = worker_id();
+}
+
+/// What every job task shares, built from the config and the connections.
+fn context(
+    config: &Arc<Config>,
+    conns: &admin::AdminState,
+    ledger: Batcher<LedgerEntry, Written>,
+) -> Result<Ctx, WorkerError> {
+    let (prices, contexts) = prices(config)?;
+    Ok(Ctx {
+        cache: response_cache(config, &conns.redis)?,
+        prices,
+        contexts,
+        router: Router::new(config),
+        limiter: limiter(config, conns),
+        key_limits: keys::KeyLimits::new(conns.store.clone()),
+        config: Arc::clone(config),
+        nats: conns.nats.clone(),
+        js: conns.js.clone(),
+        subjects: conns.subjects.clone(),
+        store: conns.store.clone(),
+        ledger,
+        providers: Providers::new(),
+        worker_id: worker_id(),
+        hard_stop: CancellationToken::new(),
+        deliveries: Arc::new(tokio::sync::Notify::new()),
+        settlements: TaskTracker::new(),
+        inflight: Mutex::new(HashMap::new()),
+        tally: Arc::new(tally::Tally::default()),
+        callback_inputs: None,
+    })
+}
+
+/// The limiter, with the routing strategy's way of ordering candidates.
+fn limiter(config: &Config, conns: &admin::AdminState) -> limits::Limiter {
     let strategy = match config.router.strategy {
         RoutingStrategy::LeastBusy => limits::Strategy::LeastBusy,
         RoutingStrategy::LatencyBased => limits::Strategy::Latency,
@@ -256,13 +323,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         // Shuffled by weight, or sorted by price, by the router.
         RoutingStrategy::SimpleShuffle | RoutingStrategy::CostBased => limits::Strategy::AsGiven,
     };
-    let limiter = limits::Limiter::new(
-        redis.clone(),
+    limits::Limiter::new(
+        conns.redis.clone(),
         &config.subject_prefix,
         config.limits.fail_open,
     )
     .with_strategy(strategy)
-    .with_ledger(store.clone(), longest_lease(&config));
+    .with_ledger(conns.store.clone(), longest_lease(config))
+}
+
+/// Every deployment's prices and context window (from the pricing file, if any); a
+/// deployment without a price is pointed out.
+fn prices(config: &Config) -> Result<(pricing::Prices, context::Contexts), WorkerError> {
     let price_file = match &config.pricing_file {
         Some(path) => pricing::load_file(path)?,
         None => Default::default(),
@@ -280,75 +352,76 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
             tracing::warn!(deployment = %d.id, model = %d.model, "no price known: its cost is recorded as NULL (pricing_missing)");
         }
     }
-    let tally = Arc::new(tally::Tally::default());
-    let cache = match &config.cache {
-        None => None,
-        Some(settings) => {
-            let pool = match &settings.redis_url {
-                Some(url) => sluice_core::redis::pool_with(url, 16, &config.tls)?,
-                None => redis.clone(),
-            };
-            tracing::info!(
-                ttl_secs = settings.ttl.as_secs(),
-                chat = settings.chat,
-                embeddings = settings.embeddings,
-                "response cache on"
-            );
-            Some(cache::Cache::new(
-                pool,
-                settings.clone(),
-                &config.subject_prefix,
-            ))
-        }
+    Ok((prices, contexts))
+}
+
+/// The response cache, when `litellm_settings.cache` is on (on its own Redis, if named).
+fn response_cache(
+    config: &Config,
+    redis: &sluice_core::redis::Pool,
+) -> Result<Option<cache::Cache>, WorkerError> {
+    let Some(settings) = &config.cache else {
+        return Ok(None);
     };
-    let ctx = Arc::new(Ctx {
-        cache,
-        callback_inputs,
-        prices,
-        contexts,
-        router: Router::new(&config),
-        limiter,
-        key_limits: keys::KeyLimits::new(store.clone()),
-        config: Arc::clone(&config),
-        nats: nats.clone(),
-        js,
-        subjects,
-        store,
-        ledger,
-        providers: Providers::new(),
-        worker_id: worker_id.clone(),
-        hard_stop: CancellationToken::new(),
-        deliveries: Arc::new(tokio::sync::Notify::new()),
-        settlements: TaskTracker::new(),
-        inflight: Mutex::new(HashMap::new()),
-        tally: Arc::clone(&tally),
-    });
-    let slots = Slots::new(config.worker.capacity, DEFAULT_WEIGHTS);
-    let ops = TaskTracker::new();
-    let ops_stop = CancellationToken::new();
-    if let Ok(addr) = admin_listener.local_addr() {
-        tracing::info!(%addr, "metrics and health listening");
-    }
-    ops.spawn(admin::serve(
-        admin_listener,
-        Arc::clone(&admin_state),
-        ops_stop.clone(),
-    ));
-    ops.spawn(heartbeat::run(
-        worker_id.clone(),
-        Arc::clone(&slots),
-        Arc::clone(&admin_state),
-        tally,
-        ops_stop.clone(),
-    ));
-    ops.spawn(cancellations(Arc::downgrade(&ctx), ops_stop.clone()));
-    ops.spawn(deliveries::run(
-        Arc::downgrade(&ctx),
-        Arc::clone(&ctx.deliveries),
-        ops_stop.clone(),
-    ));
-    ops.spawn(reconcile::run(
-        reconcile::Reconciler {
+    let pool = match &settings.redis_url {
+        Some(url) => sluice_core::redis::pool_with(url, 16, &config.tls)?,
+        None => redis.clone(),
+    };
+    tracing::info!(
+        ttl_secs = settings.ttl.as_secs(),
+        chat = settings.chat,
+        embeddings = settings.embeddings,
+        "response cache on"
+    );
+    Ok(Some(cache::Cache::new(
+        pool,
+        settings.clone(),
+        &config.subject_prefix,
+    )))
+}
+
+/// The worker's tasks beside the jobs: the admin server, the heartbeat, cancellations,
+/// deliveries, the reconciler and the callbacks. They outlive the drain.
+struct Ops {
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Ops {
+    fn start(
+        ctx: &Arc<Ctx>,
+        slots: &Arc<Slots>,
+        admin_state: &Arc<admin::AdminState>,
+        admin_listener: tokio::net::TcpListener,
+        callback_queue: Option<(
+            tokio::sync::mpsc::Receiver<serde_json::Value>,
+            sluice_core::config::callbacks::Langfuse,
+        )>,
+    ) -> Ops {
+        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        if let Ok(addr) = admin_listener.local_addr() {
+            tracing::info!(%addr, "metrics and health listening");
+        }
+        tasks.spawn(admin::serve(
+            admin_listener,
+            Arc::clone(admin_state),
+            stop.clone(),
+        ));
+        tasks.spawn(heartbeat::run(
+            ctx.worker_id.clone(),
+            Arc::clone(slots),
+            Arc::clone(admin_state),
+            Arc::clone(&ctx.tally),
+            stop.clone(),
+        ));
+        tasks.spawn(cancellations(Arc::downgrade(ctx), stop.clone()));
+        tasks.spawn(deliveries::run(
+            Arc::downgrade(ctx),
+            Arc::clone(&ctx.deliveries),
+            stop.clone(),
+        ));
+        let config = &ctx.config;
+        let reconciler = reconcile::Reconciler {
             js: ctx.js.clone(),
             store: ctx.store.clone(),
             subjects: ctx.subjects.clone(),
@@ -356,21 +429,34 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
             safety: config.safety.clone(),
             lost_grace: config.worker.lost_message_grace,
             deliveries: Arc::clone(&ctx.deliveries),
-        },
-        ops_stop.clone(),
-    ));
-    if let Some((rx, langfuse)) = callback_queue {
-        ops.spawn(callbacks::run(rx, langfuse, ops_stop.clone()));
+        };
+        tasks.spawn(reconcile::run(reconciler, stop.clone()));
+        if let Some((rx, langfuse)) = callback_queue {
+            tasks.spawn(callbacks::run(rx, langfuse, stop.clone()));
+        }
+        tasks.close();
+        Ops { tasks, stop }
     }
-    ops.close();
-    tracing::info!(worker = %worker_id, capacity = config.worker.capacity, deployments = config.deployments.len(), "worker started");
 
+    async fn stop(self) {
+        self.stop.cancel();
+        self.tasks.wait().await;
+    }
+}
+
+/// Starts a fetch loop per tier; returns the loops, and the jobs they start.
+fn serve(
+    ctx: &Arc<Ctx>,
+    slots: &Arc<Slots>,
+    consumers: Vec<(Tier, PullConsumer)>,
+    shutdown: &CancellationToken,
+) -> (TaskTracker, TaskTracker) {
     let fetchers = TaskTracker::new();
     let jobs = TaskTracker::new();
     for (tier, consumer) in consumers {
         fetchers.spawn(fetch_loop(
-            Arc::clone(&ctx),
-            Arc::clone(&slots),
+            Arc::clone(ctx),
+            Arc::clone(slots),
             tier,
             consumer,
             shutdown.clone(),
@@ -378,13 +464,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         ));
     }
     fetchers.close();
+    (fetchers, jobs)
+}
 
-    shutdown.cancelled().await;
-    admin_state.draining.store(true, Ordering::Relaxed);
+/// The drain: the fetch loops stop pulling, running jobs get `drain` time to finish (then
+/// hand their message back), reservations let go of are settled, and the context (with
+/// the ledger's sender) is dropped so the batched writes flush.
+async fn drain(ctx: Arc<Ctx>, slots: &Slots, fetchers: TaskTracker, jobs: TaskTracker) {
     tracing::info!(in_flight = slots.in_use(), "draining");
     fetchers.wait().await;
     jobs.close();
-    if tokio::time::timeout(config.worker.drain, jobs.wait())
+    if tokio::time::timeout(ctx.config.worker.drain, jobs.wait())
         .await
         .is_err()
     {
@@ -398,13 +488,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     ctx.settlements.close();
     ctx.settlements.wait().await;
     drop(ctx);
-    background.close();
-    background.wait().await;
-    ops_stop.cancel();
-    ops.wait().await;
-    let _ = nats.flush().await;
-    tracing::info!("worker stopped");
-    Ok(())
 }
 
 /// Pulls one tier's messages. An idle tier waits for work holding no slot: a long pull
@@ -421,7 +504,7 @@ async fn fetch_loop(
     jobs: TaskTracker,
 ) {
     let keepalive = ctx.config.worker.ack_wait / 3;
-    'idle: loop {
+    loop {
         // Phase 1: wait for work, holding no capacity.
         let first = tokio::select! {
             m = next_message(&consumer, tier) => m,
@@ -429,21 +512,8 @@ async fn fetch_loop(
         };
         let Some(first) = first else { continue };
         // Phase 2: a slot for it.
-        let slot = {
-            let acquire = slots.acquire(tier);
-            tokio::pin!(acquire);
-            let mut tick = tokio::time::interval(keepalive);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    s = &mut acquire => break s,
-                    _ = tick.tick() => { let _ = first.ack_with(AckKind::Progress).await; }
-                    _ = shutdown.cancelled() => {
-                        let _ = first.ack_with(AckKind::Nak(None)).await;
-                        return;
-                    }
-                }
-            }
+        let Some(slot) = slot_for(&slots, tier, &first, keepalive, &shutdown).await else {
+            return;
         };
         spawn_job(&ctx, &jobs, first, slot, tier);
         // Phase 3: the tier has work; pull as many messages as we hold slots.
@@ -461,38 +531,9 @@ async fn fetch_loop(
                 }
             }
             let asked = held.len();
-            // `expires` bounds the pull: a no-wait pull the server never answers (seen when
-            // messages are deleted under a consumer) would otherwise hold these slots.
-            let pull = consumer
-                .fetch()
-                .max_messages(asked)
-                .expires(FETCH_EXPIRES)
-                .messages();
-            let got = match pull.await {
-                Ok(mut batch) => {
-                    let mut got = 0;
-                    while let Some(next) = batch.next().await {
-                        let Ok(msg) = next else { break };
-                        got += 1;
-                        match held.pop() {
-                            Some(slot) if !shutdown.is_cancelled() => {
-                                spawn_job(&ctx, &jobs, msg, slot, tier)
-                            }
-                            _ => {
-                                let _ = msg.ack_with(AckKind::Nak(None)).await;
-                            }
-                        }
-                    }
-                    got
-                }
-                Err(e) => {
-                    tracing::warn!(%tier, error = %e, "fetch failed");
-                    0
-                }
-            };
-            drop(held);
+            let got = pull(&ctx, &jobs, &consumer, tier, held, &shutdown).await;
             if got == 0 {
-                continue 'idle;
+                break;
             }
             want = if got == asked {
                 (asked * 2).min(MAX_PULL)
@@ -501,6 +542,69 @@ async fn fetch_loop(
             };
         }
     }
+}
+
+/// Waits for a slot of `tier` for `first`, keeping the message alive meanwhile; on
+/// shutdown the message goes back (`None`).
+async fn slot_for(
+    slots: &Arc<Slots>,
+    tier: Tier,
+    first: &jetstream::Message,
+    keepalive: Duration,
+    shutdown: &CancellationToken,
+) -> Option<scheduler::Slot> {
+    let acquire = slots.acquire(tier);
+    tokio::pin!(acquire);
+    let mut tick = tokio::time::interval(keepalive);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            s = &mut acquire => return Some(s),
+            _ = tick.tick() => { let _ = first.ack_with(AckKind::Progress).await; }
+            _ = shutdown.cancelled() => {
+                let _ = first.ack_with(AckKind::Nak(None)).await;
+                return None;
+            }
+        }
+    }
+}
+
+/// One pull of as many messages as `held` slots: each message starts a job on a slot
+/// (or goes back, on shutdown). Returns how many came.
+async fn pull(
+    ctx: &Arc<Ctx>,
+    jobs: &TaskTracker,
+    consumer: &PullConsumer,
+    tier: Tier,
+    mut held: Vec<scheduler::Slot>,
+    shutdown: &CancellationToken,
+) -> usize {
+    // `expires` bounds the pull: a no-wait pull the server never answers (seen when
+    // messages are deleted under a consumer) would otherwise hold these slots.
+    let pull = consumer
+        .fetch()
+        .max_messages(held.len())
+        .expires(FETCH_EXPIRES)
+        .messages();
+    let mut batch = match pull.await {
+        Ok(batch) => batch,
+        Err(e) => {
+            tracing::warn!(%tier, error = %e, "fetch failed");
+            return 0;
+        }
+    };
+    let mut got = 0;
+    while let Some(next) = batch.next().await {
+        let Ok(msg) = next else { break };
+        got += 1;
+        match held.pop() {
+            Some(slot) if !shutdown.is_cancelled() => spawn_job(ctx, jobs, msg, slot, tier),
+            _ => {
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+            }
+        }
+    }
+    got
 }
 
 /// Long-polls one message of `tier`; `None` when the poll expired or failed.

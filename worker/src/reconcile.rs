@@ -32,8 +32,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::events::EventPublisher;
-
 /// A reconciliation round failed; the cause (Postgres, JetStream) is its source.
 pub type ReconcileError = sluice_core::error::Error<ReconcileErrorKind>;
 
@@ -201,16 +199,8 @@ pub async fn lost_round(r: &Reconciler) -> Result<usize, ReconcileError> {
         };
         tracing::error!(job_id = %id, seq, "job's queue message is gone; ended failed");
         ended += 1;
-        let mut publisher = EventPublisher::new(r.js.clone(), r.subjects.events(id), id);
-        let done = row.done_event();
-        let mut tries = 0;
-        while let Err(e) = publisher.terminal(row.attempts, &done).await {
-            tries += 1;
-            if tries >= 3 {
-                tracing::warn!(job_id = %id, error = %e, "terminal event of a lost job not stored");
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Err(e) = crate::events::publish_ended(&r.js, &r.subjects, &row, 3).await {
+            tracing::warn!(job_id = %id, error = %e, "terminal event of a lost job not stored");
         }
         if replies {
             r.deliveries.notify_one();

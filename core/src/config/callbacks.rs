@@ -52,8 +52,7 @@ pub(super) fn resolve(
     env: &dyn Env,
     ignored: &mut Vec<String>,
 ) -> Result<Callbacks, ConfigError> {
-    let mut out = Callbacks::default();
-    out.redact_messages = match settings.get(REDACT_KEY) {
+    let redact_messages = match settings.get(REDACT_KEY) {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(_) => {
@@ -63,6 +62,10 @@ pub(super) fn resolve(
                 message: "expected true or false".into(),
             })
         }
+    };
+    let mut out = Callbacks {
+        redact_messages,
+        ..Callbacks::default()
     };
     for key in KEYS {
         let names: Vec<&str> = match settings.get(*key) {

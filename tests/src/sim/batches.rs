@@ -4,8 +4,8 @@
 //! |---|---|
 //! | OpenAI | `POST /v1/files` (multipart), `GET /v1/files/{id}/content`, `POST /v1/batches`, `GET /v1/batches[/{id}]`, `POST /v1/batches/{id}/cancel` |
 //! | Azure | the same under `/openai/v1`, `api-key` header |
-//! | Anthropic | `POST /v1/messages/batches`, `GET …/{id}`, `GET …/{id}/results`, `POST …/{id}/cancel` |
-//! | Gemini | `POST /v1beta/models/{m}:batchGenerateContent`, `GET /v1beta/batches/{id}`, `POST /v1beta/batches/{id}:cancel` |
+//! | Anthropic | `POST /v1/messages/batches`, `GET /v1/messages/batches` (list), `GET …/{id}`, `GET …/{id}/results`, `POST …/{id}/cancel` |
+//! | Gemini | `POST /v1beta/models/{m}:batchGenerateContent`, `GET /v1beta/batches` (list), `GET /v1beta/batches/{id}`, `POST /v1beta/batches/{id}:cancel` |
 //!
 //! A batch completes [`SimConfig::batch_delay_ms`](super::SimConfig) after it was created;
 //! each line's answer is what the live endpoint answers for the same body (the live
@@ -13,7 +13,8 @@
 //! ([`BatchFault`], on the first `batch_fault_first` batches): `failed` (the whole batch
 //! fails: OpenAI/Azure `failed` with `token_limit_exceeded`, Gemini `BATCH_STATE_FAILED`,
 //! Anthropic refuses the create with 400), `expire` (the batch expires with no results),
-//! `slow` (it never finishes until cancelled). A line whose text contains
+//! `slow` (it never finishes until cancelled); `batch_create_delay_ms` answers create calls
+//! late, after the batch exists. A line whose text contains
 //! `sim-line-error` fails on its own (a 400 in the protocol's terms).
 
 use std::collections::HashMap;
@@ -126,6 +127,14 @@ fn next_fault(sim: &Sim) -> Option<BatchFault> {
     (n < sim.config.batch_fault_first)
         .then_some(sim.config.batch_fault)
         .flatten()
+}
+
+/// [`SimConfig::batch_create_delay_ms`](super::SimConfig): the batch exists upstream, its
+/// create call's answer comes late (a caller that dies meanwhile never learns its id).
+async fn answer_late(sim: &Sim) {
+    if sim.config.batch_create_delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(sim.config.batch_create_delay_ms)).await;
+    }
 }
 
 fn ready_at(sim: &Sim) -> Instant {
@@ -247,7 +256,9 @@ pub(super) async fn create(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    create_any(&sim, Kind::OpenAi, &headers, &body)
+    let answer = create_any(&sim, Kind::OpenAi, &headers, &body);
+    answer_late(&sim).await;
+    answer
 }
 
 pub(super) async fn azure_create(
@@ -255,7 +266,9 @@ pub(super) async fn azure_create(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    create_any(&sim, Kind::Azure, &headers, &body)
+    let answer = create_any(&sim, Kind::Azure, &headers, &body);
+    answer_late(&sim).await;
+    answer
 }
 
 fn create_any(sim: &Sim, kind: Kind, headers: &HeaderMap, body: &Value) -> Response {
@@ -672,28 +685,56 @@ pub(super) async fn anthropic_create(
             "the simulator refuses this batch",
         );
     }
-    let Ok(mut b) = sim.batches.lock() else {
+    let view = {
+        let Ok(mut b) = sim.batches.lock() else {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        };
+        let id = b.id("msgbatch_sim");
+        let job = Job {
+            kind: Kind::Anthropic,
+            model: String::new(),
+            lines,
+            metadata: Value::Null,
+            input_file_id: None,
+            created: now(),
+            tokens: 0,
+            ready_at: ready_at(&sim),
+            fault,
+            phase: Phase::Running,
+            results: Vec::new(),
+            output_file_id: None,
+            error_file_id: None,
+        };
+        let view = anthropic_view(&id, &job);
+        b.jobs.insert(id, job);
+        view
+    };
+    answer_late(&sim).await;
+    Json(view).into_response()
+}
+
+/// `GET /v1/messages/batches`: newest first.
+pub(super) async fn anthropic_list(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
+    if !anthropic_key_ok(&sim, &headers) {
+        return anthropic_error(401, "authentication_error", "invalid x-api-key");
+    }
+    let Ok(b) = sim.batches.lock() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let id = b.id("msgbatch_sim");
-    let job = Job {
-        kind: Kind::Anthropic,
-        model: String::new(),
-        lines,
-        metadata: Value::Null,
-        input_file_id: None,
-        created: now(),
-        tokens: 0,
-        ready_at: ready_at(&sim),
-        fault,
-        phase: Phase::Running,
-        results: Vec::new(),
-        output_file_id: None,
-        error_file_id: None,
-    };
-    let view = anthropic_view(&id, &job);
-    b.jobs.insert(id, job);
-    Json(view).into_response()
+    let mut data: Vec<(&String, &Job)> = b
+        .jobs
+        .iter()
+        .filter(|(_, j)| j.kind == Kind::Anthropic)
+        .collect();
+    data.sort_by(|a, b| b.0.cmp(a.0));
+    let data: Vec<Value> = data
+        .into_iter()
+        .map(|(id, j)| anthropic_view(id, j))
+        .collect();
+    let first = data.first().map(|v| v["id"].clone()).unwrap_or(Value::Null);
+    let last = data.last().map(|v| v["id"].clone()).unwrap_or(Value::Null);
+    Json(json!({"data": data, "has_more": false, "first_id": first, "last_id": last}))
+        .into_response()
 }
 
 pub(super) async fn anthropic_get(
@@ -855,28 +896,50 @@ pub(super) async fn gemini_create(
         lines.push((key.to_string(), req.clone()));
     }
     let fault = next_fault(&sim);
-    let Ok(mut b) = sim.batches.lock() else {
+    let view = {
+        let Ok(mut b) = sim.batches.lock() else {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        };
+        let id = b.id("batches/sim");
+        let job = Job {
+            kind: Kind::Gemini,
+            model: model.to_string(),
+            lines,
+            metadata: batch.get("display_name").cloned().unwrap_or(Value::Null),
+            input_file_id: None,
+            created: now(),
+            tokens: 0,
+            ready_at: ready_at(&sim),
+            fault,
+            phase: Phase::Running,
+            results: Vec::new(),
+            output_file_id: None,
+            error_file_id: None,
+        };
+        let view = gemini_view(&id, &job);
+        b.jobs.insert(id, job);
+        view
+    };
+    answer_late(&sim).await;
+    Json(view).into_response()
+}
+
+/// `GET /v1beta/batches`: the batch operations.
+pub(super) async fn gemini_list(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
+    if !sim.key_ok(header_str(&headers, "x-goog-api-key")) {
+        return gemini_error(401, "UNAUTHENTICATED", "API key not valid.");
+    }
+    let Ok(b) = sim.batches.lock() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let id = b.id("batches/sim");
-    let job = Job {
-        kind: Kind::Gemini,
-        model: model.to_string(),
-        lines,
-        metadata: batch.get("display_name").cloned().unwrap_or(Value::Null),
-        input_file_id: None,
-        created: now(),
-        tokens: 0,
-        ready_at: ready_at(&sim),
-        fault,
-        phase: Phase::Running,
-        results: Vec::new(),
-        output_file_id: None,
-        error_file_id: None,
-    };
-    let view = gemini_view(&id, &job);
-    b.jobs.insert(id, job);
-    Json(view).into_response()
+    let mut ops: Vec<(&String, &Job)> = b
+        .jobs
+        .iter()
+        .filter(|(_, j)| j.kind == Kind::Gemini)
+        .collect();
+    ops.sort_by(|a, b| b.0.cmp(a.0));
+    let ops: Vec<Value> = ops.into_iter().map(|(id, j)| gemini_view(id, j)).collect();
+    Json(json!({"operations": ops})).into_response()
 }
 
 pub(super) async fn gemini_get(

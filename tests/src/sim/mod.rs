@@ -90,6 +90,9 @@ pub struct SimConfig {
     /// (as usage counts them) would take the running batches past it fails with
     /// `token_limit_exceeded`.
     pub batch_enqueued_tokens: Option<u64>,
+    /// Batch APIs: create calls answer this late, after the batch exists (a caller that
+    /// dies meanwhile has created a batch it never heard of).
+    pub batch_create_delay_ms: u64,
 }
 
 impl Default for SimConfig {
@@ -111,6 +114,7 @@ impl Default for SimConfig {
             batch_fault: None,
             batch_fault_first: 0,
             batch_enqueued_tokens: None,
+            batch_create_delay_ms: 0,
         }
     }
 }
@@ -284,7 +288,10 @@ pub fn app(config: SimConfig, stats: Arc<SimStats>) -> Router {
             "/openai/v1/batches/{id}/cancel",
             post(batches::azure_cancel),
         )
-        .route("/v1/messages/batches", post(batches::anthropic_create))
+        .route(
+            "/v1/messages/batches",
+            post(batches::anthropic_create).get(batches::anthropic_list),
+        )
         .route("/v1/messages/batches/{id}", get(batches::anthropic_get))
         .route(
             "/v1/messages/batches/{id}/results",
@@ -294,6 +301,7 @@ pub fn app(config: SimConfig, stats: Arc<SimStats>) -> Router {
             "/v1/messages/batches/{id}/cancel",
             post(batches::anthropic_cancel),
         )
+        .route("/v1beta/batches", get(batches::gemini_list))
         .route(
             "/v1beta/batches/{id}",
             get(batches::gemini_get).post(batches::gemini_cancel),

@@ -415,6 +415,7 @@ pub(super) async fn defer(ctx: &Ctx, msg: &jetstream::Message, id: Uuid, d: Defe
     let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
 }
 
+/// Publishes the terminal event of a job that already ended, as its row has it.
 pub(super) async fn republish_terminal(ctx: &Ctx, id: Uuid) {
     let row = match ctx.store.job(id).await {
         Ok(Some(row)) => row,
@@ -424,9 +425,7 @@ pub(super) async fn republish_terminal(ctx: &Ctx, id: Uuid) {
             return;
         }
     };
-    let done = row.done_event();
-    let mut publisher = EventPublisher::new(ctx.js.clone(), ctx.subjects.events(id), id);
-    if let Err(e) = publisher.terminal(row.attempts, &done).await {
+    if let Err(e) = crate::events::publish_ended(&ctx.js, &ctx.subjects, &row, 1).await {
         tracing::warn!(error = %e, "cannot republish terminal event");
     }
 }

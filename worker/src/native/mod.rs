@@ -17,8 +17,8 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 use sluice_core::config::{Config, Deployment, Protocol};
 use sluice_core::native_batches::{
-    NativeBackend, NativeError, NativeLine, NativeResult, NativeSuccess, Placement, Submitted,
-    UpstreamPoll,
+    LostCreate, NativeBackend, NativeError, NativeLine, NativeResult, NativeSuccess, Placement,
+    Submitted, UpstreamPoll,
 };
 use sluice_schemas::openai::{ChatCompletion, ChatRequest};
 use sluice_schemas::ErrorClass;
@@ -245,11 +245,11 @@ impl NativeBackend for Backend {
     fn find<'a>(
         &'a self,
         deployment: &'a str,
-        marker: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Submitted>, NativeError>> {
+        lost: &'a LostCreate,
+    ) -> BoxFuture<'a, Result<Vec<Submitted>, NativeError>> {
         Box::pin(async move {
             let (d, api) = self.deployment(deployment)?;
-            wire::find(&self.http, api, d, marker).await
+            wire::find(&self.http, api, d, lost).await
         })
     }
 

@@ -14,7 +14,7 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 use sluice_core::config::Deployment;
-use sluice_core::native_batches::{NativeError, Submitted, UpstreamEnd, UpstreamPoll};
+use sluice_core::native_batches::{LostCreate, NativeError, Submitted, UpstreamEnd, UpstreamPoll};
 use sluice_schemas::ErrorClass;
 
 use super::Api;
@@ -256,13 +256,26 @@ pub(crate) async fn submit(
     }
 }
 
-/// Only OpenAI and Azure keep a marker Sluice can list by.
+/// How far before the recorded start of a lost create call an Anthropic batch may say it
+/// was created (the provider's clock is not ours).
+const CLOCK_SKEW_SECS: i64 = 300;
+/// Pages of a provider's batch list read while looking for a lost create call's batch.
+const LIST_PAGES: usize = 10;
+
+/// The upstream batches a lost create call may have made, best match first.
+///
+/// OpenAI and Azure: the batch whose `metadata.sluice_batch` is the marker. Gemini: the
+/// batch whose `displayName` is the marker. Anthropic keeps nothing of ours on a batch
+/// that its list shows, so a batch there matches when it holds exactly the call's number
+/// of requests and was created since the call began (less [`CLOCK_SKEW_SECS`]), oldest
+/// first. A wrong match cannot mix lines up: results map back by `custom_id`, the line's
+/// job id, and lines without a result run live or end expired.
 pub(crate) async fn find(
     http: &reqwest::Client,
     api: Api,
     d: &Deployment,
-    marker: &str,
-) -> Result<Option<Submitted>, NativeError> {
+    lost: &LostCreate,
+) -> Result<Vec<Submitted>, NativeError> {
     match api {
         Api::OpenAi | Api::Azure => {
             let list = send_json(
@@ -271,24 +284,100 @@ pub(crate) async fn find(
                 http.get(format!("{}/batches?limit=100", openai_base(api, d))),
             )
             .await?;
-            let found = list
-                .get("data")
+            list.get("data")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-                .find(|b| b["metadata"][MARKER_KEY].as_str() == Some(marker));
-            match found {
-                None => Ok(None),
-                Some(b) => Ok(Some(Submitted {
-                    upstream_id: safe_id(str_field(b, "id")?)?.to_string(),
-                    file_id: b["input_file_id"].as_str().map(str::to_string),
-                })),
-            }
+                .filter(|b| b["metadata"][MARKER_KEY].as_str() == Some(lost.marker.as_str()))
+                .map(|b| {
+                    Ok(Submitted {
+                        upstream_id: safe_id(str_field(b, "id")?)?.to_string(),
+                        file_id: b["input_file_id"].as_str().map(str::to_string),
+                    })
+                })
+                .collect()
         }
-        Api::Anthropic | Api::Gemini => Err(NativeError::new(
-            ErrorClass::BadRequest,
-            "this batch API keeps no marker to look a batch up by",
-        )),
+        Api::Gemini => {
+            let mut found = Vec::new();
+            let mut token: Option<String> = None;
+            for _ in 0..LIST_PAGES {
+                let mut req = http
+                    .get(format!("{}/batches", gemini_root(d)))
+                    .query(&[("pageSize", "100")]);
+                if let Some(t) = &token {
+                    req = req.query(&[("pageToken", t.as_str())]);
+                }
+                let page = send_json(d, api, req).await?;
+                for op in page["operations"].as_array().into_iter().flatten() {
+                    let meta = &op["metadata"];
+                    let name = meta["displayName"]
+                        .as_str()
+                        .or(meta["display_name"].as_str());
+                    if name == Some(lost.marker.as_str()) {
+                        found.push(Submitted {
+                            upstream_id: safe_id(str_field(op, "name")?)?.to_string(),
+                            file_id: None,
+                        });
+                    }
+                }
+                token = page["nextPageToken"]
+                    .as_str()
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+            Ok(found)
+        }
+        Api::Anthropic => {
+            let cutoff = lost.since - chrono::Duration::seconds(CLOCK_SKEW_SECS);
+            let mut found: Vec<(chrono::DateTime<chrono::Utc>, Submitted)> = Vec::new();
+            let mut after: Option<String> = None;
+            for _ in 0..LIST_PAGES {
+                let mut req = http.get(anthropic_base(d)).query(&[("limit", "100")]);
+                if let Some(a) = &after {
+                    req = req.query(&[("after_id", a.as_str())]);
+                }
+                let page = send_json(d, api, req).await?;
+                let mut older = false;
+                for b in page["data"].as_array().into_iter().flatten() {
+                    let Some(created) = b["created_at"]
+                        .as_str()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                        .map(|t| t.with_timezone(&chrono::Utc))
+                    else {
+                        continue;
+                    };
+                    if created < cutoff {
+                        // Newest first: the rest are older still.
+                        older = true;
+                        continue;
+                    }
+                    let counts = &b["request_counts"];
+                    let requests: u64 =
+                        ["processing", "succeeded", "errored", "canceled", "expired"]
+                            .iter()
+                            .filter_map(|k| counts[*k].as_u64())
+                            .sum();
+                    if requests == lost.lines as u64 {
+                        found.push((
+                            created,
+                            Submitted {
+                                upstream_id: safe_id(str_field(b, "id")?)?.to_string(),
+                                file_id: None,
+                            },
+                        ));
+                    }
+                }
+                after = page["last_id"].as_str().map(str::to_string);
+                if older || page["has_more"].as_bool() != Some(true) || after.is_none() {
+                    break;
+                }
+            }
+            found.sort_by_key(|(created, _)| *created);
+            Ok(found.into_iter().map(|(_, s)| s).collect())
+        }
     }
 }
 
