@@ -577,3 +577,27 @@ async fn a_job_republished_from_the_outbox_continues_the_client_trace() -> Resul
     assert_eq!(traces, HashSet::from([trace_id]));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_langfuse_batch_refused_at_first_is_sent_again() -> Result<()> {
+    let receiver = Receiver::start().await?;
+    // The first two posts are refused (503).
+    receiver.fail_next_ingestions(2);
+    let run = start(&receiver).await?;
+    let (id, _) = run_job(&run, &[], false).await?;
+    let generation = eventually(
+        Duration::from_secs(30),
+        "the generation, retried",
+        || async {
+            receiver.ingestions().into_iter().find_map(|i| {
+                i.batch.into_iter().find(|e| {
+                    e["type"] == "generation-create" && e["body"]["traceId"] == id.as_str()
+                })
+            })
+        },
+    )
+    .await?;
+    assert_eq!(generation["body"]["model"], "sim-model");
+    assert_eq!(receiver.refused().1, 2, "two posts refused, then delivered");
+    Ok(())
+}

@@ -8,8 +8,11 @@
 //! The prompt (chat messages, or embeddings input) is the trace's and each generation's
 //! `input`: it is noted when the job starts here ([`Inputs`]) and taken when its end is
 //! queued. `turn_off_message_logging` leaves both the input and the output out.
-//! One background task batches the queue and posts it; whatever cannot be queued or
-//! delivered is counted in `sluice_callback_failures_total`.
+//! One background task batches the queue and posts it. A post that fails for a reason
+//! that may pass (no connection, a 5xx, a 429) is tried again after a backoff
+//! (`retry::CallbackRetry`, a few tries; none once the worker stops), in that task only:
+//! jobs keep queueing meanwhile. Whatever cannot be queued or delivered is counted in
+//! `sluice_callback_failures_total`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,6 +43,10 @@ pub fn describe() {
     describe_counter!(
         "sluice_callback_failures_total",
         "Usage callbacks not delivered, by callback and reason (queue_full, http, rejected)"
+    );
+    describe_counter!(
+        "sluice_callback_retries_total",
+        "Usage callback posts tried again after a failure that may pass, by callback"
     );
     describe_counter!(
         "sluice_callback_events_total",
@@ -318,28 +325,69 @@ pub async fn run(mut rx: mpsc::Receiver<Value>, langfuse: Langfuse, stop: Cancel
                 _ => break,
             }
         }
-        send(&http, &url, &auth, &mut batch).await;
+        send(&http, &url, &auth, &mut batch, &stop).await;
     }
     while let Ok(e) = rx.try_recv() {
         batch.push(e);
         if batch.len() >= BATCH {
-            send(&http, &url, &auth, &mut batch).await;
+            send(&http, &url, &auth, &mut batch, &stop).await;
         }
     }
     if !batch.is_empty() {
-        send(&http, &url, &auth, &mut batch).await;
+        send(&http, &url, &auth, &mut batch, &stop).await;
     }
 }
 
-async fn send(http: &reqwest::Client, url: &str, auth: &str, batch: &mut Vec<Value>) {
+/// Whether a failed post may succeed if tried again: no answer, a server error, or
+/// "too many requests". Other refusals (bad keys, a malformed batch) will not pass.
+fn worth_retrying(resp: &Result<reqwest::Response, reqwest::Error>) -> bool {
+    match resp {
+        Ok(r) => {
+            r.status().is_server_error() || r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
+        }
+        Err(_) => true,
+    }
+}
+
+/// Posts one batch, trying again after a backoff while the failure may pass and tries
+/// are left (none once `stop` is cancelled: the worker is going).
+async fn send(
+    http: &reqwest::Client,
+    url: &str,
+    auth: &str,
+    batch: &mut Vec<Value>,
+    stop: &CancellationToken,
+) {
     let n = batch.len();
     let body = json!({ "batch": std::mem::take(batch) });
-    let resp = http
-        .post(url)
-        .header("authorization", auth)
-        .json(&body)
-        .send()
-        .await;
+    let mut retry = crate::retry::CallbackRetry::new();
+    let resp = loop {
+        let resp = http
+            .post(url)
+            .header("authorization", auth)
+            .json(&body)
+            .send()
+            .await;
+        if !worth_retrying(&resp) || stop.is_cancelled() {
+            break resp;
+        }
+        let Some(wait) = retry.next() else {
+            break resp;
+        };
+        match &resp {
+            Ok(r) => {
+                tracing::debug!(status = %r.status(), events = n, ?wait, "langfuse ingestion failed; trying again")
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, events = n, ?wait, "cannot reach langfuse; trying again")
+            }
+        }
+        counter!("sluice_callback_retries_total", "callback" => "langfuse").increment(1);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => {}
+        }
+    };
     match resp {
         Ok(r) if r.status().is_success() => {
             // 207: each event's own status is in `errors`.
