@@ -371,7 +371,7 @@ async fn send(
         if !worth_retrying(&resp) || stop.is_cancelled() {
             break resp;
         }
-        let Some(wait) = retry.next() else {
+        let Some(wait) = retry.after_failure() else {
             break resp;
         };
         match &resp {

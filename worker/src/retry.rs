@@ -117,7 +117,7 @@ impl CallbackRetry {
 
     /// After a failed try: the wait before the next one, or `None` when the tries are
     /// spent.
-    pub fn next(&mut self) -> Option<Duration> {
+    pub fn after_failure(&mut self) -> Option<Duration> {
         if self.tries >= CALLBACK_TRIES {
             return None;
         }
@@ -196,13 +196,13 @@ mod tests {
         let mut r = CallbackRetry::new();
         for n in 0..CALLBACK_TRIES - 1 {
             let nominal = (0.5 * 2f64.powi(n as i32)).min(4.0);
-            let d = r.next().map(|d| d.as_secs_f64()).unwrap();
+            let d = r.after_failure().map(|d| d.as_secs_f64()).unwrap();
             assert!(
                 d >= nominal * 0.75 - 1e-9 && d <= nominal + 1e-9,
                 "retry {n}: {d} not in 75-100 % of {nominal}"
             );
         }
-        assert_eq!(r.next(), None, "{CALLBACK_TRIES} tries in all");
+        assert_eq!(r.after_failure(), None, "{CALLBACK_TRIES} tries in all");
     }
 
     #[test]
