@@ -601,3 +601,20 @@ async fn a_langfuse_batch_refused_at_first_is_sent_again() -> Result<()> {
     assert_eq!(receiver.refused().1, 2, "two posts refused, then delivered");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_export_refused_at_first_is_sent_again() -> Result<()> {
+    let receiver = Receiver::start().await?;
+    // Every export is refused (503) the first time: only a retried one gets in.
+    receiver.refuse_first_try_of_each_export();
+    let run = start(&receiver).await?;
+    let (id, _) = run_job(&run, &[], false).await?;
+    let trace = trace_of(&receiver, &id).await?;
+    let services: HashSet<&str> = trace.iter().map(|s| s.service.as_str()).collect();
+    assert_eq!(services, HashSet::from(["sluice-api", "sluice-worker"]));
+    assert!(
+        receiver.refused().0 >= 2,
+        "both services were refused at first"
+    );
+    Ok(())
+}

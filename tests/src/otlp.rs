@@ -61,6 +61,9 @@ struct Received {
     /// Posts refused so far, per endpoint.
     refused_traces: AtomicUsize,
     refused_ingestions: AtomicUsize,
+    /// Refuse each trace export the first time its body is seen (a retry is let in).
+    refuse_first_exports: std::sync::atomic::AtomicBool,
+    exports_seen: Mutex<std::collections::HashSet<u64>>,
 }
 
 /// Takes one from `left` if it is above zero: whether this post is to be refused.
@@ -113,6 +116,14 @@ impl Receiver {
     /// Answers the next `n` trace exports with 503 (nothing kept).
     pub fn fail_next_traces(&self, n: usize) {
         self.received.fail_traces.store(n, Ordering::SeqCst);
+    }
+
+    /// Answers each trace export with 503 the first time its body arrives, and keeps it
+    /// when the same body comes again: only an exporter that retries gets spans in.
+    pub fn refuse_first_try_of_each_export(&self) {
+        self.received
+            .refuse_first_exports
+            .store(true, Ordering::SeqCst);
     }
 
     /// Answers the next `n` Langfuse ingestion posts with 503 (nothing kept).
@@ -181,6 +192,20 @@ fn attributes(kvs: &[KeyValue]) -> HashMap<String, Value> {
 async fn traces(State(received): State<Arc<Received>>, body: Bytes) -> impl IntoResponse {
     if refuse(&received.fail_traces, &received.refused_traces) {
         return (StatusCode::SERVICE_UNAVAILABLE, Vec::new());
+    }
+    if received.refuse_first_exports.load(Ordering::SeqCst) {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        body.hash(&mut h);
+        let first = received
+            .exports_seen
+            .lock()
+            .map(|mut seen| seen.insert(h.finish()))
+            .unwrap_or(false);
+        if first {
+            received.refused_traces.fetch_add(1, Ordering::SeqCst);
+            return (StatusCode::SERVICE_UNAVAILABLE, Vec::new());
+        }
     }
     let Ok(request) = ExportTraceServiceRequest::decode(body) else {
         return (StatusCode::BAD_REQUEST, Vec::new());
