@@ -424,6 +424,11 @@ async fn the_langfuse_callback_receives_the_generation() -> Result<()> {
     let want = usage["input"].as_f64().unwrap() * 1e-6 + 3.0 * 2e-6;
     assert!((cost - want).abs() < 1e-9, "cost {cost} vs {want}");
     assert!(g["startTime"].is_string() && g["endTime"].is_string());
+    // The prompt is the generation's (and the trace's) input, the answer its output.
+    let prompt = job("traced", false)["messages"].clone();
+    assert_eq!(g["input"], prompt, "{g}");
+    assert_eq!(trace["body"]["input"], prompt);
+    assert_eq!(g["output"]["role"], "assistant", "{g}");
     assert_eq!(trace["body"]["name"], "traced");
     // The secret key never travels in a body.
     assert!(!generation.to_string().contains(LF_SECRET));
@@ -570,5 +575,46 @@ async fn a_job_republished_from_the_outbox_continues_the_client_trace() -> Resul
         .map(|s| s.trace_id.as_str())
         .collect();
     assert_eq!(traces, HashSet::from([trace_id]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_langfuse_batch_refused_at_first_is_sent_again() -> Result<()> {
+    let receiver = Receiver::start().await?;
+    // The first two posts are refused (503).
+    receiver.fail_next_ingestions(2);
+    let run = start(&receiver).await?;
+    let (id, _) = run_job(&run, &[], false).await?;
+    let generation = eventually(
+        Duration::from_secs(30),
+        "the generation, retried",
+        || async {
+            receiver.ingestions().into_iter().find_map(|i| {
+                i.batch.into_iter().find(|e| {
+                    e["type"] == "generation-create" && e["body"]["traceId"] == id.as_str()
+                })
+            })
+        },
+    )
+    .await?;
+    assert_eq!(generation["body"]["model"], "sim-model");
+    assert_eq!(receiver.refused().1, 2, "two posts refused, then delivered");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_export_refused_at_first_is_sent_again() -> Result<()> {
+    let receiver = Receiver::start().await?;
+    // Every export is refused (503) the first time: only a retried one gets in.
+    receiver.refuse_first_try_of_each_export();
+    let run = start(&receiver).await?;
+    let (id, _) = run_job(&run, &[], false).await?;
+    let trace = trace_of(&receiver, &id).await?;
+    let services: HashSet<&str> = trace.iter().map(|s| s.service.as_str()).collect();
+    assert_eq!(services, HashSet::from(["sluice-api", "sluice-worker"]));
+    assert!(
+        receiver.refused().0 >= 2,
+        "both services were refused at first"
+    );
     Ok(())
 }

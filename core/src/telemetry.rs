@@ -8,6 +8,9 @@
 //! standard variables themselves: `OTEL_EXPORTER_OTLP_*` (headers, timeout, compression),
 //! `OTEL_TRACES_SAMPLER` (+`_ARG`), `OTEL_BSP_*`, `OTEL_RESOURCE_ATTRIBUTES`.
 //! `OTEL_EXPORTER_OTLP_PROTOCOL` picks `http/protobuf` (the default) or `grpc`.
+//! Over HTTP, an export that fails for a reason that may pass (no connection, a 5xx, a
+//! 429) is tried again after 0.5, 1 and 2 s ([`Retrying`]), on the SDK's batch thread:
+//! nothing a request or a job waits for.
 //!
 //! JSON log lines (`--log-json`) carry `trace_id` and `span_id` when the line was written
 //! inside a traced span.
@@ -177,10 +180,14 @@ pub fn init(default_service: &str, json: bool) -> Guard {
 fn build(settings: &Settings) -> Result<SdkTracerProvider, String> {
     use opentelemetry_otlp::{SpanExporter, WithExportConfig as _};
     let exporter = match settings.protocol {
-        Protocol::HttpProtobuf => SpanExporter::builder()
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .build(),
+        Protocol::HttpProtobuf => {
+            use opentelemetry_otlp::WithHttpConfig as _;
+            SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_http_client(Retrying::new()?)
+                .build()
+        }
         Protocol::Grpc => SpanExporter::builder().with_tonic().build(),
     }
     .map_err(|e| format!("cannot build the OTLP exporter: {e}"))?;
@@ -195,6 +202,91 @@ fn build(settings: &Settings) -> Result<SdkTracerProvider, String> {
         .with_batch_exporter(exporter)
         .with_resource(resource)
         .build())
+}
+
+/// Tries of one OTLP/HTTP export before the SDK counts it as failed.
+const EXPORT_TRIES: u32 = 4;
+/// The wait after the first failed try; each later one doubles.
+const FIRST_EXPORT_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long one try may take unless `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` or
+/// `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds) says (the exporter's own default).
+const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The timeout of one export try, read as the exporter reads it.
+fn export_timeout(env: &dyn Fn(&str) -> Option<String>) -> std::time::Duration {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    ]
+    .iter()
+    .find_map(|k| env(k).and_then(|v| v.trim().parse::<u64>().ok()))
+    .map_or(EXPORT_TIMEOUT, std::time::Duration::from_millis)
+}
+
+/// The OTLP/HTTP exporter's client (blocking reqwest, as the exporter's own), trying an
+/// export again when it failed for a reason that may pass. It runs on the SDK's batch
+/// thread, so its waits hold back only the next export.
+#[derive(Debug)]
+struct Retrying {
+    inner: reqwest::blocking::Client,
+}
+
+impl Retrying {
+    fn new() -> Result<Retrying, String> {
+        let timeout = export_timeout(&|k| std::env::var(k).ok());
+        // The blocking client must not be built on a Tokio worker thread.
+        let inner = std::thread::spawn(move || {
+            reqwest::blocking::Client::builder()
+                .timeout(timeout)
+                .build()
+        })
+        .join()
+        .map_err(|_| "cannot build the OTLP HTTP client".to_string())?
+        .map_err(|e| format!("cannot build the OTLP HTTP client: {e}"))?;
+        Ok(Retrying { inner })
+    }
+}
+
+/// Whether a failed export may succeed if tried again: no answer, a server error, or
+/// "too many requests" (the client turns every non-2xx answer into an error).
+fn export_worth_retrying(e: &opentelemetry_http::HttpError) -> bool {
+    match e
+        .downcast_ref::<reqwest::Error>()
+        .and_then(reqwest::Error::status)
+    {
+        Some(status) => status.is_server_error() || status.as_u16() == 429,
+        None => true,
+    }
+}
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for Retrying {
+    async fn send_bytes(
+        &self,
+        request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
+    ) -> Result<
+        opentelemetry_http::Response<opentelemetry_http::Bytes>,
+        opentelemetry_http::HttpError,
+    > {
+        let (parts, body) = request.into_parts();
+        let mut wait = FIRST_EXPORT_RETRY;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut again = opentelemetry_http::Request::new(body.clone());
+            *again.method_mut() = parts.method.clone();
+            *again.uri_mut() = parts.uri.clone();
+            *again.headers_mut() = parts.headers.clone();
+            match self.inner.send_bytes(again).await {
+                Err(e) if tries < EXPORT_TRIES && export_worth_retrying(&e) => {
+                    // The batch thread has nothing else to do meanwhile.
+                    std::thread::sleep(wait);
+                    wait *= 2;
+                }
+                done => return done,
+            }
+        }
+    }
 }
 
 /// The JSON event format plus `trace_id` and `span_id` of the innermost traced span.
@@ -330,6 +422,30 @@ pub fn past_span(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_export_try_times_out_as_the_otlp_variables_say() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(export_timeout(&env(&[])), EXPORT_TIMEOUT);
+        assert_eq!(
+            export_timeout(&env(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")])),
+            std::time::Duration::from_millis(2500)
+        );
+        assert_eq!(
+            export_timeout(&env(&[
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "700")
+            ])),
+            std::time::Duration::from_millis(700)
+        );
+    }
     use super::*;
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {

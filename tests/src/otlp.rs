@@ -1,9 +1,11 @@
 //! Receivers of what Sluice exports, for the observability tests: an OTLP/HTTP trace
 //! receiver (`POST /v1/traces`, protobuf decoded with the opentelemetry-proto types) and a
 //! Langfuse-compatible ingestion endpoint (`POST /api/public/ingestion`, basic auth,
-//! answering 207 as Langfuse does). Both keep what they received for the test to read.
+//! answering 207 as Langfuse does). Both keep what they received for the test to read,
+//! and either can be told to fail its next posts (503) to exercise the senders' retries.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
@@ -53,6 +55,26 @@ pub struct IngestionSeen {
 struct Received {
     spans: Mutex<Vec<SpanSeen>>,
     ingestions: Mutex<Vec<IngestionSeen>>,
+    /// Posts still to refuse, per endpoint.
+    fail_traces: AtomicUsize,
+    fail_ingestions: AtomicUsize,
+    /// Posts refused so far, per endpoint.
+    refused_traces: AtomicUsize,
+    refused_ingestions: AtomicUsize,
+    /// Refuse each trace export the first time its body is seen (a retry is let in).
+    refuse_first_exports: std::sync::atomic::AtomicBool,
+    exports_seen: Mutex<std::collections::HashSet<u64>>,
+}
+
+/// Takes one from `left` if it is above zero: whether this post is to be refused.
+fn refuse(left: &AtomicUsize, refused: &AtomicUsize) -> bool {
+    let take = left
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if take {
+        refused.fetch_add(1, Ordering::SeqCst);
+    }
+    take
 }
 
 /// The running receiver.
@@ -89,6 +111,32 @@ impl Receiver {
             .lock()
             .map(|s| s.clone())
             .unwrap_or_default()
+    }
+
+    /// Answers the next `n` trace exports with 503 (nothing kept).
+    pub fn fail_next_traces(&self, n: usize) {
+        self.received.fail_traces.store(n, Ordering::SeqCst);
+    }
+
+    /// Answers each trace export with 503 the first time its body arrives, and keeps it
+    /// when the same body comes again: only an exporter that retries gets spans in.
+    pub fn refuse_first_try_of_each_export(&self) {
+        self.received
+            .refuse_first_exports
+            .store(true, Ordering::SeqCst);
+    }
+
+    /// Answers the next `n` Langfuse ingestion posts with 503 (nothing kept).
+    pub fn fail_next_ingestions(&self, n: usize) {
+        self.received.fail_ingestions.store(n, Ordering::SeqCst);
+    }
+
+    /// Trace exports and ingestion posts refused so far.
+    pub fn refused(&self) -> (usize, usize) {
+        (
+            self.received.refused_traces.load(Ordering::SeqCst),
+            self.received.refused_ingestions.load(Ordering::SeqCst),
+        )
     }
 
     /// Every ingestion request received so far.
@@ -142,6 +190,23 @@ fn attributes(kvs: &[KeyValue]) -> HashMap<String, Value> {
 }
 
 async fn traces(State(received): State<Arc<Received>>, body: Bytes) -> impl IntoResponse {
+    if refuse(&received.fail_traces, &received.refused_traces) {
+        return (StatusCode::SERVICE_UNAVAILABLE, Vec::new());
+    }
+    if received.refuse_first_exports.load(Ordering::SeqCst) {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        body.hash(&mut h);
+        let first = received
+            .exports_seen
+            .lock()
+            .map(|mut seen| seen.insert(h.finish()))
+            .unwrap_or(false);
+        if first {
+            received.refused_traces.fetch_add(1, Ordering::SeqCst);
+            return (StatusCode::SERVICE_UNAVAILABLE, Vec::new());
+        }
+    }
     let Ok(request) = ExportTraceServiceRequest::decode(body) else {
         return (StatusCode::BAD_REQUEST, Vec::new());
     };
@@ -185,6 +250,12 @@ async fn ingestion(
     headers: HeaderMap,
     body: Bytes,
 ) -> impl IntoResponse {
+    if refuse(&received.fail_ingestions, &received.refused_ingestions) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"message": "try again"})),
+        );
+    }
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
         return (
             StatusCode::BAD_REQUEST,

@@ -5,9 +5,17 @@
 //!
 //! Fired once the job's result is durable (the ledger writer is wrapped by [`Fired`]),
 //! through a bounded queue: a job never waits for a callback and holds no slot for one.
-//! One background task batches the queue and posts it; whatever cannot be queued or
-//! delivered is counted in `sluice_callback_failures_total`.
+//! The prompt (chat messages, or embeddings input) is the trace's and each generation's
+//! `input`: it is noted when the job starts here ([`Inputs`]) and taken when its end is
+//! queued. `turn_off_message_logging` leaves both the input and the output out.
+//! One background task batches the queue and posts it. A post that fails for a reason
+//! that may pass (no connection, a 5xx, a 429) is tried again after a backoff
+//! (`retry::CallbackRetry`, a few tries; none once the worker stops), in that task only:
+//! jobs keep queueing meanwhile. Whatever cannot be queued or delivered is counted in
+//! `sluice_callback_failures_total`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -18,9 +26,10 @@ use serde_json::{json, Value};
 use sluice_core::config::callbacks::{Callbacks, Langfuse};
 use sluice_core::group_commit::{Flush, FlushError};
 use sluice_core::store::{AttemptRecord, JobOutcome, LedgerEntry};
-use sluice_schemas::JobStatus;
+use sluice_schemas::{JobEnvelope, JobStatus};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 /// Jobs waiting to be sent; beyond this, callbacks are dropped (and counted).
 const QUEUE: usize = 10_000;
@@ -36,6 +45,10 @@ pub fn describe() {
         "Usage callbacks not delivered, by callback and reason (queue_full, http, rejected)"
     );
     describe_counter!(
+        "sluice_callback_retries_total",
+        "Usage callback posts tried again after a failure that may pass, by callback"
+    );
+    describe_counter!(
         "sluice_callback_events_total",
         "Usage callback events delivered, by callback"
     );
@@ -46,12 +59,56 @@ fn failed(reason: &'static str, n: usize) {
         .increment(n as u64);
 }
 
+/// The prompts of the jobs running on this worker, for their callbacks: noted when a job
+/// starts ([`Inputs::note`]), taken when its end is queued, forgotten when it leaves the
+/// worker any other way (`Ctx::release` in `worker/src/lib.rs`). Empty when messages are
+/// not logged.
+#[derive(Default)]
+pub struct Inputs {
+    redact: bool,
+    by_job: Mutex<HashMap<Uuid, Value>>,
+}
+
+impl Inputs {
+    /// Notes the prompt of the job in `envelope` (unless messages are not logged).
+    pub fn note(&self, envelope: &JobEnvelope) {
+        if self.redact {
+            return;
+        }
+        let input = match &envelope.embeddings {
+            Some(e) => serde_json::to_value(&e.input),
+            None => serde_json::to_value(&envelope.request.messages),
+        };
+        if let Ok(input) = input {
+            self.lock().insert(envelope.id, input);
+        }
+    }
+
+    /// The prompt noted for job `id`, taken.
+    fn take(&self, id: Uuid) -> Option<Value> {
+        self.lock().remove(&id)
+    }
+
+    /// Drops what was noted for job `id` (it left this worker).
+    pub fn forget(&self, id: Uuid) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Value>> {
+        // A panic while holding the lock cannot leave the map half-changed.
+        self.by_job
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// The queue's sending end, with which outcomes to send.
 #[derive(Clone)]
 pub struct Sender {
     tx: mpsc::Sender<Value>,
     on_success: bool,
     on_failure: bool,
+    inputs: Arc<Inputs>,
 }
 
 /// The queue and its sending end when the config names Langfuse; `None` otherwise.
@@ -63,6 +120,10 @@ pub fn channel(callbacks: &Callbacks) -> Option<(Sender, mpsc::Receiver<Value>, 
             tx,
             on_success: callbacks.langfuse_on_success,
             on_failure: callbacks.langfuse_on_failure,
+            inputs: Arc::new(Inputs {
+                redact: callbacks.redact_messages,
+                by_job: Mutex::default(),
+            }),
         },
         rx,
         langfuse,
@@ -70,7 +131,13 @@ pub fn channel(callbacks: &Callbacks) -> Option<(Sender, mpsc::Receiver<Value>, 
 }
 
 impl Sender {
+    /// Where the worker notes the prompts of the jobs it starts.
+    pub fn inputs(&self) -> Arc<Inputs> {
+        Arc::clone(&self.inputs)
+    }
+
     fn offer(&self, job: &JobOutcome, attempts: &[AttemptRecord]) {
+        let input = self.inputs.take(job.id);
         let wanted = if job.status == JobStatus::Succeeded {
             self.on_success
         } else {
@@ -79,7 +146,10 @@ impl Sender {
         if !wanted {
             return;
         }
-        for event in events(job, attempts) {
+        let messages = (!self.inputs.redact).then_some(Messages {
+            input: input.as_ref(),
+        });
+        for event in events(job, attempts, messages) {
             if self.tx.try_send(event).is_err() {
                 failed("queue_full", 1);
             }
@@ -123,14 +193,23 @@ fn event_id(kind: &str, id: &str) -> String {
     format!("{id}-{kind}")
 }
 
+/// What of the conversation a job's events carry; `None` (to [`events`]) when messages
+/// are not logged: then neither the input nor the output.
+#[derive(Clone, Copy)]
+struct Messages<'a> {
+    input: Option<&'a Value>,
+}
+
 /// Langfuse ingestion events for a finished job: its trace, and one generation per call.
-fn events(job: &JobOutcome, attempts: &[AttemptRecord]) -> Vec<Value> {
+fn events(job: &JobOutcome, attempts: &[AttemptRecord], messages: Option<Messages>) -> Vec<Value> {
     let trace_id = job.id.to_string();
     let ts = job.finished_at.to_rfc3339();
     let mut out = Vec::with_capacity(1 + attempts.len());
+    let input = messages.and_then(|m| m.input).cloned();
     let output = job
         .result
         .as_ref()
+        .filter(|_| messages.is_some())
         .and_then(|r| r.get("choices"))
         .and_then(|c| c.get(0))
         .and_then(|c| c.get("message"))
@@ -144,6 +223,7 @@ fn events(job: &JobOutcome, attempts: &[AttemptRecord]) -> Vec<Value> {
             "timestamp": job.created_at.to_rfc3339(),
             "name": job.model_group,
             "userId": job.owner,
+            "input": input,
             "output": output,
             "metadata": {
                 "sluice.job_id": trace_id,
@@ -201,6 +281,7 @@ fn events(job: &JobOutcome, attempts: &[AttemptRecord]) -> Vec<Value> {
                 "costDetails": cost,
                 "level": level,
                 "statusMessage": status,
+                "input": input,
                 "output": if i == last && a.error_class.is_none() { output.clone() } else { None },
                 "metadata": {
                     "deployment": a.deployment,
@@ -244,28 +325,69 @@ pub async fn run(mut rx: mpsc::Receiver<Value>, langfuse: Langfuse, stop: Cancel
                 _ => break,
             }
         }
-        send(&http, &url, &auth, &mut batch).await;
+        send(&http, &url, &auth, &mut batch, &stop).await;
     }
     while let Ok(e) = rx.try_recv() {
         batch.push(e);
         if batch.len() >= BATCH {
-            send(&http, &url, &auth, &mut batch).await;
+            send(&http, &url, &auth, &mut batch, &stop).await;
         }
     }
     if !batch.is_empty() {
-        send(&http, &url, &auth, &mut batch).await;
+        send(&http, &url, &auth, &mut batch, &stop).await;
     }
 }
 
-async fn send(http: &reqwest::Client, url: &str, auth: &str, batch: &mut Vec<Value>) {
+/// Whether a failed post may succeed if tried again: no answer, a server error, or
+/// "too many requests". Other refusals (bad keys, a malformed batch) will not pass.
+fn worth_retrying(resp: &Result<reqwest::Response, reqwest::Error>) -> bool {
+    match resp {
+        Ok(r) => {
+            r.status().is_server_error() || r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
+        }
+        Err(_) => true,
+    }
+}
+
+/// Posts one batch, trying again after a backoff while the failure may pass and tries
+/// are left (none once `stop` is cancelled: the worker is going).
+async fn send(
+    http: &reqwest::Client,
+    url: &str,
+    auth: &str,
+    batch: &mut Vec<Value>,
+    stop: &CancellationToken,
+) {
     let n = batch.len();
     let body = json!({ "batch": std::mem::take(batch) });
-    let resp = http
-        .post(url)
-        .header("authorization", auth)
-        .json(&body)
-        .send()
-        .await;
+    let mut retry = crate::retry::CallbackRetry::new();
+    let resp = loop {
+        let resp = http
+            .post(url)
+            .header("authorization", auth)
+            .json(&body)
+            .send()
+            .await;
+        if !worth_retrying(&resp) || stop.is_cancelled() {
+            break resp;
+        }
+        let Some(wait) = retry.after_failure() else {
+            break resp;
+        };
+        match &resp {
+            Ok(r) => {
+                tracing::debug!(status = %r.status(), events = n, ?wait, "langfuse ingestion failed; trying again")
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, events = n, ?wait, "cannot reach langfuse; trying again")
+            }
+        }
+        counter!("sluice_callback_retries_total", "callback" => "langfuse").increment(1);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => {}
+        }
+    };
     match resp {
         Ok(r) if r.status().is_success() => {
             // 207: each event's own status is in `errors`.
@@ -361,8 +483,16 @@ mod tests {
             attempt(&job, 1, Some(ErrorClass::RateLimit)),
             attempt(&job, 2, None),
         ];
-        let events = events(&job, &calls);
+        let prompt = json!([{"role": "user", "content": "hello"}]);
+        let events = events(
+            &job,
+            &calls,
+            Some(Messages {
+                input: Some(&prompt),
+            }),
+        );
         assert_eq!(events.len(), 3);
+        assert_eq!(events[0]["body"]["input"], prompt);
         assert_eq!(events[0]["type"], "trace-create");
         assert_eq!(events[0]["body"]["id"], job.id.to_string());
         let failed = &events[1]["body"];
@@ -380,10 +510,58 @@ mod tests {
         );
         assert_eq!(ok["costDetails"]["total"], 0.000035);
         assert_eq!(ok["output"]["content"], "hi");
+        assert_eq!(ok["input"], prompt);
+        assert_eq!(failed["input"], prompt);
         // Envelope ids differ, so Langfuse does not drop one as a duplicate.
         let ids: std::collections::HashSet<_> =
             events.iter().map(|e| e["id"].to_string()).collect();
         assert_eq!(ids.len(), 3);
+    }
+
+    #[test]
+    fn with_message_logging_off_neither_input_nor_output_is_sent() {
+        let job = outcome(JobStatus::Succeeded);
+        let events = events(&job, &[attempt(&job, 1, None)], None);
+        for e in &events {
+            assert!(e["body"]["input"].is_null(), "{e}");
+            assert!(e["body"]["output"].is_null(), "{e}");
+        }
+        assert_eq!(events[1]["body"]["usageDetails"]["output"], 5);
+    }
+
+    #[test]
+    fn the_noted_prompt_goes_with_the_job_unless_message_logging_is_off() {
+        for redact in [false, true] {
+            let (tx, mut rx) = mpsc::channel(16);
+            let sender = Sender {
+                tx,
+                on_success: true,
+                on_failure: true,
+                inputs: Arc::new(Inputs {
+                    redact,
+                    by_job: Mutex::default(),
+                }),
+            };
+            let job = outcome(JobStatus::Succeeded);
+            let envelope: JobEnvelope = serde_json::from_value(json!({
+                "id": job.id,
+                "request": {"model": "fast", "messages": [{"role": "user", "content": "secret plans"}]},
+            }))
+            .unwrap();
+            sender.inputs().note(&envelope);
+            sender.offer(&job, &[attempt(&job, 1, None)]);
+            let trace = rx.try_recv().unwrap();
+            let generation = rx.try_recv().unwrap();
+            if redact {
+                assert!(!trace.to_string().contains("secret plans"), "{trace}");
+                assert!(!generation.to_string().contains("secret plans"));
+                assert!(generation["body"]["output"].is_null());
+            } else {
+                assert_eq!(generation["body"]["input"][0]["content"], "secret plans");
+                assert_eq!(trace["body"]["input"][0]["content"], "secret plans");
+            }
+            assert!(sender.inputs.take(job.id).is_none(), "taken once");
+        }
     }
 
     #[test]
@@ -393,6 +571,7 @@ mod tests {
             tx,
             on_success: true,
             on_failure: false,
+            inputs: Arc::default(),
         };
         let job = outcome(JobStatus::Failed);
         only_success.offer(&job, &[attempt(&job, 1, Some(ErrorClass::Server))]);

@@ -110,6 +110,8 @@ pub(crate) struct Ctx {
     pub tally: Arc<tally::Tally>,
     /// The response cache, when `litellm_settings.cache` is on.
     pub cache: Option<cache::Cache>,
+    /// The prompts of running jobs, for the usage callbacks (when Langfuse is on).
+    pub callback_inputs: Option<Arc<callbacks::Inputs>>,
 }
 
 impl Ctx {
@@ -125,6 +127,9 @@ impl Ctx {
     }
 
     fn release(&self, id: Uuid) {
+        if let Some(inputs) = &self.callback_inputs {
+            inputs.forget(id);
+        }
         self.inflight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -197,6 +202,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         Some((sender, rx, langfuse)) => (Some(sender), Some((rx, langfuse))),
         None => (None, None),
     };
+    let callback_inputs = callback_sender.as_ref().map(callbacks::Sender::inputs);
     let background = TaskTracker::new();
     let ledger = Batcher::spawn(
         "ledger",
@@ -207,7 +213,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
             callback_sender,
         ),
     );
-    let ctx = Arc::new(context(&config, &admin_state, ledger)?);
+    let ctx = Arc::new(Ctx {
+        callback_inputs,
+        ..context(&config, &admin_state, ledger)?
+    });
     let slots = Slots::new(config.worker.capacity, DEFAULT_WEIGHTS);
     let ops = Ops::start(&ctx, &slots, &admin_state, admin_listener, callback_queue);
     tracing::info!(worker = %ctx.worker_id, capacity = config.worker.capacity, deployments = config.deployments.len(), "worker started");
@@ -301,6 +310,7 @@ fn context(
         settlements: TaskTracker::new(),
         inflight: Mutex::new(HashMap::new()),
         tally: Arc::new(tally::Tally::default()),
+        callback_inputs: None,
     })
 }
 

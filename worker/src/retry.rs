@@ -9,6 +9,9 @@
 //! - [`delivery_delay`]: the wait before a durable delivery of a job's end (webhook,
 //!   reply subject) is tried again: the same doubling, up to five minutes
 //!   (`worker/src/deliveries.rs`).
+//! - [`CallbackRetry`]: the waits between the tries of one usage-callback batch
+//!   (`worker/src/callbacks.rs`): the same doubling up to 4 s, [`CALLBACK_TRIES`] tries
+//!   in all.
 
 use std::time::Duration;
 
@@ -81,6 +84,48 @@ fn exponential(first: Duration, max: Duration, randomization: f64) -> Exponentia
     b
 }
 
+/// Tries of one usage-callback batch before it is counted as failed.
+pub const CALLBACK_TRIES: u32 = 4;
+/// The longest wait between two tries of a callback batch.
+const MAX_CALLBACK_WAIT: Duration = Duration::from_secs(4);
+
+/// The waits between the tries of one usage-callback batch: 0.5 s doubling to 4 s (each
+/// drawn from 75–100 % of its step), and none after the last of [`CALLBACK_TRIES`].
+#[derive(Debug)]
+pub struct CallbackRetry {
+    backoff: ExponentialBackoff,
+    tries: u32,
+}
+
+impl Default for CallbackRetry {
+    fn default() -> Self {
+        CallbackRetry::new()
+    }
+}
+
+impl CallbackRetry {
+    pub fn new() -> Self {
+        CallbackRetry {
+            backoff: exponential(
+                FIRST_RETRY.mul_f64(JITTER_CENTRE),
+                MAX_CALLBACK_WAIT.mul_f64(JITTER_CENTRE),
+                JITTER,
+            ),
+            tries: 1,
+        }
+    }
+
+    /// After a failed try: the wait before the next one, or `None` when the tries are
+    /// spent.
+    pub fn after_failure(&mut self) -> Option<Duration> {
+        if self.tries >= CALLBACK_TRIES {
+            return None;
+        }
+        self.tries += 1;
+        Some(self.backoff.next_backoff().unwrap_or(MAX_CALLBACK_WAIT))
+    }
+}
+
 /// The wait before delivery try `n + 1` of a job's end (webhook, reply): the same
 /// doubling as calls, with 0.75–1.0 jitter, up to five minutes, since a receiver may be
 /// down for a while.
@@ -144,6 +189,20 @@ mod tests {
                 "step {n}: {d} not in 75-100 % of {nominal}"
             );
         }
+    }
+
+    #[test]
+    fn a_callback_batch_gets_its_tries_with_doubling_waits_then_none() {
+        let mut r = CallbackRetry::new();
+        for n in 0..CALLBACK_TRIES - 1 {
+            let nominal = (0.5 * 2f64.powi(n as i32)).min(4.0);
+            let d = r.after_failure().map(|d| d.as_secs_f64()).unwrap();
+            assert!(
+                d >= nominal * 0.75 - 1e-9 && d <= nominal + 1e-9,
+                "retry {n}: {d} not in 75-100 % of {nominal}"
+            );
+        }
+        assert_eq!(r.after_failure(), None, "{CALLBACK_TRIES} tries in all");
     }
 
     #[test]

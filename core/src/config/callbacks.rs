@@ -2,7 +2,8 @@
 //! `callbacks` (both). Sluice acts on `langfuse` (its ingestion API, configured by
 //! `LANGFUSE_PUBLIC_KEY`, `LANGFUSE_SECRET_KEY`, `LANGFUSE_HOST`) and `otel` (the trace
 //! export, configured by the `OTEL_*` variables); other names are reported as not acted
-//! on. The worker sends them (`worker/src/callbacks.rs`).
+//! on. `turn_off_message_logging: true` keeps the prompt and the answer out of them. The
+//! worker sends them (`worker/src/callbacks.rs`).
 
 use std::collections::BTreeMap;
 
@@ -29,6 +30,9 @@ pub struct Callbacks {
     pub otel: bool,
     /// Set when Langfuse is named in either list.
     pub langfuse: Option<Langfuse>,
+    /// `litellm_settings.turn_off_message_logging`: callbacks carry usage, cost and
+    /// timings but neither the prompt nor the answer.
+    pub redact_messages: bool,
 }
 
 impl Callbacks {
@@ -38,6 +42,8 @@ impl Callbacks {
 }
 
 pub(super) const KEYS: &[&str] = &["success_callback", "failure_callback", "callbacks"];
+/// The message-logging switch, read here as well.
+pub(super) const REDACT_KEY: &str = "turn_off_message_logging";
 
 /// Reads the three keys of `litellm_settings`; names it does not act on go to `ignored`.
 pub(super) fn resolve(
@@ -46,7 +52,21 @@ pub(super) fn resolve(
     env: &dyn Env,
     ignored: &mut Vec<String>,
 ) -> Result<Callbacks, ConfigError> {
-    let mut out = Callbacks::default();
+    let redact_messages = match settings.get(REDACT_KEY) {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ConfigError::Invalid {
+                file: file.to_string(),
+                key: format!("litellm_settings.{REDACT_KEY}"),
+                message: "expected true or false".into(),
+            })
+        }
+    };
+    let mut out = Callbacks {
+        redact_messages,
+        ..Callbacks::default()
+    };
     for key in KEYS {
         let names: Vec<&str> = match settings.get(*key) {
             None | Some(Value::Null) => continue,
@@ -136,6 +156,23 @@ mod tests {
         assert_eq!(lf.host, "https://lf.example.com");
         assert_eq!(lf.public_key, "pk-lf-1");
         assert_eq!(ignored, ["litellm_settings.callbacks: prometheus"]);
+        assert!(!c.redact_messages);
+        let c = resolve(
+            "f",
+            &settings("success_callback: [\"langfuse\"]\nturn_off_message_logging: true"),
+            &env,
+            &mut ignored,
+        )
+        .unwrap();
+        assert!(c.redact_messages);
+        let e = resolve(
+            "f",
+            &settings("turn_off_message_logging: maybe"),
+            &env,
+            &mut ignored,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("turn_off_message_logging"), "{e}");
     }
 
     #[test]

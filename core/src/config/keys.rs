@@ -41,6 +41,7 @@ pub(super) const LITELLM_KEYS: &[&str] = &[
     "callbacks",
     "cache",
     "cache_params",
+    "turn_off_message_logging",
 ];
 pub(super) const GENERAL_KEYS: &[&str] = &["master_key"];
 /// `litellm_params` keys acted on so far.

@@ -14,7 +14,7 @@
 
 mod attempt;
 mod cached;
-mod eligible;
+pub(crate) mod eligible;
 mod embed;
 mod outcome;
 
@@ -65,6 +65,9 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, tier: Tier) {
             .await;
         return;
     };
+    if let Some(inputs) = &ctx.callback_inputs {
+        inputs.note(&envelope);
+    }
     let span = crate::trace::job(id, tier, delivery, msg.headers.as_ref());
     span.in_scope(|| crate::trace::queue_wait(&msg));
     let delivery = u32::try_from(delivery).unwrap_or(u32::MAX);
