@@ -40,14 +40,15 @@ async fn a_job_whose_message_was_deleted_ends_failed_and_the_rest_run() -> Resul
     let lost = lost["id"].as_str().context("no id")?.to_string();
     let kept = common::submit_many(&http, &stack.api_url, "fast", "normal", 5).await?;
 
-    // Each published job's row records where its message sits in the jobs stream.
+    // Each published job has where its message sits in the jobs stream on record.
     let store = env.store().await?;
     let seq: i64 = eventually(
         Duration::from_secs(30),
         "stream sequences recorded",
         || async {
             let known: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM jobs WHERE stream_seq IS NOT NULL AND status = 'queued'",
+                "SELECT count(*) FROM jobs j JOIN job_stream_seqs s ON s.job_id = j.id
+                 WHERE j.status = 'queued'",
             )
             .fetch_one(store.pool())
             .await
@@ -55,7 +56,7 @@ async fn a_job_whose_message_was_deleted_ends_failed_and_the_rest_run() -> Resul
             if known < 6 {
                 return None;
             }
-            sqlx::query_scalar("SELECT stream_seq FROM jobs WHERE id = $1::uuid")
+            sqlx::query_scalar("SELECT seq FROM job_stream_seqs WHERE job_id = $1::uuid")
                 .bind(&lost)
                 .fetch_one(store.pool())
                 .await

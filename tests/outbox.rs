@@ -89,11 +89,12 @@ async fn an_api_killed_between_record_and_publish_still_runs_the_job() -> Result
         Duration::from_secs(30),
         "stream sequence recorded",
         || async {
-            let seq: Option<i64> = sqlx::query_scalar("SELECT stream_seq FROM jobs WHERE id = $1")
-                .bind(id)
-                .fetch_one(store.pool())
-                .await
-                .ok()?;
+            let seq: Option<i64> =
+                sqlx::query_scalar("SELECT seq FROM job_stream_seqs WHERE job_id = $1")
+                    .bind(id)
+                    .fetch_optional(store.pool())
+                    .await
+                    .ok()?;
             seq.is_some_and(|s| s > 0).then_some(())
         },
     )
@@ -133,9 +134,11 @@ async fn a_published_job_leaves_nothing_in_the_outbox() -> Result<()> {
     .await?;
     assert_eq!(sim.requests(), ids.len() as u64, "each job called once");
     // Each acknowledged publish recorded its own stream sequence.
-    let seqs: Vec<Option<i64>> = sqlx::query_scalar("SELECT stream_seq FROM jobs")
-        .fetch_all(store.pool())
-        .await?;
+    let seqs: Vec<Option<i64>> = sqlx::query_scalar(
+        "SELECT s.seq FROM jobs j LEFT JOIN job_stream_seqs s ON s.job_id = j.id",
+    )
+    .fetch_all(store.pool())
+    .await?;
     let distinct: std::collections::HashSet<i64> = seqs.iter().flatten().copied().collect();
     assert_eq!(distinct.len(), ids.len(), "one sequence per job: {seqs:?}");
     stack.stop().await;

@@ -106,6 +106,9 @@ impl AppState {
     }
 }
 
+/// Job-insert flushes running at once (see `Batcher::spawn_overlapping`).
+const JOB_FLUSHES: usize = 4;
+
 /// Writes job inserts, and with them the outbox upkeep of jobs published meanwhile.
 struct JobsFlush(Store, Arc<outbox::Published>);
 
@@ -265,9 +268,12 @@ pub async fn serve_with(
 
     let background = TaskTracker::new();
     let outbox = Arc::new(outbox::Published::default());
-    let jobs = Batcher::spawn(
+    // Job inserts do not order one another: a few flushes overlap, so a submission waits
+    // for about one commit, not for the running one and then its own.
+    let jobs = Batcher::spawn_overlapping(
         "jobs",
         512,
+        JOB_FLUSHES,
         &background,
         JobsFlush(store.clone(), Arc::clone(&outbox)),
     );

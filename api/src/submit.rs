@@ -405,7 +405,8 @@ async fn enqueue(
         disable_fallbacks: body.disable_fallbacks.unwrap_or(false),
         user_agent: body.user_agent,
     };
-    let payload = serde_json::to_vec(&envelope).map_err(|e| ApiError::internal(e.to_string()))?;
+    let payload =
+        serde_json::to_string(&envelope).map_err(|e| ApiError::internal(e.to_string()))?;
     let subject = state.subjects.jobs(tier);
     // The row and its envelope (the outbox) are durable before the publish: whatever
     // happens after, the job runs (see api/src/outbox.rs).
@@ -421,7 +422,7 @@ async fn enqueue(
             metadata: body.metadata.map(Value::Object),
             created_at: now,
             subject: Some(subject.clone()),
-            payload: Some(String::from_utf8_lossy(&payload).into_owned()),
+            payload: Some(payload.clone()),
             request_id: crate::access::request_id(),
             // The "send jobs" span: a republish from the outbox continues it.
             traceparent: sluice_core::telemetry::current_traceparent(),
@@ -455,7 +456,8 @@ async fn enqueue(
 
     let published = async {
         // Larger than a message may be: by reference (see `sluice_core::bodies`).
-        let (headers, payload) = crate::bodies::job_message(state, id, payload).await?;
+        let (headers, payload) =
+            crate::bodies::job_message(state, id, payload.into_bytes()).await?;
         // A short wait for a stream that is electing a leader (a NATS node lost); past it
         // the outbox publishes the job.
         let ack = sluice_core::nats::publish_acked(

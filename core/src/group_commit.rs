@@ -5,12 +5,15 @@
 //! pays no delay; a busy one amortises one round trip over many rows. A failed flush is
 //! retried with backoff for a bounded time before its callers get the error. A batch the
 //! database refuses for what one row holds (a [`FlushError::permanent`] error) is written
-//! again row by row at once: the bad row fails alone and fast, the others succeed.
+//! again row by row at once: the bad row fails alone and fast, the others succeed. A
+//! writer whose rows do not order one another may run a few flushes at once
+//! ([`Batcher::spawn_overlapping`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
@@ -75,14 +78,30 @@ impl<T, R> Clone for Batcher<T, R> {
 const RETRY_FOR: Duration = Duration::from_secs(30);
 
 impl<T: Send + Sync + 'static, R: Send + 'static> Batcher<T, R> {
+    /// A writer that flushes one batch at a time: a batch is written only after the one
+    /// before it (what a writer whose rows order one another needs).
     pub fn spawn<F: Flush<T, Out = R>>(
         name: &'static str,
         max_batch: usize,
         tracker: &TaskTracker,
         flush: F,
     ) -> Self {
+        Self::spawn_overlapping(name, max_batch, 1, tracker, flush)
+    }
+
+    /// A writer with up to `in_flight` flushes running at once, for rows that do not order
+    /// one another: a new batch starts while earlier ones wait for their commit, so a
+    /// caller waits about one flush instead of the rest of the running one and then its
+    /// own. `in_flight` 1 is [`Batcher::spawn`].
+    pub fn spawn_overlapping<F: Flush<T, Out = R>>(
+        name: &'static str,
+        max_batch: usize,
+        in_flight: usize,
+        tracker: &TaskTracker,
+        flush: F,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(max_batch * 4);
-        tracker.spawn(run(name, max_batch, rx, Arc::new(flush)));
+        tracker.spawn(run(name, max_batch, in_flight.max(1), rx, Arc::new(flush)));
         Batcher { name, tx }
     }
 
@@ -111,56 +130,78 @@ impl<T: Send + Sync + 'static, R: Send + 'static> Batcher<T, R> {
 async fn run<T: Send + Sync, F: Flush<T>>(
     name: &'static str,
     max_batch: usize,
+    in_flight: usize,
     mut rx: mpsc::Receiver<Item<T, F::Out>>,
     flush: Arc<F>,
 ) {
-    let mut items: Vec<Item<T, F::Out>> = Vec::with_capacity(max_batch);
-    let mut values: Vec<T> = Vec::with_capacity(max_batch);
+    let mut flushing = FuturesUnordered::new();
+    let mut open = true;
     loop {
-        if rx.recv_many(&mut items, max_batch).await == 0 {
+        if !open && flushing.is_empty() {
             return;
         }
-        let mut replies = Vec::with_capacity(items.len());
-        for item in items.drain(..) {
-            values.push(item.value);
-            replies.push(item.reply);
-        }
-        let outcome = flush_retrying(name, &*flush, &values).await;
-        match outcome {
-            Ok(outs) => answer(replies, outs.into_iter().map(Ok)),
-            Err(e) if e.permanent && values.len() > 1 => {
-                // One row spoiled the batch: write each alone, so only that row fails.
-                tracing::warn!(writer = name, rows = values.len(), error = %e.message, "batch refused; writing row by row");
-                let mut outs = Vec::with_capacity(values.len());
-                for value in values.chunks(1) {
-                    outs.push(
-                        flush_retrying(name, &*flush, value)
-                            .await
-                            .map(|mut out| out.remove(0)),
-                    );
+        let mut items: Vec<Item<T, F::Out>> = Vec::new();
+        tokio::select! {
+            biased;
+            Some(()) = flushing.next(), if !flushing.is_empty() => {}
+            // `recv_many` is cancel safe: nothing is taken when the other branch wins.
+            n = rx.recv_many(&mut items, max_batch), if open && flushing.len() < in_flight => {
+                if n == 0 {
+                    open = false;
+                } else {
+                    flushing.push(write_batch(name, Arc::clone(&flush), items));
                 }
-                answer(
-                    replies,
-                    outs.into_iter().map(|r| {
-                        r.map_err(|e| BatchError::Failed {
-                            writer: name,
-                            message: e.message,
-                        })
-                    }),
+            }
+        }
+    }
+}
+
+/// Writes one batch and answers its callers.
+async fn write_batch<T: Send + Sync, F: Flush<T>>(
+    name: &'static str,
+    flush: Arc<F>,
+    items: Vec<Item<T, F::Out>>,
+) {
+    let mut replies = Vec::with_capacity(items.len());
+    let mut values = Vec::with_capacity(items.len());
+    for item in items {
+        values.push(item.value);
+        replies.push(item.reply);
+    }
+    let outcome = flush_retrying(name, &*flush, &values).await;
+    match outcome {
+        Ok(outs) => answer(replies, outs.into_iter().map(Ok)),
+        Err(e) if e.permanent && values.len() > 1 => {
+            // One row spoiled the batch: write each alone, so only that row fails.
+            tracing::warn!(writer = name, rows = values.len(), error = %e.message, "batch refused; writing row by row");
+            let mut outs = Vec::with_capacity(values.len());
+            for value in values.chunks(1) {
+                outs.push(
+                    flush_retrying(name, &*flush, value)
+                        .await
+                        .map(|mut out| out.remove(0)),
                 );
             }
-            Err(e) => {
-                tracing::error!(writer = name, error = %e.message, "batch write gave up");
-                let failed = (0..replies.len()).map(|_| {
-                    Err(BatchError::Failed {
+            answer(
+                replies,
+                outs.into_iter().map(|r| {
+                    r.map_err(|e| BatchError::Failed {
                         writer: name,
-                        message: e.message.clone(),
+                        message: e.message,
                     })
-                });
-                answer(replies, failed.collect::<Vec<_>>());
-            }
+                }),
+            );
         }
-        values.clear();
+        Err(e) => {
+            tracing::error!(writer = name, error = %e.message, "batch write gave up");
+            let failed = (0..replies.len()).map(|_| {
+                Err(BatchError::Failed {
+                    writer: name,
+                    message: e.message.clone(),
+                })
+            });
+            answer(replies, failed.collect::<Vec<_>>());
+        }
     }
 }
 
@@ -264,6 +305,56 @@ mod tests {
         drop(b);
         tracker.close();
         tracker.wait().await;
+    }
+
+    /// Counts the flushes running at once; each takes 10 ms.
+    struct Slow {
+        running: Arc<AtomicUsize>,
+        most: Arc<AtomicUsize>,
+    }
+
+    impl Flush<u32> for Slow {
+        type Out = u32;
+        fn flush<'a>(&'a self, items: &'a [u32]) -> BoxFuture<'a, Result<Vec<u32>, FlushError>> {
+            Box::pin(async move {
+                let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                self.running.fetch_sub(1, Ordering::SeqCst);
+                Ok(items.to_vec())
+            })
+        }
+    }
+
+    async fn most_at_once(in_flight: usize) -> usize {
+        let tracker = TaskTracker::new();
+        let most = Arc::new(AtomicUsize::new(0));
+        let b = Batcher::spawn_overlapping(
+            "test",
+            4,
+            in_flight,
+            &tracker,
+            Slow {
+                running: Arc::default(),
+                most: most.clone(),
+            },
+        );
+        let futs: Vec<_> = (0..40u32)
+            .map(|i| {
+                let b = b.clone();
+                async move { (i, b.write(i).await.unwrap()) }
+            })
+            .collect();
+        for (i, out) in futures::future::join_all(futs).await {
+            assert_eq!(out, i);
+        }
+        most.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overlapping_writer_runs_up_to_its_flushes_at_once_and_a_plain_one_only_one() {
+        assert_eq!(most_at_once(3).await, 3);
+        assert_eq!(most_at_once(1).await, 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,9 +4,10 @@
 //! so a copy that did arrive is dropped by the stream's deduplication. Every worker runs
 //! it; concurrent republishes of one entry are deduplicated the same way.
 //!
-//! It also ends jobs whose message is gone: when a publish is acknowledged, the job row
-//! records the message's stream sequence (`Store::outbox_published`; a batch line's is
-//! recorded by the batch driver, `api/src/batches.rs`). An unfinished job
+//! It also ends jobs whose message is gone: when a publish is acknowledged, the
+//! message's stream sequence is recorded beside the job row (`Store::outbox_published`,
+//! table `job_stream_seqs`; a batch line's, on the row, by the batch driver,
+//! `api/src/batches.rs`). An unfinished job
 //! with no outbox entry, not updated for `sluice.worker.lost_message_grace_secs`, whose
 //! sequence no longer holds its message in the jobs stream (purged or deleted by an
 //! operator, expired by the stream's limits, lost with a NATS node's data) can never be

@@ -26,6 +26,9 @@ pub struct NewJob {
     /// Where the job's envelope is published, and the envelope: kept in the outbox until
     /// the publish is acknowledged (see [`Store::outbox_due`]).
     pub subject: Option<String>,
+    /// Bound as a `text[]` of its own, not inside the rows' JSON: escaping an envelope
+    /// into JSON and parsing it back out cost more than the rest of the row.
+    #[serde(skip)]
     pub payload: Option<String>,
     /// The `x-request-id` of the request that submitted it.
     pub request_id: Option<String>,
@@ -134,18 +137,24 @@ impl Store {
         let rows = crate::pgtext::rows_param(jobs, &[])?;
         let (ids, seqs) = super::outbox::published_params(published);
         // The job row and its outbox entry in one statement: a job is never recorded
-        // without the envelope that lets a reconciler publish it. The published jobs are
-        // other rows (recorded by earlier statements), locked in id order as in
-        // `outbox_published`.
+        // without the envelope that lets a reconciler publish it. The published jobs'
+        // sequences go to `job_stream_seqs`, not to their job rows: no job row a worker
+        // may be claiming is locked here (see `outbox_published`). Rows are inserted in
+        // key order, so two of these statements (the api runs several at once) never
+        // wait on each other in opposite orders.
         let inserted: Vec<Uuid> = sqlx::query_scalar(
             "WITH input AS (
-                SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, owner text, idempotency_key text,
-                     model_group text, tier text, reply_subject text, metadata jsonb, created_at timestamptz,
-                     subject text, payload text, request_id text, traceparent text)
+                SELECT * FROM ROWS FROM (
+                    jsonb_to_recordset($1::jsonb) AS (id uuid, owner text, idempotency_key text,
+                        model_group text, tier text, reply_subject text, metadata jsonb, created_at timestamptz,
+                        subject text, request_id text, traceparent text),
+                    unnest($4::text[])
+                ) AS t(id, owner, idempotency_key, model_group, tier, reply_subject, metadata, created_at,
+                       subject, request_id, traceparent, payload)
              ), inserted AS (
                 INSERT INTO jobs (id, owner, idempotency_key, model_group, tier, status, reply_subject, metadata, created_at, request_id)
                 SELECT id, owner, idempotency_key, model_group, tier, 'queued', reply_subject, metadata, created_at, request_id
-                FROM input
+                FROM input ORDER BY owner, idempotency_key, id
                 ON CONFLICT DO NOTHING
                 RETURNING id
              ), outbox AS (
@@ -157,17 +166,16 @@ impl Store {
                 SELECT * FROM unnest($2::uuid[], $3::bigint[]) AS p(id, seq)
              ), gone AS (
                 DELETE FROM job_outbox WHERE job_id IN (SELECT id FROM published)
-             ), locked AS (
-                SELECT j.id FROM jobs j WHERE j.id IN (SELECT id FROM published) ORDER BY j.id FOR UPDATE
              ), sequenced AS (
-                UPDATE jobs SET stream_seq = p.seq FROM published p, locked l
-                WHERE jobs.id = p.id AND l.id = p.id
+                INSERT INTO job_stream_seqs (job_id, seq) SELECT id, seq FROM published ORDER BY id
+                ON CONFLICT (job_id) DO UPDATE SET seq = EXCLUDED.seq
              )
              SELECT id FROM inserted",
         )
         .bind(rows)
         .bind(&ids)
         .bind(&seqs)
+        .bind(jobs.iter().map(|j| j.payload.as_deref()).collect::<Vec<_>>())
         .fetch_all(&self.pool)
         .await?;
         let mut out = Vec::with_capacity(jobs.len());

@@ -11,7 +11,7 @@ use super::{JobRow, Store, StoreError};
 
 impl Store {
     /// Unfinished jobs a reconciler should look for in the jobs stream: no outbox entry,
-    /// a known stream sequence, and neither updated nor looked at for `grace`; up to
+    /// a known stream sequence (`job_stream_seqs`, else the job row's), and neither updated nor looked at for `grace`; up to
     /// `limit`, taken for this look (rows another worker is taking are skipped).
     pub async fn lost_candidates(
         &self,
@@ -20,17 +20,18 @@ impl Store {
     ) -> Result<Vec<(Uuid, u64)>, StoreError> {
         let rows: Vec<(Uuid, i64)> = sqlx::query_as(
             "WITH due AS (
-                SELECT j.id FROM jobs j
+                SELECT j.id, COALESCE(s.seq, j.stream_seq, j.batch_seq) AS seq FROM jobs j
+                LEFT JOIN job_stream_seqs s ON s.job_id = j.id
                 WHERE j.status IN ('queued', 'running')
-                  AND COALESCE(j.stream_seq, j.batch_seq) IS NOT NULL
+                  AND COALESCE(s.seq, j.stream_seq, j.batch_seq) IS NOT NULL
                   AND j.updated_at < now() - make_interval(secs => $1)
                   AND (j.seq_checked_at IS NULL OR j.seq_checked_at < now() - make_interval(secs => $1))
                   AND NOT EXISTS (SELECT 1 FROM job_outbox o WHERE o.job_id = j.id)
                 ORDER BY j.updated_at LIMIT $2
-                FOR UPDATE SKIP LOCKED
+                FOR UPDATE OF j SKIP LOCKED
              )
              UPDATE jobs SET seq_checked_at = now() FROM due WHERE jobs.id = due.id
-             RETURNING jobs.id, COALESCE(jobs.stream_seq, jobs.batch_seq)",
+             RETURNING jobs.id, due.seq",
         )
         .bind(grace.as_secs_f64())
         .bind(limit)
@@ -61,7 +62,8 @@ impl Store {
                  finished_at = now(), not_before = NULL, updated_at = now(),
                  attempts = GREATEST(attempts, calls)
              WHERE id = $1 AND status IN ('queued', 'running')
-               AND COALESCE(stream_seq, batch_seq) = $2
+               AND COALESCE((SELECT s.seq FROM job_stream_seqs s WHERE s.job_id = $1),
+                            stream_seq, batch_seq) = $2
              RETURNING id, owner, model_group, tier, status, metadata, result, result_text, usage, cost,
                  pricing_missing, attempts, error_class, error_message, not_before, created_at, started_at,
                  finished_at, reply_subject",

@@ -27,9 +27,10 @@ pub(super) fn published_params(published: &[(Uuid, u64)]) -> (Vec<Uuid>, Vec<i64
 
 impl Store {
     /// Drops the outbox entries of jobs whose publish JetStream acknowledged, and records
-    /// where each message sits in the jobs stream (its sequence), in one statement: the
-    /// reconciler (`worker/src/reconcile.rs`) ends jobs whose message is gone from there.
-    /// The job rows are locked in id order, so two of these never deadlock each other.
+    /// where each message sits in the jobs stream (its sequence, in `job_stream_seqs`), in
+    /// one statement: the reconciler (`worker/src/reconcile.rs`) ends jobs whose message is
+    /// gone from there. No job row is locked: a worker claiming the job meanwhile neither
+    /// waits for this nor deadlocks with it (`migrations/20270201000001_job_stream_seqs.sql`).
     pub async fn outbox_published(&self, published: &[(Uuid, u64)]) -> Result<(), StoreError> {
         if published.is_empty() {
             return Ok(());
@@ -40,11 +41,9 @@ impl Store {
                 SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS t(id, seq)
              ), gone AS (
                 DELETE FROM job_outbox WHERE job_id IN (SELECT id FROM input)
-             ), locked AS (
-                SELECT j.id FROM jobs j WHERE j.id IN (SELECT id FROM input) ORDER BY j.id FOR UPDATE
              )
-             UPDATE jobs SET stream_seq = i.seq FROM input i, locked l
-             WHERE jobs.id = i.id AND l.id = i.id",
+             INSERT INTO job_stream_seqs (job_id, seq) SELECT id, seq FROM input ORDER BY id
+             ON CONFLICT (job_id) DO UPDATE SET seq = EXCLUDED.seq",
         )
         .bind(&ids)
         .bind(&seqs)
