@@ -99,6 +99,7 @@ impl JobRow {
             cost: self.cost,
             attempts: self.attempts,
             error,
+            cache_key: None,
         }
     }
 }

@@ -204,6 +204,7 @@ impl Finished {
             cost: job_cost,
             attempts: attempt,
             error: None,
+            cache_key: None,
         };
         Finished {
             outcome: base,
@@ -237,6 +238,7 @@ impl Finished {
             cost: base.cost,
             attempts: attempt,
             error: Some(error),
+            cache_key: None,
         };
         Finished {
             outcome: base,
@@ -267,6 +269,7 @@ pub(super) async fn stop_cancelled(ctx: &Ctx, msg: jetstream::Message, id: Uuid)
             class: ErrorClass::Internal,
             message: "cancelled".into(),
         }),
+        cache_key: None,
     };
     let mut publisher = EventPublisher::new(ctx.js.clone(), ctx.subjects.events(id), id);
     if let Err(e) = publisher.terminal(0, &done).await {
