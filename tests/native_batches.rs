@@ -903,3 +903,131 @@ async fn gemini_create_cut_off_by_an_api_kill_is_found_not_repeated() -> Result<
 async fn openai_create_cut_off_by_an_api_kill_is_found_not_repeated() -> Result<()> {
     api_killed_during_create("openai").await
 }
+
+/// Native line jobs end on NATS as live line jobs do: each line's event subject carries
+/// one terminal event (`done` with the completion, usage and cost, or `error` with the
+/// line's error), attempt 1, and the job row agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_lines_publish_the_terminal_events_live_lines_do() -> Result<()> {
+    let sim = sim::start("127.0.0.1:0", sim_config()).await?;
+    let env = TestEnv::new().await?;
+    let models = models(&[deployment(&sim, "g", "anthropic", "")]);
+    let stack = Stack::start(env.config(&models, SETTINGS)?, 0).await?;
+    let http = reqwest::Client::new();
+    let api = &stack.api_url;
+    let mut input: String = (1..=2)
+        .map(|i| line(&format!("req-{i}"), "g", "Name a sea"))
+        .collect();
+    input.push_str(&line("bad-1", "g", LINE_ERROR));
+    let created = create(&http, api, input, json!({"sluice_mode": "native"})).await?;
+    let id = created["id"].as_str().context("batch id")?;
+    wait_status(&http, api, id, "completed").await?;
+    let store = env.store().await?;
+    let rows: Vec<(uuid::Uuid, String, String, Option<Decimal>)> = sqlx::query_as(
+        "SELECT id, custom_id, status, cost FROM jobs WHERE batch_id = $1 ORDER BY batch_line",
+    )
+    .bind(id)
+    .fetch_all(store.pool())
+    .await?;
+    assert_eq!(rows.len(), 3);
+    for (job, custom_id, status, cost) in rows {
+        let events = common::read_events(&env, &job.to_string()).await?;
+        assert_eq!(events.len(), 1, "{custom_id}: one event, the terminal one");
+        let end = &events[0];
+        assert_eq!(end.attempt, 1, "{custom_id}");
+        assert_eq!(end.body["job_id"], job.to_string());
+        assert_eq!(end.body["status"], status.as_str(), "{custom_id}");
+        assert_eq!(end.body["attempts"], 1);
+        if custom_id.starts_with("req-") {
+            assert_eq!(end.kind, "done", "{custom_id}");
+            assert_eq!(
+                end.body["result"]["object"], "chat.completion",
+                "{:?}",
+                end.body
+            );
+            assert!(end.body["result"]["choices"][0]["message"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty()));
+            assert!(end.body["usage"]["prompt_tokens"]
+                .as_u64()
+                .is_some_and(|n| n > 0));
+            let sent: f64 = end.body["cost"].as_f64().context("cost")?;
+            let recorded: f64 = cost.context("cost recorded")?.to_string().parse()?;
+            assert!((sent - recorded).abs() < 1e-12, "{sent} vs {recorded}");
+        } else {
+            assert_eq!(end.kind, "error", "{custom_id}");
+            assert_eq!(end.body["error"]["class"], "bad_request", "{:?}", end.body);
+            assert!(end.body.get("result").is_none());
+        }
+    }
+    stack.stop().await;
+    Ok(())
+}
+
+/// Tag routing places native lines as it places live ones: a line asking for `west`
+/// (in `body.tags` or `body.metadata.tags`) goes to the deployment tagged `west` even
+/// though routing prefers the other (`order`), one asking for nothing to the preferred.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_route_native_lines_as_they_route_live_ones() -> Result<()> {
+    let sim = sim::start("127.0.0.1:0", sim_config()).await?;
+    let env = TestEnv::new().await?;
+    let models = models(&[
+        deployment(&sim, "g", "openai", "      tags: [east, default]\n"),
+        deployment(
+            &sim,
+            "g",
+            "anthropic",
+            "      tags: [west]\n      order: 1\n",
+        ),
+    ])
+    .replace(
+        "general_settings:",
+        "router_settings:\n  enable_tag_filtering: true\ngeneral_settings:",
+    );
+    let stack = Stack::start(env.config(&models, SETTINGS)?, 0).await?;
+    let http = reqwest::Client::new();
+    let api = &stack.api_url;
+    let tagged = |custom_id: &str, field: &str| {
+        let mut body = json!({"model": "g", "max_tokens": 16,
+            "messages": [{"role": "user", "content": format!("Hi ({custom_id})")}]});
+        match field {
+            "tags" => body["tags"] = json!(["west"]),
+            "metadata" => body["metadata"] = json!({"tags": ["west"]}),
+            _ => {}
+        }
+        let v = json!({"custom_id": custom_id, "method": "POST",
+            "url": "/v1/chat/completions", "body": body});
+        format!("{v}\n")
+    };
+    let input = [
+        tagged("west-1", "tags"),
+        tagged("west-2", "metadata"),
+        tagged("plain-1", ""),
+        tagged("plain-2", ""),
+    ]
+    .concat();
+    let created = create(&http, api, input, json!({"sluice_mode": "native"})).await?;
+    let id = created["id"].as_str().context("batch id")?;
+    let done = wait_status(&http, api, id, "completed").await?;
+    assert_eq!(done["request_counts"]["completed"], 4, "{done}");
+    let store = env.store().await?;
+    let placed: Vec<(String, String)> = sqlx::query_as(
+        "SELECT j.custom_id, a.deployment FROM jobs j JOIN job_attempts a ON a.job_id = j.id
+         WHERE j.batch_id = $1 ORDER BY j.custom_id",
+    )
+    .bind(id)
+    .fetch_all(store.pool())
+    .await?;
+    let expected: Vec<(String, String)> = [
+        ("plain-1", "g-openai"),
+        ("plain-2", "g-openai"),
+        ("west-1", "g-anthropic"),
+        ("west-2", "g-anthropic"),
+    ]
+    .iter()
+    .map(|(c, d)| (c.to_string(), d.to_string()))
+    .collect();
+    assert_eq!(placed, expected, "{done}");
+    stack.stop().await;
+    Ok(())
+}

@@ -161,12 +161,38 @@ pub(crate) enum Mode {
 }
 
 /// One request line, checked.
+/// The tags a batch line asked for: its body's `tags` (a chat line's, or an embeddings
+/// line's) and `metadata.tags`, each once.
+fn line_tags(submit: &crate::submit::SubmitBody) -> Vec<String> {
+    let own = match &submit.embeddings {
+        Some(e) => e.extra.get("tags"),
+        None => submit.request.extra.get("tags"),
+    };
+    let mut tags: Vec<String> = Vec::new();
+    for t in [own, submit.metadata.as_ref().and_then(|m| m.get("tags"))]
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_array)
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        if !tags.iter().any(|have| have == t) {
+            tags.push(t.to_string());
+        }
+    }
+    tags
+}
+
 pub(crate) enum Checked {
     Job {
         custom_id: String,
         request: Box<ChatRequest>,
         /// An embeddings line's request (`request` then only names the group).
         embeddings: Option<Box<EmbeddingsRequest>>,
+        /// The tags the line asked for (`body.tags`, `body.metadata.tags`), for tag
+        /// routing: live lines carry them in their envelope's `metadata.tags`, native
+        /// lines are placed by them.
+        tags: Vec<String>,
     },
     /// The request would be refused: the line becomes a failed job.
     Refused {
@@ -533,6 +559,7 @@ impl Driver {
                     custom_id,
                     request,
                     embeddings,
+                    tags,
                 } => {
                     let mut job = base(custom_id.clone(), request.model.clone());
                     match mode {
@@ -540,6 +567,9 @@ impl Driver {
                             let mut metadata = Map::new();
                             metadata.insert("batch_id".into(), Value::String(row.id.clone()));
                             metadata.insert("custom_id".into(), Value::String(custom_id));
+                            if !tags.is_empty() {
+                                metadata.insert("tags".into(), json!(tags));
+                            }
                             envelopes.push(JobEnvelope {
                                 id,
                                 request: *request,
@@ -654,6 +684,7 @@ impl Driver {
             Ok(s) => s,
             Err(e) => return refused(ErrorClass::BadRequest, e.message),
         };
+        let tags = line_tags(&submit);
         let mut request = submit.request;
         let embeddings = submit.embeddings;
         let valid = crate::submit::validate(&self.state, &request).and_then(|()| {
@@ -692,6 +723,7 @@ impl Driver {
             custom_id,
             request: Box::new(request),
             embeddings,
+            tags,
         }
     }
 
@@ -973,7 +1005,7 @@ fn output_line(line: LineResult) -> (bool, BatchOutputLine) {
 
 /// The span of publishing a chunk of a batch's lines, in the trace of the request that
 /// created the batch: each line's job continues it (its `traceparent` goes into the NATS
-/// headers, see `core/src/bodies.rs`).
+/// headers, see `core/src/store/bodies.rs`).
 fn lines_span(row: &BatchRow, lines: usize) -> tracing::Span {
     if !sluice_core::telemetry::enabled() {
         return tracing::Span::none();

@@ -43,9 +43,10 @@ use sluice_core::native_batches::{
     NativeResult, NewGroup, Placement, UpstreamEnd, WaitingLine, LIVE_GROUP, NATIVE_WORKER,
 };
 use sluice_core::store::{AttemptRecord, JobOutcome, LedgerEntry};
+use sluice_core::terminal_event::terminal_message;
 use sluice_schemas::batch::{BatchStatus, CHAT_COMPLETIONS};
-use sluice_schemas::job::AttemptStatus;
-use sluice_schemas::{ErrorClass, JobStatus, Tier};
+use sluice_schemas::job::{AttemptStatus, JobError, JobResult};
+use sluice_schemas::{DoneEvent, ErrorClass, JobStatus, Tier};
 use uuid::Uuid;
 
 use crate::batches::{batch_uuid, is_blank, Checked, DriveError, Driver, Mode, CHUNK_LINES};
@@ -172,10 +173,15 @@ async fn plan(
                 });
             }
             Checked::Job {
-                custom_id, request, ..
+                custom_id,
+                request,
+                tags,
+                ..
             } => {
-                // A group routing cannot place here (a wildcard group) runs live.
-                let place = backend.place(&request.model).unwrap_or(Placement {
+                // A group routing cannot place here (a wildcard group, or tags no
+                // deployment has) runs live, where the worker routes or refuses it.
+                // Placed by the line's tags, as live routing places it.
+                let place = backend.place(&request.model, &tags).unwrap_or(Placement {
                     deployment: request.model.clone(),
                     provider: String::new(),
                     protocol: None,
@@ -573,6 +579,8 @@ impl<'a> Follow<'a> {
         let mut by_id: HashMap<Uuid, &WaitingLine> = waiting.iter().map(|l| (l.id, l)).collect();
         let started = g.submitted_at.unwrap_or(g.created_at);
         let mut entries = Vec::with_capacity(results.len());
+        // The terminal event of each line, as a worker publishes a live line's end.
+        let mut ends: Vec<DoneEvent> = Vec::with_capacity(results.len());
         let (mut ok, mut errored) = (0u32, 0u32);
         for r in results {
             // Lines not of this group (or already written) are ignored.
@@ -623,6 +631,15 @@ impl<'a> Follow<'a> {
                     }
                     a.cost = s.cost;
                     a.pricing_missing = s.cost.is_none();
+                    ends.push(DoneEvent {
+                        job_id: job.id,
+                        status: JobStatus::Succeeded,
+                        result: serde_json::from_value::<JobResult>(s.completion.clone()).ok(),
+                        usage: s.usage,
+                        cost: s.cost,
+                        attempts: 1,
+                        error: None,
+                    });
                     entries.push(LedgerEntry::Finished {
                         job: JobOutcome {
                             id: job.id,
@@ -650,11 +667,24 @@ impl<'a> Follow<'a> {
                 Err((class, message)) => {
                     errored += 1;
                     let a = attempt(AttemptStatus::Failed, Some(class), Some(message.clone()));
+                    ends.push(DoneEvent {
+                        job_id: job.id,
+                        status: JobStatus::Failed,
+                        result: None,
+                        usage: None,
+                        cost: None,
+                        attempts: 1,
+                        error: Some(JobError {
+                            class,
+                            message: message.clone(),
+                        }),
+                    });
                     entries.push(failed(job, class, message, Some(a)));
                 }
             }
         }
         self.write(&g.provider, entries).await?;
+        self.publish_ends(&ends).await;
         let rest: Vec<i32> = by_id.values().map(|l| l.batch_line).collect();
         let (status, error) = match end {
             UpstreamEnd::Completed => ("completed", None),
@@ -696,7 +726,7 @@ impl<'a> Follow<'a> {
     async fn write(&mut self, provider: &str, entries: Vec<LedgerEntry>) -> Result<(), DriveError> {
         for chunk in entries.chunks(LEDGER_CHUNK) {
             self.store().write_ledger(chunk).await?;
-            self.charge(provider, chunk).await?;
+            self.charge(provider, chunk).await;
         }
         Ok(())
     }
@@ -705,7 +735,7 @@ impl<'a> Follow<'a> {
     /// call to `provider` by the same key would charge (`sluice_core::budgets`). Best
     /// effort, like the worker's settlement: a charge lost to a Redis outage is rebuilt
     /// from the ledger once Redis has lost the counters, else the budget undercounts.
-    async fn charge(&mut self, provider: &str, entries: &[LedgerEntry]) -> Result<(), DriveError> {
+    async fn charge(&mut self, provider: &str, entries: &[LedgerEntry]) {
         let config = &self.d.state.config;
         let provider_budgets: Vec<Budget> =
             budgets::provider_budgets(provider, &config.limits.provider_budgets).collect();
@@ -720,8 +750,12 @@ impl<'a> Follow<'a> {
             for b in &provider_budgets {
                 charges.add(b, usd);
             }
-            if let Some(b) = self.key_budget(&job.owner).await? {
-                charges.add(&b, usd);
+            match self.key_budget(&job.owner).await {
+                Ok(Some(b)) => charges.add(&b, usd),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(batch_id = %self.d.id, error = %e, "cannot read the key's budget; native spend not charged to it in Redis")
+                }
             }
         }
         if let Err(e) = charges
@@ -730,7 +764,39 @@ impl<'a> Follow<'a> {
         {
             tracing::warn!(batch_id = %self.d.id, error = %e, "native spend not charged to the budgets in Redis; the ledger has it");
         }
-        Ok(())
+    }
+
+    /// Publishes the terminal event of each line that `ends` (recorded first), the same
+    /// message a worker publishes when a live line ends (`sluice_core::terminal_event`),
+    /// so event subscribers see native lines end as live ones do. Batch lines have no
+    /// reply subject or webhook. An event not stored is logged; the line's row has its end.
+    async fn publish_ends(&self, ends: &[DoneEvent]) {
+        let js = &self.d.state.js;
+        let max_payload = self.d.state.nats.server_info().max_payload;
+        for chunk in ends.chunks(LEDGER_CHUNK) {
+            let mut acks = Vec::with_capacity(chunk.len());
+            for done in chunk {
+                let m = match terminal_message(done, done.attempts, 1, max_payload) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(job_id = %done.job_id, error = %e, "terminal event not encoded");
+                        continue;
+                    }
+                };
+                let subject = self.d.state.subjects.events(done.job_id);
+                match js.publish_with_headers(subject, m.headers, m.sent).await {
+                    Ok(ack) => acks.push((done.job_id, ack)),
+                    Err(e) => {
+                        tracing::warn!(job_id = %done.job_id, error = %e, "terminal event not published")
+                    }
+                }
+            }
+            for (job_id, ack) in acks {
+                if let Err(e) = ack.await {
+                    tracing::warn!(%job_id, error = %e, "terminal event not stored");
+                }
+            }
+        }
     }
 
     /// The budget of `owner`'s key (none for the master key), read once per driver.

@@ -171,8 +171,10 @@ impl NativeError {
 /// `sluice_worker::native::Backend` (the provider adapters live in the worker crate) and
 /// handed to the api when it starts.
 pub trait NativeBackend: Send + Sync {
-    /// The deployment routing picks for a line of `model_group`; `None`: no such group.
-    fn place(&self, model_group: &str) -> Option<Placement>;
+    /// The deployment routing picks for a line of `model_group` asking for `tags` (tag
+    /// routing, `router_settings.enable_tag_filtering`); `None`: no such group, or no
+    /// deployment the tags allow.
+    fn place(&self, model_group: &str, tags: &[String]) -> Option<Placement>;
 
     /// Prompt tokens of `request` on `deployment`, as its enqueued-token limit counts them
     /// (estimated before sending).

@@ -17,6 +17,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use sluice_core::bodies::{fits, HEADER_BODY_REF};
 use sluice_core::store::JobRow;
+use sluice_core::terminal_event::terminal_message;
 use sluice_schemas::events::{HEADER_ATTEMPT, HEADER_EVENT, HEADER_SEQ};
 use sluice_schemas::openai::ChatCompletionChunk;
 use sluice_schemas::{DoneEvent, EventKind, RetryEvent, Subjects};
@@ -93,41 +94,26 @@ impl EventPublisher {
     }
 
     /// Publishes the terminal event and waits until it (and so every earlier event of this
-    /// job, sent before it on the same connection) is stored.
+    /// job, sent before it on the same connection) is stored. The message is the one the
+    /// api's native batch driver publishes too (`sluice_core::terminal_event`).
     pub async fn terminal(&mut self, attempt: u32, done: &DoneEvent) -> Result<Bytes, EventError> {
-        let kind = if done.status == sluice_schemas::JobStatus::Succeeded {
-            EventKind::Done
-        } else {
-            EventKind::Error
-        };
-        let body = Bytes::from(serde_json::to_vec(done).map_err(|e| unpublished(kind, e))?);
-        let mut headers = self.headers(kind, attempt);
-        headers.insert("Nats-Msg-Id", format!("{}:done", self.job_id).as_str());
-        let sent = self.fitted(&mut headers, &body, done);
+        self.seq += 1;
+        let max_payload = self.nats.server_info().max_payload;
+        let m = terminal_message(done, attempt, self.seq, max_payload).map_err(|e| {
+            let kind = if done.status == sluice_schemas::JobStatus::Succeeded {
+                EventKind::Done
+            } else {
+                EventKind::Error
+            };
+            unpublished(kind, e)
+        })?;
         self.js
-            .publish_with_headers(self.subject.clone(), headers, sent)
+            .publish_with_headers(self.subject.clone(), m.headers, m.sent)
             .await
-            .map_err(|e| unpublished(kind, e))?
+            .map_err(|e| unpublished(m.kind, e))?
             .await
-            .map_err(|e| unpublished(kind, e))?;
-        Ok(body)
-    }
-}
-
-impl EventPublisher {
-    /// `body` if it fits the server's `max_payload`; else the event without its result,
-    /// with `Sluice-Body-Ref` naming the job whose row holds the whole event (see
-    /// `sluice_core::bodies`).
-    fn fitted(&self, headers: &mut HeaderMap, body: &Bytes, done: &DoneEvent) -> Bytes {
-        if fits(body.len(), self.nats.server_info().max_payload) {
-            return body.clone();
-        }
-        headers.insert(HEADER_BODY_REF, self.job_id.to_string().as_str());
-        let slim = DoneEvent {
-            result: None,
-            ..done.clone()
-        };
-        Bytes::from(serde_json::to_vec(&slim).unwrap_or_default())
+            .map_err(|e| unpublished(m.kind, e))?;
+        Ok(m.body)
     }
 }
 

@@ -6,7 +6,7 @@
 //! name their budgets with [`provider_budgets`] and [`key_budget`] and charge through
 //! [`CHARGE_LUA`], so a budget sees native spend exactly as it sees live spend. The
 //! Postgres ledger stays the truth: counters Redis lost are rebuilt from it
-//! (`core/src/budget_ledger.rs`, `worker/src/limits/seed.lua`), native attempts included.
+//! (`core/src/store/budget_ledger.rs`, `worker/src/limits/seed.lua`), native attempts included.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

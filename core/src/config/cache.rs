@@ -17,6 +17,8 @@ use serde_yaml_ng::Value;
 use super::coerce::Ctx;
 use super::ConfigError;
 
+/// Where the cache's keys live in the file.
+const SECTION: &str = "litellm_settings.cache_params";
 /// Entries live this long unless `ttl` (or the request) says otherwise.
 const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The largest entry stored, unless `max_entry_bytes` says otherwise.
@@ -68,106 +70,42 @@ impl Ctx<'_> {
         {
             return Ok(None);
         }
-        let section = "litellm_settings.cache_params";
-        let params: BTreeMap<String, Value> = match litellm.get("cache_params") {
-            None | Some(Value::Null) => BTreeMap::new(),
-            Some(Value::Mapping(m)) => m
-                .iter()
-                .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.clone())))
-                .collect(),
-            Some(_) => return Err(self.invalid(section, "expected a mapping".into())),
-        };
+        let params = self.cache_params(litellm)?;
         for key in params.keys().filter(|k| !KEYS.contains(&k.as_str())) {
-            ignored.push(format!("{section}.{key}"));
+            ignored.push(format!("{SECTION}.{key}"));
         }
-        if let Some(t) = self.opt_str(&params, section, "type")? {
+        if let Some(t) = self.opt_str(&params, SECTION, "type")? {
             if t != "redis" {
                 return Err(self.invalid(
-                    &format!("{section}.type"),
+                    &format!("{SECTION}.type"),
                     format!("{t:?} is not supported: Sluice's workers share one cache in Redis (type: redis)"),
                 ));
             }
         }
-        // `os.environ/REDIS_HOST` and friends, as LiteLLM's docs write them, may be unset:
-        // then Sluice's own Redis serves.
-        let set = |key: &str| match params.get(key) {
-            Some(Value::String(s)) => s
-                .strip_prefix("os.environ/")
-                .is_none_or(|name| self.env.var(name).is_some()),
-            _ => true,
-        };
-        let host = match set("host") {
-            true => self.opt_str(&params, section, "host")?,
-            false => None,
-        };
-        let redis_url = match host {
-            None => None,
-            Some(host) => {
-                let port = match set("port") {
-                    true => self.opt_u64(&params, section, "port")?,
-                    false => None,
-                };
-                let password = match set("password") {
-                    true => self.opt_str(&params, section, "password")?,
-                    false => None,
-                };
-                let port = port.unwrap_or(6379);
-                Some(match password {
-                    Some(p) => format!("redis://:{p}@{host}:{port}"),
-                    None => format!("redis://{host}:{port}"),
-                })
-            }
-        };
+        let redis_url = self.cache_redis_url(&params)?;
         let ttl = self
-            .opt_f64(&params, section, "ttl")?
-            .or(self.opt_f64(&params, section, "default_in_redis_ttl")?)
+            .opt_f64(&params, SECTION, "ttl")?
+            .or(self.opt_f64(&params, SECTION, "default_in_redis_ttl")?)
             .map(Duration::from_secs_f64)
             .unwrap_or(DEFAULT_TTL);
-        let (chat, embeddings) = match params.get("supported_call_types") {
-            None | Some(Value::Null) => (true, true),
-            Some(Value::Sequence(types)) => {
-                let mut on = (false, false);
-                for t in types {
-                    match t.as_str() {
-                        Some("completion" | "acompletion") => on.0 = true,
-                        Some("embedding" | "aembedding") => on.1 = true,
-                        // Call types Sluice does not run (transcription, text completion):
-                        // nothing of theirs to cache.
-                        Some(_) => {}
-                        None => {
-                            return Err(self.invalid(
-                                &format!("{section}.supported_call_types"),
-                                "expected a list of call type names".into(),
-                            ))
-                        }
-                    }
-                }
-                on
-            }
-            Some(_) => {
-                return Err(self.invalid(
-                    &format!("{section}.supported_call_types"),
-                    "expected a list of call type names".into(),
-                ))
-            }
-        };
-        let default_off = match self.opt_str(&params, section, "mode")?.as_deref() {
+        let (chat, embeddings) = self.call_types(&params)?;
+        let default_off = match self.opt_str(&params, SECTION, "mode")?.as_deref() {
             None | Some("default_on") => false,
             Some("default_off") => true,
             Some(m) => {
                 return Err(self.invalid(
-                    &format!("{section}.mode"),
+                    &format!("{SECTION}.mode"),
                     format!("{m:?} is not default_on or default_off"),
                 ))
             }
         };
         let max_entry_bytes = self
-            .opt_u64(&params, section, "max_entry_bytes")?
+            .opt_u64(&params, SECTION, "max_entry_bytes")?
             .map_or(DEFAULT_MAX_ENTRY_BYTES, |n| n as usize);
         Ok(Some(CacheSettings {
             redis_url,
             namespace: self
-                .opt_str(&params, section, "namespace")?
+                .opt_str(&params, SECTION, "namespace")?
                 .filter(|n| !n.is_empty()),
             ttl,
             chat,
@@ -175,5 +113,82 @@ impl Ctx<'_> {
             default_off,
             max_entry_bytes,
         }))
+    }
+
+    /// `cache_params`, as a map (none: empty).
+    fn cache_params(
+        &self,
+        litellm: &BTreeMap<String, Value>,
+    ) -> Result<BTreeMap<String, Value>, ConfigError> {
+        match litellm.get("cache_params") {
+            None | Some(Value::Null) => Ok(BTreeMap::new()),
+            Some(Value::Mapping(m)) => Ok(m
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.clone())))
+                .collect()),
+            Some(_) => Err(self.invalid(SECTION, "expected a mapping".into())),
+        }
+    }
+
+    /// The cache's own Redis, from `host`, `port` and `password`; `None`: Sluice's Redis.
+    /// `os.environ/REDIS_HOST` and friends, as LiteLLM's docs write them, may be unset:
+    /// then Sluice's own Redis serves.
+    fn cache_redis_url(
+        &self,
+        params: &BTreeMap<String, Value>,
+    ) -> Result<Option<String>, ConfigError> {
+        let set = |key: &str| match params.get(key) {
+            Some(Value::String(s)) => s
+                .strip_prefix("os.environ/")
+                .is_none_or(|name| self.env.var(name).is_some()),
+            _ => true,
+        };
+        let host = match set("host") {
+            true => self.opt_str(params, SECTION, "host")?,
+            false => None,
+        };
+        let Some(host) = host else {
+            return Ok(None);
+        };
+        let port = match set("port") {
+            true => self.opt_u64(params, SECTION, "port")?,
+            false => None,
+        };
+        let password = match set("password") {
+            true => self.opt_str(params, SECTION, "password")?,
+            false => None,
+        };
+        let port = port.unwrap_or(6379);
+        Ok(Some(match password {
+            Some(p) => format!("redis://:{p}@{host}:{port}"),
+            None => format!("redis://{host}:{port}"),
+        }))
+    }
+
+    /// `supported_call_types`: whether chat and embeddings calls are cached (unset: both).
+    fn call_types(&self, params: &BTreeMap<String, Value>) -> Result<(bool, bool), ConfigError> {
+        let not_a_list = || {
+            self.invalid(
+                &format!("{SECTION}.supported_call_types"),
+                "expected a list of call type names".into(),
+            )
+        };
+        let types = match params.get("supported_call_types") {
+            None | Some(Value::Null) => return Ok((true, true)),
+            Some(Value::Sequence(types)) => types,
+            Some(_) => return Err(not_a_list()),
+        };
+        let mut on = (false, false);
+        for t in types {
+            match t.as_str() {
+                Some("completion" | "acompletion") => on.0 = true,
+                Some("embedding" | "aembedding") => on.1 = true,
+                // Call types Sluice does not run (transcription, text completion): nothing
+                // of theirs to cache.
+                Some(_) => {}
+                None => return Err(not_a_list()),
+            }
+        }
+        Ok(on)
     }
 }

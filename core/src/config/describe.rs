@@ -1,11 +1,13 @@
 //! The human-readable account of a resolved config (secrets masked) that
 //! `sluice config check` prints.
 
-use super::Config;
+use std::fmt::Write;
+
+use super::{Config, Deployment};
 
 impl Config {
+    /// The resolved config, secrets masked, for `sluice config check`.
     pub fn describe(&self) -> String {
-        use std::fmt::Write;
         let mut out = String::new();
         let file = self
             .file
@@ -16,40 +18,25 @@ impl Config {
         for g in self.groups() {
             let _ = writeln!(out, "model group {g}");
             for d in self.deployments_of(g) {
-                let price = match (d.input_cost_per_token, d.output_cost_per_token) {
-                    (Some(i), Some(o)) => format!("${i}/${o} per token"),
-                    _ => "no price".into(),
-                };
-                let key = d
-                    .api_key
-                    .as_ref()
-                    .map(|k| k.to_string())
-                    .unwrap_or_else(|| "no key".into());
-                let limits: Vec<String> = [
-                    d.rpm.map(|n| format!("rpm {n}")),
-                    d.tpm.map(|n| format!("tpm {n}")),
-                    d.max_parallel_requests.map(|n| format!("parallel {n}")),
-                    d.max_input_tokens.map(|n| format!("max input tokens {n}")),
-                    (!d.tags.is_empty()).then(|| format!("tags {}", d.tags.join("/"))),
-                ]
-                .into_iter()
-                .flatten()
-                .collect();
-                let _ = writeln!(
-                    out,
-                    "  - {} = {}/{} at {} (key {key}; order {}, weight {}; timeout {:?}; {price}{}{})",
-                    d.id,
-                    d.provider,
-                    d.model,
-                    d.api_base,
-                    d.order,
-                    d.weight,
-                    d.timeout,
-                    if limits.is_empty() { String::new() } else { format!("; {}", limits.join(", ")) },
-                    d.stream_timeout.map(|t| format!("; first token within {t:?}")).unwrap_or_default(),
-                );
+                describe_deployment(&mut out, d);
             }
         }
+        self.describe_router(&mut out);
+        for b in &self.limits.provider_budgets {
+            let _ = writeln!(
+                out,
+                "provider budget: {} ${} per {:?}",
+                b.provider, b.budget_limit, b.period
+            );
+        }
+        if !self.ignored_keys.is_empty() {
+            let _ = writeln!(out, "not acted on: {}", self.ignored_keys.join(", "));
+        }
+        out
+    }
+
+    /// Routing, retries, cooldowns and fallbacks.
+    fn describe_router(&self, out: &mut String) {
         let r = &self.router;
         let _ = writeln!(
             out,
@@ -100,16 +87,47 @@ impl Config {
         for (alias, g) in &r.aliases {
             let _ = writeln!(out, "alias: {alias} -> {g}");
         }
-        for b in &self.limits.provider_budgets {
-            let _ = writeln!(
-                out,
-                "provider budget: {} ${} per {:?}",
-                b.provider, b.budget_limit, b.period
-            );
-        }
-        if !self.ignored_keys.is_empty() {
-            let _ = writeln!(out, "not acted on: {}", self.ignored_keys.join(", "));
-        }
-        out
     }
+}
+
+/// One deployment, on one line.
+fn describe_deployment(out: &mut String, d: &Deployment) {
+    let price = match (d.input_cost_per_token, d.output_cost_per_token) {
+        (Some(i), Some(o)) => format!("${i}/${o} per token"),
+        _ => "no price".into(),
+    };
+    let key = d
+        .api_key
+        .as_ref()
+        .map(|k| k.to_string())
+        .unwrap_or_else(|| "no key".into());
+    let limits: Vec<String> = [
+        d.rpm.map(|n| format!("rpm {n}")),
+        d.tpm.map(|n| format!("tpm {n}")),
+        d.max_parallel_requests.map(|n| format!("parallel {n}")),
+        d.max_input_tokens.map(|n| format!("max input tokens {n}")),
+        (!d.tags.is_empty()).then(|| format!("tags {}", d.tags.join("/"))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let _ = writeln!(
+        out,
+        "  - {} = {}/{} at {} (key {key}; order {}, weight {}; timeout {:?}; {price}{}{})",
+        d.id,
+        d.provider,
+        d.model,
+        d.api_base,
+        d.order,
+        d.weight,
+        d.timeout,
+        if limits.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", limits.join(", "))
+        },
+        d.stream_timeout
+            .map(|t| format!("; first token within {t:?}"))
+            .unwrap_or_default(),
+    );
 }

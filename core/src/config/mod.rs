@@ -42,7 +42,7 @@ pub use providers::{key_env, provider_defaults, Protocol};
 
 use coerce::Ctx;
 use litellm::DeploymentDefaults;
-use raw::RawFile;
+use raw::{RawFile, RawSluice};
 
 /// Defaults live here, in one place.
 pub mod defaults {
@@ -363,94 +363,27 @@ impl Config {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "<no config file>".to_string());
-        let raw: RawFile = if text.trim().is_empty() {
-            RawFile::default()
-        } else {
-            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
-                file: file_name.clone(),
-                message: e.to_string(),
-            })?
-        };
+        let raw = parse(text, &file_name)?;
         let ctx = Ctx {
             file: &file_name,
             env,
         };
-
         let mut ignored = keys::not_acted_on(&raw);
         let callbacks = callbacks::resolve(&file_name, &raw.litellm_settings, env, &mut ignored)?;
-
-        let default_timeout = ctx
-            .opt_f64(&raw.router_settings, "router_settings", "timeout")?
-            .or(ctx.opt_f64(&raw.litellm_settings, "litellm_settings", "request_timeout")?)
-            .unwrap_or(defaults::TIMEOUT_SECS);
-        let default_stream_timeout =
-            ctx.opt_f64(&raw.router_settings, "router_settings", "stream_timeout")?;
-        let default_drop_params = ctx
-            .opt_bool(&raw.litellm_settings, "litellm_settings", "drop_params")?
-            .unwrap_or(false);
-
-        let mut deployments = Vec::with_capacity(raw.model_list.len());
-        for (i, m) in raw.model_list.iter().enumerate() {
-            let defaults = DeploymentDefaults {
-                timeout: default_timeout,
-                stream_timeout: default_stream_timeout,
-                stream_idle_timeout: ctx.opt_f64(
-                    &raw.router_settings,
-                    "router_settings",
-                    "stream_idle_timeout",
-                )?,
-                drop_params: default_drop_params,
-            };
-            let d = ctx.deployment(i, m, &defaults, &mut ignored)?;
-            if deployments.iter().any(|o: &Deployment| o.id == d.id) {
-                return Err(ctx.invalid(
-                    &format!("model_list[{i}].model_info.id"),
-                    format!("duplicate deployment id {:?}", d.id),
-                ));
-            }
-            deployments.push(d);
-        }
-
+        let deployments = ctx.deployments(&raw, &mut ignored)?;
         let router = ctx.router_settings(&raw, &deployments)?;
-        let master_key = match env.var("SLUICE_MASTER_KEY") {
-            Some(k) => Some(Secret::new(k)),
-            None => ctx
-                .opt_str(&raw.general_settings, "general_settings", "master_key")?
-                .map(Secret::new),
-        };
+        let master_key = ctx.master_key(&raw)?;
         let s = &raw.sluice;
-        let pick = |env_name: &str, file: &Option<String>, default: &str| {
-            env.var(env_name)
-                .or_else(|| file.clone())
-                .unwrap_or_else(|| default.to_string())
-        };
-        let subject_prefix = s
-            .subject_prefix
-            .clone()
-            .unwrap_or_else(|| defaults::SUBJECT_PREFIX.to_string());
-        if subject_prefix.is_empty()
-            || subject_prefix
-                .split('.')
-                .any(|t| t.is_empty() || t.contains(['*', '>', ' ']))
-        {
-            return Err(ctx.invalid(
-                "sluice.subject_prefix",
-                format!("{subject_prefix:?} is not a valid NATS subject prefix"),
-            ));
-        }
-        let capacity = s.worker.capacity.unwrap_or(defaults::WORKER_CAPACITY);
-        if capacity == 0 {
-            return Err(ctx.invalid("sluice.worker.capacity", "must be at least 1".into()));
-        }
-        let nats_replicas = s.nats.replicas.unwrap_or(1);
-        if ![1, 3, 5].contains(&nats_replicas) {
-            return Err(ctx.invalid(
-                "sluice.nats.replicas",
-                format!("{nats_replicas} is not 1, 3 or 5"),
-            ));
-        }
+        let subject_prefix = ctx.subject_prefix(s)?;
+        let worker = ctx.worker_settings(s)?;
+        let nats_replicas = ctx.nats_replicas(s)?;
         let cache = ctx.cache_settings(&raw.litellm_settings, &mut ignored)?;
-        let config = Config {
+        let pick = |name: &str, file: &Option<String>, default: &str| {
+            env.var(name)
+                .or_else(|| file.clone())
+                .unwrap_or(default.into())
+        };
+        Ok(Config {
             cache,
             nats_replicas,
             tls: crate::tls::TlsEnv::from_env(env),
@@ -472,67 +405,17 @@ impl Config {
                 s.events_max_age_secs
                     .unwrap_or(defaults::EVENTS_MAX_AGE_SECS),
             ),
-            worker: WorkerSettings {
-                capacity,
-                ack_wait: Duration::from_secs(
-                    s.worker
-                        .ack_wait_secs
-                        .unwrap_or(defaults::ACK_WAIT_SECS)
-                        .max(1),
-                ),
-                drain: Duration::from_secs(s.worker.drain_secs.unwrap_or(defaults::DRAIN_SECS)),
-                max_deliver: s.worker.max_deliver.unwrap_or(defaults::MAX_DELIVER).max(1),
-                max_calls: s.worker.max_calls_per_job.map(|n| n.max(1)),
-                lost_message_grace: Duration::from_secs(
-                    s.worker
-                        .lost_message_grace_secs
-                        .unwrap_or(defaults::LOST_MESSAGE_GRACE_SECS)
-                        .max(1),
-                ),
-            },
+            worker,
             router,
             pricing_file: s.pricing_file.clone(),
-            webhook_secret: match env.var("SLUICE_WEBHOOK_SECRET") {
-                Some(v) => Some(Secret::new(v)),
-                None => match &s.webhook_secret {
-                    Some(v) => Some(Secret::new(
-                        ctx.resolve("sluice.webhook_secret", &Value::String(v.clone()))?,
-                    )),
-                    None => None,
-                },
-            },
-            num_retries: ctx
-                .opt_u64(&raw.router_settings, "router_settings", "num_retries")?
-                .or(ctx.opt_u64(&raw.litellm_settings, "litellm_settings", "num_retries")?)
-                .map(|n| n.min(100) as u32)
-                .unwrap_or(defaults::NUM_RETRIES),
-            limits: LimitSettings {
-                fail_open: s.limits.fail_open.unwrap_or(false),
-                default_max_tokens: s
-                    .limits
-                    .default_max_tokens
-                    .unwrap_or(defaults::DEFAULT_MAX_TOKENS)
-                    .max(1),
-                max_defer: Duration::from_secs(
-                    s.limits
-                        .max_defer_secs
-                        .unwrap_or(defaults::MAX_DEFER_SECS)
-                        .max(1),
-                ),
-                max_wait: Duration::from_secs(
-                    s.limits
-                        .max_wait_secs
-                        .unwrap_or(defaults::MAX_WAIT_SECS)
-                        .max(1),
-                ),
-                provider_budgets: ctx.provider_budgets(&raw.router_settings)?,
-            },
+            webhook_secret: ctx.webhook_secret(s)?,
+            num_retries: ctx.num_retries(&raw)?,
+            limits: ctx.limit_settings(&raw)?,
             batches: s.batches.resolve().map_err(|(k, m)| ctx.invalid(k, m))?,
             safety: s.safety.resolve().map_err(|(k, m)| ctx.invalid(k, m))?,
             ignored_keys: ignored,
             callbacks,
-        };
-        Ok(config)
+        })
     }
 
     /// Provider calls one job may make across all its deliveries: set, or enough for every
@@ -602,5 +485,156 @@ impl Config {
         group: &'a str,
     ) -> impl Iterator<Item = &'a Deployment> + 'a {
         self.deployments.iter().filter(move |d| d.group == group)
+    }
+}
+
+/// The file's text as its raw shapes (an empty file is an empty config).
+fn parse(text: &str, file_name: &str) -> Result<RawFile, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(RawFile::default());
+    }
+    serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+        file: file_name.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// The steps of [`Config::from_yaml`], one section (or part of one) each.
+impl Ctx<'_> {
+    /// `SLUICE_MASTER_KEY`, else `general_settings.master_key`.
+    fn master_key(&self, raw: &RawFile) -> Result<Option<Secret>, ConfigError> {
+        if let Some(k) = self.env.var("SLUICE_MASTER_KEY") {
+            return Ok(Some(Secret::new(k)));
+        }
+        Ok(self
+            .opt_str(&raw.general_settings, "general_settings", "master_key")?
+            .map(Secret::new))
+    }
+
+    /// `sluice.nats.replicas`: 1, 3 or 5.
+    fn nats_replicas(&self, s: &RawSluice) -> Result<usize, ConfigError> {
+        let nats_replicas = s.nats.replicas.unwrap_or(1);
+        if ![1, 3, 5].contains(&nats_replicas) {
+            return Err(self.invalid(
+                "sluice.nats.replicas",
+                format!("{nats_replicas} is not 1, 3 or 5"),
+            ));
+        }
+        Ok(nats_replicas)
+    }
+
+    /// `num_retries`: `router_settings` wins over `litellm_settings`; at most 100.
+    fn num_retries(&self, raw: &RawFile) -> Result<u32, ConfigError> {
+        Ok(self
+            .opt_u64(&raw.router_settings, "router_settings", "num_retries")?
+            .or(self.opt_u64(&raw.litellm_settings, "litellm_settings", "num_retries")?)
+            .map(|n| n.min(100) as u32)
+            .unwrap_or(defaults::NUM_RETRIES))
+    }
+
+    /// `model_list` as deployments, each id once; what each inherits comes from
+    /// `router_settings` and `litellm_settings`.
+    fn deployments(
+        &self,
+        raw: &RawFile,
+        ignored: &mut Vec<String>,
+    ) -> Result<Vec<Deployment>, ConfigError> {
+        let (r, l) = (&raw.router_settings, &raw.litellm_settings);
+        let timeout = self
+            .opt_f64(r, "router_settings", "timeout")?
+            .or(self.opt_f64(l, "litellm_settings", "request_timeout")?)
+            .unwrap_or(defaults::TIMEOUT_SECS);
+        let stream_timeout = self.opt_f64(r, "router_settings", "stream_timeout")?;
+        let drop_params = self
+            .opt_bool(l, "litellm_settings", "drop_params")?
+            .unwrap_or(false);
+        let mut deployments = Vec::with_capacity(raw.model_list.len());
+        for (i, m) in raw.model_list.iter().enumerate() {
+            let defaults = DeploymentDefaults {
+                timeout,
+                stream_timeout,
+                stream_idle_timeout: self.opt_f64(r, "router_settings", "stream_idle_timeout")?,
+                drop_params,
+            };
+            let d = self.deployment(i, m, &defaults, ignored)?;
+            if deployments.iter().any(|o: &Deployment| o.id == d.id) {
+                return Err(self.invalid(
+                    &format!("model_list[{i}].model_info.id"),
+                    format!("duplicate deployment id {:?}", d.id),
+                ));
+            }
+            deployments.push(d);
+        }
+        Ok(deployments)
+    }
+
+    /// `sluice.subject_prefix`: dot-separated NATS tokens, no wildcards.
+    fn subject_prefix(&self, s: &RawSluice) -> Result<String, ConfigError> {
+        let subject_prefix = s
+            .subject_prefix
+            .clone()
+            .unwrap_or_else(|| defaults::SUBJECT_PREFIX.to_string());
+        if subject_prefix.is_empty()
+            || subject_prefix
+                .split('.')
+                .any(|t| t.is_empty() || t.contains(['*', '>', ' ']))
+        {
+            return Err(self.invalid(
+                "sluice.subject_prefix",
+                format!("{subject_prefix:?} is not a valid NATS subject prefix"),
+            ));
+        }
+        Ok(subject_prefix)
+    }
+
+    /// `sluice.worker`.
+    fn worker_settings(&self, s: &RawSluice) -> Result<WorkerSettings, ConfigError> {
+        let w = &s.worker;
+        let capacity = w.capacity.unwrap_or(defaults::WORKER_CAPACITY);
+        if capacity == 0 {
+            return Err(self.invalid("sluice.worker.capacity", "must be at least 1".into()));
+        }
+        let ack_wait = w.ack_wait_secs.unwrap_or(defaults::ACK_WAIT_SECS).max(1);
+        let lost_grace = w
+            .lost_message_grace_secs
+            .unwrap_or(defaults::LOST_MESSAGE_GRACE_SECS)
+            .max(1);
+        Ok(WorkerSettings {
+            capacity,
+            ack_wait: Duration::from_secs(ack_wait),
+            drain: Duration::from_secs(w.drain_secs.unwrap_or(defaults::DRAIN_SECS)),
+            max_deliver: w.max_deliver.unwrap_or(defaults::MAX_DELIVER).max(1),
+            max_calls: w.max_calls_per_job.map(|n| n.max(1)),
+            lost_message_grace: Duration::from_secs(lost_grace),
+        })
+    }
+
+    /// The webhook signing secret: `SLUICE_WEBHOOK_SECRET`, else `sluice.webhook_secret`.
+    fn webhook_secret(&self, s: &RawSluice) -> Result<Option<Secret>, ConfigError> {
+        if let Some(v) = self.env.var("SLUICE_WEBHOOK_SECRET") {
+            return Ok(Some(Secret::new(v)));
+        }
+        match &s.webhook_secret {
+            Some(v) => Ok(Some(Secret::new(
+                self.resolve("sluice.webhook_secret", &Value::String(v.clone()))?,
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// `sluice.limits`, with `router_settings.provider_budget_config`.
+    fn limit_settings(&self, raw: &RawFile) -> Result<LimitSettings, ConfigError> {
+        let l = &raw.sluice.limits;
+        let secs = |v: Option<u64>, default: u64| Duration::from_secs(v.unwrap_or(default).max(1));
+        Ok(LimitSettings {
+            fail_open: l.fail_open.unwrap_or(false),
+            default_max_tokens: l
+                .default_max_tokens
+                .unwrap_or(defaults::DEFAULT_MAX_TOKENS)
+                .max(1),
+            max_defer: secs(l.max_defer_secs, defaults::MAX_DEFER_SECS),
+            max_wait: secs(l.max_wait_secs, defaults::MAX_WAIT_SECS),
+            provider_budgets: self.provider_budgets(&raw.router_settings)?,
+        })
     }
 }

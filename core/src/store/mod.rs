@@ -4,22 +4,33 @@
 //! parameter expanded with `jsonb_to_recordset`, so a batch of any size is one statement
 //! per table. Reads use runtime queries, so building never needs a database.
 //!
-//! One file per concept: [`jobs`] (recording and reading jobs), [`outbox`] (envelopes not
-//! yet published), [`lost`] (jobs whose queue message is gone), [`attempts`] (provider
-//! calls on record), [`ledger`] (the worker's batched writes) and [`deliveries`] (a job's
-//! end delivered to its webhook or reply subject). Other tables keep their statements
-//! beside their concept (`batches.rs`, `files.rs`, `keys.rs`, `spend.rs`, ...).
+//! One file per concept, each with its rows and statements: [`jobs`] (recording and
+//! reading jobs), [`job_list`] (listing them), [`outbox`] (envelopes not yet published),
+//! [`lost`] (jobs whose queue message is gone), [`attempts`] (provider calls on record),
+//! [`ledger`] (the worker's batched writes), [`deliveries`] (a job's end delivered to its
+//! webhook or reply subject), [`bodies`] (messages too large for NATS), [`batches`]
+//! (the Batch API's batches and lines), [`files`] (file bodies), [`keys`] (virtual keys),
+//! [`spend`] (spend reports) and [`budget_ledger`] (a budget's spend, for the limiter).
+//! The crate root re-exports the last seven at their old paths (`sluice_core::batches`, ...).
+//! (`core/src/native_batches.rs` still holds its own statements.)
 
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 pub mod attempts;
+pub mod batches;
+pub mod bodies;
+pub mod budget_ledger;
 pub mod deliveries;
+pub mod files;
+pub mod job_list;
 pub mod jobs;
+pub mod keys;
 pub mod ledger;
 pub mod lost;
 pub mod outbox;
+pub mod spend;
 
 pub use attempts::AttemptRow;
 pub use deliveries::{DeliveryRow, NewDelivery};

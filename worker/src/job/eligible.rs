@@ -50,7 +50,7 @@ pub(super) fn header_lines(user_agent: Option<&str>) -> Vec<String> {
 /// The deployments of `all` a job with `tags` and header lines `headers` may use; `None`
 /// when it asked for tags (or sent a header line) no deployment matches and none is
 /// tagged `default`.
-pub(super) fn by_tags(
+pub(crate) fn by_tags(
     all: Vec<Arc<Deployment>>,
     tags: &[String],
     headers: &[String],

@@ -14,7 +14,7 @@
 
 mod attempt;
 mod cached;
-mod eligible;
+pub(crate) mod eligible;
 mod embed;
 mod outcome;
 

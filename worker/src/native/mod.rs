@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde_json::Value;
-use sluice_core::config::{Config, Deployment, Protocol};
+use sluice_core::config::{Config, Deployment, Protocol, RouterSettings};
 use sluice_core::native_batches::{
     LostCreate, NativeBackend, NativeError, NativeLine, NativeResult, NativeSuccess, Placement,
     Submitted, UpstreamPoll,
@@ -23,6 +23,7 @@ use sluice_core::native_batches::{
 use sluice_schemas::openai::{ChatCompletion, ChatRequest};
 use sluice_schemas::ErrorClass;
 
+use crate::job::eligible::by_tags;
 use crate::pricing::{Price, PricingError};
 use crate::providers::{self, Params};
 use crate::router::Router;
@@ -80,6 +81,7 @@ impl Api {
 /// The batch APIs of every deployment in the config.
 pub struct Backend {
     router: Router,
+    router_settings: RouterSettings,
     deployments: HashMap<String, Arc<Deployment>>,
     prices: HashMap<String, Option<Price>>,
     http: reqwest::Client,
@@ -109,6 +111,7 @@ impl Backend {
             .unwrap_or_default();
         Ok(Backend {
             router: Router::new(config),
+            router_settings: config.router.clone(),
             deployments: config
                 .deployments
                 .iter()
@@ -144,6 +147,8 @@ impl Backend {
         request.model.clone_from(&d.model);
         request.stream = None;
         request.stream_options = None;
+        // Routing read them; providers do not take them (as on a live call).
+        request.extra.remove("tags");
         let mut params = Params::new(d);
         let builder = providers::wire(d.protocol)
             .request(&self.http, d, &request, false, &mut params)
@@ -191,12 +196,16 @@ impl Backend {
 }
 
 impl NativeBackend for Backend {
-    fn place(&self, model_group: &str) -> Option<Placement> {
-        let d = self
-            .router
-            .candidates(model_group, &[])
-            .into_iter()
-            .next()?;
+    fn place(&self, model_group: &str, tags: &[String]) -> Option<Placement> {
+        // The deployments the line's tags allow, as a live job's (batch lines send no
+        // header lines for `tag_regex`), then routing's pick among them.
+        let allowed = by_tags(
+            self.router.deployments(model_group).to_vec(),
+            tags,
+            &[],
+            &self.router_settings,
+        )?;
+        let d = self.router.order(&allowed, &[]).into_iter().next()?;
         let api = Api::of(&d);
         let (lines, bytes) = api.map(Api::limits).unwrap_or((u32::MAX, u64::MAX));
         Some(Placement {

@@ -12,7 +12,7 @@
 //! Anthropic has no embeddings API: a deployment of it fails `bad_request`. Upstream
 //! vectors always come as floats (base64 answers are decoded), so cached entries and
 //! answers share one form. Non-2xx answers are classified by the protocol's own rules
-//! ([`super::classify`]).
+//! ([`super::protocols::classify`]).
 
 use std::time::Instant;
 
@@ -28,7 +28,10 @@ use sluice_schemas::openai::Usage;
 use sluice_schemas::ErrorClass;
 
 use super::error::ProviderError;
-use super::{azure, classify, gemini, CallOutput, RateLimits};
+use super::output::CallOutput;
+use super::protocols::classify;
+use super::ratelimit::RateLimits;
+use super::{azure, gemini};
 
 /// Most inputs in one `batchEmbedContents` call (Gemini's limit).
 const GEMINI_BATCH: usize = 100;

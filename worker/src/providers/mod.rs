@@ -8,11 +8,15 @@
 //! - `wire.rs`: the `Wire` trait every protocol implements (request, completion,
 //!   stream, classify); `decode.rs`: [`StreamDecoder`], which frames a streamed body and
 //!   feeds a protocol's `Normalise` through that trait;
+//! - `output.rs`: what a call hands back ([`CallOutput`]) and where a stream's chunks go
+//!   ([`ChunkSink`]);
 //! - the adapters, one per protocol: [`openai`] and its compatible family, [`azure`],
 //!   [`anthropic`], [`gemini`], [`ollama`] (they use the files above and none of the
 //!   files below);
+//! - `protocols.rs`: which adapter a protocol uses ([`wire`]) and [`classify`];
 //! - [`stream`]: the driver that sends a request and reads a whole or streamed answer;
-//! - this file: which adapter a protocol uses ([`wire`]), and the call.
+//!   [`embeddings`]: embeddings calls;
+//! - this file: the call. Nothing above imports it, so the files form no cycle.
 //!
 //! Every failure leaves this layer as a [`ProviderError`] with exactly one
 //! [`ErrorClass`]. Retry, cooldown and fallback decisions live elsewhere and look only at
@@ -28,99 +32,29 @@ mod error;
 pub mod gemini;
 pub mod ollama;
 pub mod openai;
+mod output;
 pub mod params;
+mod protocols;
 pub mod ratelimit;
 mod reasoning;
 mod request;
 pub mod stream;
 mod wire;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
-use reqwest::header::HeaderMap;
-use sluice_core::config::{Deployment, Protocol};
+use sluice_core::config::Deployment;
 use sluice_schemas::embeddings::EmbeddingsRequest;
-use sluice_schemas::job::JobResult;
-use sluice_schemas::openai::{
-    ChatCompletion, ChatCompletionChunk, ChatRequest, StreamOptions, Usage,
-};
+use sluice_schemas::openai::{ChatRequest, StreamOptions};
 use sluice_schemas::ErrorClass;
 
 pub use decode::StreamDecoder;
 pub use error::{retry_after, ProviderError};
+pub use output::{CallOutput, ChunkSink, NoSink};
 pub use params::Params;
+pub use protocols::classify;
+pub(crate) use protocols::wire;
 pub use ratelimit::{provider_wait, RateLimits};
-use wire::Wire;
-
-/// The wire protocol `protocol` speaks: the one place a [`Protocol`] picks an adapter.
-pub(crate) fn wire(protocol: Protocol) -> &'static dyn Wire {
-    match protocol {
-        Protocol::OpenAi => &openai::OpenAi,
-        Protocol::Azure => &azure::Azure,
-        Protocol::Anthropic => &anthropic::Anthropic,
-        Protocol::Gemini => &gemini::Gemini,
-        Protocol::Ollama => &ollama::Ollama,
-    }
-}
-
-impl StreamDecoder {
-    /// A decoder for `protocol`'s streams; `model` names the chunks of protocols whose
-    /// payloads do not carry it.
-    pub fn new(protocol: Protocol, model: &str) -> Self {
-        StreamDecoder::for_wire(wire(protocol), model)
-    }
-}
-
-/// Classifies a non-2xx response of `d` in its protocol's own terms, with what the
-/// response headers say (Retry-After, rate limits).
-pub fn classify(d: &Deployment, status: u16, headers: &HeaderMap, body: &str) -> ProviderError {
-    wire(d.protocol)
-        .classify(&d.provider, status, body)
-        .with_response(status, headers)
-}
-
-/// Receives each chunk of a streamed call as it arrives.
-pub trait ChunkSink: Send {
-    /// `raw` is the chunk's JSON as the provider sent it when that already is an OpenAI
-    /// chunk (so it can be forwarded without re-encoding), otherwise `None`.
-    fn chunk(
-        &mut self,
-        chunk: &ChatCompletionChunk,
-        raw: Option<&str>,
-    ) -> impl Future<Output = ()> + Send;
-}
-
-/// A sink that drops everything (non-streamed calls, tests).
-pub struct NoSink;
-
-impl ChunkSink for NoSink {
-    async fn chunk(&mut self, _: &ChatCompletionChunk, _: Option<&str>) {}
-}
-
-/// A successful call.
-#[derive(Debug, Clone)]
-pub struct CallOutput {
-    /// The `chat.completion` (a chat call) or the embeddings (an embeddings call).
-    pub result: JobResult,
-    /// `None` when the provider did not report usage.
-    pub usage: Option<Usage>,
-    /// Time to first content chunk (streamed calls only).
-    pub ttft: Option<Duration>,
-    pub latency: Duration,
-    /// Request parameters left out because the provider cannot take them
-    /// (`drop_params: true`), for the attempt record.
-    pub dropped_params: Vec<String>,
-    /// The provider's rate-limit headers, for flow control.
-    pub rate_limits: Option<RateLimits>,
-}
-
-impl CallOutput {
-    /// The completion of a chat call.
-    pub fn completion(&self) -> Option<&ChatCompletion> {
-        self.result.chat()
-    }
-}
 
 /// The shared provider client: one connection pool for every upstream.
 #[derive(Clone)]
@@ -230,6 +164,7 @@ impl Default for Providers {
 mod tests {
     use super::*;
     use crate::providers::error::class_of_status;
+    use sluice_core::config::Protocol;
 
     /// Every protocol falls back on the same status table when its error body says
     /// nothing more (the copies used to disagree on 402, 408, 499 and 529).

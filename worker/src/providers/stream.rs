@@ -18,7 +18,9 @@ use super::accumulate::Accumulator;
 use super::chunk::Emitted;
 use super::decode::StreamDecoder;
 use super::error::{redirect_error, ProviderError};
-use super::{classify, wire, CallOutput, ChunkSink, RateLimits};
+use super::output::{CallOutput, ChunkSink};
+use super::protocols::{classify, wire};
+use super::ratelimit::RateLimits;
 
 /// Sends `builder` and reads the answer: a whole completion, or a stream fed to `sink`.
 pub(crate) async fn execute<S: ChunkSink>(

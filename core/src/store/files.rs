@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::store::{Store, StoreError};
+use super::{Store, StoreError};
 
 /// Bytes per stored chunk. Small enough that the buffers each pooled Postgres connection
 /// keeps after carrying one stay small; large enough that a 200 MB file is 800 rows.

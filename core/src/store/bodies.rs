@@ -13,7 +13,7 @@
 
 use uuid::Uuid;
 
-use crate::store::{Store, StoreError};
+use super::{Store, StoreError};
 
 /// Names the job whose body is kept in Postgres.
 pub const HEADER_BODY_REF: &str = "Sluice-Body-Ref";

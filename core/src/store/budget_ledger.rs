@@ -9,7 +9,7 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-use crate::store::{Store, StoreError};
+use super::{Store, StoreError};
 
 /// Spend of one budget subject within its current period, and the calls in flight.
 #[derive(Debug, Clone, Default, PartialEq)]

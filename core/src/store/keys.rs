@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::{Store, StoreError};
 use crate::secret::Secret;
-use crate::store::{Store, StoreError};
 
 /// Prefix of every virtual key; the master key is configured, never generated.
 pub const KEY_PREFIX: &str = "sk-sluice-";

@@ -13,7 +13,7 @@ use sluice_schemas::{ErrorClass, JobStatus, Tier};
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::store::{Store, StoreError};
+use super::{Store, StoreError};
 
 /// Batch statuses that still need a driver.
 pub const ACTIVE: &str = "('validating','in_progress','finalizing','cancelling')";

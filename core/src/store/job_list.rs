@@ -3,7 +3,7 @@
 //!
 //! Job ids are UUIDv7, so "newest first" is "id descending" and the cursor walks the
 //! primary key; a page never skips or repeats a job while new ones arrive. Reading one
-//! job with its attempts stays in [`crate::store`].
+//! job with its attempts is `jobs.rs`'s ([`super::Store::job`]).
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -11,7 +11,7 @@ use serde::Serialize;
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::store::{Store, StoreError};
+use super::{Store, StoreError};
 
 /// Which jobs to list. `None` fields do not filter.
 #[derive(Debug, Clone, Default)]
