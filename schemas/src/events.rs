@@ -76,8 +76,4 @@ pub struct DoneEvent {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
-    /// The response cache's key when a chat job was answered from the cache (the
-    /// facade's `x-litellm-cache-key` header, as LiteLLM sends it on hits).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache_key: Option<String>,
 }

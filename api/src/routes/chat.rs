@@ -218,14 +218,7 @@ pub(crate) async fn wait_answer(
 /// A finished job as the OpenAI answer: its result, or the error for its class.
 pub(crate) fn answer(done: DoneEvent) -> Response {
     match (done.status, done.result) {
-        (JobStatus::Succeeded, Some(result)) => {
-            let mut resp = Json(result).into_response();
-            // A hit names its cache entry, as LiteLLM's proxy does.
-            if let Some(key) = done.cache_key.and_then(|k| HeaderValue::from_str(&k).ok()) {
-                resp.headers_mut().insert("x-litellm-cache-key", key);
-            }
-            resp
-        }
+        (JobStatus::Succeeded, Some(result)) => Json(result).into_response(),
         (_, _) => error_response(done.error.as_ref().map(|e| (e.class, e.message.as_str()))),
     }
 }

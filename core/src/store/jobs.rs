@@ -99,7 +99,6 @@ impl JobRow {
             cost: self.cost,
             attempts: self.attempts,
             error,
-            cache_key: None,
         }
     }
 }

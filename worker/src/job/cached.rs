@@ -48,8 +48,6 @@ pub(super) struct Hit {
     pub(super) result: JobResult,
     usage: Usage,
     saved: Option<Decimal>,
-    /// The chat entry's key (an embeddings hit has one per input: none here).
-    key: Option<String>,
 }
 
 /// Takes the request's `cache` controls out (no provider takes them) and, when the cache
@@ -133,7 +131,6 @@ async fn look_up_chat(cache: &Cache, plan: &Plan, key: &[String]) -> Option<Hit>
         result: entry.result,
         usage,
         saved: entry.cost.and_then(Decimal::from_f64),
-        key: key.first().cloned(),
     })
 }
 
@@ -164,7 +161,6 @@ fn vectors_hit(
         result: JobResult::Embeddings(EmbeddingsResponse::new(&full.model, vectors, tokens)),
         usage: Usage::new(tokens, 0),
         saved: saved(hits),
-        key: None,
     })
 }
 
@@ -285,7 +281,6 @@ pub(super) async fn finish(
         mut result,
         usage,
         saved,
-        key,
     } = hit;
     if let (true, JobResult::Chat(c)) = (stream, &result) {
         for chunk in replay(c, usage) {
@@ -313,7 +308,6 @@ pub(super) async fn finish(
         cost: Some(Decimal::ZERO),
         attempts,
         error: None,
-        cache_key: key,
     };
     Finished {
         outcome: base,

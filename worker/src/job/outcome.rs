@@ -204,7 +204,6 @@ impl Finished {
             cost: job_cost,
             attempts: attempt,
             error: None,
-            cache_key: None,
         };
         Finished {
             outcome: base,
@@ -238,7 +237,6 @@ impl Finished {
             cost: base.cost,
             attempts: attempt,
             error: Some(error),
-            cache_key: None,
         };
         Finished {
             outcome: base,
@@ -269,7 +267,6 @@ pub(super) async fn stop_cancelled(ctx: &Ctx, msg: jetstream::Message, id: Uuid)
             class: ErrorClass::Internal,
             message: "cancelled".into(),
         }),
-        cache_key: None,
     };
     let mut publisher = EventPublisher::new(ctx.js.clone(), ctx.subjects.events(id), id);
     if let Err(e) = publisher.terminal(0, &done).await {
