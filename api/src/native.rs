@@ -140,20 +140,8 @@ async fn plan(
             d.renew().await?;
         }
         let id = line_job_id(batch, line_no);
-        let base = |custom_id: String, model: String| BatchJob {
-            id,
-            owner: row.owner.clone(),
-            model_group: model,
-            tier,
-            status: JobStatus::Queued,
-            metadata: Some(json!({"batch_id": row.id, "custom_id": custom_id})),
-            created_at: now,
-            batch_id: row.id.clone(),
-            batch_line: line_no as i32,
-            custom_id,
-            error_class: None,
-            error_message: None,
-            finished_at: None,
+        let base = |custom_id: String, model: String| {
+            BatchJob::queued(row, id, line_no, tier, custom_id, model, now)
         };
         match d.check_request(&bytes, line_no, &row.endpoint) {
             Checked::Refused {
@@ -162,11 +150,7 @@ async fn plan(
                 class,
                 message,
             } => {
-                let mut job = base(custom_id, model);
-                job.status = JobStatus::Failed;
-                job.error_class = Some(class);
-                job.error_message = Some(message);
-                job.finished_at = Some(now);
+                let job = base(custom_id, model).refused(class, message, now);
                 jobs.push(NativeJob {
                     job,
                     native_batch: None,

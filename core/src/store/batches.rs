@@ -121,6 +121,45 @@ pub struct BatchJob {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+impl BatchJob {
+    /// Line `line` of `batch` as a queued job; its metadata names the batch and the
+    /// line's `custom_id`.
+    pub fn queued(
+        batch: &BatchRow,
+        id: Uuid,
+        line: u32,
+        tier: Tier,
+        custom_id: String,
+        model_group: String,
+        now: DateTime<Utc>,
+    ) -> Self {
+        BatchJob {
+            id,
+            owner: batch.owner.clone(),
+            model_group,
+            tier,
+            status: JobStatus::Queued,
+            metadata: Some(serde_json::json!({"batch_id": batch.id, "custom_id": custom_id})),
+            created_at: now,
+            batch_id: batch.id.clone(),
+            batch_line: line as i32,
+            custom_id,
+            error_class: None,
+            error_message: None,
+            finished_at: None,
+        }
+    }
+
+    /// The same line refused before it ran: it ends `failed` at `now` with the refusal.
+    pub fn refused(mut self, class: ErrorClass, message: String, now: DateTime<Utc>) -> Self {
+        self.status = JobStatus::Failed;
+        self.error_class = Some(class);
+        self.error_message = Some(message);
+        self.finished_at = Some(now);
+        self
+    }
+}
+
 /// A line's outcome, for the output and error files.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LineResult {
