@@ -10,6 +10,7 @@
 //! `error` payload, OpenRouter's error chunk) are caught before a payload is read as a
 //! chunk. Classification for the family (and Azure) lives here.
 
+use bytes::Bytes;
 use serde::Deserialize;
 use sluice_core::config::Deployment;
 use sluice_schemas::openai::{ChatCompletion, ChatCompletionChunk, ChatRequest, Usage};
@@ -175,7 +176,8 @@ impl Normalise for StreamState {
         }
         out.push(Emitted {
             chunk,
-            raw: exact.then_some(data),
+            // The payload's own bytes: forwarded as they are, without a copy.
+            raw: exact.then(|| Bytes::from(data)),
         });
         Ok(())
     }
