@@ -130,11 +130,75 @@ impl Message {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+/// A message's content: a string, or a list of parts. Serialized and read by hand (as
+/// the untagged enum it is) because prompt texts are most of what the api and the worker
+/// encode and decode per job: see [`Content::serialize`] and [`Content::deserialize`].
+#[derive(Debug, Clone, JsonSchema)]
 #[serde(untagged)]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
+}
+
+/// Texts shorter than this are escaped by serde_json as usual (the raw path's allocation
+/// would cost more than it saves).
+const RAW_TEXT_MIN: usize = 64;
+
+impl Serialize for Content {
+    /// A text with nothing to escape (no control character, quote or backslash: most
+    /// prompts) is written as a raw JSON value, checked 32 bytes at a time, instead of
+    /// serde_json's byte-by-byte escaping; the bytes written are the same.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Content::Text(t) if t.len() >= RAW_TEXT_MIN && !needs_escape(t.as_bytes()) => {
+                let mut quoted = String::with_capacity(t.len() + 2);
+                quoted.push('"');
+                quoted.push_str(t);
+                quoted.push('"');
+                match serde_json::value::RawValue::from_string(quoted) {
+                    Ok(raw) => raw.serialize(s),
+                    Err(_) => s.serialize_str(t),
+                }
+            }
+            Content::Text(t) => s.serialize_str(t),
+            Content::Parts(p) => p.serialize(s),
+        }
+    }
+}
+
+/// Whether JSON must escape a byte of `bytes` (what serde_json escapes: control
+/// characters, `"` and `\\`). Without an early exit inside a chunk, so it vectorises.
+fn needs_escape(bytes: &[u8]) -> bool {
+    bytes.chunks(32).any(|chunk| {
+        chunk
+            .iter()
+            .fold(false, |any, &b| any | (b < 0x20) | (b == b'"') | (b == b'\\'))
+    })
+}
+
+impl<'de> Deserialize<'de> for Content {
+    /// Reads a string or a list of parts straight from the input: the untagged derive
+    /// would first copy the whole content into serde's buffer, then copy it again.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ContentVisitor;
+        impl<'de> serde::de::Visitor<'de> for ContentVisitor {
+            type Value = Content;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an array of content parts")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Content, E> {
+                Ok(Content::Text(s.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Content, E> {
+                Ok(Content::Text(s))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Content, A::Error> {
+                let parts = Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(Content::Parts(parts))
+            }
+        }
+        d.deserialize_any(ContentVisitor)
+    }
 }
 
 /// One part of a multi-part message (`text`, `image_url`, `input_audio`, `file`, ...).
@@ -319,4 +383,51 @@ pub struct FunctionCallDelta {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arguments: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_text_is_written_exactly_as_serde_json_writes_a_string() {
+        let long = "word ".repeat(40);
+        let texts = [
+            "short".to_string(),
+            long.clone(),
+            format!("{long}\"quoted\""),
+            format!("{long}back\\slash"),
+            format!("{long}new\nline\ttab\u{1}"),
+            format!("{long}Grüße, 世界 🚀 / \u{7f}"),
+        ];
+        for t in texts {
+            let content = serde_json::to_string(&Content::Text(t.clone())).unwrap();
+            assert_eq!(content, serde_json::to_string(&t).unwrap(), "{t:?}");
+            let back: Content = serde_json::from_str(&content).unwrap();
+            assert!(matches!(back, Content::Text(b) if b == t));
+            // Through a `Value` too (the raw path must not leak serde_json's raw token).
+            let value = serde_json::to_value(Content::Text(t.clone())).unwrap();
+            assert_eq!(value, Value::String(t));
+        }
+    }
+
+    #[test]
+    fn content_reads_a_string_or_parts_and_names_what_it_expected_otherwise() {
+        let m: Message = serde_json::from_str(r#"{"role":"user","content":"hi"}"#).unwrap();
+        assert!(matches!(m.content, Some(Content::Text(t)) if t == "hi"));
+        let m: Message = serde_json::from_str(
+            r#"{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"u"}}]}"#,
+        )
+        .unwrap();
+        let Some(Content::Parts(parts)) = m.content else {
+            panic!("parts expected")
+        };
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].text.as_deref(), Some("a"));
+        assert!(parts[1].extra.contains_key("image_url"));
+        let m: Message = serde_json::from_value(serde_json::json!({"role":"user","content":null})).unwrap();
+        assert!(m.content.is_none());
+        let e = serde_json::from_str::<Message>(r#"{"role":"user","content":{"x":1}}"#).unwrap_err();
+        assert!(e.to_string().contains("a string or an array of content parts"), "{e}");
+    }
 }
