@@ -170,9 +170,9 @@ impl Serialize for Content {
 /// characters, `"` and `\\`). Without an early exit inside a chunk, so it vectorises.
 fn needs_escape(bytes: &[u8]) -> bool {
     bytes.chunks(32).any(|chunk| {
-        chunk
-            .iter()
-            .fold(false, |any, &b| any | (b < 0x20) | (b == b'"') | (b == b'\\'))
+        chunk.iter().fold(false, |any, &b| {
+            any | (b < 0x20) | (b == b'"') | (b == b'\\')
+        })
     })
 }
 
@@ -425,9 +425,15 @@ mod tests {
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[0].text.as_deref(), Some("a"));
         assert!(parts[1].extra.contains_key("image_url"));
-        let m: Message = serde_json::from_value(serde_json::json!({"role":"user","content":null})).unwrap();
+        let m: Message =
+            serde_json::from_value(serde_json::json!({"role":"user","content":null})).unwrap();
         assert!(m.content.is_none());
-        let e = serde_json::from_str::<Message>(r#"{"role":"user","content":{"x":1}}"#).unwrap_err();
-        assert!(e.to_string().contains("a string or an array of content parts"), "{e}");
+        let e =
+            serde_json::from_str::<Message>(r#"{"role":"user","content":{"x":1}}"#).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("a string or an array of content parts"),
+            "{e}"
+        );
     }
 }

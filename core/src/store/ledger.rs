@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use rust_decimal::Decimal;
 use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use sluice_schemas::{AttemptStatus, ErrorClass, JobStatus, Tier};
 use sqlx::postgres::PgConnection;
@@ -95,7 +96,9 @@ pub struct JobOutcome {
     #[serde(serialize_with = "timestamp")]
     pub created_at: DateTime<Utc>,
     pub status: JobStatus,
-    pub result: Option<Value>,
+    /// The result's JSON text, encoded once where the job ends and copied into the row
+    /// as it is (a `Value` would be built, then encoded again).
+    pub result: Option<Box<RawValue>>,
     pub usage: Option<Value>,
     pub cost: Option<Decimal>,
     pub pricing_missing: bool,
@@ -500,7 +503,11 @@ mod tests {
             };
             let row: Value = serde_json::to_value(&deferred).unwrap();
             let text = row["not_before"].as_str().unwrap();
-            assert_eq!(text.parse::<DateTime<Utc>>().unwrap(), t, "{stamp} -> {text}");
+            assert_eq!(
+                text.parse::<DateTime<Utc>>().unwrap(),
+                t,
+                "{stamp} -> {text}"
+            );
             assert_eq!(text.len(), 30, "{text}");
         }
     }
