@@ -1,12 +1,15 @@
 //! The ledger is exact under redelivery: the job row numbers every provider call, so two
 //! deliveries of one job never share an attempt number, a delivery never overwrites
 //! another's rows, a late deferral never resets a row another delivery runs, and the
-//! calls of a job across all its deliveries are bounded.
+//! calls of a job across all its deliveries are bounded. A batch that claims some jobs
+//! and ends others writes both.
 
 use anyhow::Result;
 use chrono::Utc;
-use sluice_core::store::{AttemptRecord, AttemptStarted, JobDeferred, LedgerEntry, Store, Written};
-use sluice_schemas::AttemptStatus;
+use sluice_core::store::{
+    AttemptRecord, AttemptStarted, JobDeferred, JobOutcome, LedgerEntry, Store, Written,
+};
+use sluice_schemas::{AttemptStatus, JobStatus};
 use sluice_testkit::TestEnv;
 use uuid::Uuid;
 
@@ -193,6 +196,88 @@ async fn calls_across_deliveries_stop_at_the_jobs_budget() -> Result<()> {
         .fetch_one(store.pool())
         .await?;
     assert_eq!(rows, 3, "no row for a refused call");
+    Ok(())
+}
+
+/// A worker's batch often holds one job's claim and another job's end (they share one
+/// statement): each is written as if alone, and a refused claim in it is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_batch_claims_some_jobs_and_ends_others() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let store = env.store().await?;
+    let (ending, starting, cancelled) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    for job in [ending, cancelled] {
+        assert_eq!(
+            claim(&store, started(job, 1, "w", 10)).await?,
+            Written::Claimed(1)
+        );
+    }
+    assert!(store.cancel_job(cancelled).await?);
+    let end = LedgerEntry::Finished {
+        job: JobOutcome {
+            id: ending,
+            owner: "master".into(),
+            model_group: "fast".into(),
+            tier: sluice_schemas::Tier::Normal,
+            reply_subject: None,
+            created_at: Utc::now(),
+            status: JobStatus::Succeeded,
+            result: Some(serde_json::json!({"answer": 42})),
+            usage: None,
+            cost: None,
+            pricing_missing: true,
+            attempts: 1,
+            error_class: None,
+            error_message: None,
+            finished_at: Utc::now(),
+            cache_hit: false,
+            cost_saved: None,
+        },
+        attempts: vec![finished_attempt(ending, 1, 1, "w")],
+        deliveries: Vec::new(),
+    };
+    let answers = store
+        .write_ledger(&[
+            started(starting, 1, "w", 10),
+            end,
+            started(cancelled, 2, "w", 10),
+        ])
+        .await?;
+    assert_eq!(
+        answers,
+        vec![Written::Claimed(1), Written::Done, Written::Ended]
+    );
+    let job = |id: Uuid| {
+        let store = store.clone();
+        async move {
+            sqlx::query_as::<_, (String, Option<serde_json::Value>)>(
+                "SELECT status, result FROM jobs WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(store.pool())
+            .await
+        }
+    };
+    assert_eq!(
+        job(ending).await?,
+        ("succeeded".into(), Some(serde_json::json!({"answer": 42})))
+    );
+    assert_eq!(job(starting).await?, ("running".into(), None));
+    let attempts: Vec<(Uuid, i32, String)> = sqlx::query_as(
+        "SELECT job_id, attempt, status FROM job_attempts WHERE job_id = ANY($1) ORDER BY job_id, attempt",
+    )
+    .bind(vec![ending, starting, cancelled])
+    .fetch_all(store.pool())
+    .await?;
+    assert_eq!(
+        attempts,
+        vec![
+            (ending, 1, "succeeded".to_string()),
+            (starting, 1, "started".to_string()),
+            (cancelled, 1, "started".to_string()),
+        ],
+        "the ended job's call is finished, the new call is on record, the cancelled job's second call never was"
+    );
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! webhook outcomes, written a batch at a time by [`crate::group_commit`].
 
 use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use rust_decimal::Decimal;
@@ -206,11 +207,27 @@ impl<'a> Sorted<'a> {
         !self.finished_jobs.is_empty() || !self.finished_attempts.is_empty()
     }
 
+    /// Whether the claims and the finished rows go in one statement: both are there and
+    /// no job has both (a statement's parts do not see one another's writes, and one
+    /// statement cannot change a row twice).
+    fn claims_with_finished(&self) -> bool {
+        if self.started.is_empty() || !self.finished() {
+            return false;
+        }
+        let finishing: HashSet<Uuid> = self
+            .finished_jobs
+            .iter()
+            .map(|j| j.id)
+            .chain(self.finished_attempts.iter().map(|a| a.job_id))
+            .collect();
+        !self.started.iter().any(|s| finishing.contains(&s.job_id))
+    }
+
     /// How many statements the batch takes.
     fn statements(&self) -> usize {
         [
             !self.started.is_empty(),
-            self.finished(),
+            self.finished() && !self.claims_with_finished(),
             !self.deferred.is_empty(),
             !self.webhooks.is_empty(),
         ]
@@ -221,7 +238,8 @@ impl<'a> Sorted<'a> {
 }
 
 impl Store {
-    /// Writes a batch of ledger entries in one transaction, four statements at most.
+    /// Writes a batch of ledger entries in one transaction, four statements at most (the
+    /// claims and the finished rows of other jobs share one).
     /// Answers each `Started` entry: whether it claimed its job, and the attempt number
     /// the job row allocated for the call (see [`Written`]). Other entries are `Done`.
     pub async fn write_ledger(&self, entries: &[LedgerEntry]) -> Result<Vec<Written>, StoreError> {
@@ -235,10 +253,15 @@ impl Store {
         } else {
             &mut *solo.insert(self.pool.acquire().await?)
         };
-        let claims = claim_started(conn, &batch.started).await?;
-        if batch.finished() {
-            write_finished(conn, &batch).await?;
-        }
+        let claims = if batch.claims_with_finished() {
+            claim_started(conn, &batch.started, Some(&batch)).await?
+        } else {
+            let claims = claim_started(conn, &batch.started, None).await?;
+            if batch.finished() {
+                write_finished(conn, &batch).await?;
+            }
+            claims
+        };
         write_deferred(conn, &batch.deferred).await?;
         write_webhooks(conn, &batch.webhooks).await?;
         if let Some(tx) = tx {
@@ -255,7 +278,10 @@ impl Store {
 }
 
 /// Claims the jobs of `started` and writes an attempt row for each claim; answers each job
-/// `Claimed` with its attempt number, or why it was refused.
+/// `Claimed` with its attempt number, or why it was refused. With `finished`, the same
+/// statement also writes that batch's finished attempts and results ([`write_finished`]):
+/// at a low rate a batch often holds one job's claim and another's end, and one statement
+/// is one round trip and no transaction instead of four (`BEGIN`, two statements, `COMMIT`).
 ///
 /// The job row is the arbiter between deliveries of a job and the api ending it (cancel,
 /// batch expiry): a job already ended, or one that made all the calls it may, is not
@@ -264,13 +290,51 @@ impl Store {
 async fn claim_started(
     conn: &mut PgConnection,
     started: &[&AttemptStarted],
+    finished: Option<&Sorted<'_>>,
 ) -> Result<HashMap<Uuid, Written>, StoreError> {
     let mut claims: HashMap<Uuid, Written> = HashMap::new();
     if started.is_empty() {
         return Ok(claims);
     }
-    let claimed: Vec<(Uuid, i32)> = sqlx::query_as(&format!(
-        "WITH input AS (
+    let rows = crate::pgtext::rows_param(started, &[])?;
+    let claimed: Vec<(Uuid, i32)> = match finished {
+        None => {
+            sqlx::query_as(&CLAIM)
+                .bind(rows)
+                .fetch_all(&mut *conn)
+                .await?
+        }
+        Some(batch) => {
+            let p = FinishedParams::of(batch)?;
+            sqlx::query_as(&CLAIM_AND_FINISH)
+                .bind(rows)
+                .bind(p.attempts)
+                .bind(p.results)
+                .bind(p.deliveries)
+                .bind(p.ids)
+                .fetch_all(&mut *conn)
+                .await?
+        }
+    };
+    for (id, attempt) in claimed {
+        claims.insert(id, Written::Claimed(u32::try_from(attempt).unwrap_or(0)));
+    }
+    let refused: Vec<Uuid> = started
+        .iter()
+        .map(|s| s.job_id)
+        .filter(|id| !claims.contains_key(id))
+        .collect();
+    if !refused.is_empty() {
+        claims.extend(why_refused(conn, &refused).await?);
+    }
+    Ok(claims)
+}
+
+/// The claim's parts of a statement (its rows are parameter `$1`): `claimed` holds the
+/// claimed jobs and their call numbers.
+fn claim_parts() -> String {
+    format!(
+        "input AS (
             SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(job_id uuid, owner text, model_group text,
                  tier text, reply_subject text, created_at timestamptz, started_at timestamptz,
                  delivery int, worker text, deployment text, provider text, model text, max_calls int,
@@ -288,32 +352,32 @@ async fn claim_started(
             WHERE jobs.status NOT IN {TERMINAL}
               AND jobs.calls < (SELECT i.max_calls FROM input i WHERE i.job_id = jobs.id)
             RETURNING id, calls
-         ), attempts AS (
+         ), started AS (
             INSERT INTO job_attempts (job_id, attempt, delivery, worker, deployment, provider, model, status,
                  started_at, reserved_cost)
             SELECT i.job_id, c.calls, i.delivery, i.worker, i.deployment, i.provider, i.model, 'started',
                  i.started_at, i.reserved_cost
             FROM input i JOIN claimed c ON c.id = i.job_id
             ON CONFLICT (job_id, attempt) DO NOTHING
-         )
-         SELECT id, calls FROM claimed"
-    ))
-    .bind(crate::pgtext::rows_param(started, &[])?)
-    .fetch_all(&mut *conn)
-    .await?;
-    for (id, attempt) in claimed {
-        claims.insert(id, Written::Claimed(u32::try_from(attempt).unwrap_or(0)));
-    }
-    let refused: Vec<Uuid> = started
-        .iter()
-        .map(|s| s.job_id)
-        .filter(|id| !claims.contains_key(id))
-        .collect();
-    if !refused.is_empty() {
-        claims.extend(why_refused(conn, &refused).await?);
-    }
-    Ok(claims)
+         )"
+    )
 }
+
+/// The claims alone.
+static CLAIM: LazyLock<String> =
+    LazyLock::new(|| format!("WITH {} SELECT id, calls FROM claimed", claim_parts()));
+
+/// The claims and the finished rows of other jobs, in one statement.
+static CLAIM_AND_FINISH: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH {}, {} SELECT id, calls FROM claimed",
+        claim_parts(),
+        finished_parts(2)
+    )
+});
+
+/// The finished rows alone.
+static FINISH: LazyLock<String> = LazyLock::new(|| format!("WITH {} SELECT 1", finished_parts(1)));
 
 /// Why each of the `refused` claims was refused: the job had ended, or spent its calls.
 async fn why_refused(
@@ -340,13 +404,49 @@ async fn why_refused(
 /// one statement, three tables, no row touched twice. A job that had already ended keeps
 /// its result and gets no deliveries.
 async fn write_finished(conn: &mut PgConnection, batch: &Sorted<'_>) -> Result<(), StoreError> {
-    sqlx::query(&format!(
-        "WITH attempts AS (
+    let p = FinishedParams::of(batch)?;
+    sqlx::query(&FINISH)
+        .bind(p.attempts)
+        .bind(p.results)
+        .bind(p.deliveries)
+        .bind(p.ids)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The finished rows' parameters, in the order [`finished_parts`] numbers them.
+struct FinishedParams {
+    attempts: String,
+    results: String,
+    deliveries: String,
+    /// The finished jobs' ids again as an array: cheaper for Postgres than parsing the
+    /// results (the largest parameter) a second time to find them.
+    ids: Vec<Uuid>,
+}
+
+impl FinishedParams {
+    fn of(batch: &Sorted<'_>) -> Result<FinishedParams, StoreError> {
+        Ok(FinishedParams {
+            attempts: crate::pgtext::rows_param(&batch.finished_attempts, &[])?,
+            results: crate::pgtext::rows_param(&batch.finished_jobs, &["result"])?,
+            deliveries: crate::pgtext::rows_param(&batch.deliveries, &[])?,
+            ids: batch.finished_jobs.iter().map(|j| j.id).collect(),
+        })
+    }
+}
+
+/// The finished rows' parts of a statement, their parameters numbered from `$p`
+/// (attempts, results, deliveries, the finished jobs' ids).
+fn finished_parts(p: usize) -> String {
+    let (results, deliveries, ids) = (p + 1, p + 2, p + 3);
+    format!(
+        "attempts AS (
             INSERT INTO job_attempts (job_id, attempt, delivery, worker, deployment, provider, model, status,
                  error_class, error_message, prompt_tokens, completion_tokens, cached_tokens,
                  cache_creation_tokens, reasoning_tokens, usage_estimated, cost, pricing_missing, ttft_ms,
                  latency_ms, started_at, finished_at, dropped_params)
-            SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(job_id uuid, attempt int, delivery int, worker text,
+            SELECT * FROM jsonb_to_recordset(${p}::jsonb) AS t(job_id uuid, attempt int, delivery int, worker text,
                  deployment text, provider text, model text, status text, error_class text, error_message text,
                  prompt_tokens bigint, completion_tokens bigint, cached_tokens bigint,
                  cache_creation_tokens bigint, reasoning_tokens bigint, usage_estimated boolean,
@@ -365,7 +465,7 @@ async fn write_finished(conn: &mut PgConnection, batch: &Sorted<'_>) -> Result<(
             INSERT INTO jobs (id, owner, model_group, tier, reply_subject, created_at, status, result, usage, cost,
                  pricing_missing, attempts, error_class, error_message, finished_at, cache_hit, cost_saved,
                  result_text)
-            SELECT * FROM jsonb_to_recordset($2::jsonb) AS t(id uuid, owner text, model_group text, tier text,
+            SELECT * FROM jsonb_to_recordset(${results}::jsonb) AS t(id uuid, owner text, model_group text, tier text,
                  reply_subject text, created_at timestamptz, status text, result jsonb, usage jsonb,
                  cost numeric, pricing_missing boolean, attempts int, error_class text, error_message text,
                  finished_at timestamptz, cache_hit boolean, cost_saved numeric, result_text text)
@@ -381,23 +481,13 @@ async fn write_finished(conn: &mut PgConnection, batch: &Sorted<'_>) -> Result<(
          ), deliveries AS (
             INSERT INTO job_deliveries (job_id, kind, target, body)
             SELECT t.job_id, t.kind, t.target, t.body
-            FROM jsonb_to_recordset($3::jsonb) AS t(job_id uuid, kind text, target text, body text)
+            FROM jsonb_to_recordset(${deliveries}::jsonb) AS t(job_id uuid, kind text, target text, body text)
             WHERE t.job_id IN (SELECT id FROM results)
             ON CONFLICT (job_id, kind) DO NOTHING
          ), bodies AS (
-            DELETE FROM job_bodies WHERE job_id = ANY($4::uuid[])
-         )
-         SELECT 1"
-    ))
-    .bind(crate::pgtext::rows_param(&batch.finished_attempts, &[])?)
-    .bind(crate::pgtext::rows_param(&batch.finished_jobs, &["result"])?)
-    .bind(crate::pgtext::rows_param(&batch.deliveries, &[])?)
-    // The ids again as an array: cheaper for Postgres than parsing the results (the
-    // largest parameter) a second time to find them.
-    .bind(batch.finished_jobs.iter().map(|j| j.id).collect::<Vec<Uuid>>())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+            DELETE FROM job_bodies WHERE job_id = ANY(${ids}::uuid[])
+         )"
+    )
 }
 
 /// Deferred jobs go back to `queued` only if no other delivery started a call since this

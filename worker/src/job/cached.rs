@@ -315,6 +315,7 @@ pub(super) async fn finish(
         done,
         publisher,
         last_attempt: attempts,
+        settling: None,
     }
 }
 

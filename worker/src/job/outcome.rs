@@ -1,4 +1,5 @@
-//! How a run ends: the result recorded, then published, then acked ([`conclude`]); a job
+//! How a run ends: the result recorded, then published, then acked ([`conclude`]; the
+//! last call's settlement runs meanwhile and is done before the ack); a job
 //! handed back to the queue ([`defer`]); a job the api ended or cancelled; a message that
 //! can never be processed ([`dead_letter`]).
 
@@ -28,6 +29,9 @@ pub(super) struct Finished {
     pub(super) done: DoneEvent,
     pub(super) publisher: EventPublisher,
     pub(super) last_attempt: u32,
+    /// The last call's reservation being settled meanwhile (see `pipeline.rs`, `record`):
+    /// awaited before the ack.
+    pub(super) settling: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Why a job stopped without a result of its own.
@@ -211,6 +215,7 @@ impl Finished {
             done,
             publisher,
             last_attempt: attempt,
+            settling: None,
         }
     }
 
@@ -244,6 +249,7 @@ impl Finished {
             done,
             publisher,
             last_attempt: attempt,
+            settling: None,
         }
     }
 }
@@ -310,6 +316,7 @@ pub(super) async fn conclude(
         done,
         mut publisher,
         last_attempt,
+        settling,
     } = finished;
     let deliveries = deliveries_of(ctx, &done, reply_subject, webhook_url);
     let deliver = !deliveries.is_empty();
@@ -339,6 +346,11 @@ pub(super) async fn conclude(
         tracing::warn!(error = %e, "terminal event not stored; redelivery will republish it");
         nak_soon(&msg).await;
         return;
+    }
+    if let Some(settling) = settling {
+        // Settled before the ack, as before: the limits hold the call's real usage by the
+        // time the message goes.
+        let _ = settling.await;
     }
     if let Err(e) = msg.ack().await {
         tracing::warn!(error = %e, "ack failed; a redelivery will find the job finished");

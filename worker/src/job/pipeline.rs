@@ -147,6 +147,9 @@ struct Run<'a> {
     prompt_estimates: Vec<(tokens::Tokenizer, u64)>,
     /// Attempts this delivery made, for the ledger.
     records: Vec<AttemptRecord>,
+    /// The settlement of a successful call's reservation, running beside the result's
+    /// write and publish; the job's end waits for it before the ack (`outcome::conclude`).
+    settling: Option<tokio::task::JoinHandle<()>>,
     /// The job's calls as this delivery knows them (the last attempt number); each call's
     /// number is allocated by the job row when it starts.
     attempt: u32,
@@ -202,6 +205,7 @@ impl<'a> Run<'a> {
             header_lines,
             prompt_estimates: Vec::with_capacity(2),
             records: Vec::new(),
+            settling: None,
             attempt: calls,
             last_error: JobError {
                 class: ErrorClass::Internal,
@@ -679,7 +683,17 @@ impl<'a> Run<'a> {
             crate::metrics::cooldown(&deployment.id, e.class.as_str());
         }
         if let Some(reservation) = held.take() {
-            ctx.limiter.settle(reservation, used, health).await;
+            if result.is_ok() {
+                // No call follows a success, so nothing here waits for the settlement: it
+                // runs beside the result's write and publish, and the ack waits for it.
+                let limiter = ctx.limiter.clone();
+                self.settling = Some(ctx.settlements.spawn(async move {
+                    limiter.settle(reservation, used, health).await;
+                }));
+            } else {
+                // The next attempt's admission must see this one's usage and health.
+                ctx.limiter.settle(reservation, used, health).await;
+            }
         }
         self.records.push(record);
         result.map_err(|error| {
@@ -751,6 +765,7 @@ impl<'a> Run<'a> {
         let mut finished =
             Finished::succeeded(self.base, self.records, out, self.publisher, self.attempt);
         finished.outcome.cost_saved = saved;
+        finished.settling = self.settling;
         finished
     }
 
