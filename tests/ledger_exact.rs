@@ -222,7 +222,7 @@ async fn one_batch_claims_some_jobs_and_ends_others() -> Result<()> {
             reply_subject: None,
             created_at: Utc::now(),
             status: JobStatus::Succeeded,
-            result: Some(serde_json::json!({"answer": 42})),
+            result: serde_json::value::to_raw_value(&serde_json::json!({"answer": 42})).ok(),
             usage: None,
             cost: None,
             pricing_missing: true,

@@ -129,7 +129,7 @@ struct Collect {
 }
 
 impl ChunkSink for Collect {
-    async fn chunk(&mut self, chunk: &ChatCompletionChunk, raw: Option<&str>) {
+    async fn chunk(&mut self, chunk: &ChatCompletionChunk, raw: Option<bytes::Bytes>) {
         if raw.is_some() {
             self.raw += 1;
         }

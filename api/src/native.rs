@@ -633,7 +633,7 @@ impl<'a> Follow<'a> {
                             reply_subject: None,
                             created_at: job.created_at,
                             status: JobStatus::Succeeded,
-                            result: Some(s.completion),
+                            result: serde_json::value::to_raw_value(&s.completion).ok(),
                             usage: s.usage.as_ref().and_then(|u| serde_json::to_value(u).ok()),
                             cost: s.cost,
                             pricing_missing: s.cost.is_none(),

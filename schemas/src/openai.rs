@@ -130,11 +130,50 @@ impl Message {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+/// A message's content: a string, or a list of parts. Serialized by hand (as the untagged
+/// enum it is) because prompt texts are most of what the api and the worker encode per
+/// job: see [`Content::serialize`].
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
+}
+
+/// Texts shorter than this are escaped by serde_json as usual (the raw path's allocation
+/// would cost more than it saves).
+const RAW_TEXT_MIN: usize = 64;
+
+impl Serialize for Content {
+    /// A text with nothing to escape (no control character, quote or backslash: most
+    /// prompts) is written as a raw JSON value, checked 32 bytes at a time, instead of
+    /// serde_json's byte-by-byte escaping; the bytes written are the same.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Content::Text(t) if t.len() >= RAW_TEXT_MIN && !needs_escape(t.as_bytes()) => {
+                let mut quoted = String::with_capacity(t.len() + 2);
+                quoted.push('"');
+                quoted.push_str(t);
+                quoted.push('"');
+                match serde_json::value::RawValue::from_string(quoted) {
+                    Ok(raw) => raw.serialize(s),
+                    Err(_) => s.serialize_str(t),
+                }
+            }
+            Content::Text(t) => s.serialize_str(t),
+            Content::Parts(p) => p.serialize(s),
+        }
+    }
+}
+
+/// Whether JSON must escape a byte of `bytes` (what serde_json escapes: control
+/// characters, `"` and `\\`). Without an early exit inside a chunk, so it vectorises.
+fn needs_escape(bytes: &[u8]) -> bool {
+    bytes.chunks(32).any(|chunk| {
+        chunk.iter().fold(false, |any, &b| {
+            any | (b < 0x20) | (b == b'"') | (b == b'\\')
+        })
+    })
 }
 
 /// One part of a multi-part message (`text`, `image_url`, `input_audio`, `file`, ...).
@@ -319,4 +358,39 @@ pub struct FunctionCallDelta {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arguments: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_text_is_written_exactly_as_serde_json_writes_a_string() {
+        let long = "word ".repeat(40);
+        let texts = [
+            "short".to_string(),
+            long.clone(),
+            format!("{long}\"quoted\""),
+            format!("{long}back\\slash"),
+            format!("{long}new\nline\ttab\u{1}"),
+            format!("{long}Grüße, 世界 🚀 / \u{7f}"),
+        ];
+        for t in texts {
+            let content = serde_json::to_string(&Content::Text(t.clone())).unwrap();
+            assert_eq!(content, serde_json::to_string(&t).unwrap(), "{t:?}");
+            let back: Content = serde_json::from_str(&content).unwrap();
+            assert!(matches!(back, Content::Text(b) if b == t));
+            // Through a `Value` too (the raw path must not leak serde_json's raw token).
+            let value = serde_json::to_value(Content::Text(t.clone())).unwrap();
+            assert_eq!(value, Value::String(t));
+        }
+    }
+
+    #[test]
+    fn content_parts_are_written_as_a_list_and_read_back() {
+        let text = r#"[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"u"}}]"#;
+        let content: Content = serde_json::from_str(text).unwrap();
+        assert!(matches!(&content, Content::Parts(p) if p.len() == 2));
+        assert_eq!(serde_json::to_string(&content).unwrap(), text);
+    }
 }

@@ -48,7 +48,7 @@ impl SseParser {
         self.buf.extend_from_slice(bytes);
         loop {
             let rest = &self.buf[self.pos..];
-            let Some(end) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(end) = memchr::memchr2(b'\n', b'\r', rest) else {
                 break;
             };
             let line_end = self.pos + end;
@@ -108,7 +108,12 @@ impl SseParser {
                 if self.has_data {
                     self.data.push('\n');
                 }
-                self.data.push_str(&String::from_utf8_lossy(value));
+                // Checked as UTF-8 first (fast on the ASCII providers send); only a
+                // payload that is not gets the slow replacing conversion.
+                match std::str::from_utf8(value) {
+                    Ok(text) => self.data.push_str(text),
+                    Err(_) => self.data.push_str(&String::from_utf8_lossy(value)),
+                }
                 self.has_data = true;
             }
             b"event" => self.event = Some(String::from_utf8_lossy(value).into_owned()),

@@ -210,10 +210,8 @@ fn events(job: &JobOutcome, attempts: &[AttemptRecord], messages: Option<Message
         .result
         .as_ref()
         .filter(|_| messages.is_some())
-        .and_then(|r| r.get("choices"))
-        .and_then(|c| c.get(0))
-        .and_then(|c| c.get("message"))
-        .cloned();
+        .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
+        .and_then(|r| r.get("choices")?.get(0)?.get("message").cloned());
     out.push(json!({
         "id": event_id("trace", &trace_id),
         "timestamp": ts,
@@ -431,7 +429,10 @@ mod tests {
             reply_subject: None,
             created_at: Utc::now(),
             status,
-            result: Some(json!({"choices": [{"message": {"role": "assistant", "content": "hi"}}]})),
+            result: serde_json::value::to_raw_value(
+                &json!({"choices": [{"message": {"role": "assistant", "content": "hi"}}]}),
+            )
+            .ok(),
             usage: None,
             cost: Some(Decimal::new(35, 6)),
             pricing_missing: false,

@@ -12,8 +12,9 @@
 
 use std::time::Duration;
 
+use async_nats::header::HeaderName;
 use async_nats::jetstream::{self};
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use sluice_core::bodies::{fits, HEADER_BODY_REF};
 use sluice_core::store::JobRow;
@@ -41,20 +42,31 @@ fn unpublished(kind: EventKind, source: impl Into<sluice_core::error::BoxError>)
     EventError::new(EventErrorKind::Publish(kind.as_str()), source)
 }
 
+/// The event headers' names, built once (no validation or lookup per event).
+const EVENT: HeaderName = HeaderName::from_static(HEADER_EVENT);
+const ATTEMPT: HeaderName = HeaderName::from_static(HEADER_ATTEMPT);
+const SEQ: HeaderName = HeaderName::from_static(HEADER_SEQ);
+
 pub struct EventPublisher {
     js: jetstream::Context,
     nats: async_nats::Client,
-    subject: String,
+    /// The job's event subject; cloning it per event only counts a reference.
+    subject: Subject,
     job_id: Uuid,
     seq: u64,
+    /// The server's `max_payload`, read once per job: `Client::server_info` clones the
+    /// whole server description (a dozen strings) on every call.
+    max_payload: usize,
 }
 
 impl EventPublisher {
     pub fn new(js: jetstream::Context, subject: String, job_id: Uuid) -> Self {
+        let nats = js.client();
         EventPublisher {
-            nats: js.client(),
+            max_payload: nats.server_info().max_payload,
+            nats,
             js,
-            subject,
+            subject: Subject::from(subject),
             job_id,
             seq: 0,
         }
@@ -63,9 +75,9 @@ impl EventPublisher {
     fn headers(&mut self, kind: EventKind, attempt: u32) -> HeaderMap {
         self.seq += 1;
         let mut h = HeaderMap::new();
-        h.insert(HEADER_EVENT, kind.as_str());
-        h.insert(HEADER_ATTEMPT, attempt.to_string().as_str());
-        h.insert(HEADER_SEQ, self.seq.to_string().as_str());
+        h.insert(EVENT, kind.as_str());
+        h.insert(ATTEMPT, attempt.to_string());
+        h.insert(SEQ, self.seq.to_string());
         h
     }
 
@@ -98,8 +110,7 @@ impl EventPublisher {
     /// api's native batch driver publishes too (`sluice_core::terminal_event`).
     pub async fn terminal(&mut self, attempt: u32, done: &DoneEvent) -> Result<Bytes, EventError> {
         self.seq += 1;
-        let max_payload = self.nats.server_info().max_payload;
-        let m = terminal_message(done, attempt, self.seq, max_payload).map_err(|e| {
+        let m = terminal_message(done, attempt, self.seq, self.max_payload).map_err(|e| {
             let kind = if done.status == sluice_schemas::JobStatus::Succeeded {
                 EventKind::Done
             } else {
@@ -169,15 +180,17 @@ pub struct EventSink<'a> {
 }
 
 impl ChunkSink for EventSink<'_> {
-    async fn chunk(&mut self, chunk: &ChatCompletionChunk, raw: Option<&str>) {
+    async fn chunk(&mut self, chunk: &ChatCompletionChunk, raw: Option<Bytes>) {
+        // Owned, so a `Bytes` made from the payload's `String` is published without a copy
+        // (a clone of such a `Bytes` would allocate its shared form instead).
         let body = match raw {
-            Some(raw) => Bytes::copy_from_slice(raw.as_bytes()),
+            Some(raw) => raw,
             None => match serde_json::to_vec(chunk) {
                 Ok(b) => Bytes::from(b),
                 Err(_) => return,
             },
         };
-        let max_payload = self.publisher.nats.server_info().max_payload;
+        let max_payload = self.publisher.max_payload;
         if fits(body.len(), max_payload) {
             self.publisher.chunk(self.attempt, body).await;
             return;

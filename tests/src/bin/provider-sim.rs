@@ -1,6 +1,11 @@
 //! `provider-sim`: the provider simulator as a standalone server (quickstart, load tests).
 #![forbid(unsafe_code)]
 
+/// mimalloc, as in the sluice binary (`src/main.rs`): this tool shares the cores with
+/// what it measures, so its own cost per chunk is kept low.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use sluice_testkit::sim::{self, Fault, SimConfig};
 

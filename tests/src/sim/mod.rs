@@ -480,51 +480,32 @@ struct Frames {
 }
 
 fn stream(script: Script, f: Frames, headers: &[(&'static str, String)]) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let crlf = script.crlf;
-    let keepalive = script.keepalive && f.sse;
     let content_type = f.content_type;
-    tokio::spawn(async move {
-        let send = |s: String| {
-            let s = if crlf { s.replace('\n', "\r\n") } else { s };
-            tx.send(Ok(Bytes::from(s)))
-        };
-        if keepalive && send(": keep-alive\n\n".into()).await.is_err() {
-            return;
-        }
-        // Deadlines from the start, not sleeps in a row: a long stream keeps its schedule
-        // (ttft + i x interval) instead of drifting by a timer tick per chunk.
-        let mut due = tokio::time::Instant::now() + script.ttft;
-        if !script.ttft.is_zero() {
-            tokio::time::sleep_until(due).await;
-        }
-        for (i, frame) in f.frames.into_iter().enumerate() {
-            if i == f.mid {
-                match script.fault {
-                    Some(Fault::Truncate) => return, // closes without the terminator
-                    Some(Fault::ErrorMidStream) => {
-                        let _ = send(f.error).await;
-                        return;
+    // The body polls its own schedule (no task and channel per stream): the connection
+    // that writes it wakes when the next frame is due, so a chunk costs one timer and one
+    // write here, which keeps the simulator cheap beside what it measures.
+    let steps = futures::stream::unfold(
+        schedule(&script, f).into_iter(),
+        move |mut steps| async move {
+            loop {
+                let text = match steps.next()? {
+                    Step::Until(at) => {
+                        tokio::time::sleep_until(at).await;
+                        continue;
                     }
-                    Some(Fault::Malformed) if send(f.malformed.clone()).await.is_err() => return,
-                    _ => {}
-                }
+                    Step::Send(text) => text,
+                    Step::Stamped(text) => stamped(text),
+                };
+                let text = if crlf {
+                    text.replace('\n', "\r\n")
+                } else {
+                    text
+                };
+                return Some((Ok::<_, std::io::Error>(Bytes::from(text)), steps));
             }
-            if i > 0 && !script.interval.is_zero() {
-                due += script.interval;
-                tokio::time::sleep_until(due).await;
-            }
-            if keepalive && i > 0 && send(": keep-alive\n\n".into()).await.is_err() {
-                return;
-            }
-            let frame = if script.stamp { stamped(frame) } else { frame };
-            if send(frame).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut rx = rx;
-    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        },
+    );
     let builder = headers.iter().fold(
         Response::builder()
             .status(StatusCode::OK)
@@ -533,8 +514,61 @@ fn stream(script: Script, f: Frames, headers: &[(&'static str, String)]) -> Resp
         |b, (k, v)| b.header(*k, v.as_str()),
     );
     builder
-        .body(Body::from_stream(stream))
+        .body(Body::from_stream(steps))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// One step of a streamed answer.
+enum Step {
+    /// Wait until then.
+    Until(tokio::time::Instant),
+    /// Send this text as it is.
+    Send(String),
+    /// Send this frame with the send time stamped into it (`--stamp-chunks`).
+    Stamped(String),
+}
+
+/// The steps of a streamed answer, from now: an optional keep-alive, the first frame after
+/// `ttft`, then one frame every `interval`, with the script's fault before frame `mid`.
+/// Deadlines count from the start, not from the previous frame, so a long stream keeps
+/// its schedule (ttft + i x interval) instead of drifting by a timer tick per chunk.
+fn schedule(script: &Script, f: Frames) -> Vec<Step> {
+    let keepalive = script.keepalive && f.sse;
+    let keepalive_frame = || Step::Send(": keep-alive\n\n".into());
+    let mut steps = Vec::with_capacity(f.frames.len() * 2 + 3);
+    if keepalive {
+        steps.push(keepalive_frame());
+    }
+    let mut due = tokio::time::Instant::now() + script.ttft;
+    if !script.ttft.is_zero() {
+        steps.push(Step::Until(due));
+    }
+    for (i, frame) in f.frames.into_iter().enumerate() {
+        if i == f.mid {
+            match script.fault {
+                Some(Fault::Truncate) => return steps, // closes without the terminator
+                Some(Fault::ErrorMidStream) => {
+                    steps.push(Step::Send(f.error));
+                    return steps;
+                }
+                Some(Fault::Malformed) => steps.push(Step::Send(f.malformed.clone())),
+                _ => {}
+            }
+        }
+        if i > 0 && !script.interval.is_zero() {
+            due += script.interval;
+            steps.push(Step::Until(due));
+        }
+        if keepalive && i > 0 {
+            steps.push(keepalive_frame());
+        }
+        steps.push(if script.stamp {
+            Step::Stamped(frame)
+        } else {
+            Step::Send(frame)
+        });
+    }
+    steps
 }
 
 /// `frame` with `"sim_sent_us":<now>` as the first field of its JSON object, if it has one.

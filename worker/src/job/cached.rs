@@ -293,7 +293,7 @@ pub(super) async fn finish(
         c.usage = Some(usage);
     }
     base.status = JobStatus::Succeeded;
-    base.result = serde_json::to_value(&result).ok();
+    base.result = serde_json::value::to_raw_value(&result).ok();
     base.usage = serde_json::to_value(usage).ok();
     base.cost = Some(Decimal::ZERO);
     base.cache_hit = true;

@@ -194,7 +194,7 @@ impl Finished {
             total_cost(&records).or(cost)
         };
         base.status = JobStatus::Succeeded;
-        base.result = serde_json::to_value(&result).ok();
+        base.result = serde_json::value::to_raw_value(&result).ok();
         base.usage = serde_json::to_value(usage).ok();
         base.cost = job_cost;
         base.pricing_missing = pricing_missing;

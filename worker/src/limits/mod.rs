@@ -360,22 +360,22 @@ impl Limiter {
 
     /// Cooldown, stats, busy-lease and tpm-usage keys of a deployment.
     fn deployment_keys(&self, deployment: &str) -> [String; 4] {
-        let d = format!("{}:dep:{deployment}", self.tag);
+        let tag = self.tag.as_str();
         [
-            format!("{d}:cool"),
-            format!("{d}:stats"),
-            format!("{d}:busy"),
-            format!("{}:tpm:dep:{deployment}:amt", self.tag),
+            concat(&[tag, ":dep:", deployment, ":cool"]),
+            concat(&[tag, ":dep:", deployment, ":stats"]),
+            concat(&[tag, ":dep:", deployment, ":busy"]),
+            concat(&[tag, ":tpm:dep:", deployment, ":amt"]),
         ]
     }
 
     fn keys(&self, scope: &Scope, out: &mut Vec<String>) {
-        let base = format!("{}:{}:{}", self.tag, scope.kind.as_str(), scope.subject);
+        let base = concat(&[&self.tag, ":", scope.kind.as_str(), ":", &scope.subject]);
         match scope.kind {
             Kind::Rpm | Kind::Parallel => out.push(base),
             Kind::Tpm => {
-                out.push(format!("{base}:log"));
-                out.push(format!("{base}:amt"));
+                out.push(concat(&[&base, ":log"]));
+                out.push(concat(&[&base, ":amt"]));
             }
             Kind::Budget => {
                 let k = BudgetKeys::new(&self.tag, &scope.subject);
@@ -617,4 +617,14 @@ fn parse_reply(v: redis::Value) -> Result<(i64, i64, String, i64), String> {
         label,
         int(items.get(3)),
     ))
+}
+
+/// The Redis key made of `parts`, in one allocation: admission builds about twenty keys a
+/// job, and `format!` costs several times as much for each.
+fn concat(parts: &[&str]) -> String {
+    let mut key = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        key.push_str(p);
+    }
+    key
 }

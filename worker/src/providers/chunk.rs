@@ -2,6 +2,7 @@
 //! adapters (`openai.rs`, `anthropic.rs`, `gemini.rs`, `ollama.rs`) and the stream driver
 //! (`stream.rs`) use, and that uses none of them.
 
+use bytes::Bytes;
 use sluice_schemas::openai::{ChatCompletionChunk, ChunkChoice, Delta, Role, ToolCallDelta, Usage};
 
 use super::error::ProviderError;
@@ -10,7 +11,7 @@ use super::error::ProviderError;
 #[derive(Debug)]
 pub struct Emitted {
     pub chunk: ChatCompletionChunk,
-    pub raw: Option<String>,
+    pub raw: Option<Bytes>,
 }
 
 /// Why one stream payload could not be used.

@@ -10,9 +10,10 @@
 //! `error` payload, OpenRouter's error chunk) are caught before a payload is read as a
 //! chunk. Classification for the family (and Azure) lives here.
 
+use bytes::Bytes;
 use serde::Deserialize;
 use sluice_core::config::Deployment;
-use sluice_schemas::openai::{ChatCompletion, ChatCompletionChunk, ChatRequest, Usage};
+use sluice_schemas::openai::{ChatCompletion, ChatCompletionChunk, ChatRequest, Content, Usage};
 use sluice_schemas::sse::SseEvent;
 use sluice_schemas::ErrorClass;
 
@@ -29,13 +30,43 @@ fn build(
     params: &mut Params,
 ) -> Result<reqwest::RequestBuilder, ProviderError> {
     let body = super::reasoning::adapt(d, request, params)?;
+    // Sized for the prompt up front: serde_json's own buffer starts at 128 bytes and is
+    // copied each time it doubles on the way to a long prompt's size.
+    let mut json = Vec::with_capacity(BODY_MARGIN + text_len(&body));
+    serde_json::to_writer(&mut json, &*body).map_err(|e| {
+        ProviderError::new(
+            ErrorClass::Internal,
+            format!("cannot encode the request: {e}"),
+        )
+    })?;
     let mut req = http
         .post(format!("{}/chat/completions", d.api_base))
-        .json(&*body);
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(json);
     if let Some(key) = &d.api_key {
         req = req.bearer_auth(key.expose());
     }
     Ok(req)
+}
+
+/// Bytes of a request body beside its message texts (field names, parameters, framing).
+const BODY_MARGIN: usize = 1024;
+
+/// Bytes of the message texts of `request`.
+fn text_len(request: &ChatRequest) -> usize {
+    request
+        .messages
+        .iter()
+        .map(|m| match &m.content {
+            Some(Content::Text(t)) => t.len(),
+            Some(Content::Parts(parts)) => parts
+                .iter()
+                .filter_map(|p| p.text.as_ref())
+                .map(String::len)
+                .sum(),
+            None => 0,
+        })
+        .sum()
 }
 
 /// Reads a whole `chat.completion`, with the family's field quirks normalised.
@@ -175,7 +206,8 @@ impl Normalise for StreamState {
         }
         out.push(Emitted {
             chunk,
-            raw: exact.then_some(data),
+            // The payload's own bytes: forwarded as they are, without a copy.
+            raw: exact.then(|| Bytes::from(data)),
         });
         Ok(())
     }

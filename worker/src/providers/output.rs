@@ -5,6 +5,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use sluice_schemas::job::JobResult;
 use sluice_schemas::openai::{ChatCompletion, ChatCompletionChunk, Usage};
 
@@ -13,11 +15,11 @@ use super::ratelimit::RateLimits;
 /// Receives each chunk of a streamed call as it arrives.
 pub trait ChunkSink: Send {
     /// `raw` is the chunk's JSON as the provider sent it when that already is an OpenAI
-    /// chunk (so it can be forwarded without re-encoding), otherwise `None`.
+    /// chunk (so it can be forwarded without re-encoding or copying), otherwise `None`.
     fn chunk(
         &mut self,
         chunk: &ChatCompletionChunk,
-        raw: Option<&str>,
+        raw: Option<Bytes>,
     ) -> impl Future<Output = ()> + Send;
 }
 
@@ -25,7 +27,7 @@ pub trait ChunkSink: Send {
 pub struct NoSink;
 
 impl ChunkSink for NoSink {
-    async fn chunk(&mut self, _: &ChatCompletionChunk, _: Option<&str>) {}
+    async fn chunk(&mut self, _: &ChatCompletionChunk, _: Option<Bytes>) {}
 }
 
 /// A successful call.

@@ -117,7 +117,7 @@ pub(crate) async fn execute<S: ChunkSink>(
                 ttft = Some(started.elapsed());
             }
             acc.push(&e.chunk);
-            sink.chunk(&e.chunk, e.raw.as_deref()).await;
+            sink.chunk(&e.chunk, e.raw).await;
         }
         fed.map_err(with_limits)?;
         if ended {
