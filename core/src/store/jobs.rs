@@ -165,7 +165,7 @@ impl Store {
              ), published AS (
                 SELECT * FROM unnest($2::uuid[], $3::bigint[]) AS p(id, seq)
              ), gone AS (
-                DELETE FROM job_outbox WHERE job_id IN (SELECT id FROM published)
+                DELETE FROM job_outbox WHERE job_id = ANY($2::uuid[])
              ), sequenced AS (
                 INSERT INTO job_stream_seqs (job_id, seq) SELECT id, seq FROM published ORDER BY id
                 ON CONFLICT (job_id) DO UPDATE SET seq = EXCLUDED.seq
