@@ -235,9 +235,33 @@ impl SimHandle {
     }
 }
 
+/// A provider takes thousands of connections at once (a worker opening its streams): the
+/// accept queue is as deep as the kernel allows (`net.core.somaxconn` caps it), not the
+/// default 128, whose overflow drops SYNs, delays connects by seconds of retransmits and
+/// so made retries that measured the simulator rather than Sluice.
+const BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with a [`BACKLOG`]-deep accept queue.
+async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{addr} names no address"))))
+}
+
 /// Starts a simulator on `addr` (use port 0 for a free one).
 pub async fn start(addr: &str, config: SimConfig) -> std::io::Result<SimHandle> {
-    let listener = TcpListener::bind(addr).await?;
+    let listener = listen(addr).await?;
     let addr = listener.local_addr()?;
     let stats = Arc::new(SimStats::default());
     let app = app(config, Arc::clone(&stats));
