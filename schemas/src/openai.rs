@@ -118,15 +118,7 @@ impl Message {
 
     /// The plain text of this message (text parts joined), for token estimates.
     pub fn text(&self) -> String {
-        match &self.content {
-            None => String::new(),
-            Some(Content::Text(t)) => t.clone(),
-            Some(Content::Parts(parts)) => parts
-                .iter()
-                .filter_map(|p| p.text.as_deref())
-                .collect::<Vec<_>>()
-                .join(""),
-        }
+        self.content.iter().flat_map(Content::texts).collect()
     }
 }
 
@@ -138,6 +130,18 @@ impl Message {
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
+}
+
+impl Content {
+    /// The texts of this content: the string, or each text part in order.
+    pub fn texts(&self) -> impl Iterator<Item = &str> {
+        let (text, parts) = match self {
+            Content::Text(t) => (Some(t.as_str()), &[][..]),
+            Content::Parts(p) => (None, p.as_slice()),
+        };
+        text.into_iter()
+            .chain(parts.iter().filter_map(|p| p.text.as_deref()))
+    }
 }
 
 /// Texts shorter than this are escaped by serde_json as usual (the raw path's allocation

@@ -104,15 +104,12 @@ pub fn prompt_with(tokenizer: Tokenizer, request: &ChatRequest) -> u64 {
         .messages
         .iter()
         .map(|m| {
-            let content = match &m.content {
-                Some(Content::Text(t)) => tokenizer.count(t),
-                Some(Content::Parts(p)) => p
-                    .iter()
-                    .filter_map(|p| p.text.as_deref())
-                    .map(|t| tokenizer.count(t))
-                    .sum(),
-                None => 0,
-            };
+            let content: u64 = m
+                .content
+                .iter()
+                .flat_map(Content::texts)
+                .map(|t| tokenizer.count(t))
+                .sum();
             let tools: u64 = m
                 .tool_calls
                 .iter()

@@ -164,6 +164,10 @@ struct Sorted<'a> {
     deferred: Vec<&'a JobDeferred>,
     webhooks: Vec<&'a WebhookOutcome>,
     deliveries: Vec<&'a NewDelivery>,
+    /// The claims and the finished rows go in one statement: both are there and no job
+    /// has both (a statement's parts do not see one another's writes, and one statement
+    /// cannot change a row twice).
+    claims_with_finished: bool,
 }
 
 impl<'a> Sorted<'a> {
@@ -199,6 +203,14 @@ impl<'a> Sorted<'a> {
         dedup_last(&mut sorted.finished_jobs, |j| (j.id, 0));
         dedup_last(&mut sorted.finished_attempts, |a| (a.job_id, a.attempt));
         dedup_last(&mut sorted.deferred, |d| (d.id, 0));
+        sorted.claims_with_finished = !sorted.started.is_empty()
+            && sorted.finished()
+            && !sorted
+                .finished_jobs
+                .iter()
+                .map(|j| j.id)
+                .chain(sorted.finished_attempts.iter().map(|a| a.job_id))
+                .any(|id| started_jobs.contains(&id));
         sorted
     }
 
@@ -207,27 +219,11 @@ impl<'a> Sorted<'a> {
         !self.finished_jobs.is_empty() || !self.finished_attempts.is_empty()
     }
 
-    /// Whether the claims and the finished rows go in one statement: both are there and
-    /// no job has both (a statement's parts do not see one another's writes, and one
-    /// statement cannot change a row twice).
-    fn claims_with_finished(&self) -> bool {
-        if self.started.is_empty() || !self.finished() {
-            return false;
-        }
-        let finishing: HashSet<Uuid> = self
-            .finished_jobs
-            .iter()
-            .map(|j| j.id)
-            .chain(self.finished_attempts.iter().map(|a| a.job_id))
-            .collect();
-        !self.started.iter().any(|s| finishing.contains(&s.job_id))
-    }
-
     /// How many statements the batch takes.
     fn statements(&self) -> usize {
         [
             !self.started.is_empty(),
-            self.finished() && !self.claims_with_finished(),
+            self.finished() && !self.claims_with_finished,
             !self.deferred.is_empty(),
             !self.webhooks.is_empty(),
         ]
@@ -253,7 +249,7 @@ impl Store {
         } else {
             &mut *solo.insert(self.pool.acquire().await?)
         };
-        let claims = if batch.claims_with_finished() {
+        let claims = if batch.claims_with_finished {
             claim_started(conn, &batch.started, Some(&batch)).await?
         } else {
             let claims = claim_started(conn, &batch.started, None).await?;

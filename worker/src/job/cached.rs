@@ -357,11 +357,7 @@ fn replay(c: &ChatCompletion, usage: Usage) -> Vec<ChatCompletionChunk> {
 /// A message's text as deltas, word by word, the first with the role (one empty delta
 /// for no text).
 fn text_deltas(content: &Option<Content>) -> Vec<Delta> {
-    let text: String = match content {
-        Some(Content::Text(t)) => t.clone(),
-        Some(Content::Parts(p)) => p.iter().filter_map(|p| p.text.as_deref()).collect(),
-        None => String::new(),
-    };
+    let text: String = content.iter().flat_map(Content::texts).collect();
     let mut pieces: Vec<String> = text.split_inclusive(' ').map(str::to_string).collect();
     if pieces.is_empty() {
         pieces.push(String::new());

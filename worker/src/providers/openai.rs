@@ -57,15 +57,8 @@ fn text_len(request: &ChatRequest) -> usize {
     request
         .messages
         .iter()
-        .map(|m| match &m.content {
-            Some(Content::Text(t)) => t.len(),
-            Some(Content::Parts(parts)) => parts
-                .iter()
-                .filter_map(|p| p.text.as_ref())
-                .map(String::len)
-                .sum(),
-            None => 0,
-        })
+        .flat_map(|m| m.content.iter().flat_map(Content::texts))
+        .map(str::len)
         .sum()
 }
 

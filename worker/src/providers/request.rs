@@ -102,11 +102,7 @@ pub(crate) fn image_url(part: &ContentPart) -> Option<&str> {
 
 /// The text of a message: the string, or its text parts joined.
 pub(crate) fn text(content: &Option<Content>) -> String {
-    match content {
-        None => String::new(),
-        Some(Content::Text(t)) => t.clone(),
-        Some(Content::Parts(parts)) => parts.iter().filter_map(|p| p.text.as_deref()).collect(),
-    }
+    content.iter().flat_map(Content::texts).collect()
 }
 
 /// Tool-call id → function name, for protocols whose tool results name the function.
