@@ -26,8 +26,7 @@ pub struct NewJob {
     /// Where the job's envelope is published, and the envelope: kept in the outbox until
     /// the publish is acknowledged (see [`Store::outbox_due`]).
     pub subject: Option<String>,
-    /// Bound as a `text[]` of its own, not inside the rows' JSON: escaping an envelope
-    /// into JSON and parsing it back out cost more than the rest of the row.
+    /// Bound as it is (every column is an array of its own, see `core/src/store/arrays.rs`).
     #[serde(skip)]
     pub payload: Option<String>,
     /// The `x-request-id` of the request that submitted it.
@@ -134,26 +133,54 @@ impl Store {
         jobs: &[NewJob],
         published: &[(Uuid, u64)],
     ) -> Result<Vec<Recorded>, StoreError> {
-        let rows = crate::pgtext::rows_param(jobs, &[])?;
+        use super::arrays::{json, opt_text, put, stamp, text};
         let (ids, seqs) = super::outbox::published_params(published);
+        let mut args = sqlx::postgres::PgArguments::default();
+        let (a, js) = (&mut args, jobs);
+        put(a, js.iter().map(|j| j.id).collect::<Vec<_>>())?;
+        put(a, js.iter().map(|j| text(&j.owner)).collect::<Vec<_>>())?;
+        let key = js.iter().map(|j| opt_text(j.idempotency_key.as_deref()));
+        put(a, key.collect::<Vec<_>>())?;
+        put(
+            a,
+            js.iter().map(|j| text(&j.model_group)).collect::<Vec<_>>(),
+        )?;
+        put(a, js.iter().map(|j| j.tier.as_str()).collect::<Vec<_>>())?;
+        let reply = js.iter().map(|j| opt_text(j.reply_subject.as_deref()));
+        put(a, reply.collect::<Vec<_>>())?;
+        let metadata = js.iter().map(|j| j.metadata.as_ref().map(json).transpose());
+        put(a, metadata.collect::<Result<Vec<_>, _>>()?)?;
+        put(
+            a,
+            js.iter().map(|j| stamp(&j.created_at)).collect::<Vec<_>>(),
+        )?;
+        let subject = js.iter().map(|j| opt_text(j.subject.as_deref()));
+        put(a, subject.collect::<Vec<_>>())?;
+        let request = js.iter().map(|j| opt_text(j.request_id.as_deref()));
+        put(a, request.collect::<Vec<_>>())?;
+        let trace = js.iter().map(|j| opt_text(j.traceparent.as_deref()));
+        put(a, trace.collect::<Vec<_>>())?;
+        put(
+            a,
+            js.iter().map(|j| j.payload.as_deref()).collect::<Vec<_>>(),
+        )?;
+        put(a, &ids)?;
+        put(a, &seqs)?;
         // The job row and its outbox entry in one statement: a job is never recorded
         // without the envelope that lets a reconciler publish it. The published jobs'
         // sequences go to `job_stream_seqs`, not to their job rows: no job row a worker
         // may be claiming is locked here (see `outbox_published`). Rows are inserted in
         // key order, so two of these statements (the api runs several at once) never
         // wait on each other in opposite orders.
-        let inserted: Vec<Uuid> = sqlx::query_scalar(
+        let inserted: Vec<Uuid> = sqlx::query_scalar_with(
             "WITH input AS (
-                SELECT * FROM ROWS FROM (
-                    jsonb_to_recordset($1::jsonb) AS (id uuid, owner text, idempotency_key text,
-                        model_group text, tier text, reply_subject text, metadata jsonb, created_at timestamptz,
-                        subject text, request_id text, traceparent text),
-                    unnest($4::text[])
-                ) AS t(id, owner, idempotency_key, model_group, tier, reply_subject, metadata, created_at,
-                       subject, request_id, traceparent, payload)
+                SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                    $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::text[])
+                AS t(id, owner, idempotency_key, model_group, tier, reply_subject, metadata, created_at,
+                     subject, request_id, traceparent, payload)
              ), inserted AS (
                 INSERT INTO jobs (id, owner, idempotency_key, model_group, tier, status, reply_subject, metadata, created_at, request_id)
-                SELECT id, owner, idempotency_key, model_group, tier, 'queued', reply_subject, metadata, created_at, request_id
+                SELECT id, owner, idempotency_key, model_group, tier, 'queued', reply_subject, metadata::jsonb, created_at, request_id
                 FROM input ORDER BY owner, idempotency_key, id
                 ON CONFLICT DO NOTHING
                 RETURNING id
@@ -163,19 +190,16 @@ impl Store {
                 WHERE i.subject IS NOT NULL AND i.payload IS NOT NULL AND i.id IN (SELECT id FROM inserted)
                 ON CONFLICT DO NOTHING
              ), published AS (
-                SELECT * FROM unnest($2::uuid[], $3::bigint[]) AS p(id, seq)
+                SELECT * FROM unnest($13::uuid[], $14::bigint[]) AS p(id, seq)
              ), gone AS (
-                DELETE FROM job_outbox WHERE job_id = ANY($2::uuid[])
+                DELETE FROM job_outbox WHERE job_id = ANY($13::uuid[])
              ), sequenced AS (
                 INSERT INTO job_stream_seqs (job_id, seq) SELECT id, seq FROM published ORDER BY id
                 ON CONFLICT (job_id) DO UPDATE SET seq = EXCLUDED.seq
              )
              SELECT id FROM inserted",
+            args,
         )
-        .bind(rows)
-        .bind(&ids)
-        .bind(&seqs)
-        .bind(jobs.iter().map(|j| j.payload.as_deref()).collect::<Vec<_>>())
         .fetch_all(&self.pool)
         .await?;
         let mut out = Vec::with_capacity(jobs.len());

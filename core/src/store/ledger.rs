@@ -10,9 +10,10 @@ use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use sluice_schemas::{AttemptStatus, ErrorClass, JobStatus, Tier};
-use sqlx::postgres::PgConnection;
+use sqlx::postgres::{PgArguments, PgConnection};
 use uuid::Uuid;
 
+use super::arrays::{int, stamp, text};
 use super::{NewDelivery, Store, StoreError, TERMINAL};
 
 /// The worker's note that an attempt is starting: the job is running, a call is being made.
@@ -292,22 +293,17 @@ async fn claim_started(
     if started.is_empty() {
         return Ok(claims);
     }
-    let rows = crate::pgtext::rows_param(started, &[])?;
+    let mut args = PgArguments::default();
+    claim_params(&mut args, started)?;
     let claimed: Vec<(Uuid, i32)> = match finished {
         None => {
-            sqlx::query_as(&CLAIM)
-                .bind(rows)
+            sqlx::query_as_with(&CLAIM, args)
                 .fetch_all(&mut *conn)
                 .await?
         }
         Some(batch) => {
-            let p = FinishedParams::of(batch)?;
-            sqlx::query_as(&CLAIM_AND_FINISH)
-                .bind(rows)
-                .bind(p.attempts)
-                .bind(p.results)
-                .bind(p.deliveries)
-                .bind(p.ids)
+            finished_params(&mut args, batch)?;
+            sqlx::query_as_with(&CLAIM_AND_FINISH, args)
                 .fetch_all(&mut *conn)
                 .await?
         }
@@ -326,15 +322,88 @@ async fn claim_started(
     Ok(claims)
 }
 
-/// The claim's parts of a statement (its rows are parameter `$1`): `claimed` holds the
-/// claimed jobs and their call numbers.
+/// The claims' columns, parameters `$1` to `$14` of [`claim_parts`].
+fn claim_params(args: &mut PgArguments, started: &[&AttemptStarted]) -> Result<(), StoreError> {
+    use super::arrays::{opt_text, put};
+    put(args, started.iter().map(|s| s.job_id).collect::<Vec<_>>())?;
+    put(
+        args,
+        started.iter().map(|s| text(&s.owner)).collect::<Vec<_>>(),
+    )?;
+    put(
+        args,
+        started
+            .iter()
+            .map(|s| text(&s.model_group))
+            .collect::<Vec<_>>(),
+    )?;
+    put(
+        args,
+        started.iter().map(|s| s.tier.as_str()).collect::<Vec<_>>(),
+    )?;
+    let reply = started.iter().map(|s| opt_text(s.reply_subject.as_deref()));
+    put(args, reply.collect::<Vec<_>>())?;
+    put(
+        args,
+        started
+            .iter()
+            .map(|s| stamp(&s.created_at))
+            .collect::<Vec<_>>(),
+    )?;
+    put(
+        args,
+        started
+            .iter()
+            .map(|s| stamp(&s.started_at))
+            .collect::<Vec<_>>(),
+    )?;
+    put(
+        args,
+        started.iter().map(|s| int(s.delivery)).collect::<Vec<_>>(),
+    )?;
+    put(
+        args,
+        started.iter().map(|s| text(&s.worker)).collect::<Vec<_>>(),
+    )?;
+    put(
+        args,
+        started
+            .iter()
+            .map(|s| text(&s.deployment))
+            .collect::<Vec<_>>(),
+    )?;
+    put(
+        args,
+        started
+            .iter()
+            .map(|s| text(&s.provider))
+            .collect::<Vec<_>>(),
+    )?;
+    put(
+        args,
+        started.iter().map(|s| text(&s.model)).collect::<Vec<_>>(),
+    )?;
+    put(
+        args,
+        started.iter().map(|s| int(s.max_calls)).collect::<Vec<_>>(),
+    )?;
+    put(
+        args,
+        started.iter().map(|s| s.reserved_cost).collect::<Vec<_>>(),
+    )?;
+    Ok(())
+}
+
+/// The claim's parts of a statement (its columns are parameters `$1` to `$14`, see
+/// [`claim_params`]): `claimed` holds the claimed jobs and their call numbers.
 fn claim_parts() -> String {
     format!(
         "input AS (
-            SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(job_id uuid, owner text, model_group text,
-                 tier text, reply_subject text, created_at timestamptz, started_at timestamptz,
-                 delivery int, worker text, deployment text, provider text, model text, max_calls int,
-                 reserved_cost numeric)
+            SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                 $6::timestamptz[], $7::timestamptz[], $8::int[], $9::text[], $10::text[], $11::text[],
+                 $12::text[], $13::int[], $14::float8[])
+              AS t(job_id, owner, model_group, tier, reply_subject, created_at, started_at, delivery,
+                 worker, deployment, provider, model, max_calls, reserved_cost)
          ), claimed AS (
             INSERT INTO jobs (id, owner, model_group, tier, status, reply_subject, created_at, started_at,
                  attempts, calls)
@@ -352,7 +421,7 @@ fn claim_parts() -> String {
             INSERT INTO job_attempts (job_id, attempt, delivery, worker, deployment, provider, model, status,
                  started_at, reserved_cost)
             SELECT i.job_id, c.calls, i.delivery, i.worker, i.deployment, i.provider, i.model, 'started',
-                 i.started_at, i.reserved_cost
+                 i.started_at, i.reserved_cost::numeric
             FROM input i JOIN claimed c ON c.id = i.job_id
             ON CONFLICT (job_id, attempt) DO NOTHING
          )"
@@ -368,7 +437,7 @@ static CLAIM_AND_FINISH: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH {}, {} SELECT id, calls FROM claimed",
         claim_parts(),
-        finished_parts(2)
+        finished_parts(15)
     )
 });
 
@@ -400,54 +469,206 @@ async fn why_refused(
 /// one statement, three tables, no row touched twice. A job that had already ended keeps
 /// its result and gets no deliveries.
 async fn write_finished(conn: &mut PgConnection, batch: &Sorted<'_>) -> Result<(), StoreError> {
-    let p = FinishedParams::of(batch)?;
-    sqlx::query(&FINISH)
-        .bind(p.attempts)
-        .bind(p.results)
-        .bind(p.deliveries)
-        .bind(p.ids)
-        .execute(&mut *conn)
-        .await?;
+    let mut args = PgArguments::default();
+    finished_params(&mut args, batch)?;
+    sqlx::query_with(&FINISH, args).execute(&mut *conn).await?;
     Ok(())
 }
 
-/// The finished rows' parameters, in the order [`finished_parts`] numbers them.
-struct FinishedParams {
-    attempts: String,
-    results: String,
-    deliveries: String,
-    /// The finished jobs' ids again as an array: cheaper for Postgres than parsing the
-    /// results (the largest parameter) a second time to find them.
-    ids: Vec<Uuid>,
+/// Columns of the finished attempts, of the results and of the deliveries, in the order
+/// [`finished_parts`] numbers them (23, 18 and 4 parameters).
+fn finished_params(args: &mut PgArguments, batch: &Sorted<'_>) -> Result<(), StoreError> {
+    use super::arrays::{json, lossless, opt_text, put};
+    let a = &batch.finished_attempts;
+    put(args, a.iter().map(|a| a.job_id).collect::<Vec<_>>())?;
+    put(args, a.iter().map(|a| int(a.attempt)).collect::<Vec<_>>())?;
+    put(args, a.iter().map(|a| int(a.delivery)).collect::<Vec<_>>())?;
+    put(args, a.iter().map(|a| text(&a.worker)).collect::<Vec<_>>())?;
+    put(
+        args,
+        a.iter().map(|a| text(&a.deployment)).collect::<Vec<_>>(),
+    )?;
+    put(
+        args,
+        a.iter().map(|a| text(&a.provider)).collect::<Vec<_>>(),
+    )?;
+    put(args, a.iter().map(|a| text(&a.model)).collect::<Vec<_>>())?;
+    put(
+        args,
+        a.iter().map(|a| a.status.as_str()).collect::<Vec<_>>(),
+    )?;
+    let class = a.iter().map(|a| a.error_class.map(ErrorClass::as_str));
+    put(args, class.collect::<Vec<_>>())?;
+    let message = a.iter().map(|a| opt_text(a.error_message.as_deref()));
+    put(args, message.collect::<Vec<_>>())?;
+    put(args, a.iter().map(|a| a.prompt_tokens).collect::<Vec<_>>())?;
+    put(
+        args,
+        a.iter().map(|a| a.completion_tokens).collect::<Vec<_>>(),
+    )?;
+    put(args, a.iter().map(|a| a.cached_tokens).collect::<Vec<_>>())?;
+    put(
+        args,
+        a.iter()
+            .map(|a| a.cache_creation_tokens)
+            .collect::<Vec<_>>(),
+    )?;
+    put(
+        args,
+        a.iter().map(|a| a.reasoning_tokens).collect::<Vec<_>>(),
+    )?;
+    put(
+        args,
+        a.iter().map(|a| a.usage_estimated).collect::<Vec<_>>(),
+    )?;
+    put(args, a.iter().map(|a| a.cost).collect::<Vec<_>>())?;
+    put(
+        args,
+        a.iter().map(|a| a.pricing_missing).collect::<Vec<_>>(),
+    )?;
+    put(args, a.iter().map(|a| a.ttft_ms).collect::<Vec<_>>())?;
+    put(args, a.iter().map(|a| a.latency_ms).collect::<Vec<_>>())?;
+    put(
+        args,
+        a.iter().map(|a| stamp(&a.started_at)).collect::<Vec<_>>(),
+    )?;
+    put(
+        args,
+        a.iter().map(|a| stamp(&a.finished_at)).collect::<Vec<_>>(),
+    )?;
+    let dropped = a
+        .iter()
+        .map(|a| a.dropped_params.as_ref().map(json).transpose());
+    put(args, dropped.collect::<Result<Vec<_>, _>>()?)?;
+
+    let j = &batch.finished_jobs;
+    let results: Vec<(Option<&str>, Option<&str>)> =
+        j.iter().map(|j| lossless(j.result.as_deref())).collect();
+    put(args, j.iter().map(|j| j.id).collect::<Vec<_>>())?;
+    put(args, j.iter().map(|j| text(&j.owner)).collect::<Vec<_>>())?;
+    put(
+        args,
+        j.iter().map(|j| text(&j.model_group)).collect::<Vec<_>>(),
+    )?;
+    put(args, j.iter().map(|j| j.tier.as_str()).collect::<Vec<_>>())?;
+    let reply = j.iter().map(|j| opt_text(j.reply_subject.as_deref()));
+    put(args, reply.collect::<Vec<_>>())?;
+    put(
+        args,
+        j.iter().map(|j| stamp(&j.created_at)).collect::<Vec<_>>(),
+    )?;
+    put(
+        args,
+        j.iter().map(|j| j.status.as_str()).collect::<Vec<_>>(),
+    )?;
+    put(args, results.iter().map(|r| r.0).collect::<Vec<_>>())?;
+    let usage = j.iter().map(|j| j.usage.as_ref().map(json).transpose());
+    put(args, usage.collect::<Result<Vec<_>, _>>()?)?;
+    put(args, j.iter().map(|j| j.cost).collect::<Vec<_>>())?;
+    put(
+        args,
+        j.iter().map(|j| j.pricing_missing).collect::<Vec<_>>(),
+    )?;
+    put(args, j.iter().map(|j| int(j.attempts)).collect::<Vec<_>>())?;
+    let class = j.iter().map(|j| j.error_class.map(ErrorClass::as_str));
+    put(args, class.collect::<Vec<_>>())?;
+    let message = j.iter().map(|j| opt_text(j.error_message.as_deref()));
+    put(args, message.collect::<Vec<_>>())?;
+    put(
+        args,
+        j.iter().map(|j| stamp(&j.finished_at)).collect::<Vec<_>>(),
+    )?;
+    put(args, j.iter().map(|j| j.cache_hit).collect::<Vec<_>>())?;
+    put(args, j.iter().map(|j| j.cost_saved).collect::<Vec<_>>())?;
+    put(args, results.iter().map(|r| r.1).collect::<Vec<_>>())?;
+
+    let d = &batch.deliveries;
+    put(args, d.iter().map(|d| d.job_id).collect::<Vec<_>>())?;
+    put(args, d.iter().map(|d| text(&d.kind)).collect::<Vec<_>>())?;
+    put(args, d.iter().map(|d| text(&d.target)).collect::<Vec<_>>())?;
+    put(args, d.iter().map(|d| text(&d.body)).collect::<Vec<_>>())?;
+    Ok(())
 }
 
-impl FinishedParams {
-    fn of(batch: &Sorted<'_>) -> Result<FinishedParams, StoreError> {
-        Ok(FinishedParams {
-            attempts: crate::pgtext::rows_param(&batch.finished_attempts, &[])?,
-            results: crate::pgtext::rows_param(&batch.finished_jobs, &["result"])?,
-            deliveries: crate::pgtext::rows_param(&batch.deliveries, &[])?,
-            ids: batch.finished_jobs.iter().map(|j| j.id).collect(),
-        })
-    }
+/// Parameters from `$first`, one per type, each cast to its array type: `$7::int[], $8::text[]`.
+fn array_params(first: usize, types: &[&str]) -> String {
+    let params: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| format!("${}::{ty}[]", first + i))
+        .collect();
+    params.join(", ")
 }
 
-/// The finished rows' parts of a statement, their parameters numbered from `$p`
-/// (attempts, results, deliveries, the finished jobs' ids).
+/// The finished rows' parts of a statement, their parameters numbered from `$p` (the
+/// columns of [`finished_params`]).
 fn finished_parts(p: usize) -> String {
-    let (results, deliveries, ids) = (p + 1, p + 2, p + 3);
+    const ATTEMPTS: [&str; 23] = [
+        "uuid",
+        "int",
+        "int",
+        "text",
+        "text",
+        "text",
+        "text",
+        "text",
+        "text",
+        "text",
+        "bigint",
+        "bigint",
+        "bigint",
+        "bigint",
+        "bigint",
+        "boolean",
+        "numeric",
+        "boolean",
+        "float8",
+        "float8",
+        "timestamptz",
+        "timestamptz",
+        "text",
+    ];
+    const RESULTS: [&str; 18] = [
+        "uuid",
+        "text",
+        "text",
+        "text",
+        "text",
+        "timestamptz",
+        "text",
+        "text",
+        "text",
+        "numeric",
+        "boolean",
+        "int",
+        "text",
+        "text",
+        "timestamptz",
+        "boolean",
+        "numeric",
+        "text",
+    ];
+    const DELIVERIES: [&str; 4] = ["uuid", "text", "text", "text"];
+    let results = p + ATTEMPTS.len();
+    let deliveries = results + RESULTS.len();
+    let attempts = array_params(p, &ATTEMPTS);
+    let ids = format!("${results}::uuid[]");
+    let results = array_params(results, &RESULTS);
+    let deliveries = array_params(deliveries, &DELIVERIES);
     format!(
         "attempts AS (
             INSERT INTO job_attempts (job_id, attempt, delivery, worker, deployment, provider, model, status,
                  error_class, error_message, prompt_tokens, completion_tokens, cached_tokens,
                  cache_creation_tokens, reasoning_tokens, usage_estimated, cost, pricing_missing, ttft_ms,
                  latency_ms, started_at, finished_at, dropped_params)
-            SELECT * FROM jsonb_to_recordset(${p}::jsonb) AS t(job_id uuid, attempt int, delivery int, worker text,
-                 deployment text, provider text, model text, status text, error_class text, error_message text,
-                 prompt_tokens bigint, completion_tokens bigint, cached_tokens bigint,
-                 cache_creation_tokens bigint, reasoning_tokens bigint, usage_estimated boolean,
-                 cost numeric, pricing_missing boolean, ttft_ms double precision, latency_ms double precision,
-                 started_at timestamptz, finished_at timestamptz, dropped_params jsonb)
+            SELECT job_id, attempt, delivery, worker, deployment, provider, model, status, error_class,
+                 error_message, prompt_tokens, completion_tokens, cached_tokens, cache_creation_tokens,
+                 reasoning_tokens, usage_estimated, cost, pricing_missing, ttft_ms, latency_ms, started_at,
+                 finished_at, dropped_params::jsonb
+            FROM UNNEST({attempts}) AS t(job_id, attempt, delivery, worker, deployment, provider, model,
+                 status, error_class, error_message, prompt_tokens, completion_tokens, cached_tokens,
+                 cache_creation_tokens, reasoning_tokens, usage_estimated, cost, pricing_missing, ttft_ms,
+                 latency_ms, started_at, finished_at, dropped_params)
             ON CONFLICT (job_id, attempt) DO UPDATE SET status = EXCLUDED.status,
                  error_class = EXCLUDED.error_class, error_message = EXCLUDED.error_message,
                  prompt_tokens = EXCLUDED.prompt_tokens, completion_tokens = EXCLUDED.completion_tokens,
@@ -461,10 +682,12 @@ fn finished_parts(p: usize) -> String {
             INSERT INTO jobs (id, owner, model_group, tier, reply_subject, created_at, status, result, usage, cost,
                  pricing_missing, attempts, error_class, error_message, finished_at, cache_hit, cost_saved,
                  result_text)
-            SELECT * FROM jsonb_to_recordset(${results}::jsonb) AS t(id uuid, owner text, model_group text, tier text,
-                 reply_subject text, created_at timestamptz, status text, result jsonb, usage jsonb,
-                 cost numeric, pricing_missing boolean, attempts int, error_class text, error_message text,
-                 finished_at timestamptz, cache_hit boolean, cost_saved numeric, result_text text)
+            SELECT id, owner, model_group, tier, reply_subject, created_at, status, result::jsonb, usage::jsonb,
+                 cost, pricing_missing, attempts, error_class, error_message, finished_at, cache_hit, cost_saved,
+                 result_text
+            FROM UNNEST({results}) AS t(id, owner, model_group, tier, reply_subject, created_at, status, result,
+                 usage, cost, pricing_missing, attempts, error_class, error_message, finished_at, cache_hit,
+                 cost_saved, result_text)
             ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, result = EXCLUDED.result,
                  result_text = EXCLUDED.result_text,
                  usage = EXCLUDED.usage, cost = EXCLUDED.cost, pricing_missing = EXCLUDED.pricing_missing,
@@ -477,11 +700,11 @@ fn finished_parts(p: usize) -> String {
          ), deliveries AS (
             INSERT INTO job_deliveries (job_id, kind, target, body)
             SELECT t.job_id, t.kind, t.target, t.body
-            FROM jsonb_to_recordset(${deliveries}::jsonb) AS t(job_id uuid, kind text, target text, body text)
+            FROM UNNEST({deliveries}) AS t(job_id, kind, target, body)
             WHERE t.job_id IN (SELECT id FROM results)
             ON CONFLICT (job_id, kind) DO NOTHING
          ), bodies AS (
-            DELETE FROM job_bodies WHERE job_id = ANY(${ids}::uuid[])
+            DELETE FROM job_bodies WHERE job_id = ANY({ids})
          )"
     )
 }
@@ -500,10 +723,12 @@ async fn write_deferred(
              status = CASE WHEN jobs.calls <= t.calls_seen THEN 'queued' ELSE jobs.status END,
              not_before = CASE WHEN jobs.calls <= t.calls_seen THEN t.not_before ELSE jobs.not_before END,
              updated_at = now()
-         FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, not_before timestamptz, calls_seen int)
+         FROM UNNEST($1::uuid[], $2::timestamptz[], $3::int[]) AS t(id, not_before, calls_seen)
          WHERE jobs.id = t.id AND jobs.status NOT IN {TERMINAL}"
     ))
-    .bind(crate::pgtext::rows_param(deferred, &[])?)
+    .bind(deferred.iter().map(|d| d.id).collect::<Vec<_>>())
+    .bind(deferred.iter().map(|d| stamp(&d.not_before)).collect::<Vec<_>>())
+    .bind(deferred.iter().map(|d| int(d.calls_seen)).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -519,10 +744,12 @@ async fn write_webhooks(
     }
     sqlx::query(
         "UPDATE jobs SET webhook_status = t.status, webhook_attempts = t.attempts, updated_at = now()
-         FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, status text, attempts int)
+         FROM UNNEST($1::uuid[], $2::text[], $3::int[]) AS t(id, status, attempts)
          WHERE jobs.id = t.id",
     )
-    .bind(crate::pgtext::rows_param(webhooks, &[])?)
+    .bind(webhooks.iter().map(|w| w.id).collect::<Vec<_>>())
+    .bind(webhooks.iter().map(|w| text(&w.status)).collect::<Vec<_>>())
+    .bind(webhooks.iter().map(|w| int(w.attempts)).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -1,8 +1,10 @@
 //! Postgres: the pool, migrations, and every statement Sluice runs (the schema is `migrations/`).
 //!
-//! Hot-path writes take whole batches (see [`crate::group_commit`]) and pass them as one JSON
-//! parameter expanded with `jsonb_to_recordset`, so a batch of any size is one statement
-//! per table. Reads use runtime queries, so building never needs a database.
+//! Hot-path writes take whole batches (see [`crate::group_commit`]), so a batch of any size
+//! is one statement per table. The hottest (the worker's claims and ends, the api's job
+//! inserts) pass a typed array per column, expanded with `UNNEST` ([`arrays`]); the others
+//! pass their rows as one JSON parameter expanded with `jsonb_to_recordset`. Reads use
+//! runtime queries, so building never needs a database.
 //!
 //! One file per concept, each with its rows and statements: [`jobs`] (recording and
 //! reading jobs), [`job_list`] (listing them), [`outbox`] (envelopes not yet published),
@@ -18,6 +20,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+pub(crate) mod arrays;
 pub mod attempts;
 pub mod batches;
 pub mod bodies;
@@ -60,6 +63,9 @@ pub enum StoreError {
     /// A batch parameter could not be encoded as JSON.
     #[error("cannot encode rows: {0}")]
     Encode(#[from] serde_json::Error),
+    /// A batch parameter could not be encoded for Postgres.
+    #[error("cannot encode a parameter: {0}")]
+    Bind(#[source] sqlx::error::BoxDynError),
 }
 
 impl From<StoreError> for crate::group_commit::FlushError {
@@ -67,7 +73,7 @@ impl From<StoreError> for crate::group_commit::FlushError {
     /// program limit) or cannot encode is permanent: the same rows will be refused again.
     fn from(e: StoreError) -> Self {
         let permanent = match &e {
-            StoreError::Encode(_) => true,
+            StoreError::Encode(_) | StoreError::Bind(_) => true,
             StoreError::Query(sqlx::Error::Database(db)) => db
                 .code()
                 .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54")),
