@@ -6,7 +6,7 @@
 //! - JetStream pull + ack: a durable pull consumer, fetches of 64, each message acked.
 //! - Redis EVALSHA: a one-key Lua script (INCR), 64 tasks over a 32-connection pool (the
 //!   worker's pool size).
-//! - Postgres batched insert: `job_attempts`-shaped rows via `jsonb_to_recordset`, 512 per
+//! - Postgres batched insert: `job_attempts`-shaped rows via `UNNEST` of typed arrays, 512 per
 //!   transaction, one connection (as the ledger's group commit writes).
 //!
 //! Prints one JSON object. Uses its own stream, consumer, Redis key and table, and
@@ -167,27 +167,36 @@ async fn postgres_rate(url: &str, secs: Duration) -> Result<f64> {
     let start = Instant::now();
     let mut rows = 0u64;
     while start.elapsed() < secs {
-        let batch: Vec<serde_json::Value> = (0..512)
-            .map(|i| {
-                json!({"job_id": uuid::Uuid::now_v7(), "attempt": 1, "delivery": 1, "worker": "bench",
-                   "deployment": "bench-dep", "provider": "openai", "model": "gpt-4o-mini",
-                   "status": "succeeded", "prompt_tokens": 120 + i, "completion_tokens": 64,
-                   "cost": "0.000056", "latency_ms": 12.5, "ttft_ms": 3.25,
-                   "started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:01Z"})
-            })
-            .collect();
+        // One array per column, as the ledger passes its rows (core/src/store/arrays.rs).
+        const N: usize = 512;
+        let started: chrono::DateTime<chrono::Utc> = "2026-01-01T00:00:00Z".parse()?;
+        let finished = started + chrono::Duration::seconds(1);
+        let ids: Vec<uuid::Uuid> = (0..N).map(|_| uuid::Uuid::now_v7()).collect();
+        let prompt: Vec<i64> = (0..N as i64).map(|i| 120 + i).collect();
         let mut tx = pool.begin().await?;
         sqlx::query(
             "INSERT INTO bench_ceiling (job_id, attempt, delivery, worker, deployment, provider, model, status,
                   prompt_tokens, completion_tokens, cost, latency_ms, ttft_ms, started_at, finished_at)
-             SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(job_id uuid, attempt int, delivery int,
-                  worker text, deployment text, provider text, model text, status text,
-                  prompt_tokens bigint, completion_tokens bigint, cost numeric,
-                  latency_ms double precision, ttft_ms double precision,
-                  started_at timestamptz, finished_at timestamptz)
+             SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::text[], $5::text[], $6::text[],
+                  $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::text[]::numeric[],
+                  $12::float8[], $13::float8[], $14::timestamptz[], $15::timestamptz[])
              ON CONFLICT (job_id, attempt) DO NOTHING",
         )
-        .bind(serde_json::Value::Array(batch))
+        .bind(&ids)
+        .bind(vec![1i32; N])
+        .bind(vec![1i32; N])
+        .bind(vec!["bench"; N])
+        .bind(vec!["bench-dep"; N])
+        .bind(vec!["openai"; N])
+        .bind(vec!["gpt-4o-mini"; N])
+        .bind(vec!["succeeded"; N])
+        .bind(&prompt)
+        .bind(vec![64i64; N])
+        .bind(vec!["0.000056"; N])
+        .bind(vec![12.5f64; N])
+        .bind(vec![3.25f64; N])
+        .bind(vec![started; N])
+        .bind(vec![finished; N])
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
