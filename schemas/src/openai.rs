@@ -150,8 +150,8 @@ const RAW_TEXT_MIN: usize = 64;
 
 impl Serialize for Content {
     /// A text with nothing to escape (no control character, quote or backslash: most
-    /// prompts) is written as a raw JSON value, checked 32 bytes at a time, instead of
-    /// serde_json's byte-by-byte escaping; the bytes written are the same.
+    /// prompts) is written as it is, checked 32 bytes at a time, instead of serde_json's
+    /// byte-by-byte escaping; the bytes written are the same.
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Content::Text(t) if t.len() >= RAW_TEXT_MIN && !needs_escape(t.as_bytes()) => {
@@ -159,14 +159,29 @@ impl Serialize for Content {
                 quoted.push('"');
                 quoted.push_str(t);
                 quoted.push('"');
-                match serde_json::value::RawValue::from_string(quoted) {
-                    Ok(raw) => raw.serialize(s),
-                    Err(_) => s.serialize_str(t),
-                }
+                Verbatim(&quoted).serialize(s)
             }
             Content::Text(t) => s.serialize_str(t),
             Content::Parts(p) => p.serialize(s),
         }
+    }
+}
+
+/// serde_json's name for a raw JSON value: its serializer writes the one string field of
+/// a struct so named as it is (`serde_json::value::RawValue` serializes itself so).
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
+/// A JSON value known to be valid, serialized the way `serde_json::value::RawValue` is,
+/// without the parse `RawValue::from_string` makes to check it (for a long prompt, a
+/// second pass over its every byte).
+struct Verbatim<'a>(&'a str);
+
+impl Serialize for Verbatim<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut raw = s.serialize_struct(RAW_VALUE_TOKEN, 1)?;
+        raw.serialize_field(RAW_VALUE_TOKEN, self.0)?;
+        raw.end()
     }
 }
 
