@@ -8,8 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// A chat-completion request as OpenAI defines it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+/// A chat-completion request as OpenAI defines it. Read by hand ([`ChatRequest::deserialize`]).
+#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<Message>,
@@ -52,6 +52,122 @@ impl ChatRequest {
     /// The output-token cap the caller asked for, whichever field they used.
     pub fn output_cap(&self) -> Option<u32> {
         self.max_completion_tokens.or(self.max_tokens)
+    }
+}
+
+/// A field of [`ChatRequest`] by its name; any other name is kept for `extra`.
+enum RequestField {
+    Known(usize),
+    Other(String),
+}
+
+/// The names of [`ChatRequest`]'s own fields, in the order [`ChatRequest::deserialize`]
+/// reads them by.
+const REQUEST_FIELDS: [&str; 17] = [
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "seed",
+    "stop",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "reasoning_effort",
+    "user",
+];
+
+impl<'de> Deserialize<'de> for RequestField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = RequestField;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RequestField, E> {
+                Ok(match REQUEST_FIELDS.iter().position(|f| *f == v) {
+                    Some(i) => RequestField::Known(i),
+                    None => RequestField::Other(v.to_string()),
+                })
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<RequestField, E> {
+                Ok(match REQUEST_FIELDS.iter().position(|f| *f == v) {
+                    Some(i) => RequestField::Known(i),
+                    None => RequestField::Other(v),
+                })
+            }
+        }
+        d.deserialize_identifier(Name)
+    }
+}
+
+impl<'de> Deserialize<'de> for ChatRequest {
+    /// Reads the fields in one pass, the unnamed ones into `extra`: what the derived
+    /// reader with its `#[serde(flatten)]` map accepts (the same fields, errors for a
+    /// missing `model` or `messages` and for a field given twice), without first
+    /// buffering the whole request as serde's flatten does (the api parses every
+    /// submission, the worker every envelope).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Request;
+        impl<'de> serde::de::Visitor<'de> for Request {
+            type Value = ChatRequest;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a chat completion request")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ChatRequest, A::Error> {
+                use serde::de::Error as _;
+                let mut r = ChatRequest::default();
+                let (mut model, mut messages) = (None, None);
+                let mut seen = 0u32;
+                while let Some(field) = map.next_key::<RequestField>()? {
+                    let i = match field {
+                        RequestField::Other(name) => {
+                            let value: Value = map.next_value()?;
+                            r.extra.insert(name, value);
+                            continue;
+                        }
+                        RequestField::Known(i) => i,
+                    };
+                    if seen & (1 << i) != 0 {
+                        return Err(A::Error::duplicate_field(REQUEST_FIELDS[i]));
+                    }
+                    seen |= 1 << i;
+                    match i {
+                        0 => model = Some(map.next_value()?),
+                        1 => messages = Some(map.next_value()?),
+                        2 => r.stream = map.next_value()?,
+                        3 => r.stream_options = map.next_value()?,
+                        4 => r.max_tokens = map.next_value()?,
+                        5 => r.max_completion_tokens = map.next_value()?,
+                        6 => r.temperature = map.next_value()?,
+                        7 => r.top_p = map.next_value()?,
+                        8 => r.n = map.next_value()?,
+                        9 => r.seed = map.next_value()?,
+                        10 => r.stop = map.next_value()?,
+                        11 => r.tools = map.next_value()?,
+                        12 => r.tool_choice = map.next_value()?,
+                        13 => r.parallel_tool_calls = map.next_value()?,
+                        14 => r.response_format = map.next_value()?,
+                        15 => r.reasoning_effort = map.next_value()?,
+                        _ => r.user = map.next_value()?,
+                    }
+                }
+                r.model = model.ok_or_else(|| A::Error::missing_field("model"))?;
+                r.messages = messages.ok_or_else(|| A::Error::missing_field("messages"))?;
+                Ok(r)
+            }
+        }
+        d.deserialize_map(Request)
     }
 }
 
@@ -403,6 +519,46 @@ mod tests {
             let value = serde_json::to_value(Content::Text(t.clone())).unwrap();
             assert_eq!(value, Value::String(t));
         }
+    }
+
+    #[test]
+    fn a_request_reads_its_own_fields_and_keeps_the_others_in_extra() {
+        let text = r#"{"model":"g","messages":[{"role":"user","content":"hi"}],"stream":true,
+            "max_tokens":64,"temperature":null,"stop":["a","b"],"tool_choice":"auto",
+            "logit_bias":{"1":2},"priority":"high","user":"u"}"#;
+        let r: ChatRequest = serde_json::from_str(text).unwrap();
+        assert_eq!((r.model.as_str(), r.messages.len()), ("g", 1));
+        assert_eq!(
+            (r.stream, r.max_tokens, r.temperature),
+            (Some(true), Some(64), None)
+        );
+        assert!(matches!(&r.stop, Some(Stop::Many(s)) if s.len() == 2));
+        assert_eq!(r.tool_choice, Some(Value::String("auto".into())));
+        assert_eq!(r.user.as_deref(), Some("u"));
+        assert_eq!(r.extra.len(), 2);
+        assert_eq!(r.extra["logit_bias"], serde_json::json!({"1": 2}));
+        // The same from a `Value`, and through what it writes.
+        let value: Value = serde_json::from_str(text).unwrap();
+        let again: ChatRequest = serde_json::from_value(value).unwrap();
+        assert_eq!(
+            serde_json::to_string(&again).unwrap(),
+            serde_json::to_string(&r).unwrap()
+        );
+        let written: ChatRequest =
+            serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(written.extra, r.extra);
+        let err = |t: &str| {
+            serde_json::from_str::<ChatRequest>(t)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(r#"{"messages":[]}"#).contains("missing field `model`"));
+        assert!(err(r#"{"model":"g"}"#).contains("missing field `messages`"));
+        assert!(
+            err(r#"{"model":"g","messages":[],"model":"h"}"#).contains("duplicate field `model`")
+        );
+        assert!(err(r#"{"model":"g","messages":[],"max_tokens":"x"}"#).contains("invalid type"));
+        assert!(err(r#"["g",[]]"#).contains("invalid type"));
     }
 
     #[test]
