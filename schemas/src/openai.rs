@@ -241,11 +241,60 @@ impl Message {
 /// A message's content: a string, or a list of parts. Serialized by hand (as the untagged
 /// enum it is) because prompt texts are most of what the api and the worker encode per
 /// job: see [`Content::serialize`].
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, JsonSchema)]
 #[serde(untagged)]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
+}
+
+/// What serde's untagged reader says of a content that is neither form; kept, so a bad
+/// request is told the same as before [`Content::deserialize`] was written by hand.
+const NOT_CONTENT: &str = "data did not match any variant of untagged enum Content";
+
+impl<'de> Deserialize<'de> for Content {
+    /// The string or the list, read straight from the input: serde's untagged reader
+    /// buffers every content (most of a prompt's bytes) before trying each form.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Form;
+        impl<'de> serde::de::Visitor<'de> for Form {
+            type Value = Content;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or a list of content parts")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Content, E> {
+                Ok(Content::Text(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Content, E> {
+                Ok(Content::Text(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Content, A::Error> {
+                let seq = serde::de::value::SeqAccessDeserializer::new(seq);
+                Vec::<ContentPart>::deserialize(seq)
+                    .map(Content::Parts)
+                    .map_err(|_| serde::de::Error::custom(NOT_CONTENT))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Content, E> {
+                Err(E::custom(NOT_CONTENT))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Content, E> {
+                Err(E::custom(NOT_CONTENT))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Content, E> {
+                Err(E::custom(NOT_CONTENT))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Content, E> {
+                Err(E::custom(NOT_CONTENT))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Content, E> {
+                Err(E::custom(NOT_CONTENT))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Content, A::Error> {
+                Err(serde::de::Error::custom(NOT_CONTENT))
+            }
+        }
+        d.deserialize_any(Form)
+    }
 }
 
 impl Content {
@@ -559,6 +608,20 @@ mod tests {
         );
         assert!(err(r#"{"model":"g","messages":[],"max_tokens":"x"}"#).contains("invalid type"));
         assert!(err(r#"["g",[]]"#).contains("invalid type"));
+    }
+
+    #[test]
+    fn content_that_is_neither_form_is_refused_as_the_untagged_reader_did() {
+        for bad in ["5", "true", "{}", r#"[{"text":"no type"}]"#, "[1]"] {
+            let err = serde_json::from_str::<Content>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(NOT_CONTENT), "{bad}: {err}");
+        }
+        let escaped: Content = serde_json::from_str(r#""a\"b""#).unwrap();
+        assert!(matches!(escaped, Content::Text(t) if t == "a\"b"));
+        let via_value: Content = serde_json::from_value(serde_json::json!("x")).unwrap();
+        assert!(matches!(via_value, Content::Text(t) if t == "x"));
     }
 
     #[test]
