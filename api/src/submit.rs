@@ -534,6 +534,9 @@ fn submitted(
     status: JobStatus,
     created: DateTime<Utc>,
 ) -> Submitted {
+    // Joined rather than `format!`ted: a `Uuid` is `Display`ed a piece at a time.
+    let mut text = Uuid::encode_buffer();
+    let this = ["/v1/jobs/", id.hyphenated().encode_lower(&mut text)].concat();
     Submitted {
         id,
         object: "sluice.job",
@@ -542,8 +545,8 @@ fn submitted(
         priority: tier,
         created_at: created.timestamp(),
         links: Links {
-            this: format!("/v1/jobs/{id}"),
-            events: format!("/v1/jobs/{id}/events"),
+            events: [this.as_str(), "/events"].concat(),
+            this,
         },
         subjects: SubjectsView {
             events: state.subjects.events(id),
