@@ -115,21 +115,23 @@ impl EventPublisher {
         self.store(m).await
     }
 
-    /// [`EventPublisher::terminal`] for the event `done` already encoded as `body`.
-    pub async fn terminal_encoded(
+    /// The terminal message of the event `done`, already encoded as `body`, for
+    /// [`EventPublisher::store`]: made apart from the publish, so a job's task holds
+    /// only the message while it waits for the store (see `clippy.toml`'s future size).
+    pub fn encoded_terminal(
         &mut self,
         attempt: u32,
         done: &EncodedDone<'_>,
         body: Bytes,
-    ) -> Result<(), EventError> {
+    ) -> Result<TerminalMessage, EventError> {
         self.seq += 1;
-        let m = encoded_terminal_message(done, body, attempt, self.seq, self.max_payload)
-            .map_err(|e| unpublished(terminal_kind(done.status), e))?;
-        self.store(m).await
+        encoded_terminal_message(done, body, attempt, self.seq, self.max_payload)
+            .map_err(|e| unpublished(terminal_kind(done.status), e))
     }
 
-    /// Publishes the terminal message `m` through JetStream and waits until it is stored.
-    async fn store(&mut self, m: TerminalMessage) -> Result<(), EventError> {
+    /// Publishes the terminal message `m` through JetStream and waits until it (and so
+    /// every earlier event of this job, sent before it on the same connection) is stored.
+    pub async fn store(&mut self, m: TerminalMessage) -> Result<(), EventError> {
         self.js
             .publish_with_headers(self.subject.clone(), m.headers, m.sent)
             .await

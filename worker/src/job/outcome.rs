@@ -350,11 +350,12 @@ pub(super) async fn conclude(
         return;
     }
     ctx.tally.finished();
-    if let Err(e) = publisher
-        .terminal_encoded(last_attempt, &EncodedDone::new(&done, None), body)
-        .instrument(crate::trace::publish())
-        .await
-    {
+    let terminal = publisher.encoded_terminal(last_attempt, &EncodedDone::new(&done, None), body);
+    let stored = match terminal {
+        Ok(m) => publisher.store(m).instrument(crate::trace::publish()).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = stored {
         tracing::warn!(error = %e, "terminal event not stored; redelivery will republish it");
         nak_soon(&msg).await;
         return;
