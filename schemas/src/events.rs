@@ -6,6 +6,7 @@
 use rust_decimal::Decimal;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::job::{JobError, JobResult, JobStatus};
@@ -76,4 +77,79 @@ pub struct DoneEvent {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
+}
+
+/// A terminal event whose result is JSON already (the job row's): it encodes to the very
+/// bytes of the [`DoneEvent`] holding that result, without encoding the result again.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EncodedDone<'a> {
+    pub job_id: Uuid,
+    pub status: JobStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(with = "rust_decimal::serde::float_option")]
+    pub cost: Option<Decimal>,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a JobError>,
+}
+
+impl<'a> EncodedDone<'a> {
+    /// `done` with `result` (its result's JSON) in place of its own result.
+    pub fn new(done: &'a DoneEvent, result: Option<&'a RawValue>) -> Self {
+        EncodedDone {
+            job_id: done.job_id,
+            status: done.status,
+            result,
+            usage: done.usage,
+            cost: done.cost,
+            attempts: done.attempts,
+            error: done.error.as_ref(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobResult;
+
+    /// The terminal event encoded around its result's JSON is byte for byte the event
+    /// encoded whole, with and without a result.
+    #[test]
+    fn an_event_around_an_encoded_result_encodes_like_the_whole_event() {
+        let result: JobResult = serde_json::from_value(serde_json::json!({
+            "id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi \"there\"\n"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+        }))
+        .unwrap();
+        let raw = serde_json::value::to_raw_value(&result).unwrap();
+        let done = DoneEvent {
+            job_id: Uuid::from_u128(7),
+            status: JobStatus::Succeeded,
+            result: Some(result),
+            usage: Some(Usage::new(3, 2)),
+            cost: Some(Decimal::new(12345, 7)),
+            attempts: 2,
+            error: None,
+        };
+        let encoded = serde_json::to_vec(&EncodedDone::new(&done, Some(&raw))).unwrap();
+        assert_eq!(encoded, serde_json::to_vec(&done).unwrap());
+        let failed = DoneEvent {
+            status: JobStatus::Failed,
+            result: None,
+            usage: None,
+            cost: None,
+            error: Some(JobError {
+                class: crate::ErrorClass::Timeout,
+                message: "slow".into(),
+            }),
+            ..done
+        };
+        let encoded = serde_json::to_vec(&EncodedDone::new(&failed, None)).unwrap();
+        assert_eq!(encoded, serde_json::to_vec(&failed).unwrap());
+    }
 }

@@ -18,7 +18,7 @@ pub mod subjects;
 
 pub use envelope::{is_master_owner, JobEnvelope, Tier, MASTER_OWNER};
 pub use error::{ApiErrorBody, ErrorClass};
-pub use events::{DoneEvent, EventKind, RetryEvent};
+pub use events::{DoneEvent, EncodedDone, EventKind, RetryEvent};
 pub use job::{AttemptStatus, JobStatus};
 pub use subjects::Subjects;
 

@@ -37,7 +37,7 @@ impl Subjects {
 
     /// `<prefix>.jobs.<tier>`
     pub fn jobs(&self, tier: Tier) -> String {
-        format!("{}.jobs.{}", self.prefix, tier.as_str())
+        self.joined(".jobs.", tier.as_str())
     }
 
     /// `<prefix>.jobs.>`
@@ -47,7 +47,19 @@ impl Subjects {
 
     /// `<prefix>.events.<job_id>`
     pub fn events(&self, job_id: Uuid) -> String {
-        format!("{}.events.{}", self.prefix, job_id)
+        let mut id = Uuid::encode_buffer();
+        self.joined(".events.", job_id.hyphenated().encode_lower(&mut id))
+    }
+
+    /// `<prefix><middle><last>`, copied into one allocation of its size: these names are
+    /// made for every job, and `format!` goes through the formatting machinery (a
+    /// `Uuid` as `Display` a piece at a time).
+    fn joined(&self, middle: &str, last: &str) -> String {
+        let mut name = String::with_capacity(self.prefix.len() + middle.len() + last.len());
+        name.push_str(&self.prefix);
+        name.push_str(middle);
+        name.push_str(last);
+        name
     }
 
     /// `<prefix>.events.>`
@@ -112,6 +124,8 @@ mod tests {
         assert_eq!(s.dlq(), "sluice.dlq");
         assert_eq!(s.tier_consumer(Tier::Low), "sluice_low");
         assert_eq!(s.worker_heartbeat(), "sluice.workers.heartbeat");
+        let id = Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        assert_eq!(s.events(id), format!("sluice.events.{id}"));
     }
 
     #[test]

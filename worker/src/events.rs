@@ -18,10 +18,10 @@ use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use sluice_core::bodies::{fits, HEADER_BODY_REF};
 use sluice_core::store::JobRow;
-use sluice_core::terminal_event::terminal_message;
+use sluice_core::terminal_event::{encoded_terminal_message, terminal_message, TerminalMessage};
 use sluice_schemas::events::{HEADER_ATTEMPT, HEADER_EVENT, HEADER_SEQ};
 use sluice_schemas::openai::ChatCompletionChunk;
-use sluice_schemas::{DoneEvent, EventKind, RetryEvent, Subjects};
+use sluice_schemas::{DoneEvent, EncodedDone, EventKind, JobStatus, RetryEvent, Subjects};
 use uuid::Uuid;
 
 use crate::providers::ChunkSink;
@@ -108,23 +108,46 @@ impl EventPublisher {
     /// Publishes the terminal event and waits until it (and so every earlier event of this
     /// job, sent before it on the same connection) is stored. The message is the one the
     /// api's native batch driver publishes too (`sluice_core::terminal_event`).
-    pub async fn terminal(&mut self, attempt: u32, done: &DoneEvent) -> Result<Bytes, EventError> {
+    pub async fn terminal(&mut self, attempt: u32, done: &DoneEvent) -> Result<(), EventError> {
         self.seq += 1;
-        let m = terminal_message(done, attempt, self.seq, self.max_payload).map_err(|e| {
-            let kind = if done.status == sluice_schemas::JobStatus::Succeeded {
-                EventKind::Done
-            } else {
-                EventKind::Error
-            };
-            unpublished(kind, e)
-        })?;
+        let m = terminal_message(done, attempt, self.seq, self.max_payload)
+            .map_err(|e| unpublished(terminal_kind(done.status), e))?;
+        self.store(m).await
+    }
+
+    /// The terminal message of the event `done`, already encoded as `body`, for
+    /// [`EventPublisher::store`]: made apart from the publish, so a job's task holds
+    /// only the message while it waits for the store (see `clippy.toml`'s future size).
+    pub fn encoded_terminal(
+        &mut self,
+        attempt: u32,
+        done: &EncodedDone<'_>,
+        body: Bytes,
+    ) -> Result<TerminalMessage, EventError> {
+        self.seq += 1;
+        encoded_terminal_message(done, body, attempt, self.seq, self.max_payload)
+            .map_err(|e| unpublished(terminal_kind(done.status), e))
+    }
+
+    /// Publishes the terminal message `m` through JetStream and waits until it (and so
+    /// every earlier event of this job, sent before it on the same connection) is stored.
+    pub async fn store(&mut self, m: TerminalMessage) -> Result<(), EventError> {
         self.js
             .publish_with_headers(self.subject.clone(), m.headers, m.sent)
             .await
             .map_err(|e| unpublished(m.kind, e))?
             .await
             .map_err(|e| unpublished(m.kind, e))?;
-        Ok(m.body)
+        Ok(())
+    }
+}
+
+/// The terminal event's kind for a job that ended `status`.
+fn terminal_kind(status: JobStatus) -> EventKind {
+    if status == JobStatus::Succeeded {
+        EventKind::Done
+    } else {
+        EventKind::Error
     }
 }
 
@@ -143,7 +166,7 @@ pub async fn publish_ended(
     let mut tried = 1;
     loop {
         match publisher.terminal(row.attempts, &done).await {
-            Ok(_) => return Ok(()),
+            Ok(()) => return Ok(()),
             Err(e) if tried >= tries => return Err(e),
             Err(_) => tried += 1,
         }

@@ -86,6 +86,7 @@ impl Ctx<'_> {
             tag_regex: self.tag_regex(p, &section)?,
             max_input_tokens: self.opt_u64(&m.model_info, &info, "max_input_tokens")?,
             batch_enqueued_tokens: number_or_info("batch_enqueued_tokens")?.filter(|n| *n > 0),
+            chat_url: Default::default(),
         })
     }
 

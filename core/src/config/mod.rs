@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
@@ -144,6 +145,8 @@ pub struct Deployment {
     /// `model_info.batch_enqueued_tokens` (or `litellm_params`): the provider's
     /// enqueued-token limit for this deployment's native batches.
     pub batch_enqueued_tokens: Option<u64>,
+    /// The URL chat calls go to, parsed on the first call and kept ([`Deployment::chat_url`]).
+    pub chat_url: OnceLock<url::Url>,
 }
 
 impl Deployment {
@@ -158,7 +161,23 @@ impl Deployment {
     pub fn for_model(&self, caps: &[&str]) -> Deployment {
         let mut d = self.clone();
         d.model = wildcard::fill(&self.model, caps);
+        // The URL may name the model (Azure's deployment path).
+        d.chat_url = OnceLock::new();
         d
+    }
+
+    /// The URL chat calls go to, `build` from this deployment's settings (each protocol
+    /// has its own form, `worker/src/providers/*.rs`) and parsed on the first call only:
+    /// a URL handed over as a string is parsed again on every request.
+    pub fn chat_url(
+        &self,
+        build: impl FnOnce(&Self) -> String,
+    ) -> Result<url::Url, url::ParseError> {
+        if let Some(url) = self.chat_url.get() {
+            return Ok(url.clone());
+        }
+        let url = url::Url::parse(&build(self))?;
+        Ok(self.chat_url.get_or_init(|| url).clone())
     }
 }
 

@@ -303,7 +303,8 @@ pub(super) async fn finish(
     let done = DoneEvent {
         job_id: base.id,
         status: JobStatus::Succeeded,
-        result: Some(result),
+        // The result is the row's (`outcome.rs`, `Finished::done`).
+        result: None,
         usage: Some(usage),
         cost: Some(Decimal::ZERO),
         attempts,

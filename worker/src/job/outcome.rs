@@ -13,7 +13,7 @@ use sluice_core::store::{AttemptRecord, JobDeferred, JobOutcome, LedgerEntry, Ne
 use sluice_schemas::events::HEADER_DLQ_REASON;
 use sluice_schemas::job::{JobError, JobResult};
 use sluice_schemas::openai::Usage;
-use sluice_schemas::{DoneEvent, ErrorClass, JobEnvelope, JobStatus, Tier};
+use sluice_schemas::{DoneEvent, EncodedDone, ErrorClass, JobEnvelope, JobStatus, Tier};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
@@ -26,6 +26,8 @@ use crate::Ctx;
 pub(super) struct Finished {
     pub(super) outcome: JobOutcome,
     pub(super) attempts: Vec<AttemptRecord>,
+    /// The terminal event without its result: that is the outcome's, already JSON, and
+    /// goes into the event as it is (see [`conclude`]).
     pub(super) done: DoneEvent,
     pub(super) publisher: EventPublisher,
     pub(super) last_attempt: u32,
@@ -204,7 +206,7 @@ impl Finished {
             job_id: base.id,
             status: JobStatus::Succeeded,
             usage,
-            result: Some(result),
+            result: None,
             cost: job_cost,
             attempts: attempt,
             error: None,
@@ -318,7 +320,17 @@ pub(super) async fn conclude(
         last_attempt,
         settling,
     } = finished;
-    let deliveries = deliveries_of(ctx, &done, reply_subject, webhook_url);
+    // The event is encoded once, around the result's JSON the row holds, for the event
+    // and the deliveries alike.
+    let body = match serde_json::to_vec(&EncodedDone::new(&done, outcome.result.as_deref())) {
+        Ok(body) => Bytes::from(body),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode the job's end; the job will be redelivered");
+            nak_soon(&msg).await;
+            return;
+        }
+    };
+    let deliveries = deliveries_of(ctx, done.job_id, &body, reply_subject, webhook_url);
     let deliver = !deliveries.is_empty();
     // Record, then publish, then ack.
     crate::trace::finished(&outcome, &attempts);
@@ -338,11 +350,12 @@ pub(super) async fn conclude(
         return;
     }
     ctx.tally.finished();
-    if let Err(e) = publisher
-        .terminal(last_attempt, &done)
-        .instrument(crate::trace::publish())
-        .await
-    {
+    let terminal = publisher.encoded_terminal(last_attempt, &EncodedDone::new(&done, None), body);
+    let stored = match terminal {
+        Ok(m) => publisher.store(m).instrument(crate::trace::publish()).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = stored {
         tracing::warn!(error = %e, "terminal event not stored; redelivery will republish it");
         nak_soon(&msg).await;
         return;
@@ -361,12 +374,13 @@ pub(super) async fn conclude(
     tracing::debug!(status = %done.status, "job finished");
 }
 
-/// The deliveries of the job's end `done`: to its reply subject (one that points inward
-/// is dropped here: a trusted service may have published the envelope straight to NATS,
-/// past the api's check) and its webhook.
+/// The deliveries of the end of job `job_id`, its terminal event `body`: to its reply
+/// subject (one that points inward is dropped here: a trusted service may have published
+/// the envelope straight to NATS, past the api's check) and its webhook.
 fn deliveries_of(
     ctx: &Ctx,
-    done: &DoneEvent,
+    job_id: Uuid,
+    body: &[u8],
     reply_subject: Option<String>,
     webhook_url: Option<String>,
 ) -> Vec<NewDelivery> {
@@ -378,15 +392,7 @@ fn deliveries_of(
     if reply_subject.is_none() && webhook_url.is_none() {
         return Vec::new();
     }
-    match serde_json::to_vec(done) {
-        Ok(body) => {
-            crate::deliveries::for_job(done.job_id, reply_subject, webhook_url.as_deref(), &body)
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot encode the job's end for its deliveries");
-            Vec::new()
-        }
-    }
+    crate::deliveries::for_job(job_id, reply_subject, webhook_url.as_deref(), body)
 }
 
 /// Hands the message back for a redelivery in a second (the job's end was not stored).

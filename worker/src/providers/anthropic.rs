@@ -137,8 +137,7 @@ fn build(
     params: &mut Params,
 ) -> Result<reqwest::RequestBuilder, ProviderError> {
     let body = body(&d.model, r, stream, params)?;
-    let mut req = http
-        .post(format!("{}/v1/messages", d.api_base))
+    let mut req = super::request::post_chat(http, d, |d| format!("{}/v1/messages", d.api_base))
         .header("anthropic-version", API_VERSION)
         .json(&body);
     if let Some(key) = &d.api_key {

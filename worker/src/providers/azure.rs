@@ -48,7 +48,7 @@ fn build(
     // Reasoning deployments (o-series, gpt-5; told by `base_model` or the deployment
     // name) follow OpenAI's rules.
     let body = super::reasoning::adapt(d, request, params)?;
-    let mut req = http.post(url(d)).json(&*body);
+    let mut req = super::request::post_chat(http, d, url).json(&*body);
     if let Some(key) = &d.api_key {
         req = req.header("api-key", key.expose());
     }

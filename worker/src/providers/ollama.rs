@@ -105,7 +105,8 @@ fn build(
     params: &mut Params,
 ) -> Result<reqwest::RequestBuilder, ProviderError> {
     let body = body(&d.model, r, stream, params)?;
-    let mut req = http.post(format!("{}/api/chat", d.api_base)).json(&body);
+    let mut req =
+        super::request::post_chat(http, d, |d| format!("{}/api/chat", d.api_base)).json(&body);
     if let Some(key) = &d.api_key {
         req = req.bearer_auth(key.expose());
     }

@@ -39,10 +39,10 @@ fn build(
             format!("cannot encode the request: {e}"),
         )
     })?;
-    let mut req = http
-        .post(format!("{}/chat/completions", d.api_base))
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(json);
+    let mut req =
+        super::request::post_chat(http, d, |d| format!("{}/chat/completions", d.api_base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(json);
     if let Some(key) = &d.api_key {
         req = req.bearer_auth(key.expose());
     }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderMap, HeaderName};
 
 /// What the provider said about its limits on one response. Absent or unparsable values
 /// (Azure sometimes sends `-1`) are `None`.
@@ -31,6 +31,15 @@ impl RateLimits {
         headers: &HeaderMap,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Option<RateLimits> {
+        // Most answers carry none (a local model, a proxy): one pass over the names then,
+        // instead of a dozen lookups that each parse and hash a name.
+        let rate_limit_header = |name: &HeaderName| {
+            let name = name.as_str();
+            name.starts_with("x-ratelimit-") || name.starts_with("anthropic-ratelimit-")
+        };
+        if !headers.keys().any(rate_limit_header) {
+            return None;
+        }
         let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let count = |name: &str| get(name).and_then(|v| v.trim().parse::<u64>().ok());
         let openai = RateLimits {
@@ -177,5 +186,7 @@ mod tests {
         assert_eq!(r.reset_requests, Some(Duration::from_secs(30)));
         assert_eq!(r.remaining_tokens, Some(12000));
         assert!(RateLimits::from_headers(&HeaderMap::new()).is_none());
+        let plain = headers(&[("content-type", "application/json"), ("x-request-id", "r")]);
+        assert!(RateLimits::from_headers(&plain).is_none());
     }
 }

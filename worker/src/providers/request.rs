@@ -7,10 +7,25 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
+use sluice_core::config::Deployment;
 use sluice_schemas::openai::{ChatRequest, Content, ContentPart, Message};
 
 use super::error::ProviderError;
 use super::params::bad_request;
+
+/// A POST to `d`'s chat URL, `url` built and parsed on the deployment's first call only
+/// (`Deployment::chat_url`): reqwest parses a URL given as a string on every request.
+pub(crate) fn post_chat(
+    http: &reqwest::Client,
+    d: &Deployment,
+    url: fn(&Deployment) -> String,
+) -> reqwest::RequestBuilder {
+    match d.chat_url(url) {
+        Ok(parsed) => http.post(parsed),
+        // Not a URL: reqwest reports it when the request is sent, as it always has.
+        Err(_) => http.post(url(d)),
+    }
+}
 
 /// OpenAI's `tool_choice`, read once.
 #[derive(Debug, Clone, PartialEq, Eq)]
