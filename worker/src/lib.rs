@@ -115,13 +115,16 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    /// Claims `id` for this worker; `None` if it already runs here.
+    /// Claims `id` for this worker; `None` if it already runs here. The token is cancelled
+    /// when the api cancels the job or the drain deadline passes.
     fn claim(&self, id: Uuid) -> Option<CancellationToken> {
         let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if map.contains_key(&id) {
             return None;
         }
-        let token = CancellationToken::new();
+        // A child of `hard_stop`: the job task waits on this one token for both (see
+        // `job::handle_claimed`), and each wait polls a token's lock on every wake-up.
+        let token = self.hard_stop.child_token();
         map.insert(id, token.clone());
         Some(token)
     }

@@ -11,6 +11,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
 use futures::FutureExt;
 use sluice_schemas::job::JobError;
 use sluice_schemas::{ErrorClass, JobEnvelope, Tier};
@@ -19,7 +20,12 @@ use crate::Ctx;
 
 /// Runs `job::handle` for `msg`, ending the job `failed` if it panics.
 pub(crate) async fn guarded(ctx: Arc<Ctx>, msg: jetstream::Message, tier: Tier) {
-    let copy = msg.clone();
+    // Without the payload: thousands of jobs wait at once, and a payload kept here would
+    // keep the NATS read buffer it was cut from alive for the whole job
+    // (`worker/src/job/mod.rs` drops the job's own copy once parsed). The message is still
+    // in its stream when a job panics (it is acked last), so it is read back from there.
+    let mut copy = msg.clone();
+    copy.message.payload = Bytes::new();
     let run = AssertUnwindSafe(Box::pin(crate::job::handle(Arc::clone(&ctx), msg, tier)));
     let Err(panic) = run.catch_unwind().await else {
         return;
@@ -52,7 +58,15 @@ fn message(panic: &(dyn Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-async fn end_failed(ctx: &Ctx, msg: jetstream::Message, tier: Tier, what: &str) {
+async fn end_failed(ctx: &Ctx, mut msg: jetstream::Message, tier: Tier, what: &str) {
+    match stored_payload(ctx, &msg).await {
+        Ok(payload) => msg.message.payload = payload,
+        Err(e) => {
+            // Acked already, or the stream is unreachable: a redelivery (if any) ends it.
+            tracing::warn!(error = %e, "cannot read back the message of a panicked job");
+            return;
+        }
+    }
     let payload = match crate::bodies::envelope(ctx, &msg).await {
         crate::bodies::Resolved::Body(b) => b,
         _ => return,
@@ -77,4 +91,12 @@ async fn end_failed(ctx: &Ctx, msg: jetstream::Message, tier: Tier, what: &str) 
             .collect(),
     };
     crate::job::end_failed(ctx, msg, &envelope, tier, attempts, error).await;
+}
+
+/// The payload of `msg` as its stream still holds it (by the stream sequence in its reply
+/// subject).
+async fn stored_payload(ctx: &Ctx, msg: &jetstream::Message) -> Result<Bytes, async_nats::Error> {
+    let info = msg.info()?;
+    let stream = ctx.js.get_stream(info.stream).await?;
+    Ok(stream.get_raw_message(info.stream_sequence).await?.payload)
 }

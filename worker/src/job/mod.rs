@@ -25,6 +25,7 @@ mod route;
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
 use chrono::Utc;
 use sluice_schemas::job::JobError;
 use sluice_schemas::{ErrorClass, JobEnvelope, Tier};
@@ -38,7 +39,9 @@ use outcome::{Deferred, Ends, Finished, Halt};
 /// Handles one delivered message to the end (ack, nak or term).
 pub(crate) async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, tier: Tier) {
     let delivery = msg.info().map(|i| i.delivered).unwrap_or(1).max(1);
-    let payload = match crate::bodies::envelope(&ctx, &msg).await {
+    // Boxed, like every await here that is not the run: a job task's future is as large
+    // as its largest await, and thousands of tasks hold theirs while their runs stream.
+    let payload = match Box::pin(crate::bodies::envelope(&ctx, &msg)).await {
         crate::bodies::Resolved::Body(b) => b,
         crate::bodies::Resolved::Missing(reason) => {
             Box::pin(outcome::dead_letter(&ctx, &msg, &reason)).await;
@@ -52,17 +55,18 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, tier: Tier) {
         Ok(e) => e,
         Err(e) => {
             let reason = format!("unparseable job envelope: {e}");
-            outcome::dead_letter(&ctx, &msg, &reason).await;
+            Box::pin(outcome::dead_letter(&ctx, &msg, &reason)).await;
             return;
         }
     };
+    // The parsed envelope is all the run needs: the bytes would otherwise stay alive for
+    // the whole job (a body read by reference is a fresh copy of the prompt).
+    drop(payload);
     let id = envelope.id;
     let Some(cancel) = ctx.claim(id) else {
         // Our own earlier delivery of this job is still running (ack wait expired under
         // load): let that one finish; this copy comes back later and is skipped then.
-        let _ = msg
-            .ack_with(AckKind::Nak(Some(ctx.config.worker.ack_wait)))
-            .await;
+        let _ = Box::pin(msg.ack_with(AckKind::Nak(Some(ctx.config.worker.ack_wait)))).await;
         return;
     };
     if let Some(inputs) = &ctx.callback_inputs {
@@ -141,10 +145,15 @@ async fn handle_claimed(
     cancel: CancellationToken,
 ) {
     let id = envelope.id;
-    let Some((msg, calls)) = Box::pin(calls_so_far(ctx, msg, &envelope, tier, delivery)).await
+    let Some((mut msg, calls)) = Box::pin(calls_so_far(ctx, msg, &envelope, tier, delivery)).await
     else {
         return;
     };
+    // From here on the message is only acknowledged (its payload is dead-lettered only by
+    // `calls_so_far`, above). Its payload shares the NATS connection's 64 KB read buffer
+    // with the messages delivered beside it, so a job that kept it would keep that whole
+    // buffer alive while any one of them runs.
+    msg.message.payload = Bytes::new();
     // The job's row before any outcome: to end it with, should its wait run out.
     let ends = Ends {
         base: outcome::outcome_base(&envelope, tier, calls),
@@ -162,13 +171,14 @@ async fn handle_claimed(
     let finished = loop {
         tokio::select! {
             r = &mut work => break r,
-            _ = keepalive.tick() => { let _ = msg.ack_with(AckKind::Progress).await; }
-            _ = ctx.hard_stop.cancelled() => {
-                tracing::warn!("drain deadline passed; handing the job back");
-                let _ = msg.ack_with(AckKind::Nak(None)).await;
-                return;
-            }
+            _ = keepalive.tick() => { let _ = Box::pin(msg.ack_with(AckKind::Progress)).await; }
+            // `cancel` is a child of `hard_stop` (`Ctx::claim`): one token to poll.
             _ = cancel.cancelled() => {
+                if ctx.hard_stop.is_cancelled() {
+                    tracing::warn!("drain deadline passed; handing the job back");
+                    let _ = Box::pin(msg.ack_with(AckKind::Nak(None))).await;
+                    return;
+                }
                 // The api already marked the row cancelled; the call in flight is dropped
                 // (its attempt stays on record as started).
                 drop(work);

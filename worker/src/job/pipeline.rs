@@ -56,10 +56,12 @@ pub(super) async fn run(
     calls: u32,
 ) -> Result<Finished, Halt> {
     let mut run = Run::new(ctx, envelope, tier, delivery, calls);
-    if let Some(error) = run.refused().await? {
+    // Boxed: this future is held while the job's call streams, and is as large as its
+    // largest await.
+    if let Some(error) = Box::pin(run.refused()).await? {
         return Ok(run.end(JobStatus::Failed, error));
     }
-    if let Some(hit) = run.look_up().await {
+    if let Some(hit) = Box::pin(run.look_up()).await {
         return Ok(Box::pin(run.answer_cached(hit)).await);
     }
     // Bounded: every hop resets the retry count, and hops are bounded by max_fallbacks.
@@ -232,18 +234,20 @@ impl<'a> Run<'a> {
     /// One pass: admit an attempt, start it, call, record the call, and decide what
     /// follows a failure.
     async fn pass(&mut self) -> Result<Pass, Halt> {
-        let attempt = match self.admit().instrument(crate::trace::admission()).await? {
+        // Every step but the call is boxed: this future is as large as its largest await,
+        // and it is held for as long as the call streams (`job/mod.rs`).
+        let attempt = match Box::pin(self.admit().instrument(crate::trace::admission())).await? {
             Admit::Go(attempt) => attempt,
             Admit::Again => return Ok(Pass::GoOn),
             Admit::GiveUp => return Ok(Pass::Ends(JobStatus::Failed, self.last_error.clone())),
             Admit::Cancelled => return Ok(Pass::Ends(JobStatus::Cancelled, cancelled())),
         };
-        let attempt = match self.start(*attempt).await? {
+        let attempt = match Box::pin(self.start(*attempt)).await? {
             Start::Go(attempt) => *attempt,
             Start::CallsSpent => {
                 // Calls across all deliveries count: the job ends with the class of its
                 // last failure.
-                let error = self.last_failure().await;
+                let error = Box::pin(self.last_failure()).await;
                 tracing::warn!(calls = self.attempt, class = %error.class, "job made every call it may");
                 return Ok(Pass::Ends(JobStatus::Failed, error));
             }
@@ -256,9 +260,9 @@ impl<'a> Run<'a> {
         let span =
             crate::trace::attempt(&attempt.deployment, attempt.number, operation, self.stream);
         let result = self.call(&attempt).instrument(span.clone()).await;
-        match self.record(attempt, result).instrument(span).await {
+        match Box::pin(self.record(attempt, result).instrument(span)).await {
             Ok(out) => Ok(Pass::Succeeded(Box::new(out))),
-            Err(failure) if self.decide(&failure).await => Ok(Pass::GoOn),
+            Err(failure) if Box::pin(self.decide(&failure)).await => Ok(Pass::GoOn),
             Err(_) => Ok(Pass::Ends(JobStatus::Failed, self.last_error.clone())),
         }
     }
