@@ -144,3 +144,115 @@ async fn a_published_job_leaves_nothing_in_the_outbox() -> Result<()> {
     stack.stop().await;
     Ok(())
 }
+
+/// `jobs`' sequential and index scans so far, as the statistics collector has them.
+async fn jobs_scans(conn: &mut sqlx::PgConnection) -> Result<(i64, i64)> {
+    Ok(sqlx::query_as(
+        "SELECT seq_scan, COALESCE(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'jobs'",
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
+/// The reconciler's sweep runs every few seconds on every worker, and `jobs` only grows:
+/// it reads the jobs of the outbox's oldest entries by key, never the whole table, even
+/// when the planner believes the outbox is large (its statistics taken while a burst of
+/// submissions was in flight, as after a busy minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_sweep_reads_jobs_by_key_however_many_there_are() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let store = env.store().await?;
+    let pool = store.pool();
+    // Set up on one connection, whose statistics are flushed before the sweep runs.
+    let mut conn = pool.acquire().await?;
+    // 20,000 finished jobs, each with an outbox entry, and statistics taken then.
+    sqlx::query(
+        "INSERT INTO jobs (id, model_group, tier, status, calls, created_at)
+         SELECT gen_random_uuid(), 'fast', 'normal', 'succeeded', 1, now() - interval '1 hour'
+         FROM generate_series(1, 20000)",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO job_outbox (job_id, subject, payload, created_at)
+         SELECT id, 'sluice.jobs.normal', '{}', now() - interval '1 hour' FROM jobs",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("ANALYZE jobs").execute(&mut *conn).await?;
+    sqlx::query("ANALYZE job_outbox")
+        .execute(&mut *conn)
+        .await?;
+    // Then the apis drained the outbox but for three entries, and three new jobs came:
+    // one left behind by its api (old, queued, never called), one that moved on without
+    // its entry being dropped (old, running), and one its api still holds (young).
+    sqlx::query("DELETE FROM job_outbox")
+        .execute(&mut *conn)
+        .await?;
+    let left_behind = uuid::Uuid::now_v7();
+    let moved_on = uuid::Uuid::now_v7();
+    let young = uuid::Uuid::now_v7();
+    for (id, status, calls, age) in [
+        (left_behind, "queued", 0, "1 minute"),
+        (moved_on, "running", 1, "1 minute"),
+        (young, "queued", 0, "0 seconds"),
+    ] {
+        sqlx::query(
+            "INSERT INTO jobs (id, model_group, tier, status, calls, created_at)
+             VALUES ($1, 'fast', 'normal', $2, $3, now() - $4::interval)",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(calls)
+        .bind(age)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO job_outbox (job_id, subject, payload, created_at)
+             VALUES ($1, 'sluice.jobs.normal', '{}', now() - $2::interval)",
+        )
+        .bind(id)
+        .bind(age)
+        .execute(&mut *conn)
+        .await?;
+    }
+    // A backend flushes its statistics in its own time; this one, when it next goes idle
+    // (before the read below), so `before` counts the set-up's scans.
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await?;
+    let before = jobs_scans(&mut conn).await?;
+
+    let due = store.outbox_due(Duration::from_secs(10), 500).await?;
+    let due: Vec<uuid::Uuid> = due.iter().map(|r| r.job_id).collect();
+    assert_eq!(
+        due,
+        vec![left_behind],
+        "only the old, queued, uncalled entry is due"
+    );
+    let mut left: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT job_id FROM job_outbox")
+        .fetch_all(pool)
+        .await?;
+    left.sort();
+    let mut want = vec![left_behind, young];
+    want.sort();
+    assert_eq!(left, want, "the moved-on entry is dropped, the others stay");
+
+    // The sweep's reads of `jobs` show up in the statistics once its backend flushes them
+    // (within seconds): by index, and no sequential scan.
+    let after = eventually(
+        Duration::from_secs(30),
+        "the sweep's scans counted",
+        || async {
+            let now = jobs_scans(&mut *pool.acquire().await.ok()?).await.ok()?;
+            (now != before).then_some(now)
+        },
+    )
+    .await?;
+    assert_eq!(
+        after.0, before.0,
+        "no sequential scan of jobs (index scans {} -> {})",
+        before.1, after.1
+    );
+    Ok(())
+}
