@@ -274,10 +274,16 @@ async fn connect(
     Ok((admin_state, consumers))
 }
 
-/// What is worth doing before the first job: the tokenizer tables loaded, the callbacks
-/// described, a named `otel` callback without an endpoint pointed out.
+/// What is worth doing before the first job: the tokenizer tables of the configured
+/// deployments loaded, the callbacks described, a named `otel` callback without an
+/// endpoint pointed out.
 async fn warm_up(config: &Config) {
-    if let Err(e) = tokio::task::spawn_blocking(tokens::warm).await {
+    let tokenizers: Vec<_> = config
+        .deployments
+        .iter()
+        .map(tokens::Tokenizer::for_deployment)
+        .collect();
+    if let Err(e) = tokio::task::spawn_blocking(move || tokens::warm(tokenizers)).await {
         tracing::warn!(error = %e, "tokenizer warm-up failed; estimates fall back lazily");
     }
     callbacks::describe();

@@ -79,11 +79,25 @@ impl Tokenizer {
     }
 }
 
-/// Loads the tokenizer tables (a few hundred milliseconds, once) so the first job does
-/// not pay for it. Blocking: run it off the async runtime.
-pub fn warm() {
-    let _ = tiktoken_rs::o200k_base_singleton();
-    let _ = tiktoken_rs::cl100k_base_singleton();
+/// Loads the tokenizer tables that `tokenizers` count with (a few hundred milliseconds,
+/// once) so the first job does not pay for it; the others stay unloaded (o200k_base holds
+/// about 27 MB of heap, cl100k_base about 12 MB, by heaptrack in `scripts/bench`'s
+/// concurrency scenario). Blocking: run it off the async runtime.
+pub fn warm(tokenizers: impl IntoIterator<Item = Tokenizer>) {
+    let mut loaded = (false, false);
+    for t in tokenizers {
+        match t {
+            Tokenizer::O200k if !loaded.0 => {
+                let _ = tiktoken_rs::o200k_base_singleton();
+                loaded.0 = true;
+            }
+            Tokenizer::Cl100k if !loaded.1 => {
+                let _ = tiktoken_rs::cl100k_base_singleton();
+                loaded.1 = true;
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Framing tokens per message (role, separators), as OpenAI's cookbook counts them.
