@@ -24,6 +24,35 @@ where
     args.add(value).map_err(StoreError::Bind)
 }
 
+/// Adds the column `f` of `rows` as the next parameter: one array element per row.
+pub(crate) fn column<'r, R, T>(
+    args: &mut PgArguments,
+    rows: &'r [R],
+    f: impl FnMut(&'r R) -> T,
+) -> Result<(), StoreError>
+where
+    Vec<T>: 'r + sqlx::Encode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    put(args, rows.iter().map(f).collect::<Vec<T>>())
+}
+
+/// [`column`] for a column whose elements may fail to encode (JSON).
+pub(crate) fn try_column<'r, R, T>(
+    args: &mut PgArguments,
+    rows: &'r [R],
+    f: impl FnMut(&'r R) -> Result<T, StoreError>,
+) -> Result<(), StoreError>
+where
+    Vec<T>: 'r + sqlx::Encode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    put(args, rows.iter().map(f).collect::<Result<Vec<T>, _>>()?)
+}
+
+/// A nullable `jsonb` element (see [`json`]).
+pub(crate) fn opt_json<T: Serialize>(value: Option<&T>) -> Result<Option<String>, StoreError> {
+    value.map(json).transpose()
+}
+
 /// A `text` element: U+0000 replaced by U+FFFD.
 pub(crate) fn text(s: &str) -> Cow<'_, str> {
     if s.contains('\0') {

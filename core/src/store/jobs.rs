@@ -133,37 +133,22 @@ impl Store {
         jobs: &[NewJob],
         published: &[(Uuid, u64)],
     ) -> Result<Vec<Recorded>, StoreError> {
-        use super::arrays::{json, opt_text, put, stamp, text};
+        use super::arrays::{column, opt_json, opt_text, put, stamp, text, try_column};
         let (ids, seqs) = super::outbox::published_params(published);
         let mut args = sqlx::postgres::PgArguments::default();
         let (a, js) = (&mut args, jobs);
-        put(a, js.iter().map(|j| j.id).collect::<Vec<_>>())?;
-        put(a, js.iter().map(|j| text(&j.owner)).collect::<Vec<_>>())?;
-        let key = js.iter().map(|j| opt_text(j.idempotency_key.as_deref()));
-        put(a, key.collect::<Vec<_>>())?;
-        put(
-            a,
-            js.iter().map(|j| text(&j.model_group)).collect::<Vec<_>>(),
-        )?;
-        put(a, js.iter().map(|j| j.tier.as_str()).collect::<Vec<_>>())?;
-        let reply = js.iter().map(|j| opt_text(j.reply_subject.as_deref()));
-        put(a, reply.collect::<Vec<_>>())?;
-        let metadata = js.iter().map(|j| j.metadata.as_ref().map(json).transpose());
-        put(a, metadata.collect::<Result<Vec<_>, _>>()?)?;
-        put(
-            a,
-            js.iter().map(|j| stamp(&j.created_at)).collect::<Vec<_>>(),
-        )?;
-        let subject = js.iter().map(|j| opt_text(j.subject.as_deref()));
-        put(a, subject.collect::<Vec<_>>())?;
-        let request = js.iter().map(|j| opt_text(j.request_id.as_deref()));
-        put(a, request.collect::<Vec<_>>())?;
-        let trace = js.iter().map(|j| opt_text(j.traceparent.as_deref()));
-        put(a, trace.collect::<Vec<_>>())?;
-        put(
-            a,
-            js.iter().map(|j| j.payload.as_deref()).collect::<Vec<_>>(),
-        )?;
+        column(a, js, |j| j.id)?;
+        column(a, js, |j| text(&j.owner))?;
+        column(a, js, |j| opt_text(j.idempotency_key.as_deref()))?;
+        column(a, js, |j| text(&j.model_group))?;
+        column(a, js, |j| j.tier.as_str())?;
+        column(a, js, |j| opt_text(j.reply_subject.as_deref()))?;
+        try_column(a, js, |j| opt_json(j.metadata.as_ref()))?;
+        column(a, js, |j| stamp(&j.created_at))?;
+        column(a, js, |j| opt_text(j.subject.as_deref()))?;
+        column(a, js, |j| opt_text(j.request_id.as_deref()))?;
+        column(a, js, |j| opt_text(j.traceparent.as_deref()))?;
+        column(a, js, |j| j.payload.as_deref())?;
         put(a, &ids)?;
         put(a, &seqs)?;
         // The job row and its outbox entry in one statement: a job is never recorded

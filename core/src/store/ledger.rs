@@ -324,74 +324,22 @@ async fn claim_started(
 
 /// The claims' columns, parameters `$1` to `$14` of [`claim_parts`].
 fn claim_params(args: &mut PgArguments, started: &[&AttemptStarted]) -> Result<(), StoreError> {
-    use super::arrays::{opt_text, put};
-    put(args, started.iter().map(|s| s.job_id).collect::<Vec<_>>())?;
-    put(
-        args,
-        started.iter().map(|s| text(&s.owner)).collect::<Vec<_>>(),
-    )?;
-    put(
-        args,
-        started
-            .iter()
-            .map(|s| text(&s.model_group))
-            .collect::<Vec<_>>(),
-    )?;
-    put(
-        args,
-        started.iter().map(|s| s.tier.as_str()).collect::<Vec<_>>(),
-    )?;
-    let reply = started.iter().map(|s| opt_text(s.reply_subject.as_deref()));
-    put(args, reply.collect::<Vec<_>>())?;
-    put(
-        args,
-        started
-            .iter()
-            .map(|s| stamp(&s.created_at))
-            .collect::<Vec<_>>(),
-    )?;
-    put(
-        args,
-        started
-            .iter()
-            .map(|s| stamp(&s.started_at))
-            .collect::<Vec<_>>(),
-    )?;
-    put(
-        args,
-        started.iter().map(|s| int(s.delivery)).collect::<Vec<_>>(),
-    )?;
-    put(
-        args,
-        started.iter().map(|s| text(&s.worker)).collect::<Vec<_>>(),
-    )?;
-    put(
-        args,
-        started
-            .iter()
-            .map(|s| text(&s.deployment))
-            .collect::<Vec<_>>(),
-    )?;
-    put(
-        args,
-        started
-            .iter()
-            .map(|s| text(&s.provider))
-            .collect::<Vec<_>>(),
-    )?;
-    put(
-        args,
-        started.iter().map(|s| text(&s.model)).collect::<Vec<_>>(),
-    )?;
-    put(
-        args,
-        started.iter().map(|s| int(s.max_calls)).collect::<Vec<_>>(),
-    )?;
-    put(
-        args,
-        started.iter().map(|s| s.reserved_cost).collect::<Vec<_>>(),
-    )?;
-    Ok(())
+    use super::arrays::{column, opt_text};
+    let s = started;
+    column(args, s, |s| s.job_id)?;
+    column(args, s, |s| text(&s.owner))?;
+    column(args, s, |s| text(&s.model_group))?;
+    column(args, s, |s| s.tier.as_str())?;
+    column(args, s, |s| opt_text(s.reply_subject.as_deref()))?;
+    column(args, s, |s| stamp(&s.created_at))?;
+    column(args, s, |s| stamp(&s.started_at))?;
+    column(args, s, |s| int(s.delivery))?;
+    column(args, s, |s| text(&s.worker))?;
+    column(args, s, |s| text(&s.deployment))?;
+    column(args, s, |s| text(&s.provider))?;
+    column(args, s, |s| text(&s.model))?;
+    column(args, s, |s| int(s.max_calls))?;
+    column(args, s, |s| s.reserved_cost)
 }
 
 /// The claim's parts of a statement (its columns are parameters `$1` to `$14`, see
@@ -478,116 +426,59 @@ async fn write_finished(conn: &mut PgConnection, batch: &Sorted<'_>) -> Result<(
 /// Columns of the finished attempts, of the results and of the deliveries, in the order
 /// [`finished_parts`] numbers them (23, 18 and 4 parameters).
 fn finished_params(args: &mut PgArguments, batch: &Sorted<'_>) -> Result<(), StoreError> {
-    use super::arrays::{json, lossless, opt_text, put};
+    use super::arrays::{column, lossless, opt_json, opt_text, try_column};
     let a = &batch.finished_attempts;
-    put(args, a.iter().map(|a| a.job_id).collect::<Vec<_>>())?;
-    put(args, a.iter().map(|a| int(a.attempt)).collect::<Vec<_>>())?;
-    put(args, a.iter().map(|a| int(a.delivery)).collect::<Vec<_>>())?;
-    put(args, a.iter().map(|a| text(&a.worker)).collect::<Vec<_>>())?;
-    put(
-        args,
-        a.iter().map(|a| text(&a.deployment)).collect::<Vec<_>>(),
-    )?;
-    put(
-        args,
-        a.iter().map(|a| text(&a.provider)).collect::<Vec<_>>(),
-    )?;
-    put(args, a.iter().map(|a| text(&a.model)).collect::<Vec<_>>())?;
-    put(
-        args,
-        a.iter().map(|a| a.status.as_str()).collect::<Vec<_>>(),
-    )?;
-    let class = a.iter().map(|a| a.error_class.map(ErrorClass::as_str));
-    put(args, class.collect::<Vec<_>>())?;
-    let message = a.iter().map(|a| opt_text(a.error_message.as_deref()));
-    put(args, message.collect::<Vec<_>>())?;
-    put(args, a.iter().map(|a| a.prompt_tokens).collect::<Vec<_>>())?;
-    put(
-        args,
-        a.iter().map(|a| a.completion_tokens).collect::<Vec<_>>(),
-    )?;
-    put(args, a.iter().map(|a| a.cached_tokens).collect::<Vec<_>>())?;
-    put(
-        args,
-        a.iter()
-            .map(|a| a.cache_creation_tokens)
-            .collect::<Vec<_>>(),
-    )?;
-    put(
-        args,
-        a.iter().map(|a| a.reasoning_tokens).collect::<Vec<_>>(),
-    )?;
-    put(
-        args,
-        a.iter().map(|a| a.usage_estimated).collect::<Vec<_>>(),
-    )?;
-    put(args, a.iter().map(|a| a.cost).collect::<Vec<_>>())?;
-    put(
-        args,
-        a.iter().map(|a| a.pricing_missing).collect::<Vec<_>>(),
-    )?;
-    put(args, a.iter().map(|a| a.ttft_ms).collect::<Vec<_>>())?;
-    put(args, a.iter().map(|a| a.latency_ms).collect::<Vec<_>>())?;
-    put(
-        args,
-        a.iter().map(|a| stamp(&a.started_at)).collect::<Vec<_>>(),
-    )?;
-    put(
-        args,
-        a.iter().map(|a| stamp(&a.finished_at)).collect::<Vec<_>>(),
-    )?;
-    let dropped = a
-        .iter()
-        .map(|a| a.dropped_params.as_ref().map(json).transpose());
-    put(args, dropped.collect::<Result<Vec<_>, _>>()?)?;
+    column(args, a, |a| a.job_id)?;
+    column(args, a, |a| int(a.attempt))?;
+    column(args, a, |a| int(a.delivery))?;
+    column(args, a, |a| text(&a.worker))?;
+    column(args, a, |a| text(&a.deployment))?;
+    column(args, a, |a| text(&a.provider))?;
+    column(args, a, |a| text(&a.model))?;
+    column(args, a, |a| a.status.as_str())?;
+    column(args, a, |a| a.error_class.map(ErrorClass::as_str))?;
+    column(args, a, |a| opt_text(a.error_message.as_deref()))?;
+    column(args, a, |a| a.prompt_tokens)?;
+    column(args, a, |a| a.completion_tokens)?;
+    column(args, a, |a| a.cached_tokens)?;
+    column(args, a, |a| a.cache_creation_tokens)?;
+    column(args, a, |a| a.reasoning_tokens)?;
+    column(args, a, |a| a.usage_estimated)?;
+    column(args, a, |a| a.cost)?;
+    column(args, a, |a| a.pricing_missing)?;
+    column(args, a, |a| a.ttft_ms)?;
+    column(args, a, |a| a.latency_ms)?;
+    column(args, a, |a| stamp(&a.started_at))?;
+    column(args, a, |a| stamp(&a.finished_at))?;
+    try_column(args, a, |a| opt_json(a.dropped_params.as_ref()))?;
 
     let j = &batch.finished_jobs;
     let results: Vec<(Option<&str>, Option<&str>)> =
         j.iter().map(|j| lossless(j.result.as_deref())).collect();
-    put(args, j.iter().map(|j| j.id).collect::<Vec<_>>())?;
-    put(args, j.iter().map(|j| text(&j.owner)).collect::<Vec<_>>())?;
-    put(
-        args,
-        j.iter().map(|j| text(&j.model_group)).collect::<Vec<_>>(),
-    )?;
-    put(args, j.iter().map(|j| j.tier.as_str()).collect::<Vec<_>>())?;
-    let reply = j.iter().map(|j| opt_text(j.reply_subject.as_deref()));
-    put(args, reply.collect::<Vec<_>>())?;
-    put(
-        args,
-        j.iter().map(|j| stamp(&j.created_at)).collect::<Vec<_>>(),
-    )?;
-    put(
-        args,
-        j.iter().map(|j| j.status.as_str()).collect::<Vec<_>>(),
-    )?;
-    put(args, results.iter().map(|r| r.0).collect::<Vec<_>>())?;
-    let usage = j.iter().map(|j| j.usage.as_ref().map(json).transpose());
-    put(args, usage.collect::<Result<Vec<_>, _>>()?)?;
-    put(args, j.iter().map(|j| j.cost).collect::<Vec<_>>())?;
-    put(
-        args,
-        j.iter().map(|j| j.pricing_missing).collect::<Vec<_>>(),
-    )?;
-    put(args, j.iter().map(|j| int(j.attempts)).collect::<Vec<_>>())?;
-    let class = j.iter().map(|j| j.error_class.map(ErrorClass::as_str));
-    put(args, class.collect::<Vec<_>>())?;
-    let message = j.iter().map(|j| opt_text(j.error_message.as_deref()));
-    put(args, message.collect::<Vec<_>>())?;
-    put(
-        args,
-        j.iter().map(|j| stamp(&j.finished_at)).collect::<Vec<_>>(),
-    )?;
-    put(args, j.iter().map(|j| j.cache_hit).collect::<Vec<_>>())?;
-    put(args, j.iter().map(|j| j.cost_saved).collect::<Vec<_>>())?;
-    put(args, results.iter().map(|r| r.1).collect::<Vec<_>>())?;
+    column(args, j, |j| j.id)?;
+    column(args, j, |j| text(&j.owner))?;
+    column(args, j, |j| text(&j.model_group))?;
+    column(args, j, |j| j.tier.as_str())?;
+    column(args, j, |j| opt_text(j.reply_subject.as_deref()))?;
+    column(args, j, |j| stamp(&j.created_at))?;
+    column(args, j, |j| j.status.as_str())?;
+    column(args, &results, |r| r.0)?;
+    try_column(args, j, |j| opt_json(j.usage.as_ref()))?;
+    column(args, j, |j| j.cost)?;
+    column(args, j, |j| j.pricing_missing)?;
+    column(args, j, |j| int(j.attempts))?;
+    column(args, j, |j| j.error_class.map(ErrorClass::as_str))?;
+    column(args, j, |j| opt_text(j.error_message.as_deref()))?;
+    column(args, j, |j| stamp(&j.finished_at))?;
+    column(args, j, |j| j.cache_hit)?;
+    column(args, j, |j| j.cost_saved)?;
+    column(args, &results, |r| r.1)?;
 
     let d = &batch.deliveries;
-    put(args, d.iter().map(|d| d.job_id).collect::<Vec<_>>())?;
-    put(args, d.iter().map(|d| text(&d.kind)).collect::<Vec<_>>())?;
-    put(args, d.iter().map(|d| text(&d.target)).collect::<Vec<_>>())?;
-    put(args, d.iter().map(|d| text(&d.body)).collect::<Vec<_>>())?;
-    Ok(())
+    column(args, d, |d| d.job_id)?;
+    column(args, d, |d| text(&d.kind))?;
+    column(args, d, |d| text(&d.target))?;
+    column(args, d, |d| text(&d.body))
 }
 
 /// Parameters from `$first`, one per type, each cast to its array type: `$7::int[], $8::text[]`.
