@@ -7,7 +7,6 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use sluice_schemas::events::{HEADER_ATTEMPT, HEADER_EVENT, HEADER_SEQ};
 use sluice_schemas::{DoneEvent, EncodedDone, EventKind, JobStatus};
-use uuid::Uuid;
 
 use crate::bodies::{fits, HEADER_BODY_REF};
 
@@ -23,6 +22,16 @@ pub struct TerminalMessage {
     pub body: Bytes,
 }
 
+/// The terminal event's kind for a job that ended `status`: `done` for a success, else
+/// `error`.
+pub fn terminal_kind(status: JobStatus) -> EventKind {
+    if status == JobStatus::Succeeded {
+        EventKind::Done
+    } else {
+        EventKind::Error
+    }
+}
+
 /// The terminal event `done` of its job after `attempt` calls, as event number `seq` of
 /// the job's events, for a NATS server taking `max_payload` bytes a message. It carries
 /// `Nats-Msg-Id: <job>:done`, so publishing it again is deduplicated.
@@ -32,27 +41,20 @@ pub fn terminal_message(
     seq: u64,
     max_payload: usize,
 ) -> Result<TerminalMessage, serde_json::Error> {
-    let body = Bytes::from(serde_json::to_vec(done)?);
-    let slim = || {
-        serde_json::to_vec(&DoneEvent {
-            result: None,
-            ..done.clone()
-        })
-    };
-    message(
-        body,
-        done.job_id,
-        done.status,
-        attempt,
-        seq,
-        max_payload,
-        slim,
-    )
+    let result = done
+        .result
+        .as_ref()
+        .map(serde_json::value::to_raw_value)
+        .transpose()?;
+    let encoded = EncodedDone::new(done, result.as_deref());
+    let body = Bytes::from(serde_json::to_vec(&encoded)?);
+    encoded_terminal_message(&encoded, body, attempt, seq, max_payload)
 }
 
 /// [`terminal_message`] for the event `done` already encoded as `body` (the worker
 /// encodes it once, around the result's JSON the job row holds, for the event and the
-/// job's deliveries alike).
+/// job's deliveries alike). `done`'s own result is not read: a body larger than a
+/// message may be is sent as `done` without one.
 pub fn encoded_terminal_message(
     done: &EncodedDone<'_>,
     body: Bytes,
@@ -60,49 +62,21 @@ pub fn encoded_terminal_message(
     seq: u64,
     max_payload: usize,
 ) -> Result<TerminalMessage, serde_json::Error> {
-    let slim = || {
-        serde_json::to_vec(&EncodedDone {
-            result: None,
-            ..*done
-        })
-    };
-    message(
-        body,
-        done.job_id,
-        done.status,
-        attempt,
-        seq,
-        max_payload,
-        slim,
-    )
-}
-
-/// The message of the event `body` of job `job_id`; `slim` encodes the event without its
-/// result, for a body larger than a message may be.
-fn message(
-    body: Bytes,
-    job_id: Uuid,
-    status: JobStatus,
-    attempt: u32,
-    seq: u64,
-    max_payload: usize,
-    slim: impl FnOnce() -> Result<Vec<u8>, serde_json::Error>,
-) -> Result<TerminalMessage, serde_json::Error> {
-    let kind = if status == JobStatus::Succeeded {
-        EventKind::Done
-    } else {
-        EventKind::Error
-    };
+    let kind = terminal_kind(done.status);
     let mut headers = HeaderMap::new();
     headers.insert(HEADER_EVENT, kind.as_str());
     headers.insert(HEADER_ATTEMPT, attempt.to_string().as_str());
     headers.insert(HEADER_SEQ, seq.to_string().as_str());
-    headers.insert("Nats-Msg-Id", format!("{job_id}:done").as_str());
+    headers.insert("Nats-Msg-Id", format!("{}:done", done.job_id).as_str());
     let sent = if fits(body.len(), max_payload) {
         body.clone()
     } else {
-        headers.insert(HEADER_BODY_REF, job_id.to_string().as_str());
-        Bytes::from(slim()?)
+        headers.insert(HEADER_BODY_REF, done.job_id.to_string().as_str());
+        let slim = EncodedDone {
+            result: None,
+            ..*done
+        };
+        Bytes::from(serde_json::to_vec(&slim)?)
     };
     Ok(TerminalMessage {
         kind,

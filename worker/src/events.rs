@@ -18,10 +18,12 @@ use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use sluice_core::bodies::{fits, HEADER_BODY_REF};
 use sluice_core::store::JobRow;
-use sluice_core::terminal_event::{encoded_terminal_message, terminal_message, TerminalMessage};
+use sluice_core::terminal_event::{
+    encoded_terminal_message, terminal_kind, terminal_message, TerminalMessage,
+};
 use sluice_schemas::events::{HEADER_ATTEMPT, HEADER_EVENT, HEADER_SEQ};
 use sluice_schemas::openai::ChatCompletionChunk;
-use sluice_schemas::{DoneEvent, EncodedDone, EventKind, JobStatus, RetryEvent, Subjects};
+use sluice_schemas::{DoneEvent, EncodedDone, EventKind, RetryEvent, Subjects};
 use uuid::Uuid;
 
 use crate::providers::ChunkSink;
@@ -139,15 +141,6 @@ impl EventPublisher {
             .await
             .map_err(|e| unpublished(m.kind, e))?;
         Ok(())
-    }
-}
-
-/// The terminal event's kind for a job that ended `status`.
-fn terminal_kind(status: JobStatus) -> EventKind {
-    if status == JobStatus::Succeeded {
-        EventKind::Done
-    } else {
-        EventKind::Error
     }
 }
 
