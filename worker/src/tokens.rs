@@ -81,21 +81,19 @@ impl Tokenizer {
 
 /// Loads the tokenizer tables that `tokenizers` count with (a few hundred milliseconds,
 /// once) so the first job does not pay for it; the others stay unloaded (o200k_base holds
-/// about 27 MB of heap, cl100k_base about 12 MB, by heaptrack in `scripts/bench`'s
+/// about 27 MB of heap, cl100k_base about 13.5 MB, by heaptrack in `scripts/bench`'s
 /// concurrency scenario). Blocking: run it off the async runtime.
 pub fn warm(tokenizers: impl IntoIterator<Item = Tokenizer>) {
-    let mut loaded = (false, false);
+    // A table already loaded is only looked up again.
     for t in tokenizers {
         match t {
-            Tokenizer::O200k if !loaded.0 => {
+            Tokenizer::O200k => {
                 let _ = tiktoken_rs::o200k_base_singleton();
-                loaded.0 = true;
             }
-            Tokenizer::Cl100k if !loaded.1 => {
+            Tokenizer::Cl100k => {
                 let _ = tiktoken_rs::cl100k_base_singleton();
-                loaded.1 = true;
             }
-            _ => {}
+            Tokenizer::Heuristic | Tokenizer::Bound => {}
         }
     }
 }
